@@ -1,0 +1,310 @@
+"""Typed model configs: plain dataclasses, validated on construction, loaded from dicts strictly.
+
+A config is data: it can be diffed, saved inside every checkpoint (``config.json``) and loaded back.
+``from_dict`` rejects unknown keys and wrong types with a message naming the field, so a misspelled
+override fails before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+T = TypeVar("T")
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class ConfigError(ValueError):
+    """A config field is unknown, missing or of the wrong type or value."""
+
+
+def _check_type(value: Any, annotation: Any, where: str) -> Any:
+    """Checks ``value`` against a (simple) type annotation and returns it, converted where lossless."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if annotation is Any:
+        return value
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: expected one of {list(args)}, got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        tagged = {getattr(a, "__dataclass_fields__", {}).get("kind"): a for a in args if dataclasses.is_dataclass(a)}
+        if isinstance(value, dict) and None not in tagged and len(tagged) > 1:
+            kinds = {f.default: a for f, a in tagged.items()}
+            kind = value.get("kind", next(iter(kinds)))
+            if kind not in kinds:
+                raise ConfigError(f"{where}.kind: expected one of {list(kinds)}, got {kind!r}")
+            return from_dict(kinds[kind], value, where)
+        errors = []
+        for arg in args:
+            try:
+                return _check_type(value, arg, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{where}: {value!r} matches none of {annotation}")
+    if annotation is type(None):
+        if value is not None:
+            raise ConfigError(f"{where}: expected None, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_check_type(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{where}: expected {len(args)} items, got {len(value)}")
+        return tuple(_check_type(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if dataclasses.is_dataclass(annotation):
+        if isinstance(value, annotation):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        return from_dict(annotation, value, where)
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: expected a number, got {type(value).__name__} {value!r}")
+        return float(value)
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {type(value).__name__} {value!r}")
+        return value
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {type(value).__name__} {value!r}")
+        return value
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {type(value).__name__} {value!r}")
+        return value
+    if isinstance(annotation, type) and not isinstance(value, annotation):
+        raise ConfigError(f"{where}: expected {annotation.__name__}, got {type(value).__name__}")
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any], where: str | None = None) -> T:
+    """Builds dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types.
+
+    Args:
+        cls: A dataclass type.
+        data: Field values; nested dataclass fields take nested mappings.
+        where: Dotted prefix used in error messages.
+
+    Raises:
+        ConfigError: naming the offending field.
+    """
+    where = where or cls.__name__
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        suggestion = _closest(unknown[0], list(fields))
+        hint = f" (did you mean {suggestion!r}?)" if suggestion else ""
+        raise ConfigError(f"{where}: unknown field {unknown[0]!r}{hint}; known fields: {sorted(fields)}")
+    kwargs = {name: _check_type(value, hints[name], f"{where}.{name}") for name, value in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # a required field is missing
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def replace(config: T, overrides: dict[str, Any], where: str | None = None) -> T:
+    """Returns a copy of ``config`` with (possibly nested, dotted) overrides applied and validated.
+
+    ``overrides`` keys may be plain field names or dotted paths (``"vision.width"``); nested mappings
+    are merged into nested configs.
+    """
+    data = to_dict(config)
+    for key, value in overrides.items():
+        _set_dotted(data, key.split("."), value, where or type(config).__name__)
+    return from_dict(type(config), data, where)
+
+
+def _set_dotted(data: dict[str, Any], path: list[str], value: Any, where: str) -> None:
+    head, rest = path[0], path[1:]
+    if rest:
+        if not isinstance(data.get(head), dict):
+            raise ConfigError(f"{where}: unknown field {'.'.join(path)!r}")
+        _set_dotted(data[head], rest, value, f"{where}.{head}")
+    elif isinstance(value, dict) and isinstance(data.get(head), dict):
+        for k, v in value.items():
+            _set_dotted(data[head], [k], v, f"{where}.{head}")
+    else:
+        data[head] = value
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """Converts a dataclass config to JSON-ready nested dicts (tuples become lists)."""
+
+    def convert(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: convert(getattr(v, f.name)) for f in dataclasses.fields(v) if f.init}
+        if isinstance(v, list | tuple):
+            return [convert(x) for x in v]
+        return v
+
+    return convert(config)
+
+
+def _closest(name: str, candidates: list[str]) -> str | None:
+    import difflib
+
+    match = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
+    return match[0] if match else None
+
+
+def _positive(where: str, **values: float) -> None:
+    for name, value in values.items():
+        if value <= 0:
+            raise ConfigError(f"{where}.{name}: must be positive, got {value}")
+
+
+@dataclass(frozen=True)
+class ViTConfig:
+    """A Vision Transformer image tower (Dosovitskiy et al. 2020, as used by CLIP).
+
+    Attributes:
+        image_size: Input side in pixels (square).
+        patch_size: Patch side in pixels; ``image_size`` must be a multiple of it.
+        width: Residual stream width.
+        layers: Number of residual attention blocks.
+        heads: Attention heads; must divide ``width``.
+        mlp_ratio: MLP hidden width as a multiple of ``width`` (hidden = int(width * mlp_ratio)).
+        pool: ``cls`` (class token, CLIP), ``mean`` (average of patch tokens) or ``map`` (multi-head
+            attention pooling with a learned probe, as in big_vision/SigLIP/CLIPPO).
+        class_token: Whether a class token is prepended (CLIP: yes; big_vision MAP models: no).
+        ln_pre: LayerNorm after the embeddings (CLIP: yes).
+        patch_bias: Bias in the patch-embedding convolution (CLIP: no; big_vision: yes).
+        patch_dropout: Fraction of patch tokens dropped at training time (FLIP, Li et al. 2022).
+    """
+
+    kind: Literal["vit"] = "vit"
+    image_size: int = 224
+    patch_size: int = 32
+    width: int = 768
+    layers: int = 12
+    heads: int = 12
+    mlp_ratio: float = 4.0
+    pool: Literal["cls", "mean", "map"] = "cls"
+    class_token: bool = True
+    ln_pre: bool = True
+    patch_bias: bool = False
+    patch_dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        _positive("vision", image_size=self.image_size, patch_size=self.patch_size, width=self.width,
+                  layers=self.layers, heads=self.heads, mlp_ratio=self.mlp_ratio)
+        if self.image_size % self.patch_size:
+            raise ConfigError(f"vision.image_size={self.image_size} is not a multiple of patch_size={self.patch_size}")
+        if self.width % self.heads:
+            raise ConfigError(f"vision.width={self.width} is not divisible by heads={self.heads}")
+        if self.pool == "cls" and not self.class_token:
+            raise ConfigError("vision.pool='cls' needs class_token=True")
+        if not 0.0 <= self.patch_dropout < 1.0:
+            raise ConfigError(f"vision.patch_dropout must be in [0, 1), got {self.patch_dropout}")
+
+    @property
+    def grid_size(self) -> int:
+        return self.image_size // self.patch_size
+
+
+@dataclass(frozen=True)
+class ResNetConfig:
+    """OpenAI's modified ResNet image tower (CLIP paper, section 2.4).
+
+    Three-conv stem, anti-aliased strided bottlenecks (average pool before the strided conv) and an
+    attention-pooling head in place of global average pooling.
+
+    Attributes:
+        image_size: Input side in pixels.
+        layers: Bottleneck blocks in each of the four stages.
+        width: Stem width; stage widths are width, 2×, 4×, 8× (×4 expansion at their outputs).
+        heads: Attention-pool heads (OpenAI: width * 32 // 64).
+    """
+
+    kind: Literal["resnet"] = "resnet"
+    image_size: int = 224
+    layers: tuple[int, int, int, int] = (3, 4, 6, 3)
+    width: int = 64
+    heads: int = 32
+
+    def __post_init__(self) -> None:
+        _positive("vision", image_size=self.image_size, width=self.width, heads=self.heads)
+        if any(n <= 0 for n in self.layers):
+            raise ConfigError(f"vision.layers must all be positive, got {self.layers}")
+        if self.image_size % 32:
+            raise ConfigError(f"vision.image_size={self.image_size} must be a multiple of 32 for a ResNet")
+        if (self.width * 32) % self.heads:
+            raise ConfigError(f"vision.heads={self.heads} must divide the pooled width {self.width * 32}")
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    """The causal text transformer of CLIP.
+
+    Attributes:
+        vocab_size: Token embedding rows (OpenAI BPE: 49,408).
+        context_length: Maximum tokens per text, including start and end tokens.
+        width: Residual stream width.
+        layers: Number of residual attention blocks.
+        heads: Attention heads; must divide ``width``.
+        mlp_ratio: MLP hidden width as a multiple of ``width``.
+        eot_token_id: The pooling rule. ``None`` is OpenAI's rule: features are taken at the position
+            of the highest token id, which is end-of-text in OpenAI's vocabulary. A custom vocabulary
+            whose end-of-text token is not the highest id must set its id here; features are then
+            taken at the first occurrence of that id.
+    """
+
+    vocab_size: int = 49408
+    context_length: int = 77
+    width: int = 512
+    layers: int = 12
+    heads: int = 8
+    mlp_ratio: float = 4.0
+    eot_token_id: int | None = None
+
+    def __post_init__(self) -> None:
+        _positive("text", vocab_size=self.vocab_size, context_length=self.context_length, width=self.width,
+                  layers=self.layers, heads=self.heads, mlp_ratio=self.mlp_ratio)
+        if self.width % self.heads:
+            raise ConfigError(f"text.width={self.width} is not divisible by heads={self.heads}")
+        if self.eot_token_id is not None and not 0 <= self.eot_token_id < self.vocab_size:
+            raise ConfigError(f"text.eot_token_id={self.eot_token_id} is outside the vocabulary")
+
+
+@dataclass(frozen=True)
+class CLIPConfig:
+    """A two-tower CLIP model: an image tower and a text tower projected into one embedding space.
+
+    Attributes:
+        embed_dim: Dimension of the shared embedding space.
+        vision: The image tower (``ViTConfig`` or ``ResNetConfig``, chosen by its ``kind``).
+        text: The text tower.
+        act: Activation in every MLP: ``quick_gelu`` (OpenAI checkpoints) or ``gelu`` (most OpenCLIP
+            models). A mismatch with the checkpoint silently ruins accuracy.
+        init_logit_scale: Initial log of the logit scale (CLIP: log(1/0.07)).
+        init_logit_bias: Initial logit bias; ``None`` means the model has none (SigLIP uses -10).
+        max_logit_scale: The logit scale is clamped at exp(max_logit_scale) when used (CLIP: log(100)).
+        mean: Per-channel mean used to normalise images.
+        std: Per-channel std used to normalise images.
+    """
+
+    embed_dim: int = 512
+    vision: ViTConfig | ResNetConfig = field(default_factory=ViTConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    act: Literal["quick_gelu", "gelu"] = "quick_gelu"
+    init_logit_scale: float = math.log(1 / 0.07)
+    init_logit_bias: float | None = None
+    max_logit_scale: float = math.log(100)
+    mean: tuple[float, float, float] = OPENAI_MEAN
+    std: tuple[float, float, float] = OPENAI_STD
+    family: Literal["clip"] = "clip"
+
+    def __post_init__(self) -> None:
+        _positive("", embed_dim=self.embed_dim)

@@ -1,0 +1,140 @@
+"""Building blocks shared by every tower: attention, MLP, residual blocks, the block stack, MAP pooling.
+
+Attention always goes through ``F.scaled_dot_product_attention`` so the fused flash / memory-efficient
+kernels run on GPU; causal attention uses ``is_causal=True`` rather than a float mask.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+
+class QuickGELU(nn.Module):
+    """``x * sigmoid(1.702 x)``: the GELU approximation OpenAI's CLIP checkpoints were trained with."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+def make_act(name: str) -> Callable[[], nn.Module]:
+    """Returns a constructor for the activation called ``name`` (``quick_gelu`` or ``gelu``)."""
+    acts: dict[str, Callable[[], nn.Module]] = {"quick_gelu": QuickGELU, "gelu": nn.GELU}
+    if name not in acts:
+        raise ValueError(f"unknown activation {name!r}; expected one of {list(acts)}")
+    return acts[name]
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a fused q/k/v projection, computed by SDPA.
+
+    Args:
+        width: Model width.
+        heads: Number of heads; must divide ``width``.
+        causal: Whether position i may attend only to positions <= i.
+    """
+
+    def __init__(self, width: int, heads: int, causal: bool = False):
+        super().__init__()
+        self.heads = heads
+        self.causal = causal
+        self.qkv = nn.Linear(width, 3 * width)
+        self.out_proj = nn.Linear(width, width)
+        # nn.MultiheadAttention's init, which OpenAI's image towers keep.
+        nn.init.xavier_uniform_(self.qkv.weight)
+        nn.init.zeros_(self.qkv.bias)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)  # 3×(B, nh, T, hs)
+        x = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)  # (B, nh, T, hs)
+        return self.out_proj(x.transpose(1, 2).reshape(B, T, C))
+
+
+class MLP(nn.Module):
+    """Two-layer MLP: ``fc`` → activation → ``proj``."""
+
+    def __init__(self, width: int, hidden: int, act: Callable[[], nn.Module]):
+        super().__init__()
+        self.fc = nn.Linear(width, hidden)
+        self.act = act()
+        self.proj = nn.Linear(hidden, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.act(self.fc(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm residual attention block."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float, act: Callable[[], nn.Module], causal: bool = False):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(width)
+        self.attn = Attention(width, heads, causal)
+        self.ln_2 = nn.LayerNorm(width)
+        self.mlp = MLP(width, int(width * mlp_ratio), act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+class Transformer(nn.Module):
+    """A stack of residual attention blocks on (batch, tokens, width) inputs.
+
+    Args:
+        width: Model width.
+        layers: Number of blocks.
+        heads: Attention heads per block.
+        mlp_ratio: MLP hidden width as a multiple of ``width``.
+        act: Activation constructor.
+        causal: Causal self-attention (text) or full (images).
+    """
+
+    def __init__(self, width: int, layers: int, heads: int, mlp_ratio: float, act: Callable[[], nn.Module],
+                 causal: bool = False):
+        super().__init__()
+        self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio, act, causal) for _ in range(layers))
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        return x
+
+
+class MAPHead(nn.Module):
+    """Multi-head attention pooling: a learned probe attends over all tokens (big_vision ``MAPHead``).
+
+    ``probe`` → cross-attention over the tokens → ``x + mlp(norm(x))``; returns (B, width).
+    """
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float, act: Callable[[], nn.Module]):
+        super().__init__()
+        self.heads = heads
+        self.probe = nn.Parameter(torch.empty(1, 1, width))
+        self.q = nn.Linear(width, width)
+        self.kv = nn.Linear(width, 2 * width)
+        self.out_proj = nn.Linear(width, width)
+        self.norm = nn.LayerNorm(width)
+        self.mlp = MLP(width, int(width * mlp_ratio), act)
+        nn.init.xavier_uniform_(self.probe.view(1, width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        hs = C // self.heads
+        q = self.q(self.probe.expand(B, -1, -1)).view(B, 1, self.heads, hs).transpose(1, 2)  # (B, nh, 1, hs)
+        k, v = self.kv(x).view(B, T, 2, self.heads, hs).permute(2, 0, 3, 1, 4)  # 2×(B, nh, T, hs)
+        x = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, 1, C)
+        x = self.out_proj(x)
+        x = x + self.mlp(self.norm(x))
+        return x[:, 0]

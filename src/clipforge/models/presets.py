@@ -1,0 +1,105 @@
+"""Named model presets: plain data, registered by name.
+
+The OpenAI shapes follow the released checkpoints (``clip/model.py::build_model``); the OpenCLIP shapes
+follow ``open_clip/model_configs/*.json``. Tiny presets train in seconds on a laptop CPU.
+A new architecture is a new preset, not a new flag.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from clipforge.models.config import ConfigError, from_dict
+
+_PRESETS: dict[str, dict[str, Any]] = {}
+
+
+def register_preset(name: str, config: dict[str, Any]) -> None:
+    """Registers a model config (as a plain mapping) under ``name``; validated when first built."""
+    if name in _PRESETS:
+        raise ValueError(f"preset {name!r} is already registered")
+    _PRESETS[name] = config
+
+
+def list_presets() -> list[str]:
+    """Names of every registered preset, sorted."""
+    return sorted(_PRESETS)
+
+
+def preset_config(name: str) -> dict[str, Any]:
+    """A deep copy of preset ``name``'s config mapping.
+
+    Raises:
+        ConfigError: the name is not registered (the message lists close matches).
+    """
+    import copy
+    import difflib
+
+    if name not in _PRESETS:
+        close = difflib.get_close_matches(name, list(_PRESETS), n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else f"; known presets: {', '.join(list_presets())}"
+        raise ConfigError(f"unknown model {name!r}{hint}")
+    return copy.deepcopy(_PRESETS[name])
+
+
+def _openai_resnet(layers: tuple[int, ...], width: int, image: int, embed: int, text_width: int) -> dict[str, Any]:
+    return {
+        "embed_dim": embed,
+        "vision": {"kind": "resnet", "image_size": image, "layers": list(layers), "width": width,
+                   "heads": width * 32 // 64},
+        "text": {"width": text_width, "heads": text_width // 64, "layers": 12},
+        "act": "quick_gelu",
+    }
+
+
+def _vit(image: int, patch: int, width: int, layers: int, heads: int, embed: int, text_width: int,
+         text_heads: int, text_layers: int, act: str, mlp_ratio: float = 4.0) -> dict[str, Any]:
+    return {
+        "embed_dim": embed,
+        "vision": {"kind": "vit", "image_size": image, "patch_size": patch, "width": width, "layers": layers,
+                   "heads": heads, "mlp_ratio": mlp_ratio},
+        "text": {"width": text_width, "heads": text_heads, "layers": text_layers},
+        "act": act,
+    }
+
+
+# OpenAI's nine released shapes (all QuickGELU).
+register_preset("RN50", _openai_resnet((3, 4, 6, 3), 64, 224, 1024, 512))
+register_preset("RN101", _openai_resnet((3, 4, 23, 3), 64, 224, 512, 512))
+register_preset("RN50x4", _openai_resnet((4, 6, 10, 6), 80, 288, 640, 640))
+register_preset("RN50x16", _openai_resnet((6, 8, 18, 8), 96, 384, 768, 768))
+register_preset("RN50x64", _openai_resnet((3, 15, 36, 10), 128, 448, 1024, 1024))
+register_preset("ViT-B/32", _vit(224, 32, 768, 12, 12, 512, 512, 8, 12, "quick_gelu"))
+register_preset("ViT-B/16", _vit(224, 16, 768, 12, 12, 512, 512, 8, 12, "quick_gelu"))
+register_preset("ViT-L/14", _vit(224, 14, 1024, 24, 16, 768, 768, 12, 12, "quick_gelu"))
+register_preset("ViT-L/14@336", _vit(336, 14, 1024, 24, 16, 768, 768, 12, 12, "quick_gelu"))
+
+# OpenCLIP's large shapes, trained on LAION with plain GELU.
+register_preset("ViT-H/14", _vit(224, 14, 1280, 32, 16, 1024, 1024, 16, 24, "gelu"))
+register_preset("ViT-g/14", _vit(224, 14, 1408, 40, 16, 1024, 1024, 16, 24, "gelu", mlp_ratio=4.3637))
+register_preset("ViT-bigG/14", _vit(224, 14, 1664, 48, 16, 1280, 1280, 20, 32, "gelu", mlp_ratio=4.9231))
+# The same B shapes as trained by OpenCLIP with GELU (e.g. the LAION-2B ViT-B/32).
+register_preset("ViT-B/32-gelu", _vit(224, 32, 768, 12, 12, 512, 512, 8, 12, "gelu"))
+register_preset("ViT-B/16-gelu", _vit(224, 16, 768, 12, 12, 512, 512, 8, 12, "gelu"))
+
+# Tiny presets for a first try on a CPU, for tests and for the quickstart.
+register_preset("tiny-vit", {
+    "embed_dim": 128,
+    "vision": {"kind": "vit", "image_size": 64, "patch_size": 8, "width": 128, "layers": 4, "heads": 4},
+    "text": {"width": 128, "heads": 4, "layers": 4, "context_length": 32},
+    "act": "gelu",
+})
+register_preset("tiny-rn", {
+    "embed_dim": 128,
+    "vision": {"kind": "resnet", "image_size": 64, "layers": [1, 1, 1, 1], "width": 16, "heads": 8},
+    "text": {"width": 128, "heads": 4, "layers": 4, "context_length": 32},
+    "act": "gelu",
+})
+
+
+def validate_all() -> None:
+    """Builds every preset's typed config (used by tests)."""
+    from clipforge.models.config import CLIPConfig
+
+    for name in list_presets():
+        from_dict(CLIPConfig, preset_config(name), name)

@@ -1,0 +1,60 @@
+"""CLIP's causal text transformer: features at the end-of-text token, projected."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from clipforge.models.config import TextConfig
+from clipforge.models.layers import Transformer, make_act
+
+
+class TextTransformer(nn.Module):
+    """Token + positional embeddings → causal blocks → ``ln_final`` → EOT pooling → projection.
+
+    Args:
+        config: The tower's shape and pooling rule.
+        embed_dim: Output (shared embedding space) dimension.
+        act: Activation name for the MLPs.
+    """
+
+    def __init__(self, config: TextConfig, embed_dim: int, act: str):
+        super().__init__()
+        self.config = config
+        self.token_embed = nn.Embedding(config.vocab_size, config.width)
+        self.pos_embed = nn.Parameter(torch.empty(config.context_length, config.width))
+        self.transformer = Transformer(config.width, config.layers, config.heads, config.mlp_ratio, make_act(act),
+                                       causal=True)
+        self.ln_final = nn.LayerNorm(config.width)
+        self.proj = nn.Parameter(torch.empty(config.width, embed_dim))
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """OpenAI's initialisation (``CLIP.initialize_parameters``)."""
+        width, layers = self.config.width, self.config.layers
+        nn.init.normal_(self.token_embed.weight, std=0.02)
+        nn.init.normal_(self.pos_embed, std=0.01)
+        attn_std, proj_std, fc_std = width**-0.5, width**-0.5 * (2 * layers) ** -0.5, (2 * width) ** -0.5
+        for block in self.transformer.blocks:
+            nn.init.normal_(block.attn.qkv.weight, std=attn_std)
+            nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
+            nn.init.normal_(block.mlp.fc.weight, std=fc_std)
+            nn.init.normal_(block.mlp.proj.weight, std=proj_std)
+        nn.init.normal_(self.proj, std=width**-0.5)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Encodes token ids (B, T ≤ context_length) into (B, embed_dim) features (not L2-normalised)."""
+        T = tokens.shape[1]
+        if T > self.config.context_length:
+            raise ValueError(f"text input has {T} tokens; this model's context_length is {self.config.context_length}")
+        x = self.token_embed(tokens) + self.pos_embed[:T]  # (B, T, width)
+        x = self.transformer(x)
+        x = self.ln_final(x)
+        x = x[torch.arange(x.shape[0], device=x.device), self.eot_positions(tokens)]  # (B, width)
+        return x @ self.proj
+
+    def eot_positions(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Where each sequence's features are read: see ``TextConfig.eot_token_id``."""
+        if self.config.eot_token_id is None:
+            return tokens.argmax(dim=-1)  # OpenAI: end-of-text is the highest id in its vocabulary
+        return (tokens == self.config.eot_token_id).int().argmax(dim=-1)

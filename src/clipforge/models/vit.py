@@ -1,0 +1,65 @@
+"""Vision Transformer image tower, as in CLIP (Radford et al. 2021) with room for mean and MAP pooling."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from clipforge.models.config import ViTConfig
+from clipforge.models.layers import MAPHead, Transformer, make_act
+
+
+class VisionTransformer(nn.Module):
+    """Patch embedding → [class token] + positions → ``ln_pre`` → blocks → pool → ``ln_post`` → projection.
+
+    Args:
+        config: The tower's shape.
+        embed_dim: Output (shared embedding space) dimension.
+        act: Activation name for the MLPs.
+    """
+
+    def __init__(self, config: ViTConfig, embed_dim: int, act: str):
+        super().__init__()
+        self.config = config
+        width, scale = config.width, config.width**-0.5
+        self.patch_embed = nn.Conv2d(3, width, config.patch_size, stride=config.patch_size, bias=config.patch_bias)
+        n_tokens = config.grid_size**2 + int(config.class_token)
+        self.class_token = nn.Parameter(scale * torch.randn(width)) if config.class_token else None
+        self.pos_embed = nn.Parameter(scale * torch.randn(n_tokens, width))
+        self.ln_pre = nn.LayerNorm(width) if config.ln_pre else nn.Identity()
+        self.transformer = Transformer(width, config.layers, config.heads, config.mlp_ratio, make_act(act))
+        self.attn_pool = MAPHead(width, config.heads, config.mlp_ratio, make_act(act)) if config.pool == "map" else None
+        self.ln_post = nn.LayerNorm(width)
+        self.proj = nn.Parameter(scale * torch.randn(width, embed_dim))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Encodes normalised images (B, 3, H, W) into (B, embed_dim) features (not L2-normalised)."""
+        x = self.patch_embed(images).flatten(2).transpose(1, 2)  # (B, grid², width)
+        if self.class_token is not None:
+            x = torch.cat([self.class_token.expand(x.shape[0], 1, -1).to(x.dtype), x], dim=1)
+        x = x + self.pos_embed.to(x.dtype)
+        x = self._drop_patches(x)
+        x = self.ln_pre(x)
+        x = self.transformer(x)
+        return self.pool(x) @ self.proj
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        """Reduces tokens (B, T, width) to one vector per image, with ``ln_post`` applied as OpenCLIP does."""
+        if self.config.pool == "cls":
+            return self.ln_post(x[:, 0])
+        if self.config.pool == "mean":
+            return self.ln_post(x[:, int(self.config.class_token):]).mean(dim=1)
+        return self.ln_post(self.attn_pool(x))
+
+    def _drop_patches(self, x: torch.Tensor) -> torch.Tensor:
+        """Patch dropout (FLIP): keep a random subset of patch tokens during training, class token kept."""
+        p = self.config.patch_dropout
+        if not self.training or p == 0.0:
+            return x
+        n_prefix = int(self.config.class_token)
+        prefix, patches = x[:, :n_prefix], x[:, n_prefix:]
+        B, N, C = patches.shape
+        keep = max(1, int(N * (1 - p)))
+        idx = torch.rand(B, N, device=x.device).argsort(dim=1)[:, :keep]  # (B, keep)
+        patches = patches.gather(1, idx.unsqueeze(-1).expand(-1, -1, C))
+        return torch.cat([prefix, patches], dim=1)
