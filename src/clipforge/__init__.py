@@ -1,0 +1,99 @@
+"""clipforge: CLIP-family models (CLIP, CLIPPO) to train, fine-tune, evaluate, embed and search.
+
+The public API::
+
+    import clipforge
+    clipforge.list_models()
+    model, train_tf, eval_tf = clipforge.create_model_and_transforms("ViT-B/32")
+    tokenizer = clipforge.get_text_processor(model)
+    model, eval_tf, tokenizer = clipforge.load("path/to/model_dir")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from clipforge.models.clip import CLIP, CLIPOutput
+from clipforge.models.config import CLIPConfig, ConfigError, ResNetConfig, TextConfig, ViTConfig
+from clipforge.models.factory import build_config, build_model
+from clipforge.models.presets import list_presets
+from clipforge.transforms import EvalTransform, TrainTransform, image_transforms
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CLIP",
+    "CLIPConfig",
+    "CLIPOutput",
+    "ConfigError",
+    "ResNetConfig",
+    "TextConfig",
+    "ViTConfig",
+    "create_model",
+    "create_model_and_transforms",
+    "get_text_processor",
+    "list_models",
+    "load",
+]
+
+
+def list_models() -> list[str]:
+    """Names of every registered model preset."""
+    return list_presets()
+
+
+def create_model(name: str | CLIPConfig | dict[str, Any], device: torch.device | str | None = None,
+                 **overrides: Any) -> CLIP:
+    """Builds a randomly initialised model from a preset name or config.
+
+    Args:
+        name: A preset name (``list_models()``), a config mapping, or a config.
+        device: Where to put the model.
+        **overrides: Config fields to change, e.g. ``embed_dim=256`` or ``vision={"layers": 6}``; an
+            unknown or misspelled field is an error naming it.
+    """
+    return build_model(build_config(name, **overrides), device)
+
+
+def create_model_and_transforms(name: str | CLIPConfig | dict[str, Any], device: torch.device | str | None = None,
+                                **overrides: Any) -> tuple[CLIP, TrainTransform, EvalTransform]:
+    """Builds a model and its (train, eval) image transforms."""
+    model = create_model(name, device, **overrides)
+    return (model, *image_transforms(model.config.vision.image_size, model.config.mean, model.config.std))
+
+
+def get_text_processor(model_or_config: torch.nn.Module | CLIPConfig, directory: str | Path | None = None) -> Any:
+    """The callable that turns strings into the model's text input (``processor(texts) -> Tensor``).
+
+    CLIP models get the byte-level BPE tokenizer (with the vocabulary saved in ``directory`` when there
+    is one, else OpenAI's); the choice is carried by the model's config, so callers never branch on it.
+    """
+    from clipforge.text.bpe import BPETokenizer
+
+    config = model_or_config.config if isinstance(model_or_config, torch.nn.Module) else model_or_config
+    vocab = None
+    if directory is not None:
+        candidates = sorted(Path(directory).glob("*.txt.gz"))
+        vocab = candidates[0] if candidates else None
+    return BPETokenizer(vocab_path=vocab, context_length=config.text.context_length)
+
+
+def load(path: str | Path, device: torch.device | str | None = None, precision: str = "fp32",
+         **kwargs: Any) -> tuple[CLIP, EvalTransform, Any]:
+    """Loads a saved model directory (or a foreign checkpoint) with its eval transform and text processor.
+
+    Args:
+        path: A clipforge model directory, or an OpenAI / open_clip / HF checkpoint (converted on the fly).
+        device: Where to put the model.
+        precision: ``fp32``, ``bf16`` or ``fp16``.
+        **kwargs: Passed to the checkpoint reader (e.g. ``allow_pickle=True`` for pickled files).
+    """
+    from clipforge.checkpoints import load_any
+
+    model = load_any(path, device=device, precision=precision, **kwargs)
+    model.eval()
+    _, eval_tf = image_transforms(model.config.vision.image_size, model.config.mean, model.config.std)
+    return model, eval_tf, get_text_processor(model, path if Path(path).is_dir() else None)

@@ -1,0 +1,47 @@
+"""The ``clipforge`` command: one entry point, each verb a thin function over the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Each module exposes ``register(subparsers)``, which adds its verb(s) with ``set_defaults(func=...)``.
+VERB_MODULES = ["clipforge.cli.models"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser, with every verb registered."""
+    parser = argparse.ArgumentParser(prog="clipforge", description="Train, evaluate and use CLIP-family models.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    for name in VERB_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def _version() -> str:
+    from clipforge import __version__
+
+    return __version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the command line; bad input ends with a one-line error and exit status 2, not a traceback."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as e:
+        print(f"clipforge {args.verb}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"clipforge {args.verb}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

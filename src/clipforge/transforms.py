@@ -1,0 +1,123 @@
+"""Image preprocessing, as OpenAI's CLIP does it, without a torchvision dependency.
+
+Eval: resize the shorter side to the model's size (bicubic, PIL's antialiased filter), centre crop,
+convert to RGB, scale to [0, 1], normalise with the model's mean/std. The order is OpenAI's
+(``clip/clip.py::_transform``) so released checkpoints see exactly the pixels they were evaluated on;
+it equals torchvision's ``Resize(BICUBIC) + CenterCrop + ToTensor + Normalize`` on PIL images.
+Train: a random resized crop (scale 0.9–1.0 as OpenCLIP) in place of resize + centre crop.
+Both transforms are picklable classes, so DataLoader workers can use them.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+BICUBIC = Image.Resampling.BICUBIC
+
+
+def to_tensor(image: Image.Image, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """RGB PIL image → normalised float tensor (3, H, W)."""
+    x = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255)
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+    return x.sub_(mean_t).div_(std_t)
+
+
+def _rgb(image: Image.Image) -> Image.Image:
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+class EvalTransform:
+    """Resize shorter side (bicubic) → centre crop → RGB → tensor → normalise.
+
+    Args:
+        size: Output side in pixels.
+        mean: Per-channel mean.
+        std: Per-channel std.
+    """
+
+    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float]):
+        self.size, self.mean, self.std = size, tuple(mean), tuple(std)
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        w, h = image.size
+        short, long = (w, h) if w <= h else (h, w)
+        if short != self.size:  # torchvision's Resize(int): the long side is truncated, not rounded
+            new_long = int(self.size * long / short)
+            new_w, new_h = (self.size, new_long) if w <= h else (new_long, self.size)
+            image = image.resize((new_w, new_h), BICUBIC)
+        image = center_crop(image, self.size)
+        return to_tensor(_rgb(image), self.mean, self.std)
+
+    def __repr__(self) -> str:
+        return f"EvalTransform(size={self.size}, mean={self.mean}, std={self.std})"
+
+
+def center_crop(image: Image.Image, size: int) -> Image.Image:
+    """Centre crop to ``size``×``size`` (padding with black when the image is smaller), like torchvision."""
+    w, h = image.size
+    if w < size or h < size:
+        padded = Image.new(image.mode, (max(w, size), max(h, size)))
+        padded.paste(image, ((max(w, size) - w) // 2, (max(h, size) - h) // 2))
+        image, (w, h) = padded, padded.size
+    top = int(round((h - size) / 2.0))
+    left = int(round((w - size) / 2.0))
+    return image.crop((left, top, left + size, top + size))
+
+
+class TrainTransform:
+    """Random resized crop (bicubic) → RGB → tensor → normalise.
+
+    Args:
+        size: Output side in pixels.
+        mean: Per-channel mean.
+        std: Per-channel std.
+        scale: Range of the crop's area as a fraction of the image's.
+        ratio: Range of the crop's aspect ratio.
+    """
+
+    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float],
+                 scale: tuple[float, float] = (0.9, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3)):
+        self.size, self.mean, self.std, self.scale, self.ratio = size, tuple(mean), tuple(std), scale, ratio
+
+    def crop_box(self, width: int, height: int, rng: random.Random) -> tuple[int, int, int, int]:
+        """torchvision's RandomResizedCrop.get_params: (left, top, right, bottom)."""
+        area = width * height
+        log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
+        for _ in range(10):
+            target = area * rng.uniform(*self.scale)
+            aspect = math.exp(rng.uniform(*log_ratio))
+            w = int(round(math.sqrt(target * aspect)))
+            h = int(round(math.sqrt(target / aspect)))
+            if 0 < w <= width and 0 < h <= height:
+                top, left = rng.randint(0, height - h), rng.randint(0, width - w)
+                return left, top, left + w, top + h
+        # Fallback: a centre crop at the nearest allowed aspect ratio.
+        in_ratio = width / height
+        if in_ratio < self.ratio[0]:
+            w, h = width, int(round(width / self.ratio[0]))
+        elif in_ratio > self.ratio[1]:
+            w, h = int(round(height * self.ratio[1])), height
+        else:
+            w, h = width, height
+        left, top = (width - w) // 2, (height - h) // 2
+        return left, top, left + w, top + h
+
+    def __call__(self, image: Image.Image, rng: random.Random | None = None) -> torch.Tensor:
+        box = self.crop_box(*image.size, rng or random)  # type: ignore[arg-type]
+        image = _rgb(image).resize((self.size, self.size), BICUBIC, box=box)
+        return to_tensor(image, self.mean, self.std)
+
+    def __repr__(self) -> str:
+        return f"TrainTransform(size={self.size}, scale={self.scale}, ratio={self.ratio})"
+
+
+def image_transforms(size: int, mean: Sequence[float], std: Sequence[float]) -> tuple[TrainTransform, EvalTransform]:
+    """The (train, eval) transforms for a model of input side ``size``."""
+    return TrainTransform(size, mean, std), EvalTransform(size, mean, std)

@@ -1,0 +1,197 @@
+"""Model family tests: every preset builds, tiny ones train, attention and pooling are right."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import clipforge
+from clipforge.models.config import ConfigError
+from clipforge.models.layers import Attention
+
+REFERENCE_PARAMS = {  # OpenAI's released models, as counted by OpenCLIP
+    "RN50": 102_007_137,
+    "RN101": 119_688_033,
+    "RN50x4": 178_300_601,
+    "ViT-B/32": 151_277_313,
+    "ViT-B/16": 149_620_737,
+    "ViT-L/14": 427_616_513,
+    "ViT-L/14@336": 427_944_193,
+}
+TINY = [name for name in clipforge.list_models() if name.startswith("tiny")]
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", clipforge.list_models())
+def test_every_preset_builds(name: str) -> None:
+    with torch.device("meta"):
+        model = clipforge.create_model(name)
+    if name in REFERENCE_PARAMS:
+        assert n_params(model) == REFERENCE_PARAMS[name]
+    expected_act = "gelu" if name.startswith(("ViT-H", "ViT-g", "ViT-bigG", "tiny")) or "gelu" in name else "quick_gelu"
+    assert model.config.act == expected_act
+
+
+def test_reference_presets_are_all_registered() -> None:
+    names = set(clipforge.list_models())
+    assert set(REFERENCE_PARAMS) | {"RN50x16", "RN50x64", "ViT-H/14", "ViT-g/14", "ViT-bigG/14"} <= names
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_tiny_forward_backward_every_parameter_gets_gradient(name: str) -> None:
+    torch.manual_seed(0)
+    model = clipforge.create_model(name)
+    # OpenAI zero-initialises each bottleneck's last BN, which stops gradient into the residual branch at
+    # step 0; open those gates so the test checks that every parameter is wired into the loss.
+    for module in model.modules():
+        if hasattr(module, "bn3") and hasattr(module, "downsample"):
+            torch.nn.init.ones_(module.bn3.weight)
+    size = model.config.vision.image_size
+    images = torch.randn(4, 3, size, size)
+    tokens = torch.randint(1, 49406, (4, model.config.text.context_length))
+    tokens[:, 0], tokens[:, 10] = 49406, 49407
+    tokens[:, 11:] = 0
+    out = model(images, tokens)
+    logits = out.logit_scale * out.image_features @ out.text_features.T
+    labels = torch.arange(4)
+    loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+    loss.backward()
+    assert torch.isfinite(loss)
+    for pname, p in model.named_parameters():
+        assert p.grad is not None, f"{pname} got no gradient"
+        assert torch.isfinite(p.grad).all(), f"{pname} has a non-finite gradient"
+        if pname != "text.token_embed.weight":
+            assert p.grad.abs().sum() > 0, f"{pname} has an all-zero gradient"
+
+
+def test_features_are_normalised_and_logit_scale_is_clamped() -> None:
+    model = clipforge.create_model("tiny-vit")
+    assert math.isclose(model.logit_scale.item(), math.log(1 / 0.07), rel_tol=1e-6)
+    with torch.no_grad():
+        model.logit_scale.fill_(10.0)
+    out = model(torch.randn(2, 3, 64, 64), torch.randint(0, 49408, (2, 32)))
+    assert torch.allclose(out.image_features.norm(dim=-1), torch.ones(2), atol=1e-5)
+    assert torch.allclose(out.text_features.norm(dim=-1), torch.ones(2), atol=1e-5)
+    assert math.isclose(out.logit_scale.item(), 100.0, rel_tol=1e-5)
+    assert out.logit_bias is None
+    assert clipforge.create_model("tiny-vit", init_logit_bias=-10.0).logit_bias.item() == -10.0
+
+
+def test_text_attention_is_causal() -> None:
+    torch.manual_seed(0)
+    text = clipforge.create_model("tiny-vit").text.eval()
+    tokens = torch.randint(1, 49000, (1, 32))
+    changed = tokens.clone()
+    changed[0, 20:] = torch.randint(1, 49000, (12,))
+    hidden = {}
+    hook = text.transformer.register_forward_hook(lambda m, i, o: hidden.setdefault(len(hidden), o))
+    with torch.no_grad():
+        text(tokens)
+        text(changed)
+    hook.remove()
+    assert torch.equal(hidden[0][:, :20], hidden[1][:, :20])
+    assert not torch.allclose(hidden[0][:, 20:], hidden[1][:, 20:])
+
+
+def test_eot_pooling_reads_the_end_of_text_position() -> None:
+    torch.manual_seed(0)
+    text = clipforge.create_model("tiny-vit").text.eval()
+    tokens = torch.tensor([[49406, 5, 6, 49407, 0, 0], [49406, 7, 8, 9, 10, 49407]])
+    assert text.eot_positions(tokens).tolist() == [3, 5]
+    custom = clipforge.create_model("tiny-vit", text={"eot_token_id": 2}).text
+    assert custom.eot_positions(torch.tensor([[1, 9, 2, 0], [1, 2, 50, 0]])).tolist() == [2, 1]
+    # The feature equals the final hidden state at that position, projected.
+    final = {}
+    text.ln_final.register_forward_hook(lambda m, i, o: final.setdefault("x", o))
+    with torch.no_grad():
+        feats = text(tokens)
+    assert torch.allclose(feats[0], final["x"][0, 3] @ text.proj, atol=1e-6)
+    assert torch.allclose(feats[1], final["x"][1, 5] @ text.proj, atol=1e-6)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_sdpa_attention_equals_explicit_softmax(causal: bool) -> None:
+    torch.manual_seed(0)
+    attn = Attention(64, 4, causal=causal).double()
+    x = torch.randn(3, 10, 64, dtype=torch.float64)
+    B, T, C = x.shape
+    q, k, v = attn.qkv(x).view(B, T, 3, 4, 16).permute(2, 0, 3, 1, 4)
+    scores = q @ k.transpose(-1, -2) / math.sqrt(16)
+    if causal:
+        scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
+    expected = attn.out_proj((scores.softmax(-1) @ v).transpose(1, 2).reshape(B, T, C))
+    assert (attn(x) - expected).abs().max() < 1e-6
+
+
+def test_gradient_checkpointing_gives_the_same_gradients() -> None:
+    torch.manual_seed(0)
+    model = clipforge.create_model("tiny-vit")
+    images, tokens = torch.randn(2, 3, 64, 64), torch.randint(0, 49408, (2, 32))
+
+    def grads() -> list[torch.Tensor]:
+        model.zero_grad()
+        out = model(images, tokens)
+        (out.logit_scale * out.image_features @ out.text_features.T).sum().backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    plain = grads()
+    model.set_grad_checkpointing(True)
+    for a, b in zip(plain, grads()):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("pool", ["mean", "map"])
+def test_other_poolings(pool: str) -> None:
+    model = clipforge.create_model("tiny-vit", vision={"pool": pool})
+    assert model.encode_image(torch.randn(2, 3, 64, 64)).shape == (2, 128)
+
+
+def test_patch_dropout_only_in_training() -> None:
+    torch.manual_seed(0)
+    model = clipforge.create_model("tiny-vit", vision={"patch_dropout": 0.5})
+    seen = {}
+    model.visual.ln_pre.register_forward_hook(lambda m, i, o: seen.__setitem__(m.training, o.shape))
+    images = torch.randn(2, 3, 64, 64)
+    model.train()(images, None)
+    model.eval()(images, None)
+    assert seen[True] == (2, 1 + 32, 128) and seen[False] == (2, 1 + 64, 128)
+
+
+def test_unknown_or_misspelled_field_is_an_error_naming_it() -> None:
+    with pytest.raises(ConfigError, match="unknown field 'widht'.*did you mean 'width'"):
+        clipforge.create_model("tiny-vit", vision={"widht": 64})
+    with pytest.raises(ConfigError, match="unknown field 'embeddim'"):
+        clipforge.create_model("tiny-vit", embeddim=64)
+    with pytest.raises(ConfigError, match=r"text.layers: expected an integer, got str"):
+        clipforge.create_model("tiny-vit", **{"text.layers": "four"})
+    with pytest.raises(ConfigError, match="act: expected one of"):
+        clipforge.create_model("tiny-vit", act="relu")
+    with pytest.raises(ConfigError, match="not divisible by heads"):
+        clipforge.create_model("tiny-vit", vision={"heads": 5})
+    with pytest.raises(ConfigError, match="unknown model 'ViT-B-32'.*ViT-B/32"):
+        clipforge.create_model("ViT-B-32")
+
+
+def test_overrides_and_config_round_trip() -> None:
+    from clipforge.models.config import CLIPConfig, from_dict, to_dict
+
+    model = clipforge.create_model("tiny-rn", **{"vision.width": 32, "embed_dim": 64})
+    assert model.config.vision.width == 32 and model.config.embed_dim == 64
+    assert from_dict(CLIPConfig, to_dict(model.config)) == model.config
+    with torch.device("meta"):
+        rn50 = clipforge.create_model("RN50")
+    assert from_dict(CLIPConfig, to_dict(rn50.config)) == rn50.config
+
+
+def test_openai_resnet_initialisation() -> None:
+    model = clipforge.create_model("tiny-rn")
+    for stage in (model.visual.layer1, model.visual.layer4):
+        assert all((block.bn3.weight == 0).all() for block in stage)
+    std = model.visual.attn_pool.q_proj.weight.std().item()
+    assert abs(std - (16 * 32) ** -0.5) / (16 * 32) ** -0.5 < 0.1
