@@ -17,18 +17,31 @@ from typing import Any
 import torch
 
 from clipforge.models.clip import CLIP, CLIPOutput
-from clipforge.models.config import CLIPConfig, ConfigError, ResNetConfig, TextConfig, ViTConfig
+from clipforge.models.clippo import CLIPPO
+from clipforge.models.config import (
+    CLIPConfig,
+    CLIPPOConfig,
+    ConfigError,
+    ModelConfig,
+    ResNetConfig,
+    TextConfig,
+    ViTConfig,
+)
 from clipforge.models.factory import build_config, build_model
 from clipforge.models.presets import list_presets
-from clipforge.transforms import EvalTransform, TrainTransform, image_transforms
+from clipforge.text import build_text_processor
+from clipforge.transforms import EvalTransform, TrainTransform, model_transforms
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CLIP",
+    "CLIPPO",
     "CLIPConfig",
     "CLIPOutput",
+    "CLIPPOConfig",
     "ConfigError",
+    "ModelConfig",
     "ResNetConfig",
     "TextConfig",
     "ViTConfig",
@@ -45,8 +58,8 @@ def list_models() -> list[str]:
     return list_presets()
 
 
-def create_model(name: str | CLIPConfig | dict[str, Any], device: torch.device | str | None = None,
-                 **overrides: Any) -> CLIP:
+def create_model(name: str | ModelConfig | dict[str, Any], device: torch.device | str | None = None,
+                 **overrides: Any) -> CLIP | CLIPPO:
     """Builds a randomly initialised model from a preset name or config.
 
     Args:
@@ -58,31 +71,26 @@ def create_model(name: str | CLIPConfig | dict[str, Any], device: torch.device |
     return build_model(build_config(name, **overrides), device)
 
 
-def create_model_and_transforms(name: str | CLIPConfig | dict[str, Any], device: torch.device | str | None = None,
-                                **overrides: Any) -> tuple[CLIP, TrainTransform, EvalTransform]:
+def create_model_and_transforms(name: str | ModelConfig | dict[str, Any], device: torch.device | str | None = None,
+                                **overrides: Any) -> tuple[CLIP | CLIPPO, TrainTransform, EvalTransform]:
     """Builds a model and its (train, eval) image transforms."""
     model = create_model(name, device, **overrides)
-    return (model, *image_transforms(model.config.vision.image_size, model.config.mean, model.config.std))
+    return (model, *model_transforms(model.config))
 
 
-def get_text_processor(model_or_config: torch.nn.Module | CLIPConfig, directory: str | Path | None = None) -> Any:
+def get_text_processor(model_or_config: torch.nn.Module | ModelConfig, directory: str | Path | None = None) -> Any:
     """The callable that turns strings into the model's text input (``processor(texts) -> Tensor``).
 
     CLIP models get the byte-level BPE tokenizer (with the vocabulary saved in ``directory`` when there
-    is one, else OpenAI's); the choice is carried by the model's config, so callers never branch on it.
+    is one, else OpenAI's); CLIPPO models get the Unifont renderer their config names. The choice is
+    carried by the model's config, so callers never branch on the model family.
     """
-    from clipforge.text.bpe import BPETokenizer
-
     config = model_or_config.config if isinstance(model_or_config, torch.nn.Module) else model_or_config
-    vocab = None
-    if directory is not None:
-        candidates = sorted(Path(directory).glob("*.txt.gz"))
-        vocab = candidates[0] if candidates else None
-    return BPETokenizer(vocab_path=vocab, context_length=config.text.context_length)
+    return build_text_processor(config, directory)
 
 
 def load(path: str | Path, device: torch.device | str | None = None, precision: str = "fp32",
-         **kwargs: Any) -> tuple[CLIP, EvalTransform, Any]:
+         **kwargs: Any) -> tuple[CLIP | CLIPPO, EvalTransform, Any]:
     """Loads a saved model directory (or a foreign checkpoint) with its eval transform and text processor.
 
     Args:
@@ -95,5 +103,5 @@ def load(path: str | Path, device: torch.device | str | None = None, precision: 
 
     model = load_any(path, device=device, precision=precision, **kwargs)
     model.eval()
-    _, eval_tf = image_transforms(model.config.vision.image_size, model.config.mean, model.config.std)
+    _, eval_tf = model_transforms(model.config)
     return model, eval_tf, get_text_processor(model, path if Path(path).is_dir() else None)

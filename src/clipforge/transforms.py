@@ -40,12 +40,20 @@ class EvalTransform:
         size: Output side in pixels.
         mean: Per-channel mean.
         std: Per-channel std.
+        resize: ``shorter_crop`` (OpenAI) or ``squash`` (resize both sides, no crop: big_vision).
     """
 
-    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float]):
-        self.size, self.mean, self.std = size, tuple(mean), tuple(std)
+    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float], resize: str = "shorter_crop"):
+        if resize not in ("shorter_crop", "squash"):
+            raise ValueError(f"resize must be 'shorter_crop' or 'squash', got {resize!r}")
+        self.size, self.mean, self.std, self.resize = size, tuple(mean), tuple(std), resize
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
+        if self.resize == "squash":
+            image = _rgb(image)
+            if image.size != (self.size, self.size):
+                image = image.resize((self.size, self.size), BICUBIC)
+            return to_tensor(image, self.mean, self.std)
         w, h = image.size
         short, long = (w, h) if w <= h else (h, w)
         if short != self.size:  # torchvision's Resize(int): the long side is truncated, not rounded
@@ -56,7 +64,7 @@ class EvalTransform:
         return to_tensor(_rgb(image), self.mean, self.std)
 
     def __repr__(self) -> str:
-        return f"EvalTransform(size={self.size}, mean={self.mean}, std={self.std})"
+        return f"EvalTransform(size={self.size}, resize={self.resize!r}, mean={self.mean}, std={self.std})"
 
 
 def center_crop(image: Image.Image, size: int) -> Image.Image:
@@ -118,6 +126,12 @@ class TrainTransform:
         return f"TrainTransform(size={self.size}, scale={self.scale}, ratio={self.ratio})"
 
 
-def image_transforms(size: int, mean: Sequence[float], std: Sequence[float]) -> tuple[TrainTransform, EvalTransform]:
+def image_transforms(size: int, mean: Sequence[float], std: Sequence[float],
+                     resize: str = "shorter_crop") -> tuple[TrainTransform, EvalTransform]:
     """The (train, eval) transforms for a model of input side ``size``."""
-    return TrainTransform(size, mean, std), EvalTransform(size, mean, std)
+    return TrainTransform(size, mean, std), EvalTransform(size, mean, std, resize)
+
+
+def model_transforms(config: object) -> tuple[TrainTransform, EvalTransform]:
+    """The (train, eval) transforms a model config asks for (size, mean, std, resize rule)."""
+    return image_transforms(config.vision.image_size, config.mean, config.std, config.image_resize)  # type: ignore[attr-defined]

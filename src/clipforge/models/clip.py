@@ -34,10 +34,10 @@ class CLIP(nn.Module):
         super().__init__()
         self.config = config
         if isinstance(config.vision, ViTConfig):
-            self.visual: nn.Module = VisionTransformer(config.vision, config.embed_dim, config.act)
+            self.visual: nn.Module = VisionTransformer(config.vision, config.embed_dim, config.act, config.norm_eps)
         else:
             self.visual = ModifiedResNet(config.vision, config.embed_dim)
-        self.text = TextTransformer(config.text, config.embed_dim, config.act)
+        self.text = TextTransformer(config.text, config.embed_dim, config.act, config.norm_eps)
         self.logit_scale = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
         self.logit_bias = None
         if config.init_logit_bias is not None:

@@ -35,24 +35,26 @@ def _check_type(value: Any, annotation: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected one of {list(args)}, got {value!r}")
         return value
     if origin in (typing.Union, types.UnionType):
-        tagged = {getattr(a, "__dataclass_fields__", {}).get("kind"): a for a in args if dataclasses.is_dataclass(a)}
-        if isinstance(value, dict) and None not in tagged and len(tagged) > 1:
-            kinds = {f.default: a for f, a in tagged.items()}
+        kinds = {_kind(a): a for a in args if dataclasses.is_dataclass(a)}
+        if isinstance(value, dict) and len(kinds) > 1 and None not in kinds:  # a tagged union: dispatch on kind
             kind = value.get("kind", next(iter(kinds)))
             if kind not in kinds:
                 raise ConfigError(f"{where}.kind: expected one of {list(kinds)}, got {kind!r}")
             return from_dict(kinds[kind], value, where)
-        errors = []
         for arg in args:
             try:
                 return _check_type(value, arg, where)
-            except ConfigError as e:
-                errors.append(str(e))
+            except ConfigError:
+                pass
         raise ConfigError(f"{where}: {value!r} matches none of {annotation}")
     if annotation is type(None):
         if value is not None:
             raise ConfigError(f"{where}: expected None, got {value!r}")
         return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
+        return dict(value)
     if origin is tuple:
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
@@ -86,6 +88,11 @@ def _check_type(value: Any, annotation: Any, where: str) -> Any:
     if isinstance(annotation, type) and not isinstance(value, annotation):
         raise ConfigError(f"{where}: expected {annotation.__name__}, got {type(value).__name__}")
     return value
+
+
+def _kind(cls: type) -> str | None:
+    kind = cls.__dataclass_fields__.get("kind")  # type: ignore[attr-defined]
+    return kind.default if kind is not None else None
 
 
 def from_dict(cls: type[T], data: dict[str, Any], where: str | None = None) -> T:
@@ -182,6 +189,7 @@ class ViTConfig:
         ln_pre: LayerNorm after the embeddings (CLIP: yes).
         patch_bias: Bias in the patch-embedding convolution (CLIP: no; big_vision: yes).
         patch_dropout: Fraction of patch tokens dropped at training time (FLIP, Li et al. 2022).
+        proj_bias: A bias on the output projection (big_vision's ``head`` Dense has one; CLIP's has not).
     """
 
     kind: Literal["vit"] = "vit"
@@ -196,6 +204,7 @@ class ViTConfig:
     ln_pre: bool = True
     patch_bias: bool = False
     patch_dropout: float = 0.0
+    proj_bias: bool = False
 
     def __post_init__(self) -> None:
         _positive("vision", image_size=self.image_size, patch_size=self.patch_size, width=self.width,
@@ -286,25 +295,82 @@ class CLIPConfig:
         embed_dim: Dimension of the shared embedding space.
         vision: The image tower (``ViTConfig`` or ``ResNetConfig``, chosen by its ``kind``).
         text: The text tower.
-        act: Activation in every MLP: ``quick_gelu`` (OpenAI checkpoints) or ``gelu`` (most OpenCLIP
-            models). A mismatch with the checkpoint silently ruins accuracy.
+        act: Activation in every MLP: ``quick_gelu`` (OpenAI checkpoints), ``gelu`` (most OpenCLIP
+            models) or ``gelu_tanh`` (big_vision/flax). A mismatch with the checkpoint silently ruins accuracy.
+        norm_eps: LayerNorm epsilon (PyTorch/OpenAI: 1e-5; flax/big_vision: 1e-6).
         init_logit_scale: Initial log of the logit scale (CLIP: log(1/0.07)).
         init_logit_bias: Initial logit bias; ``None`` means the model has none (SigLIP uses -10).
         max_logit_scale: The logit scale is clamped at exp(max_logit_scale) when used (CLIP: log(100)).
         mean: Per-channel mean used to normalise images.
         std: Per-channel std used to normalise images.
+        image_resize: ``shorter_crop`` (resize the shorter side, centre crop: OpenAI) or ``squash`` (resize
+            both sides to the model's size: big_vision).
     """
 
     embed_dim: int = 512
     vision: ViTConfig | ResNetConfig = field(default_factory=ViTConfig)
     text: TextConfig = field(default_factory=TextConfig)
-    act: Literal["quick_gelu", "gelu"] = "quick_gelu"
+    act: Literal["quick_gelu", "gelu", "gelu_tanh"] = "quick_gelu"
+    norm_eps: float = 1e-5
     init_logit_scale: float = math.log(1 / 0.07)
     init_logit_bias: float | None = None
     max_logit_scale: float = math.log(100)
     mean: tuple[float, float, float] = OPENAI_MEAN
     std: tuple[float, float, float] = OPENAI_STD
+    image_resize: Literal["shorter_crop", "squash"] = "shorter_crop"
     family: Literal["clip"] = "clip"
 
     def __post_init__(self) -> None:
-        _positive("", embed_dim=self.embed_dim)
+        _positive("", embed_dim=self.embed_dim, norm_eps=self.norm_eps)
+
+
+@dataclass(frozen=True)
+class CLIPPOConfig:
+    """CLIPPO (Tschannen et al. 2022): one ViT encodes images and text rendered as images.
+
+    There is no text tower and no tokenizer: strings become images through the renderer described by
+    ``render`` (the fields of ``clipforge.text.render.RenderConfig``, validated when the renderer is
+    built), and both kinds of image go through ``vision`` with the same parameters.
+
+    Attributes:
+        embed_dim: Output dimension of the head (768 for the paper's B/16).
+        vision: The shared ViT (the paper: B/16, MAP pooling, no class token).
+        render: The text renderer's config; saved with the model so it is always served with the
+            renderer it was trained with.
+        act, norm_eps, init_logit_scale, init_logit_bias, max_logit_scale, mean, std, image_resize:
+            As in ``CLIPConfig``; defaults follow big_vision (tanh-GELU, eps 1e-6, temperature 10,
+            pixels scaled to [-1, 1], images squashed to the model's size).
+    """
+
+    embed_dim: int = 768
+    vision: ViTConfig = field(default_factory=lambda: ViTConfig(
+        image_size=224, patch_size=16, width=768, layers=12, heads=12, pool="map", class_token=False,
+        ln_pre=False, patch_bias=True, proj_bias=True))
+    render: dict[str, Any] = field(default_factory=dict)
+    act: Literal["quick_gelu", "gelu", "gelu_tanh"] = "gelu_tanh"
+    norm_eps: float = 1e-6
+    init_logit_scale: float = math.log(10.0)
+    init_logit_bias: float | None = None
+    max_logit_scale: float = math.log(100)
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    image_resize: Literal["shorter_crop", "squash"] = "squash"
+    family: Literal["clippo"] = "clippo"
+
+    def __post_init__(self) -> None:
+        _positive("", embed_dim=self.embed_dim, norm_eps=self.norm_eps)
+        if self.render.get("image_size", self.vision.image_size) != self.vision.image_size:
+            raise ConfigError(f"render.image_size={self.render['image_size']} differs from "
+                              f"vision.image_size={self.vision.image_size}: rendered text must fit the ViT")
+
+
+ModelConfig = CLIPConfig | CLIPPOConfig
+
+
+def model_config_from_dict(data: dict[str, Any], where: str = "model") -> ModelConfig:
+    """Builds the config of the model family named by ``data['family']`` (default ``clip``)."""
+    families: dict[str, type] = {"clip": CLIPConfig, "clippo": CLIPPOConfig}
+    family = data.get("family", "clip")
+    if family not in families:
+        raise ConfigError(f"{where}.family: expected one of {list(families)}, got {family!r}")
+    return from_dict(families[family], data, where)

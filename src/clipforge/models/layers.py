@@ -23,7 +23,11 @@ class QuickGELU(nn.Module):
 
 def make_act(name: str) -> Callable[[], nn.Module]:
     """Returns a constructor for the activation called ``name`` (``quick_gelu`` or ``gelu``)."""
-    acts: dict[str, Callable[[], nn.Module]] = {"quick_gelu": QuickGELU, "gelu": nn.GELU}
+    acts: dict[str, Callable[[], nn.Module]] = {
+        "quick_gelu": QuickGELU,
+        "gelu": nn.GELU,
+        "gelu_tanh": lambda: nn.GELU(approximate="tanh"),
+    }
     if name not in acts:
         raise ValueError(f"unknown activation {name!r}; expected one of {list(acts)}")
     return acts[name]
@@ -72,11 +76,12 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """Pre-norm residual attention block."""
 
-    def __init__(self, width: int, heads: int, mlp_ratio: float, act: Callable[[], nn.Module], causal: bool = False):
+    def __init__(self, width: int, heads: int, mlp_ratio: float, act: Callable[[], nn.Module], causal: bool = False,
+                 norm_eps: float = 1e-5):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(width)
+        self.ln_1 = nn.LayerNorm(width, eps=norm_eps)
         self.attn = Attention(width, heads, causal)
-        self.ln_2 = nn.LayerNorm(width)
+        self.ln_2 = nn.LayerNorm(width, eps=norm_eps)
         self.mlp = MLP(width, int(width * mlp_ratio), act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -95,12 +100,13 @@ class Transformer(nn.Module):
         mlp_ratio: MLP hidden width as a multiple of ``width``.
         act: Activation constructor.
         causal: Causal self-attention (text) or full (images).
+        norm_eps: LayerNorm epsilon.
     """
 
     def __init__(self, width: int, layers: int, heads: int, mlp_ratio: float, act: Callable[[], nn.Module],
-                 causal: bool = False):
+                 causal: bool = False, norm_eps: float = 1e-5):
         super().__init__()
-        self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio, act, causal) for _ in range(layers))
+        self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio, act, causal, norm_eps) for _ in range(layers))
         self.grad_checkpointing = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -118,14 +124,14 @@ class MAPHead(nn.Module):
     ``probe`` → cross-attention over the tokens → ``x + mlp(norm(x))``; returns (B, width).
     """
 
-    def __init__(self, width: int, heads: int, mlp_ratio: float, act: Callable[[], nn.Module]):
+    def __init__(self, width: int, heads: int, mlp_ratio: float, act: Callable[[], nn.Module], norm_eps: float = 1e-5):
         super().__init__()
         self.heads = heads
         self.probe = nn.Parameter(torch.empty(1, 1, width))
         self.q = nn.Linear(width, width)
         self.kv = nn.Linear(width, 2 * width)
         self.out_proj = nn.Linear(width, width)
-        self.norm = nn.LayerNorm(width)
+        self.norm = nn.LayerNorm(width, eps=norm_eps)
         self.mlp = MLP(width, int(width * mlp_ratio), act)
         nn.init.xavier_uniform_(self.probe.view(1, width))
 

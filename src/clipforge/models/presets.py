@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from clipforge.models.config import ConfigError, from_dict
+from clipforge.models.config import ConfigError
 
 _PRESETS: dict[str, dict[str, Any]] = {}
 
@@ -97,9 +97,12 @@ register_preset("tiny-rn", {
 })
 
 
-def validate_all() -> None:
-    """Builds every preset's typed config (used by tests)."""
-    from clipforge.models.config import CLIPConfig
-
-    for name in list_presets():
-        from_dict(CLIPConfig, preset_config(name), name)
+# CLIPPO: the paper's B/16 at 224 px (CLIPPOConfig's defaults), and a tiny one for a 2-core CPU.
+register_preset("clippo-B/16", {"family": "clippo"})
+register_preset("clippo-tiny", {
+    "family": "clippo",
+    "embed_dim": 128,
+    "vision": {"kind": "vit", "image_size": 96, "patch_size": 16, "width": 192, "layers": 4, "heads": 3,
+               "pool": "map", "class_token": False, "ln_pre": False, "patch_bias": True, "proj_bias": True},
+    "render": {"image_size": 96},
+})

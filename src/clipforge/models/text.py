@@ -16,16 +16,17 @@ class TextTransformer(nn.Module):
         config: The tower's shape and pooling rule.
         embed_dim: Output (shared embedding space) dimension.
         act: Activation name for the MLPs.
+        norm_eps: LayerNorm epsilon.
     """
 
-    def __init__(self, config: TextConfig, embed_dim: int, act: str):
+    def __init__(self, config: TextConfig, embed_dim: int, act: str, norm_eps: float = 1e-5):
         super().__init__()
         self.config = config
         self.token_embed = nn.Embedding(config.vocab_size, config.width)
         self.pos_embed = nn.Parameter(torch.empty(config.context_length, config.width))
         self.transformer = Transformer(config.width, config.layers, config.heads, config.mlp_ratio, make_act(act),
-                                       causal=True)
-        self.ln_final = nn.LayerNorm(config.width)
+                                       causal=True, norm_eps=norm_eps)
+        self.ln_final = nn.LayerNorm(config.width, eps=norm_eps)
         self.proj = nn.Parameter(torch.empty(config.width, embed_dim))
         self.init_weights()
 

@@ -16,9 +16,10 @@ class VisionTransformer(nn.Module):
         config: The tower's shape.
         embed_dim: Output (shared embedding space) dimension.
         act: Activation name for the MLPs.
+        norm_eps: LayerNorm epsilon.
     """
 
-    def __init__(self, config: ViTConfig, embed_dim: int, act: str):
+    def __init__(self, config: ViTConfig, embed_dim: int, act: str, norm_eps: float = 1e-5):
         super().__init__()
         self.config = config
         width, scale = config.width, config.width**-0.5
@@ -26,11 +27,15 @@ class VisionTransformer(nn.Module):
         n_tokens = config.grid_size**2 + int(config.class_token)
         self.class_token = nn.Parameter(scale * torch.randn(width)) if config.class_token else None
         self.pos_embed = nn.Parameter(scale * torch.randn(n_tokens, width))
-        self.ln_pre = nn.LayerNorm(width) if config.ln_pre else nn.Identity()
-        self.transformer = Transformer(width, config.layers, config.heads, config.mlp_ratio, make_act(act))
-        self.attn_pool = MAPHead(width, config.heads, config.mlp_ratio, make_act(act)) if config.pool == "map" else None
-        self.ln_post = nn.LayerNorm(width)
+        self.ln_pre = nn.LayerNorm(width, eps=norm_eps) if config.ln_pre else nn.Identity()
+        self.transformer = Transformer(width, config.layers, config.heads, config.mlp_ratio, make_act(act),
+                                       norm_eps=norm_eps)
+        self.attn_pool = None
+        if config.pool == "map":
+            self.attn_pool = MAPHead(width, config.heads, config.mlp_ratio, make_act(act), norm_eps)
+        self.ln_post = nn.LayerNorm(width, eps=norm_eps)
         self.proj = nn.Parameter(scale * torch.randn(width, embed_dim))
+        self.proj_bias = nn.Parameter(torch.zeros(embed_dim)) if config.proj_bias else None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Encodes normalised images (B, 3, H, W) into (B, embed_dim) features (not L2-normalised)."""
@@ -41,15 +46,20 @@ class VisionTransformer(nn.Module):
         x = self._drop_patches(x)
         x = self.ln_pre(x)
         x = self.transformer(x)
-        return self.pool(x) @ self.proj
+        x = self.pool(x) @ self.proj
+        return x + self.proj_bias if self.proj_bias is not None else x
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
-        """Reduces tokens (B, T, width) to one vector per image, with ``ln_post`` applied as OpenCLIP does."""
+        """Reduces tokens (B, T, width) to one vector per image.
+
+        ``cls`` normalises the class token (OpenAI); ``mean`` and ``map`` normalise every token first and
+        then pool (OpenCLIP's ``avg``; big_vision's encoder norm before its MAP head).
+        """
         if self.config.pool == "cls":
             return self.ln_post(x[:, 0])
         if self.config.pool == "mean":
             return self.ln_post(x[:, int(self.config.class_token):]).mean(dim=1)
-        return self.ln_post(self.attn_pool(x))
+        return self.attn_pool(self.ln_post(x))
 
     def _drop_patches(self, x: torch.Tensor) -> torch.Tensor:
         """Patch dropout (FLIP): keep a random subset of patch tokens during training, class token kept."""

@@ -1,0 +1,225 @@
+"""big_vision CLIPPO checkpoints (``.npz`` of flattened flax parameters) ↔ clipforge CLIPPO.
+
+big_vision's one-tower CLIPPO keeps its ViT under ``img/`` (``params/img/`` in a training checkpoint)
+and the log-temperature as ``t``. Flax kernels are (in, out) and attention kernels are split per head:
+query/key/value (width, heads, head_dim), out (heads, head_dim, width); the patch embedding is HWIO.
+The architecture is read off the tensor shapes; the renderer defaults to big_vision's pixel rules.
+"""
+
+from __future__ import annotations
+
+import math
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from clipforge.models.config import CLIPPOConfig, ViTConfig
+
+PREFIXES = ("params/img/", "img/", "opt/target/img/")
+
+
+class BigVisionFormatError(ValueError):
+    """The file is not a readable big_vision CLIPPO checkpoint."""
+
+
+def is_big_vision_npz(path: str | Path) -> bool:
+    """Whether ``path`` looks like a big_vision ``.npz`` with a ViT under ``img/``."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = {n.removesuffix(".npy") for n in zf.namelist()}
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return any(f"{p}embedding/kernel" in names for p in PREFIXES)
+
+
+def read_npz(path: str | Path) -> dict[str, np.ndarray]:
+    """Loads every array of an ``.npz`` (never unpickling), with a clear error for a corrupt file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint file")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+        raise BigVisionFormatError(f"{path}: not a readable .npz checkpoint ({e})") from None
+
+
+def _prefix(arrays: dict[str, np.ndarray], path: str | Path) -> str:
+    for p in PREFIXES:
+        if f"{p}embedding/kernel" in arrays:
+            return p
+    raise BigVisionFormatError(f"{path}: no big_vision ViT found (expected a key like 'params/img/embedding/kernel')")
+
+
+def config_from_arrays(arrays: dict[str, np.ndarray], path: str | Path = "<arrays>") -> CLIPPOConfig:
+    """Infers the CLIPPO config from tensor shapes."""
+    p = _prefix(arrays, path)
+
+    def get(key: str) -> np.ndarray:
+        if p + key not in arrays:
+            raise BigVisionFormatError(f"{path}: missing {p + key!r}")
+        return arrays[p + key]
+
+    patch, _, in_ch, width = get("embedding/kernel").shape
+    if in_ch != 3:
+        raise BigVisionFormatError(f"{path}: {p}embedding/kernel has {in_ch} input channels, expected 3")
+    class_token = p + "cls" in arrays
+    n_pos = get("pos_embedding").shape[-2] - int(class_token)
+    grid = math.isqrt(n_pos)
+    if grid * grid != n_pos:
+        raise BigVisionFormatError(f"{path}: {p}pos_embedding has {n_pos} patch positions, not a square grid")
+    layers = 0
+    while f"{p}Transformer/encoderblock_{layers}/LayerNorm_0/scale" in arrays:
+        layers += 1
+    if layers == 0:
+        raise BigVisionFormatError(f"{path}: no '{p}Transformer/encoderblock_N' blocks found")
+    heads = get("Transformer/encoderblock_0/MultiHeadDotProductAttention_0/query/kernel").shape[1]
+    mlp = get("Transformer/encoderblock_0/MlpBlock_0/Dense_0/kernel").shape[1]
+    if p + "head/kernel" not in arrays:
+        raise BigVisionFormatError(f"{path}: missing {p}head/kernel (the projection to the embedding space)")
+    embed_dim = arrays[p + "head/kernel"].shape[1]
+    pool = "map" if p + "MAPHead_0/probe" in arrays else ("cls" if class_token else "mean")
+    vision = ViTConfig(image_size=grid * patch, patch_size=patch, width=width, layers=layers, heads=heads,
+                       mlp_ratio=_ratio(mlp, width), pool=pool, class_token=class_token, ln_pre=False,
+                       patch_bias=True, proj_bias=True)
+    return CLIPPOConfig(embed_dim=embed_dim, vision=vision, render={"mode": "big_vision"})
+
+
+def _ratio(hidden: int, width: int) -> float:
+    """An ``mlp_ratio`` with int(width * ratio) == hidden exactly."""
+    ratio = hidden / width
+    return ratio if int(width * ratio) == hidden else (hidden + 0.5) / width
+
+
+def state_dict_from_arrays(arrays: dict[str, np.ndarray], config: CLIPPOConfig) -> dict[str, torch.Tensor]:
+    """Maps flax arrays to clipforge's CLIPPO state dict (shapes follow ``config``)."""
+    p = _prefix(arrays, "<arrays>")
+    v = config.vision
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).float()
+    sd: dict[str, torch.Tensor] = {
+        "visual.patch_embed.weight": t(arrays[p + "embedding/kernel"].transpose(3, 2, 0, 1)),
+        "visual.patch_embed.bias": t(arrays[p + "embedding/bias"]),
+        "visual.pos_embed": t(arrays[p + "pos_embedding"].reshape(-1, v.width)),
+        "visual.ln_post.weight": t(arrays[p + "Transformer/encoder_norm/scale"]),
+        "visual.ln_post.bias": t(arrays[p + "Transformer/encoder_norm/bias"]),
+        "visual.proj": t(arrays[p + "head/kernel"]),
+        "visual.proj_bias": t(arrays[p + "head/bias"]),
+    }
+    if v.class_token:
+        sd["visual.class_token"] = t(arrays[p + "cls"].reshape(-1))
+    for i in range(v.layers):
+        src, dst = f"{p}Transformer/encoderblock_{i}/", f"visual.transformer.blocks.{i}."
+        sd |= _norm(arrays, t, src + "LayerNorm_0/", dst + "ln_1.")
+        sd |= _norm(arrays, t, src + "LayerNorm_1/", dst + "ln_2.")
+        sd |= _attention(arrays, t, src + "MultiHeadDotProductAttention_0/", dst + "attn.", ("query", "key", "value"),
+                         "qkv")
+        sd |= _mlp(arrays, t, src + "MlpBlock_0/", dst + "mlp.")
+    if v.pool == "map":
+        src, dst = f"{p}MAPHead_0/", "visual.attn_pool."
+        sd[dst + "probe"] = t(arrays[src + "probe"].reshape(1, 1, v.width))
+        mha = src + "MultiHeadDotProductAttention_0/"
+        sd |= _attention(arrays, t, mha, dst, ("query",), "q", out=False)
+        sd |= _attention(arrays, t, mha, dst, ("key", "value"), "kv")
+        sd |= _norm(arrays, t, src + "LayerNorm_0/", dst + "norm.")
+        sd |= _mlp(arrays, t, src + "MlpBlock_0/", dst + "mlp.")
+    temperature = next((arrays[k] for k in ("params/t", "t", "opt/target/t") if k in arrays), None)
+    sd["logit_scale"] = t(np.asarray(temperature).reshape(())) if temperature is not None else torch.tensor(
+        config.init_logit_scale)
+    return sd
+
+
+def _norm(a: dict[str, np.ndarray], t: Any, src: str, dst: str) -> dict[str, torch.Tensor]:
+    return {dst + "weight": t(a[src + "scale"]), dst + "bias": t(a[src + "bias"])}
+
+
+def _mlp(a: dict[str, np.ndarray], t: Any, src: str, dst: str) -> dict[str, torch.Tensor]:
+    return {
+        dst + "fc.weight": t(a[src + "Dense_0/kernel"].T), dst + "fc.bias": t(a[src + "Dense_0/bias"]),
+        dst + "proj.weight": t(a[src + "Dense_1/kernel"].T), dst + "proj.bias": t(a[src + "Dense_1/bias"]),
+    }
+
+
+def _attention(a: dict[str, np.ndarray], t: Any, src: str, dst: str, names: tuple[str, ...], fused: str,
+               out: bool = True) -> dict[str, torch.Tensor]:
+    """Per-head flax q/k/v kernels (width, heads, hd) → one fused torch Linear; ``out`` (heads, hd, width)."""
+    weights = [a[f"{src}{n}/kernel"].reshape(a[f"{src}{n}/kernel"].shape[0], -1).T for n in names]
+    biases = [a[f"{src}{n}/bias"].reshape(-1) for n in names]
+    sd = {f"{dst}{fused}.weight": t(np.concatenate(weights)), f"{dst}{fused}.bias": t(np.concatenate(biases))}
+    if out:
+        kernel = a[src + "out/kernel"]
+        sd[dst + "out_proj.weight"] = t(kernel.reshape(-1, kernel.shape[-1]).T)
+        sd[dst + "out_proj.bias"] = t(a[src + "out/bias"])
+    return sd
+
+
+def load_big_vision(path: str | Path) -> tuple[CLIPPOConfig, dict[str, torch.Tensor]]:
+    """Reads a big_vision CLIPPO ``.npz`` into (config, clipforge state dict)."""
+    arrays = read_npz(path)
+    config = config_from_arrays(arrays, path)
+    try:
+        return config, state_dict_from_arrays(arrays, config)
+    except KeyError as e:
+        raise BigVisionFormatError(f"{path}: missing {e.args[0]!r}") from None
+
+
+def to_big_vision_arrays(state_dict: dict[str, torch.Tensor], config: CLIPPOConfig,
+                         prefix: str = "params/") -> dict[str, np.ndarray]:
+    """The inverse of ``state_dict_from_arrays``: clipforge CLIPPO weights → flattened flax arrays."""
+    v = config.vision
+    heads, hd = v.heads, v.width // v.heads
+    n = lambda k: state_dict[k].detach().float().cpu().numpy()
+    img = prefix + "img/"
+    out: dict[str, np.ndarray] = {
+        img + "embedding/kernel": n("visual.patch_embed.weight").transpose(2, 3, 1, 0),
+        img + "embedding/bias": n("visual.patch_embed.bias"),
+        img + "pos_embedding": n("visual.pos_embed")[None],
+        img + "Transformer/encoder_norm/scale": n("visual.ln_post.weight"),
+        img + "Transformer/encoder_norm/bias": n("visual.ln_post.bias"),
+        img + "head/kernel": n("visual.proj"),
+        img + "head/bias": n("visual.proj_bias"),
+        prefix + "t": n("logit_scale").reshape(()),
+    }
+    if v.class_token:
+        out[img + "cls"] = n("visual.class_token")[None, None]
+
+    def attention(src: str, dst: str, names: tuple[str, ...], fused: str, with_out: bool = True) -> None:
+        w, b = n(f"{src}{fused}.weight"), n(f"{src}{fused}.bias")
+        for i, name in enumerate(names):
+            rows = slice(i * v.width, (i + 1) * v.width)
+            out[f"{dst}{name}/kernel"] = w[rows].T.reshape(v.width, heads, hd)
+            out[f"{dst}{name}/bias"] = b[rows].reshape(heads, hd)
+        if with_out:
+            out[dst + "out/kernel"] = n(src + "out_proj.weight").T.reshape(heads, hd, v.width)
+            out[dst + "out/bias"] = n(src + "out_proj.bias")
+
+    def norm(src: str, dst: str) -> None:
+        out[dst + "scale"], out[dst + "bias"] = n(src + "weight"), n(src + "bias")
+
+    def mlp(src: str, dst: str) -> None:
+        out[dst + "Dense_0/kernel"], out[dst + "Dense_0/bias"] = n(src + "fc.weight").T, n(src + "fc.bias")
+        out[dst + "Dense_1/kernel"], out[dst + "Dense_1/bias"] = n(src + "proj.weight").T, n(src + "proj.bias")
+
+    for i in range(v.layers):
+        src, dst = f"visual.transformer.blocks.{i}.", f"{img}Transformer/encoderblock_{i}/"
+        norm(src + "ln_1.", dst + "LayerNorm_0/")
+        norm(src + "ln_2.", dst + "LayerNorm_1/")
+        attention(src + "attn.", dst + "MultiHeadDotProductAttention_0/", ("query", "key", "value"), "qkv")
+        mlp(src + "mlp.", dst + "MlpBlock_0/")
+    if v.pool == "map":
+        src, dst = "visual.attn_pool.", f"{img}MAPHead_0/"
+        out[dst + "probe"] = n(src + "probe")
+        attention(src, dst + "MultiHeadDotProductAttention_0/", ("query",), "q", with_out=False)
+        attention(src, dst + "MultiHeadDotProductAttention_0/", ("key", "value"), "kv")
+        norm(src + "norm.", dst + "LayerNorm_0/")
+        mlp(src + "mlp.", dst + "MlpBlock_0/")
+    return out
+
+
+def save_big_vision(model: torch.nn.Module, path: str | Path) -> None:
+    """Writes a CLIPPO model as a big_vision ``.npz`` (``params/img/...`` and ``params/t``)."""
+    if getattr(model.config, "family", None) != "clippo":
+        raise ValueError("only CLIPPO models can be exported to big_vision's CLIPPO layout")
+    np.savez(path, **to_big_vision_arrays(model.state_dict(), model.config))

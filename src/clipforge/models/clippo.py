@@ -1,0 +1,65 @@
+"""CLIPPO: one shared ViT for images and for text rendered as images (Tschannen et al. 2022)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clipforge.models.clip import CLIPOutput
+from clipforge.models.config import CLIPPOConfig
+from clipforge.models.vit import VisionTransformer
+
+
+class CLIPPO(nn.Module):
+    """One tower, two forward passes, and a learnable temperature.
+
+    The same public surface as ``CLIP``: ``encode_image`` takes normalised images, ``encode_text`` takes
+    the text processor's output — here rendered text as uint8 pixels (B, 3, H, W), which the model
+    normalises itself with its mean/std, exactly as its image transform does for photos.
+
+    Args:
+        config: The model config (see ``CLIPPOConfig``).
+    """
+
+    def __init__(self, config: CLIPPOConfig):
+        super().__init__()
+        self.config = config
+        self.visual = VisionTransformer(config.vision, config.embed_dim, config.act, config.norm_eps)
+        self.logit_scale = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
+        self.logit_bias = None
+        if config.init_logit_bias is not None:
+            self.logit_bias = nn.Parameter(torch.tensor(float(config.init_logit_bias)))
+        self.register_buffer("mean", torch.tensor(config.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(config.std).view(1, 3, 1, 1), persistent=False)
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """Embeds normalised images (B, 3, H, W) → (B, embed_dim), optionally L2-normalised."""
+        x = self.visual(images)
+        return F.normalize(x, dim=-1) if normalize else x
+
+    def encode_text(self, pixels: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """Embeds rendered text, uint8 (B, 3, H, W) from the renderer → (B, embed_dim)."""
+        if pixels.dtype != torch.uint8:
+            raise TypeError(f"CLIPPO.encode_text takes the renderer's uint8 pixels, got {pixels.dtype}")
+        dtype = self.visual.proj.dtype
+        x = (pixels.to(dtype).div(255) - self.mean.to(dtype)) / self.std.to(dtype)
+        return self.encode_image(x, normalize)
+
+    def scale(self) -> torch.Tensor:
+        """The logit scale as used: exp(logit_scale), clamped at exp(max_logit_scale)."""
+        return self.logit_scale.clamp(max=self.config.max_logit_scale).exp()
+
+    def forward(self, images: torch.Tensor | None = None, text: torch.Tensor | None = None) -> CLIPOutput:
+        """Normalised features of both inputs (either may be ``None``) and the logit scale (and bias)."""
+        image_features = self.encode_image(images, normalize=True) if images is not None else None
+        text_features = self.encode_text(text, normalize=True) if text is not None else None
+        return CLIPOutput(image_features, text_features, self.scale(), self.logit_bias)
+
+    def set_grad_checkpointing(self, enabled: bool = True) -> None:
+        """Recomputes each block's activations in the backward pass to save memory."""
+        self.visual.transformer.grad_checkpointing = enabled
+
+    def towers(self) -> dict[str, nn.Module]:
+        """One shared tower: locking either side locks both."""
+        return {"image": self.visual, "text": self.visual}
