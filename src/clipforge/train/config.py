@@ -1,0 +1,286 @@
+"""The typed training config: dataclasses validated on load, saved in the run dir and in every checkpoint.
+
+A config is built from YAML plus dotted overrides (``optim.lr=1e-3 steps=200``) by ``load_config``;
+unknown keys, wrong types and impossible values (a missing data path, a batch the accumulation does
+not divide) are ``ConfigError``s raised before any work starts. The config is frozen: nothing mutates
+it after start. Facts about the process (rank, device, world size) live in ``Runtime``
+(``clipforge.train.distributed``), not here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from clipforge.models.config import ConfigError, from_dict, to_dict
+
+
+@dataclass(frozen=True)
+class SyntheticDataConfig:
+    """The built-in synthetic world (``clipforge.data.synthetic``).
+
+    Attributes:
+        kind: The data source; ``synthetic`` here.
+        seed: The world's seed (picks held-out colour×shape pairs).
+        image_size: Side of the rendered images; ``None`` renders at the model's input size.
+        languages: Caption languages (``en``, ``ru``, ``ja``).
+        holdout_fraction: Fraction of colour×shape pairs never shown in training.
+        max_objects: Most objects per scene.
+        train_size: Distinct training samples; the order is reshuffled each pass (epoch).
+        augment: Random resized crops (else the eval transform).
+        num_workers: DataLoader worker processes.
+    """
+
+    kind: Literal["synthetic"] = "synthetic"
+    seed: int = 0
+    image_size: int | None = None
+    languages: tuple[str, ...] = ("en",)
+    holdout_fraction: float = 0.15
+    max_objects: int = 3
+    train_size: int = 100_000
+    augment: bool = True
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.train_size <= 0:
+            raise ConfigError(f"data.train_size must be positive, got {self.train_size}")
+        if self.num_workers < 0:
+            raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
+
+
+@dataclass(frozen=True)
+class CSVDataConfig:
+    """Image–caption pairs listed in a CSV file (one row per pair).
+
+    Attributes:
+        kind: ``csv``.
+        path: The CSV file; image paths in it are relative to the file's folder.
+        image_key: Column holding the image path.
+        caption_key: Column holding the caption.
+        augment: Random resized crops (else the eval transform).
+        num_workers: DataLoader worker processes.
+    """
+
+    kind: Literal["csv"] = "csv"
+    path: str = ""
+    image_key: str = "filepath"
+    caption_key: str = "caption"
+    augment: bool = True
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            raise ConfigError("data.path: a csv data source needs a path")
+        if not Path(self.path).is_file():
+            raise ConfigError(f"data.path: no such file: {self.path}")
+
+
+DataConfig = SyntheticDataConfig | CSVDataConfig
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW (decoupled weight decay on weight matrices only) and gradient clipping.
+
+    Attributes:
+        lr: Peak learning rate.
+        weight_decay: Decay of weight matrices (never gains, biases, embeddings, logit scale/bias).
+        betas: Adam's betas (CLIP: 0.9, 0.98).
+        eps: Adam's epsilon (CLIP: 1e-6).
+        grad_clip: Clip the global gradient norm at this value; ``None`` does not clip.
+    """
+
+    lr: float = 5e-4
+    weight_decay: float = 0.2
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    grad_clip: float | None = 1.0
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0 or self.weight_decay < 0 or self.eps <= 0:
+            raise ConfigError(f"optim: lr and eps must be positive, weight_decay >= 0; got {self}")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"optim.betas must lie in [0, 1), got {self.betas}")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ConfigError(f"optim.grad_clip must be positive or null, got {self.grad_clip}")
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """Linear warm-up, then cosine decay to ``min_lr`` at the last step.
+
+    Attributes:
+        warmup_steps: Steps of linear warm-up.
+        min_lr: Learning rate at the end of the cosine.
+    """
+
+    warmup_steps: int = 100
+    min_lr: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.warmup_steps < 0 or self.min_lr < 0:
+            raise ConfigError(f"schedule: warmup_steps and min_lr must be >= 0, got {self}")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Periodic zero-shot and retrieval evaluation on the synthetic world's held-out split.
+
+    Attributes:
+        every: Evaluate every this many steps (and at the end); 0 evaluates only at the end.
+        size: Images per zero-shot task.
+        retrieval_size: Images in the caption-retrieval set.
+        language: Language of the prompts and captions.
+        split: ``val`` (model selection) or ``test``.
+    """
+
+    every: int = 0
+    size: int = 200
+    retrieval_size: int = 100
+    language: str = "en"
+    split: Literal["val", "test"] = "val"
+
+    def __post_init__(self) -> None:
+        if self.every < 0 or self.size <= 0 or self.retrieval_size < 0:
+            raise ConfigError(f"eval: every >= 0, size > 0 and retrieval_size >= 0 needed, got {self}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run.
+
+    Attributes:
+        model: A preset name (``clipforge models``).
+        model_overrides: Model config fields to change (nested mappings or dotted keys).
+        data: The data source, chosen by its ``kind``.
+        optim: Optimiser settings.
+        schedule: Learning-rate schedule.
+        eval: Periodic evaluation.
+        steps: Optimiser steps in the whole run.
+        batch_size: The global batch (all ranks, all micro-batches): every pair is a negative for every other.
+        accum_steps: Micro-batches per step per rank; > 1 uses gradient caching, which keeps every negative.
+        log_every: Read losses back from the device every this many steps (no host sync in between).
+        checkpoint_every: Save a training checkpoint every this many steps (and at the end); 0: only at the end.
+        keep_checkpoints: How many recent checkpoints to keep.
+        output_dir: The run directory (config, metrics, plots, checkpoints).
+        seed: Seeds initialisation, data order and augmentation.
+        precision: ``auto`` (bf16 autocast on CUDA, fp32 on CPU), ``fp32`` or ``bf16``.
+        compile: ``torch.compile`` the towers.
+        grad_checkpointing: Recompute activations in the backward pass.
+        lock: LiT-style locking: the named tower is frozen (no gradient, eval mode).
+        loss: ``clip`` (softmax InfoNCE) or ``siglip`` (sigmoid; the model needs a logit bias).
+        local_loss: Distributed: each rank's loss over its own rows against all columns (OpenCLIP's local loss).
+        plots: Write PNG plots into the run dir at the end.
+    """
+
+    model: str = "tiny-vit"
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    data: DataConfig = field(default_factory=SyntheticDataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    steps: int = 1000
+    batch_size: int = 128
+    accum_steps: int = 1
+    log_every: int = 10
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 2
+    output_dir: str = "runs/default"
+    seed: int = 0
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    compile: bool = False
+    grad_checkpointing: bool = False
+    lock: Literal["none", "image", "text"] = "none"
+    loss: Literal["clip", "siglip"] = "clip"
+    local_loss: bool = False
+    plots: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "accum_steps", "log_every", "keep_checkpoints"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.checkpoint_every < 0:
+            raise ConfigError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
+        if self.batch_size % self.accum_steps:
+            raise ConfigError(f"batch_size={self.batch_size} is not divisible by accum_steps={self.accum_steps}")
+        if self.schedule.warmup_steps > self.steps:
+            raise ConfigError(f"schedule.warmup_steps={self.schedule.warmup_steps} exceeds steps={self.steps}")
+        self.model_config()  # an unknown preset or a bad override fails here, before any work
+        if self.loss == "siglip" and self.model_config().init_logit_bias is None:
+            raise ConfigError("loss 'siglip' needs a model with a logit bias: set model_overrides.init_logit_bias "
+                              "(SigLIP: -10) and model_overrides.init_logit_scale (SigLIP: 2.302585)")
+
+    def model_config(self) -> Any:
+        """The validated model config (preset + overrides)."""
+        from clipforge.models.factory import build_config
+
+        try:
+            return build_config(self.model, **self.model_overrides)
+        except ConfigError as e:
+            raise ConfigError(f"model: {e}") from None
+
+    def check_world_size(self, world_size: int) -> None:
+        """Raises ``ConfigError`` unless the global batch splits evenly into ``world_size × accum_steps``."""
+        if self.batch_size % (world_size * self.accum_steps):
+            raise ConfigError(f"batch_size={self.batch_size} is not divisible by world_size × accum_steps = "
+                              f"{world_size} × {self.accum_steps}")
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["optim.lr=1e-3", "lock=image"]`` → ``{"optim.lr": 0.001, "lock": "image"}`` (values parsed as YAML)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        out[key.strip()] = _parse_value(value)
+    return out
+
+
+def _parse_value(text: str) -> Any:
+    """A YAML scalar or list, with YAML 1.1's gap filled: ``1e-3`` is a number, not a string."""
+    value = yaml.safe_load(text) if text.strip() else None
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Reads a YAML config (or the defaults) and applies dotted overrides, validating everything.
+
+    Raises:
+        ConfigError: naming the offending field.
+        FileNotFoundError: ``path`` does not exist.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+    for key, value in (overrides or {}).items():
+        path = key.split(".")
+        if path == ["data", "kind"] and value != data.get("data", {}).get("kind", "synthetic"):
+            data["data"] = {}  # another data source starts from its own defaults
+        node = data
+        for part in path[:-1]:
+            if not isinstance(node.setdefault(part, {}), dict):
+                raise ConfigError(f"override {key}: {part!r} is not a mapping")
+            node = node[part]
+        node[path[-1]] = value
+    return from_dict(TrainConfig, data, "config")
+
+
+def config_to_dict(config: TrainConfig) -> dict[str, Any]:
+    """The config as plain nested dicts (what ``config.yaml`` and checkpoints hold)."""
+    return to_dict(config)
+
+
+def save_config(config: TrainConfig, path: str | Path) -> None:
+    """Writes the resolved config as YAML."""
+    Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))

@@ -1,0 +1,126 @@
+"""Everything that crosses processes: the ``Runtime`` facts, feature gathering with gradient, gradient averaging.
+
+Launch with ``torchrun --nproc_per_node=N -m clipforge.cli.main train ...``: torchrun sets ``RANK``,
+``WORLD_SIZE``, ``LOCAL_RANK`` and the rendezvous address, and ``init_runtime`` joins the group
+(NCCL on CUDA, gloo on CPU). A plain ``python`` launch is a world of one and never touches
+``torch.distributed``.
+
+Data parallelism is explicit rather than hidden in ``DistributedDataParallel``: features are gathered
+with gradient (so the loss sees the global batch), and after the backward pass ``all_reduce_gradients``
+averages the gradients once per optimiser step. That is correct for gradient caching and for locked
+towers alike, where DDP's reducer would need ``no_sync`` juggling.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Facts about this process, kept out of the (frozen, saved) config.
+
+    Attributes:
+        rank: This process's rank in the group (0 in a single-process run).
+        world_size: Number of processes.
+        local_rank: Rank on this machine (picks the GPU).
+        device: Where this process computes.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process logs, plots and writes checkpoints."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        """Whether more than one process takes part."""
+        return self.world_size > 1
+
+
+def init_runtime(device: str | None = None) -> Runtime:
+    """The runtime for this process, joining the process group when launched by ``torchrun``.
+
+    Args:
+        device: ``cpu``, ``cuda`` or ``None`` (CUDA when available).
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    kind = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(kind, local_rank) if kind == "cuda" else torch.device(kind)
+    if kind == "cuda":
+        torch.cuda.set_device(dev)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if kind == "cuda" else "gloo", rank=rank, world_size=world_size)
+    return Runtime(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
+
+
+def shutdown(runtime: Runtime) -> None:
+    """Leaves the process group (if this run joined one)."""
+    if runtime.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def gather_features(features: torch.Tensor, runtime: Runtime) -> torch.Tensor:
+    """All ranks' features concatenated in rank order, (world_size · N, D), differentiable.
+
+    The backward pass sums each rank's gradient contributions back to the rank that owns the rows
+    (``torch.distributed.nn.functional.all_gather``), so a loss over the global batch trains every rank.
+    """
+    if not runtime.distributed:
+        return features
+    import torch.distributed.nn.functional as dist_fn
+
+    return torch.cat(dist_fn.all_gather(features), dim=0)
+
+
+def all_reduce_gradients(parameters: list[torch.nn.Parameter], runtime: Runtime) -> None:
+    """Averages gradients across ranks in one flat all-reduce per dtype (a no-op for one process).
+
+    Each rank's loss is the global loss (or, with the local loss, its share of it) and the gather's
+    backward has already summed the feature gradients, so the average is the global batch's gradient.
+    """
+    if not runtime.distributed:
+        return
+    grads = [p.grad for p in parameters if p.grad is not None]
+    for dtype in {g.dtype for g in grads}:
+        group = [g for g in grads if g.dtype == dtype]
+        flat = torch.cat([g.reshape(-1) for g in group])
+        dist.all_reduce(flat)
+        flat /= runtime.world_size
+        offset = 0
+        for g in group:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+
+def broadcast_parameters(module: torch.nn.Module, runtime: Runtime) -> None:
+    """Copies rank 0's parameters and buffers to every rank, so all replicas start identical."""
+    if not runtime.distributed:
+        return
+    for tensor in [*module.parameters(), *module.buffers()]:
+        dist.broadcast(tensor.data, src=0)
+
+
+def all_reduce_mean(value: torch.Tensor, runtime: Runtime) -> torch.Tensor:
+    """The mean of ``value`` over ranks (for logging)."""
+    if not runtime.distributed:
+        return value
+    value = value.detach().clone()
+    dist.all_reduce(value)
+    return value / runtime.world_size
+
+
+def barrier(runtime: Runtime) -> None:
+    """Waits for every rank."""
+    if runtime.distributed:
+        dist.barrier()
