@@ -63,9 +63,9 @@ _HOLDOUT_STREAM = 99  # a split id no real split uses: the stream that picks the
 
 # --- Geometry, in units of the image side. ---
 
-_RADIUS = {"small": 0.11, "large": 0.18}  # circumradius of the object
+_RADIUS = {"small": 0.125, "large": 0.2}  # largest circumradius of an object; scenes shrink it by up to 8%
 _CELL = (0.2, 0.5, 0.8)  # grid-cell centres
-_JITTER = 0.03  # small enough that objects in adjacent cells never touch
+_JITTER = 0.012  # small enough that small objects in adjacent cells never touch (2 · 0.125 + 2 · 0.012 < 0.3)
 _SUPERSAMPLE = 2  # draw the mask at 2× and box-filter down: antialiased edges
 
 
@@ -576,7 +576,7 @@ class SyntheticWorld:
         layouts = _cell_layouts(count, size)
         cells = layouts[int(rng.integers(len(layouts)))]
         side = self.config.image_size
-        radius = _RADIUS[size] * side * float(rng.uniform(0.9, 1.05))
+        radius = _RADIUS[size] * side * float(rng.uniform(0.92, 1.0))
         jitter = rng.uniform(-_JITTER, _JITTER, (count, 2)) * side
         lo, hi = radius + 0.5, side - radius - 0.5
         centres = [
