@@ -1,0 +1,41 @@
+"""Training: typed config, pure losses, the explicit loop, gradient caching, distributed gather, resume, metrics.
+
+    from clipforge.train import init_runtime, load_config, train
+
+    config = load_config("configs/tiny_synthetic.yaml", {"optim.lr": 1e-3})
+    result = train(config, init_runtime())
+"""
+
+from clipforge.train.config import (
+    CSVDataConfig,
+    EvalConfig,
+    OptimConfig,
+    ScheduleConfig,
+    SyntheticDataConfig,
+    TrainConfig,
+    load_config,
+    parse_overrides,
+    save_config,
+)
+from clipforge.train.distributed import Runtime, init_runtime, shutdown
+from clipforge.train.loop import TrainResult, train
+from clipforge.train.loss import clip_loss, siglip_loss
+
+__all__ = [
+    "CSVDataConfig",
+    "EvalConfig",
+    "OptimConfig",
+    "Runtime",
+    "ScheduleConfig",
+    "SyntheticDataConfig",
+    "TrainConfig",
+    "TrainResult",
+    "clip_loss",
+    "init_runtime",
+    "load_config",
+    "parse_overrides",
+    "save_config",
+    "shutdown",
+    "siglip_loss",
+    "train",
+]

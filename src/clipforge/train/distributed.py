@@ -124,3 +124,12 @@ def barrier(runtime: Runtime) -> None:
     """Waits for every rank."""
     if runtime.distributed:
         dist.barrier()
+
+
+def gather_objects(obj: object, runtime: Runtime) -> list[object]:
+    """Every rank's ``obj`` (picklable), in rank order (e.g. RNG states for a checkpoint)."""
+    if not runtime.distributed:
+        return [obj]
+    out: list[object] = [None] * runtime.world_size
+    dist.all_gather_object(out, obj)
+    return out

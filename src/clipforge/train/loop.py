@@ -1,0 +1,249 @@
+"""The training loop: one explicit function, ``train(config, runtime) -> TrainResult``.
+
+Read it top to bottom: build the model, optimiser and data from the config; resume if asked; then for
+each step set the learning rate, compute the loss and gradients (``forward_backward``: directly or with
+gradient caching), average gradients across ranks, clip, step; every ``log_every`` steps read the loss
+back (the only host sync), every ``eval.every`` steps evaluate, every ``checkpoint_every`` steps save.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import clipforge
+from clipforge.train.checkpoint import load_checkpoint, resolve_checkpoint, rng_state, save_checkpoint, set_rng_state
+from clipforge.train.config import SyntheticDataConfig, TrainConfig, config_to_dict, save_config
+from clipforge.train.data import StepBatches, batch_loader, build_source, world_config
+from clipforge.train.distributed import (
+    Runtime,
+    all_reduce_gradients,
+    all_reduce_mean,
+    barrier,
+    broadcast_parameters,
+    gather_objects,
+)
+from clipforge.train.evaluate import EvalSet, build_eval_set, embed_images, embed_texts, evaluate
+from clipforge.train.gradcache import forward_backward
+from clipforge.train.loss import LOSSES
+from clipforge.train.metrics import MetricsLog, plot_loss, plot_similarity, plot_zeroshot, read_metrics
+from clipforge.train.optim import build_optimizer, lr_at, set_lr
+
+
+@dataclass
+class TrainResult:
+    """What a finished run reports.
+
+    Attributes:
+        run_dir: Where the config, metrics, plots and checkpoints are.
+        step: Steps taken in total (including those before a resume).
+        losses: ``(step, loss)`` at every logged step of this process's run.
+        eval: The last evaluation's metrics (``zeroshot/<task>``, ``retrieval/...``); empty if none ran.
+        checkpoint: The last checkpoint written.
+        wall_time: Seconds this call took.
+    """
+
+    run_dir: Path
+    step: int
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    eval: dict[str, float] = field(default_factory=dict)
+    checkpoint: Path | None = None
+    wall_time: float = 0.0
+
+
+def get_text_processor(model: torch.nn.Module) -> Any:
+    """The model's text processor (a seam tests may replace)."""
+    return clipforge.get_text_processor(model)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on CUDA (``auto``/``bf16``), full fp32 on the CPU unless ``bf16`` is asked for."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def lock_tower(model: torch.nn.Module, lock: str) -> None:
+    """LiT: freezes the named tower (no gradients) and keeps it in eval mode (BatchNorm statistics fixed)."""
+    if lock == "none":
+        return
+    tower = model.towers()[lock]
+    tower.requires_grad_(False)
+    tower.eval()
+
+
+def train(config: TrainConfig, runtime: Runtime, resume: str | None = None) -> TrainResult:
+    """Trains a model as ``config`` describes; rank 0 writes the run directory.
+
+    Args:
+        config: The validated run config.
+        runtime: This process's rank, world size and device (``init_runtime()``).
+        resume: ``latest`` (the run dir's newest checkpoint, if any) or a checkpoint path.
+
+    Returns:
+        The run's summary.
+    """
+    start_time = time.perf_counter()
+    config.check_world_size(runtime.world_size)
+    device, run_dir = runtime.device, Path(config.output_dir)
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+    torch.manual_seed(config.seed)
+
+    # --- Model, optimiser, data. ---
+    model = clipforge.create_model(config.model, device=device, **config.model_overrides)
+    broadcast_parameters(model, runtime)
+    torch.manual_seed(config.seed * 1009 + runtime.rank + 1)  # per-rank stream for random ops (patch dropout)
+    if config.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    lock_tower(model, config.lock)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    o = config.optim
+    optimizer = build_optimizer(model, o.lr, o.weight_decay, o.betas, o.eps, device)
+    text_processor = get_text_processor(model)
+    train_tf, eval_tf = clipforge.transforms.model_transforms(model.config)
+    image_size = model.config.vision.image_size
+    batches = StepBatches(build_source(config.data, image_size), train_tf if config.data.augment else eval_tf,
+                          text_processor, config.batch_size, config.seed, runtime.rank, runtime.world_size,
+                          augment=config.data.augment)
+
+    start_step, checkpoint_path = 0, None
+    checkpoint_dir = run_dir / "checkpoints"
+    if resume is not None:
+        checkpoint_path = resolve_checkpoint(resume, checkpoint_dir)
+        if checkpoint_path is not None:
+            state = load_checkpoint(checkpoint_path, device)
+            _warn_config_change(state["config"], config_to_dict(config), runtime)
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            start_step = state["step"]
+            set_rng_state(state["rng"][runtime.rank], device)
+            if runtime.is_main:
+                print(f"resumed from {checkpoint_path} at step {start_step}")
+    if runtime.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, run_dir / "config.yaml")
+    if config.compile:
+        for tower in set(model.towers().values()):
+            tower.compile()
+
+    eval_set = None
+    if runtime.is_main and isinstance(config.data, SyntheticDataConfig):
+        from clipforge.data.synthetic import SyntheticWorld
+
+        world = SyntheticWorld(world_config(config.data, image_size))
+        e = config.eval
+        eval_set = build_eval_set(world, eval_tf, e.size, e.retrieval_size, e.language, e.split)
+    metrics = MetricsLog(run_dir, runtime.is_main, start_step if resume is not None else None)
+    loader = batch_loader(batches, start_step, config.steps, config.data.num_workers, device.type == "cuda")
+
+    # --- The loop. ---
+    loss_fn, amp = LOSSES[config.loss], autocast_dtype(config.precision, device)
+    accum = config.accum_steps
+    result = TrainResult(run_dir, start_step, checkpoint=checkpoint_path)
+    model.train()
+    lock_tower(model, config.lock)
+    bar = tqdm(total=config.steps, initial=start_step, disable=not runtime.is_main, dynamic_ncols=True)
+    loss_sum, n_logged, t_log = torch.zeros((), device=device), 0, time.perf_counter()
+    for step, (images, texts) in enumerate(loader, start=start_step):
+        lr = lr_at(step, o.lr, config.schedule.warmup_steps, config.steps, config.schedule.min_lr)
+        set_lr(optimizer, lr)
+        images, texts = images.to(device, non_blocking=True), texts.to(device, non_blocking=True)
+        loss = forward_backward(model, images, texts, loss_fn, runtime, accum_steps=accum,
+                                local_loss=config.local_loss, lock=config.lock, autocast=amp)
+        all_reduce_gradients(trainable, runtime)
+        if o.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(trainable, o.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss_sum += loss
+        n_logged += 1
+        done = step + 1
+        result.step = done
+        bar.update(1)
+
+        if done % config.log_every == 0 or done == config.steps:
+            mean_loss = all_reduce_mean(loss_sum / n_logged, runtime).item()  # the host sync, once per log_every
+            now = time.perf_counter()
+            rate = n_logged * config.batch_size / (now - t_log)
+            result.losses.append((done, mean_loss))
+            metrics.log(done, {"loss": mean_loss, "lr": lr, "samples_per_s": rate,
+                               "logit_scale": model.scale().item()})
+            bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.2e}", samples_s=f"{rate:.0f}")
+            loss_sum, n_logged, t_log = torch.zeros((), device=device), 0, time.perf_counter()
+            if not math.isfinite(mean_loss):
+                raise FloatingPointError(f"loss is {mean_loss} at step {done}")
+
+        if eval_set is not None and ((config.eval.every and done % config.eval.every == 0) or done == config.steps):
+            result.eval = evaluate(model, eval_set, text_processor, device)
+            metrics.log(done, result.eval)
+            bar.write(f"step {done}: " + ", ".join(f"{k} {v:.3f}" for k, v in result.eval.items()))
+        if (config.checkpoint_every and done % config.checkpoint_every == 0) or done == config.steps:
+            result.checkpoint = _save(checkpoint_dir, done, model, optimizer, config, runtime)
+        if eval_set is not None and config.eval.every and done % config.eval.every == 0:
+            t_log = time.perf_counter()  # evaluation time is not training throughput
+    bar.close()
+    metrics.close()
+
+    if runtime.is_main and config.plots:
+        write_plots(run_dir, model, eval_set, text_processor, device)
+    barrier(runtime)
+    result.wall_time = time.perf_counter() - start_time
+    return result
+
+
+def _save(directory: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+          config: TrainConfig, runtime: Runtime) -> Path:
+    """Writes a training checkpoint (rank 0), with every rank's RNG states; all ranks return its path."""
+    rngs = gather_objects(rng_state(runtime.device), runtime)
+    path = directory / f"step_{step:08d}.pt"
+    if runtime.is_main:
+        state = {
+            "step": step,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            # The schedule is a pure function of the step; the data order of (seed, step): both resume from here.
+            "schedule": {"step": step, **config_to_dict(config.schedule)},
+            "data": {"step": step, "samples_seen": step * config.batch_size, "seed": config.seed},
+            "rng": rngs,
+            "config": config_to_dict(config),
+            "model_config": clipforge.models.config.to_dict(model.config),
+        }
+        path = save_checkpoint(directory, step, state, keep=config.keep_checkpoints)
+    barrier(runtime)
+    return path
+
+
+def _warn_config_change(saved: dict[str, Any], current: dict[str, Any], runtime: Runtime) -> None:
+    """Prints the top-level fields that differ between a checkpoint's config and this run's."""
+    changed = sorted(k for k in current if saved.get(k) != current[k])
+    if changed and runtime.is_main:
+        print(f"warning: resuming with a config that differs from the checkpoint's in: {', '.join(changed)}")
+
+
+def write_plots(run_dir: Path, model: torch.nn.Module, eval_set: EvalSet | None, text_processor: Any,
+                device: torch.device, n: int = 8) -> None:
+    """Loss curve, zero-shot accuracy over steps, and an image × caption similarity matrix, as PNGs."""
+    records = read_metrics(run_dir / "metrics.jsonl")
+    plot_loss(records, run_dir / "loss.png")
+    plot_zeroshot(records, run_dir / "zeroshot.png")
+    if eval_set is None or not eval_set.raw_images:
+        return
+    n = min(n, len(eval_set.raw_images))
+    captions = [caps[0] for caps in eval_set.retrieval_captions[:n]]
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    image_features = embed_images(model, eval_set.retrieval_images[:n], device)
+    text_features = embed_texts(model, captions, text_processor, device)
+    for m, mode in modes.items():
+        m.training = mode
+    similarity = (image_features @ text_features.T).numpy()
+    plot_similarity(similarity, eval_set.raw_images[:n], captions, run_dir / "similarity.png")

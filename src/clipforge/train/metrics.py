@@ -1,0 +1,144 @@
+"""Run feedback: a metrics JSONL file, TensorBoard when installed, and PNG plots at the end.
+
+Plots use matplotlib's Agg backend (no display needed): the loss curve, zero-shot accuracy over steps,
+and an image × caption cosine-similarity matrix in the style of the CLIP paper's Figure 6 (bottom).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class MetricsLog:
+    """Appends one JSON object per record to ``<run>/metrics.jsonl`` (and TensorBoard scalars, if installed).
+
+    Args:
+        run_dir: The run directory.
+        enabled: ``False`` on every rank but 0: calls become no-ops.
+        resume_step: When resuming, records after this step (written by the interrupted run after its last
+            checkpoint) are dropped first, so the file reads as one uninterrupted run.
+    """
+
+    def __init__(self, run_dir: str | Path, enabled: bool = True, resume_step: int | None = None):
+        self.enabled = enabled
+        self.path = Path(run_dir) / METRICS_FILE
+        self.writer = None
+        if not enabled:
+            return
+        if resume_step is not None and self.path.is_file():
+            kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        elif resume_step is None:
+            self.path.write_text("")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+        except ImportError:  # tensorboard is optional
+            self.writer = None
+
+    def log(self, step: int, values: dict[str, Any]) -> None:
+        """Writes ``{"step": step, **values}``."""
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": step, **values}) + "\n")
+        if self.writer is not None:
+            for key, value in values.items():
+                if isinstance(value, int | float):
+                    self.writer.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        """Flushes TensorBoard."""
+        if self.writer is not None:
+            self.writer.close()
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """Every record of a metrics JSONL file."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def _figure(width: float, height: float) -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.figure(figsize=(width, height))
+
+
+def plot_loss(records: list[dict[str, Any]], path: str | Path) -> None:
+    """Training loss (and learning rate, on a second axis) against step."""
+    rows = [r for r in records if "loss" in r]
+    fig = _figure(7, 4)
+    ax = fig.add_subplot()
+    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label="loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    if rows and "lr" in rows[0]:
+        ax2 = ax.twinx()
+        ax2.plot([r["step"] for r in rows], [r["lr"] for r in rows], color="tab:orange", alpha=0.6)
+        ax2.set_ylabel("learning rate", color="tab:orange")
+    ax.set_title("training loss")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    _close(fig)
+
+
+def plot_zeroshot(records: list[dict[str, Any]], path: str | Path) -> None:
+    """Zero-shot accuracy of each task (and retrieval R@1) against step."""
+    rows = [r for r in records if any(k.startswith("zeroshot/") for k in r)]
+    fig = _figure(7, 4)
+    ax = fig.add_subplot()
+    keys = sorted({k for r in rows for k in r if k.startswith("zeroshot/") or k.endswith("R@1")})
+    for key in keys:
+        points = [(r["step"], r[key]) for r in rows if key in r]
+        ax.plot(*zip(*points), marker="o", label=key.split("/", 1)[1])
+    ax.set_xlabel("step")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    if keys:
+        ax.legend(loc="lower right", fontsize=8)
+    ax.set_title("zero-shot accuracy")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    _close(fig)
+
+
+def plot_similarity(similarity: np.ndarray, images: list[Any], captions: list[str], path: str | Path) -> None:
+    """Cosine similarity of images (rows, drawn as thumbnails) and captions (columns), values printed."""
+    n, m = similarity.shape
+    fig = _figure(2 + 0.9 * m, 2.5 + 0.75 * n)
+    ax = fig.add_subplot()
+    ax.imshow(similarity, cmap="viridis", vmin=similarity.min(), vmax=similarity.max(),
+              extent=(-0.5, m - 0.5, n - 0.5, -0.5))
+    for i in range(n):
+        for j in range(m):
+            ax.text(j, i, f"{similarity[i, j]:.2f}", ha="center", va="center", fontsize=7, color="white")
+    ax.set_xticks(range(m))
+    ax.set_xticklabels(captions, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(n))
+    ax.set_yticklabels([""] * n)
+    for i, image in enumerate(images):  # thumbnails as row labels, just left of the matrix
+        ax.imshow(np.asarray(image), extent=(-1.45, -0.55, i + 0.45, i - 0.45))
+    ax.set_xlim(-1.5, m - 0.5)
+    ax.set_ylim(n - 0.5, -0.5)
+    ax.set_title("cosine similarity: images × captions")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    _close(fig)
+
+
+def _close(fig: Any) -> None:
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)

@@ -1,0 +1,70 @@
+"""The train config: strict validation before any work, dotted overrides, YAML files in configs/."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from clipforge.models.config import ConfigError
+from clipforge.train.config import TrainConfig, config_to_dict, load_config, parse_overrides, save_config
+
+CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+
+
+def test_overrides_are_typed_and_nested():
+    config = load_config(None, parse_overrides(["optim.lr=1e-3", "steps=200", "lock=image", "optim.grad_clip=null",
+                                                "model_overrides.vision.layers=2", "data.languages=[en, ru]"]))
+    assert config.optim.lr == 1e-3 and config.steps == 200 and config.lock == "image"
+    assert config.optim.grad_clip is None
+    assert config.model_config().vision.layers == 2
+    assert config.data.languages == ("en", "ru")
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["optim.lrr=1"], "unknown field 'lrr' (did you mean 'lr'?)"),
+    (["stepz=3"], "unknown field 'stepz'"),
+    (["steps=abc"], "config.steps: expected an integer"),
+    (["optim.lr=fast"], "config.optim.lr: expected a number"),
+    (["lock=both"], "config.lock: expected one of"),
+    (["data.kind=csv", "data.path=/no/such/file.csv"], "data.path: no such file"),
+    (["data.kind=csv"], "data.path: a csv data source needs a path"),
+    (["data.kind=shards"], "config.data.kind: expected one of"),
+    (["model=tiny-vt"], "unknown model 'tiny-vt'"),
+    (["model_overrides.vision.widht=64"], "unknown field 'widht'"),
+    (["batch_size=10", "accum_steps=3"], "not divisible by accum_steps"),
+    (["loss=siglip"], "needs a model with a logit bias"),
+    (["schedule.warmup_steps=5000", "steps=10"], "exceeds steps"),
+    (["steps"], "not of the form key=value"),
+])
+def test_bad_configs_fail_with_a_clear_message(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("?", r"\?")):
+        load_config(None, parse_overrides(overrides))
+
+
+def test_world_size_must_divide_the_batch():
+    config = load_config(None, {"batch_size": 12, "accum_steps": 2})
+    config.check_world_size(3)
+    with pytest.raises(ConfigError, match="world_size"):
+        config.check_world_size(4)
+
+
+def test_saved_config_round_trips(tmp_path):
+    config = load_config(None, parse_overrides(["optim.lr=2e-4", "model_overrides.text.layers=1"]))
+    save_config(config, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == config
+    assert config_to_dict(config)["optim"]["betas"] == [0.9, 0.98]
+
+
+def test_csv_source_with_an_existing_file(tmp_path):
+    (tmp_path / "pairs.csv").write_text("filepath,caption\na.png,a red circle\n")
+    config = load_config(None, {"data.kind": "csv", "data.path": str(tmp_path / "pairs.csv")})
+    assert config.data.kind == "csv"
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_every_shipped_config_loads_and_states_its_command(path):
+    assert isinstance(load_config(path), TrainConfig)
+    assert "clipforge " in path.read_text().split("\n\n")[0] or "torchrun" in path.read_text()
+    assert isinstance(yaml.safe_load(path.read_text()), dict)
