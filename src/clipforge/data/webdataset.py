@@ -1,0 +1,137 @@
+"""A small, dependency-free reader for webdataset tar shards.
+
+A shard is a plain tar file; consecutive members sharing a *key* (the member path up to the first dot of
+its file name) form one sample, and the rest of the name is the field: ``0001.jpg`` + ``0001.cls`` →
+``{"__key__": "0001", "jpg": b"...", "cls": b"3"}``. This is webdataset's convention
+(``webdataset.tariterators.base_plus_ext``), so shards written by ``webdataset``, ``img2dataset`` or
+CLIP_benchmark's exporter read the same here.
+
+The reader streams (one member in memory at a time), never raises on a damaged shard (an unreadable or
+truncated tar is counted in :class:`ShardStats` and the next shard is opened) and leaves decoding to the
+caller, so a bad image costs one sample, not the run.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import tarfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+Sample = dict[str, object]
+
+_BRACE = re.compile(r"\{(\d+)\.\.(\d+)\}")
+
+
+@dataclass
+class ShardStats:
+    """What reading a set of shards met: samples, shards read, and shards that failed (with the reason)."""
+
+    samples: int = 0
+    shards: int = 0
+    bad_shards: list[tuple[str, str]] = field(default_factory=list)
+
+
+def expand_shards(spec: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[str]:
+    """Turns a shard spec into a sorted list of paths.
+
+    Args:
+        spec: A directory (every ``*.tar`` in it), a glob, a brace range (``data/{000..009}.tar``, zero
+            padding kept), a single file, or a list of any of these.
+
+    Raises:
+        FileNotFoundError: When the spec matches no file.
+    """
+    if not isinstance(spec, (str, os.PathLike)):
+        return [p for s in spec for p in expand_shards(s)]
+    text = os.fspath(spec)
+    if os.path.isdir(text):
+        paths = sorted(glob.glob(os.path.join(text, "*.tar")))
+    else:
+        paths = []
+        for pattern in _expand_braces(text):
+            matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+            paths.extend(p for p in matches if os.path.isfile(p))
+    if not paths:
+        raise FileNotFoundError(f"no tar shards found for {text!r}")
+    return paths
+
+
+def _expand_braces(text: str) -> list[str]:
+    match = _BRACE.search(text)
+    if match is None:
+        return [text]
+    lo, hi = match.group(1), match.group(2)
+    width = len(lo) if lo.startswith("0") else 0
+    head, tail = text[: match.start()], text[match.end():]
+    return [p for i in range(int(lo), int(hi) + 1) for p in _expand_braces(f"{head}{i:0{width}d}{tail}")]
+
+
+def split_key(member_name: str) -> tuple[str, str]:
+    """``"dir/0001.seg.jpg"`` → ``("dir/0001", "seg.jpg")`` (webdataset's key/field split, field lower-cased)."""
+    directory, base = os.path.split(member_name)
+    stem, dot, ext = base.partition(".")
+    return (os.path.join(directory, stem) if directory else stem), (ext.lower() if dot else "")
+
+
+def iter_tar_samples(shards: Iterable[str | os.PathLike[str]], stats: ShardStats | None = None,
+                     fields: set[str] | None = None) -> Iterator[Sample]:
+    """Streams samples (``{"__key__", "__url__", field: bytes, ...}``) from tar shards in order.
+
+    A damaged shard is recorded in ``stats.bad_shards`` and skipped from the point of damage (samples
+    already read from it are kept). Members without a field (no dot) and hidden files (``._*``, macOS
+    resource forks) are ignored.
+
+    Args:
+        shards: Paths of tar files (see :func:`expand_shards`).
+        stats: Filled in while iterating, if given.
+        fields: Only keep these fields (e.g. ``{"jpg", "cls"}``); all when ``None``.
+    """
+    stats = stats if stats is not None else ShardStats()
+    for shard in shards:
+        url = os.fspath(shard)
+        current: Sample | None = None
+        try:
+            with tarfile.open(url, mode="r|*") as tar:
+                stats.shards += 1
+                for member in tar:
+                    if not member.isfile():
+                        continue
+                    key, ext = split_key(member.name)
+                    if not ext or Path(member.name).name.startswith("._"):
+                        continue
+                    if current is None or current["__key__"] != key or ext in current:
+                        if current is not None:
+                            stats.samples += 1
+                            yield current
+                        current = {"__key__": key, "__url__": url}
+                    if fields is None or ext in fields:
+                        handle = tar.extractfile(member)
+                        current[ext] = handle.read() if handle is not None else b""
+        except (tarfile.TarError, OSError, EOFError) as e:
+            stats.bad_shards.append((url, f"{type(e).__name__}: {e}"))
+        if current is not None:
+            stats.samples += 1
+            yield current
+
+
+def write_tar_shard(path: str | os.PathLike[str], samples: Iterable[dict[str, bytes | str]]) -> int:
+    """Writes samples (``{"__key__": "0001", "jpg": bytes, "cls": "3"}``) to one tar; returns their number."""
+    import io
+
+    n = 0
+    with tarfile.open(path, "w") as tar:
+        for sample in samples:
+            key = str(sample["__key__"])
+            for ext, value in sample.items():
+                if ext.startswith("__"):
+                    continue
+                data = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+            n += 1
+    return n

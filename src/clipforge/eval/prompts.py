@@ -1,0 +1,75 @@
+"""Class names and prompt templates shipped as data (``eval/data/*.json``), and readers for user files.
+
+Built-in sets (``load_classnames(name)`` / ``load_templates(name)``):
+
+- ``imagenet``: OpenAI's 1,000 cleaned ImageNet class names and the CLIP paper's 80 templates
+  (openai/CLIP ``notebooks/Prompt_Engineering_for_ImageNet.ipynb``).
+- ``cifar10`` / ``cifar100``: class names and 18 templates from openai/CLIP ``data/prompts.md``.
+
+A template holds ``{}`` (or ``{c}``, CLIP_benchmark's spelling) where the class name goes.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+BUILTIN = ("imagenet", "cifar10", "cifar100")
+
+
+def _read_builtin(filename: str) -> list[str]:
+    return json.loads(resources.files("clipforge.eval").joinpath("data", filename).read_text(encoding="utf-8"))
+
+
+def load_classnames(name_or_path: str | Path) -> list[str]:
+    """Class names of a built-in set (``imagenet``, ``cifar10``, ``cifar100``) or from a file.
+
+    Args:
+        name_or_path: A built-in name, or a ``.txt`` file (one name a line) or ``.json`` file (a list).
+
+    Raises:
+        FileNotFoundError: When it is neither a built-in name nor an existing file.
+    """
+    if str(name_or_path) in BUILTIN:
+        return _read_builtin(f"{name_or_path}_classnames.json")
+    return read_lines(name_or_path, "class names")
+
+
+def load_templates(name_or_path: str | Path) -> list[str]:
+    """Prompt templates of a built-in set or from a ``.txt`` / ``.json`` file (see :func:`load_classnames`)."""
+    if str(name_or_path) in BUILTIN:
+        return _read_builtin(f"{name_or_path}_templates.json")
+    templates = read_lines(name_or_path, "templates")
+    bad = [t for t in templates if "{}" not in t and "{c}" not in t]
+    if bad:
+        raise ValueError(f"template {bad[0]!r} in {name_or_path} has no '{{}}' for the class name")
+    return templates
+
+
+def read_lines(path: str | Path, what: str = "lines") -> list[str]:
+    """Non-empty stripped lines of a text file, or the list in a JSON file.
+
+    Raises:
+        FileNotFoundError: When the file does not exist (the message names ``what`` and the built-ins).
+        ValueError: When the file is empty or its JSON is not a list of strings.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} file not found: {path} (built-in sets: {', '.join(BUILTIN)})")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        items = json.loads(text)
+        if not isinstance(items, list) or not all(isinstance(x, str) for x in items):
+            raise ValueError(f"{path}: expected a JSON list of strings")
+    else:
+        items = [line.strip() for line in text.splitlines()]
+    items = [x for x in items if x]
+    if not items:
+        raise ValueError(f"{path}: no {what} in the file")
+    return items
+
+
+def fill(template: str, classname: str) -> str:
+    """``fill("a photo of a {}.", "dog")`` → ``"a photo of a dog."`` (``{c}`` works too)."""
+    return template.replace("{c}", classname).replace("{}", classname)
