@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from test_eval_fakes import COLOURS, FakeCLIP, fake_model, fake_processor, fake_transform, solid
 
 from clipforge.eval import EvalModel, build_classifier, classification_metrics, evaluate_zeroshot, plot_confusion
 from clipforge.eval.adapter import model_fingerprint
 from clipforge.eval.datasets import Sample
 from clipforge.eval.prompts import load_classnames, load_templates
 from clipforge.eval.zeroshot import ClassificationMeter, classifier_key
+from test_eval_fakes import COLOURS, FakeCLIP, fake_model, fake_processor, fake_transform, solid
 
 TEMPLATES = ["a photo of a {}.", "a {} thing", "{} red"]
 
