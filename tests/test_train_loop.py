@@ -85,7 +85,7 @@ def test_quickstart_path_learns(tmp_path, text_processor, one_thread, capsys):
     args = argparse.Namespace(config=str(ROOT / "configs/quickstart.yaml"), overrides=overrides, device="cpu")
     assert quickstart_command(args) == 0
     out = capsys.readouterr().out
-    assert "zero-shot task" in out and "shape" in out and "image to text R@1" in out
+    assert "zero-shot task" in out and "shape" in out and "image → caption R@1" in out
     records = read_metrics(tmp_path / "run/metrics.jsonl")
     losses = [r["loss"] for r in records if "loss" in r]
     assert losses[0] > 0.8 * math.log(32)  # starts near chance

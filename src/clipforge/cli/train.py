@@ -82,8 +82,11 @@ def results_table(metrics: dict[str, float]) -> str:
     rows = [("zero-shot task", "top-1")]
     rows += [(k.split("/", 1)[1], f"{v:6.1%}") for k, v in metrics.items() if k.startswith("zeroshot/")]
     rows += [("retrieval", "")]
-    rows += [(k.split("/", 1)[1].replace("_", " "), f"{v:6.1%}") for k, v in metrics.items()
-             if k.startswith("retrieval/")]
+    names = {"text_retrieval": "image → caption", "image_retrieval": "caption → image"}
+    for key, value in metrics.items():
+        if key.startswith("retrieval/"):
+            kind, k = key.split("/", 1)[1].split("_recall")
+            rows.append((f"{names.get(kind, kind)} R{k}", f"{value:6.1%}"))
     width = max(len(r[0]) for r in rows) + 2
     return "\n".join(f"  {name:<{width}}{value}" for name, value in rows)
 

@@ -1,16 +1,20 @@
 """Periodic evaluation during training: zero-shot accuracy on the synthetic tasks and caption retrieval.
 
-A minimal scorer kept inside ``train/`` so the loop can report progress; the full evaluation suite
-(``clipforge.eval``) is the place for anything beyond that.
+The scoring is ``clipforge.eval``'s (prompt-ensembled classifiers, Recall@K); this module only prepares
+the synthetic world's tasks once (rendered and transformed) so that evaluating every N steps is cheap,
+and keeps the model's train/eval modes intact around it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from clipforge.eval import EvalModel, build_classifier, retrieval_metrics
 
 
 @dataclass
@@ -18,13 +22,13 @@ class EvalSet:
     """Pre-transformed evaluation data: zero-shot tasks and a retrieval set.
 
     Attributes:
-        tasks: ``name -> (images (N, 3, H, W), labels (N,), prompts[class][template])``.
+        tasks: ``name -> (images (N, 3, H, W), labels (N,), classnames, templates)``.
         retrieval_images: (M, 3, H, W) images.
         retrieval_captions: ``captions[i]`` are the captions of image ``i``.
         raw_images: The retrieval set's PIL images (for plots).
     """
 
-    tasks: dict[str, tuple[torch.Tensor, torch.Tensor, list[list[str]]]]
+    tasks: dict[str, tuple[torch.Tensor, torch.Tensor, list[str], list[str]]]
     retrieval_images: torch.Tensor
     retrieval_captions: list[list[str]]
     raw_images: list
@@ -36,76 +40,56 @@ def build_eval_set(world: object, transform: Callable, size: int, retrieval_size
     tasks = {}
     for task in world.zeroshot_tasks(size, language=language, split=split):  # type: ignore[attr-defined]
         images = torch.stack([transform(im) for im in task.images])
-        prompts = [[t.format(c) for t in task.templates] for c in task.classnames]
-        tasks[task.name] = (images, torch.tensor(task.labels), prompts)
+        tasks[task.name] = (images, torch.tensor(task.labels), list(task.classnames), list(task.templates))
     raw, captions = world.retrieval_set(retrieval_size, language=language, split=split)  # type: ignore[attr-defined]
     images = torch.stack([transform(im) for im in raw]) if raw else torch.empty(0)
     return EvalSet(tasks, images, captions, raw)
 
 
-@torch.no_grad()
-def embed_images(model: nn.Module, images: torch.Tensor, device: torch.device, batch: int = 256) -> torch.Tensor:
-    """L2-normalised image features (N, D), in float32 on the CPU."""
-    out = [model.encode_image(images[i:i + batch].to(device), normalize=True).float().cpu()
-           for i in range(0, len(images), batch)]
-    return torch.cat(out)
-
-
-@torch.no_grad()
-def embed_texts(model: nn.Module, texts: list[str], text_processor: Callable, device: torch.device,
-                batch: int = 256) -> torch.Tensor:
-    """L2-normalised text features (N, D), in float32 on the CPU."""
-    out = [model.encode_text(text_processor(texts[i:i + batch]).to(device), normalize=True).float().cpu()
-           for i in range(0, len(texts), batch)]
-    return torch.cat(out)
-
-
-def zeroshot_accuracy(image_features: torch.Tensor, labels: torch.Tensor, class_features: torch.Tensor) -> float:
-    """Top-1 accuracy of nearest-class-embedding classification."""
-    return (image_features @ class_features.T).argmax(dim=1).eq(labels).float().mean().item()
-
-
-def class_embeddings(model: nn.Module, prompts: list[list[str]], text_processor: Callable,
-                     device: torch.device) -> torch.Tensor:
-    """One embedding per class: the normalised mean of its template embeddings (CLIP's prompt ensembling)."""
-    flat = [p for per_class in prompts for p in per_class]
-    features = embed_texts(model, flat, text_processor, device).view(len(prompts), len(prompts[0]), -1)
-    return nn.functional.normalize(features.mean(dim=1), dim=-1)
-
-
-def retrieval_recall(image_features: torch.Tensor, text_features: torch.Tensor, owner: torch.Tensor,
-                     ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
-    """Recall@k both ways; ``owner[t]`` is the image index of caption ``t``."""
-    sim = image_features @ text_features.T  # (images, captions)
-    out = {}
-    text_rank = sim.argsort(dim=1, descending=True)  # per image: captions best-first
-    hits = owner[text_rank] == torch.arange(len(image_features))[:, None]  # (images, captions)
-    image_rank = sim.T.argsort(dim=1, descending=True)  # per caption: images best-first
-    for k in ks:
-        out[f"image_to_text_R@{k}"] = hits[:, :k].any(dim=1).float().mean().item()
-        out[f"text_to_image_R@{k}"] = (image_rank[:, :k] == owner[:, None]).any(dim=1).float().mean().item()
-    return out
-
-
-def evaluate(model: nn.Module, data: EvalSet, text_processor: Callable, device: torch.device) -> dict[str, float]:
-    """Zero-shot accuracy per task (``zeroshot/<task>``) and retrieval recall (``retrieval/...``).
-
-    Runs the model in eval mode and restores every submodule's previous mode (a locked tower stays in eval).
-    """
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode inside the block; afterwards every submodule's mode is restored (a locked tower stays in eval)."""
     modes = {m: m.training for m in model.modules()}
     model.eval()
     try:
-        results = {}
-        for name, (images, labels, prompts) in data.tasks.items():
-            classes = class_embeddings(model, prompts, text_processor, device)
-            results[f"zeroshot/{name}"] = zeroshot_accuracy(embed_images(model, images, device), labels, classes)
-        if data.retrieval_captions:
-            flat = [c for caps in data.retrieval_captions for c in caps]
-            owner = torch.tensor([i for i, caps in enumerate(data.retrieval_captions) for _ in caps])
-            recall = retrieval_recall(embed_images(model, data.retrieval_images, device),
-                                      embed_texts(model, flat, text_processor, device), owner)
-            results.update({f"retrieval/{k}": v for k, v in recall.items()})
-        return results
+        yield
     finally:
         for m, mode in modes.items():
             m.training = mode
+
+
+def _encode_images(model: EvalModel, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    return torch.cat([model.encode_images(images[i:i + batch]) for i in range(0, len(images), batch)])
+
+
+def evaluate(model: nn.Module, data: EvalSet, text_processor: Callable, device: torch.device) -> dict[str, float]:
+    """Zero-shot top-1 per task (``zeroshot/<task>``) and retrieval Recall@1/5 (``retrieval/...``).
+
+    Retrieval keys follow CLIP_benchmark: ``image_retrieval_recall@K`` (caption → image) and
+    ``text_retrieval_recall@K`` (image → caption).
+    """
+    with eval_mode(model), torch.no_grad():
+        scorer = EvalModel(model, transform=lambda image: image, processor=text_processor, device=device)
+        results = {}
+        for name, (images, labels, classnames, templates) in data.tasks.items():
+            classifier = build_classifier(scorer, classnames, templates, use_cache=False)  # (D, C)
+            predictions = (_encode_images(scorer, images) @ classifier).argmax(dim=1)
+            results[f"zeroshot/{name}"] = predictions.eq(labels).float().mean().item()
+        if data.retrieval_captions:
+            flat = [c for caps in data.retrieval_captions for c in caps]
+            owner = torch.tensor([i for i, caps in enumerate(data.retrieval_captions) for _ in caps])
+            recall = retrieval_metrics(_encode_images(scorer, data.retrieval_images), scorer.encode_texts(flat),
+                                       owner, ks=(1, 5))
+            results.update({f"retrieval/{k}": v for k, v in recall.items()})
+        return results
+
+
+def similarity_matrix(model: nn.Module, data: EvalSet, text_processor: Callable, device: torch.device,
+                      n: int = 8) -> tuple[torch.Tensor, list, list[str]]:
+    """Cosine similarities of the first ``n`` retrieval images and their first captions, for the CLIP-style plot."""
+    n = min(n, len(data.raw_images))
+    captions = [caps[0] for caps in data.retrieval_captions[:n]]
+    with eval_mode(model), torch.no_grad():
+        scorer = EvalModel(model, transform=lambda image: image, processor=text_processor, device=device)
+        similarity = scorer.encode_images(data.retrieval_images[:n]) @ scorer.encode_texts(captions).T
+    return similarity, data.raw_images[:n], captions

@@ -31,7 +31,7 @@ from clipforge.train.distributed import (
     broadcast_parameters,
     gather_objects,
 )
-from clipforge.train.evaluate import EvalSet, build_eval_set, embed_images, embed_texts, evaluate
+from clipforge.train.evaluate import EvalSet, build_eval_set, evaluate, similarity_matrix
 from clipforge.train.gradcache import forward_backward
 from clipforge.train.loss import LOSSES
 from clipforge.train.metrics import MetricsLog, plot_loss, plot_similarity, plot_zeroshot, read_metrics
@@ -237,13 +237,5 @@ def write_plots(run_dir: Path, model: torch.nn.Module, eval_set: EvalSet | None,
     plot_zeroshot(records, run_dir / "zeroshot.png")
     if eval_set is None or not eval_set.raw_images:
         return
-    n = min(n, len(eval_set.raw_images))
-    captions = [caps[0] for caps in eval_set.retrieval_captions[:n]]
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    image_features = embed_images(model, eval_set.retrieval_images[:n], device)
-    text_features = embed_texts(model, captions, text_processor, device)
-    for m, mode in modes.items():
-        m.training = mode
-    similarity = (image_features @ text_features.T).numpy()
-    plot_similarity(similarity, eval_set.raw_images[:n], captions, run_dir / "similarity.png")
+    similarity, images, captions = similarity_matrix(model, eval_set, text_processor, device, n)
+    plot_similarity(similarity.numpy(), images, captions, run_dir / "similarity.png")

@@ -7,6 +7,7 @@ and an image × caption cosine-similarity matrix in the style of the CLIP paper'
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +99,7 @@ def plot_zeroshot(records: list[dict[str, Any]], path: str | Path) -> None:
     rows = [r for r in records if any(k.startswith("zeroshot/") for k in r)]
     fig = _figure(7, 4)
     ax = fig.add_subplot()
-    keys = sorted({k for r in rows for k in r if k.startswith("zeroshot/") or k.endswith("R@1")})
+    keys = sorted({k for r in rows for k in r if k.startswith("zeroshot/") or k.endswith("recall@1")})
     for key in keys:
         points = [(r["step"], r[key]) for r in rows if key in r]
         ax.plot(*zip(*points), marker="o", label=key.split("/", 1)[1])
@@ -125,7 +126,7 @@ def plot_similarity(similarity: np.ndarray, images: list[Any], captions: list[st
         for j in range(m):
             ax.text(j, i, f"{similarity[i, j]:.2f}", ha="center", va="center", fontsize=7, color="white")
     ax.set_xticks(range(m))
-    ax.set_xticklabels(captions, rotation=60, ha="right", fontsize=7)
+    ax.set_xticklabels([textwrap.fill(c, 24) for c in captions], rotation=90, fontsize=7)
     ax.set_yticks(range(n))
     ax.set_yticklabels([""] * n)
     for i, image in enumerate(images):  # thumbnails as row labels, just left of the matrix
