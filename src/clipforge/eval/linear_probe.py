@@ -104,7 +104,7 @@ def fit_logreg_torch(x: np.ndarray, y: np.ndarray, C: float, num_classes: int, m
     b = torch.zeros(num_classes, dtype=dtype, device=device, requires_grad=True)
     # Divided by n: mean CE + ‖W‖² / (2 C n) has sklearn's minimiser and a well-scaled gradient.
     l2 = 1.0 / (2.0 * C * len(x))
-    opt = torch.optim.LBFGS([w, b], lr=1, max_iter=max_iter, tolerance_grad=1e-7, tolerance_change=1e-12,
+    opt = torch.optim.LBFGS([w, b], lr=1, max_iter=max_iter, tolerance_grad=1e-6, tolerance_change=1e-9,
                             history_size=20, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
