@@ -69,14 +69,14 @@ def test_csv_unknown_column_names_the_columns(tmp_path) -> None:
         CsvDataset(tmp_path / "b.csv", label_col="label")
 
 
-def test_tsv_captions_group_adjacent_rows(tmp_path) -> None:
+def test_tsv_captions_group_rows_of_one_image(tmp_path) -> None:
     write_folder(tmp_path, corrupt=1)
     rows = ["image\tcaption", "red/0.png\ta red square", "red/0.png\tsomething red", "blue/0.png\ta blue one",
-            "red/bad.png\tbroken", "green/0.png\tgreen"]
+            "red/bad.png\tbroken", "green/0.png\tgreen", "blue/0.png\tblue again"]
     (tmp_path / "caps.tsv").write_text("\n".join(rows) + "\n")
     ds = open_dataset(tmp_path / "caps.tsv", image_col="image", task="retrieval")
     samples = list(ds)
-    assert [s.captions for s in samples] == [["a red square", "something red"], ["a blue one"], ["green"]]
+    assert [s.captions for s in samples] == [["a red square", "something red"], ["a blue one", "blue again"], ["green"]]
     assert len(ds.skipped) == 1
 
 

@@ -8,7 +8,7 @@ Layouts:
 
 - **Image folder**: ``root/<class>/<image>``; classes are the sub-folder names, sorted.
 - **CSV/TSV**: a header row; an image column (paths relative to the file) and a label column (a class
-  index, or a class name) or a caption column. Rows of one image with several captions must be adjacent.
+  index, or a class name) or a caption column (several rows of one image give it several captions).
 - **CLIP_benchmark webdataset** (``clip_benchmark/datasets/builder.py::build_wds_dataset``)::
 
       root/classnames.txt                       one class name a line (classification)
@@ -114,7 +114,7 @@ class CsvDataset(EvalDataset):
         image_col: The column holding image paths (relative paths are taken from the file's folder,
             or from ``image_root``).
         label_col: A column of class indices or class names (classification); exclusive with ``caption_col``.
-        caption_col: A column of captions (retrieval); adjacent rows of one image give it several captions.
+        caption_col: A column of captions (retrieval); several rows of one image give it several captions.
         classes: Class names; a label that is a name is looked up here. When ``None`` and the labels are
             names, the classes are the sorted distinct names (one pass over the text, no image read).
         image_root: Folder that relative paths are resolved against.
@@ -183,17 +183,12 @@ class CsvDataset(EvalDataset):
                 if image is not None:
                     yield Sample(image, label=label, source=row[self.image_col])
             return
-        group: list[str] = []
-        current: str | None = None
+        # Captions are grouped by image over the whole file (text only; images are still read one by one).
+        groups: dict[str, list[str]] = {}
         for row in self._rows():
-            path, caption = row[self.image_col], row[self.caption_col]
-            if path != current and current is not None:
-                yield from self._caption_sample(current, group)
-                group = []
-            current = path
-            group.append(caption)
-        if current is not None:
-            yield from self._caption_sample(current, group)
+            groups.setdefault(row[self.image_col], []).append(row[self.caption_col])
+        for path, captions in groups.items():
+            yield from self._caption_sample(path, captions)
 
     def _caption_sample(self, path: str, captions: list[str]) -> Iterator[Sample]:
         image = self._load(path)

@@ -1,0 +1,113 @@
+"""``clipforge classify IMAGE... --labels "cat,dog"``: zero-shot labels for images, with probabilities.
+
+Example::
+
+    clipforge classify photo.jpg more/ --labels "a cat,a dog,a car" --model runs/x/final --top-k 3
+
+Each label goes through the prompt template(s) (default ``"a photo of a {}."``; give ``--template`` again
+for an ensemble); the probabilities are a softmax of the model's scaled cosine similarities.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from clipforge.cli.eval import load_eval_model
+
+DEFAULT_TEMPLATE = "a photo of a {}."
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Adds the ``classify`` verb."""
+    p = sub.add_parser("classify", help="zero-shot classify images against a list of labels",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
+    labels = p.add_mutually_exclusive_group(required=True)
+    labels.add_argument("--labels", help='comma-separated labels, e.g. "cat,dog,car"')
+    labels.add_argument("--labels-file", help="a file of labels, one a line (or a JSON list)")
+    p.add_argument("--model", required=True, help="a saved model directory / checkpoint, or a preset name (random)")
+    p.add_argument("--template", action="append", default=None,
+                   help=f"prompt template with {{}} for the label (repeatable; default: {DEFAULT_TEMPLATE!r})")
+    p.add_argument("--top-k", type=int, default=5, help="labels shown per image (default: 5)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per batch (default: 32)")
+    p.add_argument("--device", default=None, help="cpu, cuda … (default: cuda if available)")
+    p.set_defaults(func=classify)
+
+
+def parse_labels(labels: str | None, labels_file: str | None) -> list[str]:
+    """The label list from ``--labels`` (comma-separated) or ``--labels-file``.
+
+    Raises:
+        ValueError: When no label is given or a label repeats.
+    """
+    from clipforge.eval.prompts import read_lines
+
+    out = read_lines(labels_file, "labels") if labels_file else [s.strip() for s in (labels or "").split(",")]
+    out = [s for s in out if s]
+    if not out:
+        raise ValueError("no labels given")
+    dupes = sorted({s for s in out if out.count(s) > 1})
+    if dupes:
+        raise ValueError(f"repeated label(s): {', '.join(dupes)}")
+    return out
+
+
+def collect_images(paths: list[str]) -> list[Path]:
+    """Files as given, and the images inside folders (sorted).
+
+    Raises:
+        FileNotFoundError: When a path does not exist.
+        ValueError: When no image is found.
+    """
+    from clipforge.eval.datasets import IMAGE_SUFFIXES
+
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files.extend(sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()))
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise FileNotFoundError(f"image not found: {p}")
+    if not files:
+        raise ValueError(f"no images found in {', '.join(paths)}")
+    return files
+
+
+def classify(args: argparse.Namespace) -> int:
+    """Prints, for every image, the top-k labels with their probabilities."""
+    import torch
+
+    from clipforge.eval.datasets import EvalDataset
+    from clipforge.eval.zeroshot import build_classifier
+
+    labels = parse_labels(args.labels, args.labels_file)
+    files = collect_images(args.images)
+    templates = args.template or [DEFAULT_TEMPLATE]
+    if args.top_k < 1:
+        raise ValueError(f"--top-k must be at least 1, got {args.top_k}")
+    model, _, _ = load_eval_model(args.model, args.device)
+    weights = build_classifier(model, labels, templates, use_cache=False)  # (D, L)
+    decoder = EvalDataset()
+    k = min(args.top_k, len(labels))
+    n_read = 0
+    for start in range(0, len(files), args.batch_size):
+        batch = files[start:start + args.batch_size]
+        images = [decoder.decode(f, str(f)) for f in batch]
+        good = [(f, im) for f, im in zip(batch, images) if im is not None]
+        n_read += len(good)
+        if good:
+            x = torch.stack([model.transform(im) for _, im in good])
+            probs = (model.logit_scale() * model.encode_images(x) @ weights).softmax(dim=-1)  # (B, L)
+            top = probs.topk(k, dim=-1)
+            for (f, _), p, i in zip(good, top.values.tolist(), top.indices.tolist()):
+                print(f)
+                for prob, idx in zip(p, i):
+                    print(f"  {prob:7.2%}  {labels[idx]}")
+        for source, reason in decoder.skipped:
+            print(f"{source}\n  skipped: {reason}")
+        decoder.skipped.clear()
+    if n_read == 0:
+        raise ValueError(f"none of the {len(files)} image(s) could be read")
+    return 0

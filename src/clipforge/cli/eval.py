@@ -1,0 +1,219 @@
+"""``clipforge eval zeroshot|retrieval|linear-probe``: benchmark a model, write CLIP_benchmark-style JSON.
+
+Examples::
+
+    clipforge eval zeroshot --model runs/x/final --data data/cifar10_wds --output results/cifar10.json
+    clipforge eval zeroshot --model runs/x/final --data photos/ --classnames imagenet --templates imagenet
+    clipforge eval retrieval --model runs/x/final --data flickr_test.tsv --caption-col caption --output r.json
+    clipforge eval linear-probe --model runs/x/final --train-data train/ --data test/ --k-shot 16
+
+``--data`` is an image folder (one sub-folder per class), a CSV/TSV file, or a folder in CLIP_benchmark's
+webdataset layout (``classnames.txt``, ``zeroshot_classification_templates.txt``, ``test/*.tar``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+DEFAULT_TEMPLATES = "imagenet"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Adds the ``eval`` verb with its ``zeroshot``, ``retrieval`` and ``linear-probe`` tasks."""
+    p = sub.add_parser("eval", help="evaluate a model: zero-shot classification, retrieval, linear probe",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    tasks = p.add_subparsers(dest="task", metavar="TASK", required=True)
+
+    zs = tasks.add_parser("zeroshot", help="zero-shot classification (top-1, top-5, mean per-class recall)")
+    _common(zs)
+    zs.add_argument("--label-col", default=None, help="CSV column of labels (index or class name; default: label)")
+    zs.add_argument("--classnames", default=None,
+                    help="class names: imagenet, cifar10, cifar100, or a .txt/.json file (default: the dataset's)")
+    zs.add_argument("--templates", default=None,
+                    help="prompt templates: a built-in set or a .txt/.json file "
+                         f"(default: the dataset's, else {DEFAULT_TEMPLATES})")
+    zs.add_argument("--confusion", default=None, metavar="PNG",
+                    help="confusion-matrix image (default: beside --output as *_confusion.png)")
+    zs.add_argument("--no-classifier-cache", action="store_true", help="rebuild the zero-shot classifier")
+    zs.set_defaults(func=run_zeroshot)
+
+    rt = tasks.add_parser("retrieval", help="image↔text retrieval Recall@K")
+    _common(rt)
+    rt.add_argument("--caption-col", default="caption", help="CSV column of captions (default: caption)")
+    rt.add_argument("--recall-k", default="1,5,10", help="comma-separated K values (default: 1,5,10)")
+    rt.add_argument("--chunk", type=int, default=4096, help="block side of the streamed ranking (default: 4096)")
+    rt.set_defaults(func=run_retrieval)
+
+    lp = tasks.add_parser("linear-probe", help="logistic regression on frozen image features")
+    _common(lp)
+    lp.add_argument("--train-data", required=True, help="training set (same layouts as --data)")
+    lp.add_argument("--train-split", default="train", help="shard sub-folder of a webdataset --train-data")
+    lp.add_argument("--label-col", default=None, help="CSV column of labels (default: label)")
+    lp.add_argument("--backend", choices=("torch", "sklearn"), default="torch", help="solver (default: torch)")
+    lp.add_argument("--k-shot", type=int, default=None, help="few-shot: k training images per class")
+    lp.add_argument("--C", type=float, default=None, help="inverse L2 strength; skips the validation sweep")
+    lp.add_argument("--val-fraction", type=float, default=0.2, help="share of train held out to choose C")
+    lp.add_argument("--seed", type=int, default=0, help="seed of the few-shot draw and validation split")
+    lp.add_argument("--feature-cache", default=None, metavar="DIR",
+                    help="where extracted features are cached (default: <cache-dir>/features)")
+    lp.set_defaults(func=run_linear_probe)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="a saved model directory / checkpoint, or a preset name (random)")
+    p.add_argument("--data", required=True, help="image folder, CSV/TSV file, or CLIP_benchmark webdataset folder")
+    p.add_argument("--output", default=None, help="result JSON path (CLIP_benchmark format)")
+    p.add_argument("--dataset-name", default=None, help="name written to the results (default: the data path)")
+    p.add_argument("--split", default="test", help="shard sub-folder of a webdataset --data (default: test)")
+    p.add_argument("--image-col", default="path", help="CSV column of image paths (default: path)")
+    p.add_argument("--language", default="en", help="language recorded in the results (default: en)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per batch (default: 64)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda if available)")
+    p.add_argument("--cache-dir", default=None, help="cache root (default: $CLIPFORGE_CACHE or ~/.cache/clipforge)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def load_eval_model(spec: str, device: str | None = None) -> tuple[Any, str, str]:
+    """Opens ``spec`` (a saved model path, else a preset name) as ``(EvalModel, model name, pretrained)``.
+
+    Raises:
+        FileNotFoundError: When ``spec`` is neither an existing path nor a preset.
+    """
+    import torch
+
+    import clipforge
+    from clipforge.eval.adapter import EvalModel, describe
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if os.path.exists(spec):
+        model, transform, processor = clipforge.load(spec, device=device)
+        pretrained = str(spec)
+    elif spec in clipforge.list_models():
+        model, _, transform = clipforge.create_model_and_transforms(spec, device=device)
+        processor = clipforge.get_text_processor(model)
+        pretrained = "random"
+        print(f"note: {spec!r} is a preset name; evaluating randomly initialised weights", file=sys.stderr)
+    else:
+        raise FileNotFoundError(f"model not found: {spec!r} is neither a saved model path nor a preset "
+                                "(see `clipforge models`)")
+    name = spec if pretrained == "random" else describe(model)
+    return EvalModel(model, transform, processor, device), name, pretrained
+
+
+def _cache_root(args: argparse.Namespace) -> Path:
+    from clipforge.eval.zeroshot import default_cache_dir
+
+    return Path(args.cache_dir) if args.cache_dir else default_cache_dir().parent
+
+
+def _finish(args: argparse.Namespace, record: dict[str, Any]) -> None:
+    from clipforge.eval.results import write_results
+
+    print(json.dumps(record["metrics"], indent=2))
+    n_skipped = record["data"]["n_skipped"]
+    if n_skipped:
+        print(f"skipped {n_skipped} unreadable sample(s); see \"data\" in the results", file=sys.stderr)
+    if args.output:
+        print(f"wrote {write_results(args.output, record)}", file=sys.stderr)
+
+
+def run_zeroshot(args: argparse.Namespace) -> int:
+    """Zero-shot classification of ``--data``; writes the results and a confusion-matrix PNG."""
+    from clipforge.eval.datasets import ImageFolder, open_dataset
+    from clipforge.eval.prompts import load_classnames, load_templates
+    from clipforge.eval.results import result_record
+    from clipforge.eval.zeroshot import evaluate_zeroshot, plot_confusion
+
+    classnames = load_classnames(args.classnames) if args.classnames else None
+    dataset = open_dataset(args.data, image_col=args.image_col, label_col=args.label_col, classes=classnames,
+                           split=args.split)
+    if classnames is None:
+        if not dataset.classes:
+            raise ValueError(f"{args.data}: no class names; pass --classnames")
+        # Folder names use underscores for spaces (golden_retriever); prompts read better without them.
+        classnames = [c.replace("_", " ") for c in dataset.classes] if isinstance(dataset, ImageFolder) \
+            else list(dataset.classes)
+    elif dataset.classes is not None and len(dataset.classes) != len(classnames):
+        raise ValueError(f"--classnames gives {len(classnames)} classes but {args.data} has {len(dataset.classes)}")
+    templates = load_templates(args.templates) if args.templates else (dataset.templates or
+                                                                       load_templates(DEFAULT_TEMPLATES))
+    model, name, pretrained = load_eval_model(args.model, args.device)
+    result = evaluate_zeroshot(model, dataset, classnames, templates, args.batch_size,
+                               cache_dir=_cache_root(args) / "zeroshot", use_cache=not args.no_classifier_cache,
+                               progress=not args.no_progress)
+    confusion = args.confusion or (str(Path(args.output).with_suffix("")) + "_confusion.png" if args.output else None)
+    extra = {}
+    if confusion:
+        extra["confusion_matrix"] = str(plot_confusion(result.confusion, classnames, confusion,
+                                                       f"{name}: {args.dataset_name or args.data}"))
+    record = result_record(args.dataset_name or str(args.data), name, pretrained, "zeroshot_classification",
+                           result.metrics, args.language, result.n_samples, result.skipped, extra=extra)
+    _finish(args, record)
+    return 0
+
+
+def run_retrieval(args: argparse.Namespace) -> int:
+    """Image↔text Recall@K on a captioned ``--data``."""
+    from clipforge.eval.datasets import open_dataset
+    from clipforge.eval.results import result_record
+    from clipforge.eval.retrieval import evaluate_retrieval
+
+    try:
+        ks = tuple(int(k) for k in args.recall_k.split(","))
+    except ValueError:
+        raise ValueError(f"--recall-k: expected comma-separated integers, got {args.recall_k!r}") from None
+    dataset = open_dataset(args.data, image_col=args.image_col, caption_col=args.caption_col, split=args.split,
+                           task="retrieval")
+    model, name, pretrained = load_eval_model(args.model, args.device)
+    result = evaluate_retrieval(model, dataset, args.batch_size, ks, args.chunk, progress=not args.no_progress)
+    record = result_record(args.dataset_name or str(args.data), name, pretrained, "zeroshot_retrieval",
+                           result.metrics, args.language, result.n_images, result.skipped,
+                           extra={"n_texts": result.n_texts})
+    _finish(args, record)
+    return 0
+
+
+def _feature_cache(args: argparse.Namespace, model: Any, dataset: Any, data: str, split: str) -> Path:
+    from clipforge.eval.datasets import WdsBenchmark
+
+    root = Path(args.feature_cache) if args.feature_cache else _cache_root(args) / "features"
+    # The same data read the same way shares a cache file (a folder used as train and test is embedded once).
+    split = split if isinstance(dataset, WdsBenchmark) else ""
+    ident = f"{os.path.abspath(data)}|{split}|{args.image_col}|{args.label_col}|{os.stat(data).st_mtime_ns}"
+    return root / f"{model.fingerprint()}-{hashlib.sha256(ident.encode()).hexdigest()[:16]}.npz"
+
+
+def run_linear_probe(args: argparse.Namespace) -> int:
+    """Linear probe: features of ``--train-data`` and ``--data`` (cached), C swept on a validation split."""
+    from clipforge.eval.datasets import open_dataset
+    from clipforge.eval.linear_probe import extract_features, linear_probe
+    from clipforge.eval.results import result_record
+
+    train_ds = open_dataset(args.train_data, image_col=args.image_col, label_col=args.label_col,
+                            split=args.train_split)
+    test_ds = open_dataset(args.data, image_col=args.image_col, label_col=args.label_col, split=args.split,
+                           classes=train_ds.classes)
+    if train_ds.classes and test_ds.classes and train_ds.classes != test_ds.classes:
+        raise ValueError(f"the classes of {args.train_data} and {args.data} differ "
+                         f"({len(train_ds.classes)} vs {len(test_ds.classes)}); labels would not line up")
+    model, name, pretrained = load_eval_model(args.model, args.device)
+    progress = not args.no_progress
+    train_cache = _feature_cache(args, model, train_ds, args.train_data, args.train_split)
+    test_cache = _feature_cache(args, model, test_ds, args.data, args.split)
+    train = extract_features(model, train_ds, args.batch_size, train_cache, progress)
+    test = extract_features(model, test_ds, args.batch_size, test_cache, progress)
+    num_classes = len(train_ds.classes) if train_ds.classes else None
+    result = linear_probe(train, test, num_classes, args.backend, args.val_fraction, args.k_shot, args.C, args.seed,
+                          device=model.device, progress=progress)
+    extra = {"C": result.C, "n_train": result.n_train, "k_shot": args.k_shot, "backend": args.backend,
+             "train_skipped": len(train.skipped)}
+    record = result_record(args.dataset_name or str(args.data), name, pretrained, "linear_probe", result.metrics,
+                           args.language, len(test.y), test.skipped, extra=extra)
+    _finish(args, record)
+    return 0
