@@ -130,3 +130,9 @@ def test_adapter_encodes_through_the_processor() -> None:
     assert out.shape == (7, 3)
     torch.testing.assert_close(out.norm(dim=-1), torch.ones(7))
     assert m.logit_scale() == pytest.approx(100.0)
+
+
+def test_unlabelled_samples_are_a_clear_error(tmp_path) -> None:
+    with pytest.raises(ValueError, match="no class label"):
+        evaluate_zeroshot(fake_model(), [Sample(solid("red"), captions=["red"])], list(COLOURS), ["{}"],
+                          cache_dir=tmp_path)

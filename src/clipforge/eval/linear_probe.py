@@ -55,6 +55,8 @@ def extract_features(model: EvalModel, dataset: EvalDataset | Iterable, batch_si
     xs, ys = [], []
     for images, metas in tqdm(iter_batches(dataset, model.transform, batch_size), desc="features", unit="batch",
                               disable=not progress):
+        if any(m.label is None for m in metas):
+            raise ValueError(f"{metas[0].source}: no class label (is this a captioned retrieval dataset?)")
         xs.append(model.encode_images(images).numpy())
         ys.extend(m.label for m in metas)
     skipped = list(getattr(dataset, "skipped", []))

@@ -70,10 +70,12 @@ def retrieval_ranks(image_emb: torch.Tensor, text_emb: torch.Tensor, text_to_ima
         for i0 in range(0, n, image_chunk):
             im = image_emb[i0:i0 + image_chunk].to(device).float()  # (ic, D)
             scores = t @ im.T  # (tc, ic)
-            # A caption's own image (and, for an image, its own captions) never counts against it.
-            match = owner[:, None] == torch.arange(i0, i0 + len(im), device=device)[None, :]  # (tc, ic)
-            text_ranks[t0:t0 + len(t)] += ((scores > pos_text[t0:t0 + len(t), None]) & ~match).sum(1)
-            image_ranks[i0:i0 + len(im)] += ((scores > best_image[None, i0:i0 + len(im)]) & ~match).sum(0)
+            # A caption's own image (and, for an image, its own captions) never counts against it: those few
+            # matching pairs are set to -inf (masking, not comparing, so rounding cannot make a match outrank itself).
+            rows = ((owner >= i0) & (owner < i0 + len(im))).nonzero().squeeze(1)
+            scores[rows, owner[rows] - i0] = float("-inf")
+            text_ranks[t0:t0 + len(t)] += (scores > pos_text[t0:t0 + len(t), None]).sum(1)
+            image_ranks[i0:i0 + len(im)] += (scores > best_image[None, i0:i0 + len(im)]).sum(0)
     image_ranks[torch.isinf(best_image)] = -1
     return text_ranks.cpu(), image_ranks.cpu()
 

@@ -170,6 +170,8 @@ def evaluate_zeroshot(model: EvalModel, dataset: EvalDataset | Iterable, classna
     meter = ClassificationMeter(len(classnames))
     for images, metas in tqdm(iter_batches(dataset, model.transform, batch_size), desc="zero-shot", unit="batch",
                               disable=not progress):
+        if any(m.label is None for m in metas):
+            raise ValueError(f"{metas[0].source}: no class label (is this a captioned retrieval dataset?)")
         targets = torch.tensor([m.label for m in metas], dtype=torch.long)
         if targets.min() < 0 or targets.max() >= len(classnames):
             raise ValueError(f"label {int(targets.max())} outside the {len(classnames)} class names")
