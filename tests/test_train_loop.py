@@ -82,7 +82,8 @@ def test_quickstart_path_learns(tmp_path, text_processor, one_thread, capsys):
 
     overrides = ["steps=40", "batch_size=32", "eval.size=50", "eval.retrieval_size=20", "eval.every=0",
                  "schedule.warmup_steps=5", "log_every=5", "data.num_workers=0", f"output_dir={tmp_path / 'run'}"]
-    args = argparse.Namespace(config=str(ROOT / "configs/quickstart.yaml"), overrides=overrides, device="cpu")
+    args = argparse.Namespace(config=str(ROOT / "configs/quickstart.yaml"), overrides=overrides, device="cpu",
+                              threads=1)
     assert quickstart_command(args) == 0
     out = capsys.readouterr().out
     assert "zero-shot task" in out and "shape" in out and "image → caption R@1" in out

@@ -12,6 +12,7 @@ device) comes from the environment, never from the config.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -25,12 +26,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
     p.add_argument("--resume", help="'latest' (the run dir's newest checkpoint, if any) or a checkpoint path")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
+    p.add_argument("--threads", type=int, help="intra-op CPU threads (default: torch's choice)")
     p.set_defaults(func=train_command)
 
     p = sub.add_parser("quickstart", help="train tiny-vit on the synthetic world (CPU, minutes) and print results")
     p.add_argument("--config", help=f"the quickstart config (default: {QUICKSTART_CONFIG} of this checkout)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="default: cpu")
+    p.add_argument("--threads", type=int, help="intra-op CPU threads (default: the cores the data workers leave)")
     p.set_defaults(func=quickstart_command)
 
 
@@ -39,6 +42,7 @@ def train_command(args: argparse.Namespace) -> int:
     from clipforge.train import init_runtime, load_config, parse_overrides, shutdown, train
 
     config = load_config(args.config, parse_overrides(args.overrides))
+    _set_threads(args.threads)
     runtime = init_runtime(args.device)
     try:
         config.check_world_size(runtime.world_size)
@@ -57,6 +61,8 @@ def quickstart_command(args: argparse.Namespace) -> int:
 
     path = Path(args.config) if args.config else _find_quickstart_config()
     config = load_config(path, parse_overrides(args.overrides))
+    # On a small CPU, an oversubscribed OpenMP pool is many times slower than one thread per free core.
+    _set_threads(args.threads or max(1, (os.cpu_count() or 1) - config.data.num_workers))
     runtime = init_runtime(args.device)
     print(f"quickstart: {config.model} on the synthetic world, {config.steps} steps of {config.batch_size} "
           f"({path}); run dir {config.output_dir}")
@@ -65,6 +71,13 @@ def quickstart_command(args: argparse.Namespace) -> int:
     print(f"wall time {result.wall_time:.0f} s; plots and metrics in {result.run_dir}: "
           "loss.png, zeroshot.png, similarity.png, metrics.jsonl")
     return 0
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def _find_quickstart_config() -> Path:

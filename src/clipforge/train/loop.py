@@ -193,8 +193,10 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None) -> T
     bar.close()
     metrics.close()
 
-    if runtime.is_main and config.plots:
-        write_plots(run_dir, model, eval_set, text_processor, device)
+    if runtime.is_main:
+        export_model(model, run_dir / "final")
+        if config.plots:
+            write_plots(run_dir, model, eval_set, text_processor, device)
     barrier(runtime)
     result.wall_time = time.perf_counter() - start_time
     return result
@@ -227,6 +229,16 @@ def _warn_config_change(saved: dict[str, Any], current: dict[str, Any], runtime:
     changed = sorted(k for k in current if saved.get(k) != current[k])
     if changed and runtime.is_main:
         print(f"warning: resuming with a config that differs from the checkpoint's in: {', '.join(changed)}")
+
+
+def export_model(model: torch.nn.Module, directory: Path) -> Path | None:
+    """Saves the trained model as a loadable model directory (``clipforge.load``), when the writer is available."""
+    try:
+        from clipforge.checkpoints.native import save_pretrained
+    except ImportError:  # the native checkpoint writer is not part of this installation yet
+        return None
+    save_pretrained(model, directory)
+    return directory
 
 
 def write_plots(run_dir: Path, model: torch.nn.Module, eval_set: EvalSet | None, text_processor: Any,
