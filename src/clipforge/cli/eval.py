@@ -102,7 +102,10 @@ def load_eval_model(spec: str, device: str | None = None) -> tuple[Any, str, str
     else:
         raise FileNotFoundError(f"model not found: {spec!r} is neither a saved model path nor a preset "
                                 "(see `clipforge models`)")
+    # CLIP_benchmark's "model" is the architecture; a saved model without a named config goes by its folder.
     name = spec if pretrained == "random" else describe(model)
+    if name == type(model).__name__:
+        name = Path(spec).name
     return EvalModel(model, transform, processor, device), name, pretrained
 
 
