@@ -98,7 +98,7 @@ def state_dict_from_arrays(arrays: dict[str, np.ndarray], config: CLIPPOConfig) 
     """Maps flax arrays to clipforge's CLIPPO state dict (shapes follow ``config``)."""
     p = _prefix(arrays, "<arrays>")
     v = config.vision
-    t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).float()
+    t = lambda a: torch.from_numpy(np.array(a, dtype=np.float32))  # np.array keeps 0-d arrays 0-d
     sd: dict[str, torch.Tensor] = {
         "visual.patch_embed.weight": t(arrays[p + "embedding/kernel"].transpose(3, 2, 0, 1)),
         "visual.patch_embed.bias": t(arrays[p + "embedding/bias"]),

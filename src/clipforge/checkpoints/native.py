@@ -1,0 +1,126 @@
+"""clipforge's own model format: a directory with ``model.safetensors`` and ``config.json``.
+
+``config.json`` holds the full model config (``to_dict``) and a format version; loading validates it
+strictly and never unpickles anything. A text processor that carries its own vocabulary (a custom BPE)
+writes it beside them, so the directory is self-contained.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from clipforge.models.config import ConfigError, ModelConfig, model_config_from_dict, to_dict
+from clipforge.models.factory import build_model
+
+FORMAT_VERSION = 1
+WEIGHTS, CONFIG = "model.safetensors", "config.json"
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def is_native_dir(path: str | Path) -> bool:
+    """Whether ``path`` is a clipforge model directory."""
+    path = Path(path)
+    return (path / WEIGHTS).is_file() and (path / CONFIG).is_file()
+
+
+def save_pretrained(model: torch.nn.Module, directory: str | Path, text_processor: Any = None) -> Path:
+    """Writes ``model`` (and a processor's own vocabulary, if any) as a model directory; files replaced atomically."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    _atomic(directory / WEIGHTS, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    config = {"clipforge_format": FORMAT_VERSION, "model": to_dict(model.config)}
+    _atomic(directory / CONFIG, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n"))
+    if text_processor is not None and hasattr(text_processor, "save_pretrained"):
+        text_processor.save_pretrained(directory)
+    return directory
+
+
+def _atomic(path: Path, write: Any) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_config(directory: str | Path) -> ModelConfig:
+    """Reads and validates ``config.json`` of a model directory."""
+    path = Path(directory) / CONFIG
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no model config (is {directory} a clipforge model directory?)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
+        raise ValueError(f"{path}: expected an object with a 'model' config")
+    if data.get("clipforge_format", FORMAT_VERSION) > FORMAT_VERSION:
+        raise ValueError(f"{path}: written by a newer clipforge (format {data['clipforge_format']})")
+    try:
+        return model_config_from_dict(data["model"], "model")
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def load_state_dict_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Loads ``state`` strictly, naming the missing/unexpected key or the shape mismatch and the source."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing:
+        raise ValueError(f"{source}: missing {len(missing)} tensor(s), first {missing[0]!r}")
+    if unexpected:
+        raise ValueError(f"{source}: unexpected {len(unexpected)} tensor(s), first {unexpected[0]!r}")
+    for key, value in state.items():
+        if value.shape != expected[key].shape:
+            raise ValueError(f"{source}: {key!r} has shape {tuple(value.shape)}, the model expects "
+                             f"{tuple(expected[key].shape)}")
+    model.load_state_dict(state)
+
+
+def load_model(directory: str | Path, device: torch.device | str | None = None,
+               precision: str = "fp32") -> torch.nn.Module:
+    """Builds the model a directory describes and loads its weights (no pickle involved).
+
+    Args:
+        directory: A model directory written by ``save_pretrained``.
+        device: Where to put the model.
+        precision: ``fp32``, ``bf16`` or ``fp16``.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    config = load_config(directory)
+    weights = Path(directory) / WEIGHTS
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights}: no weights file")
+    try:
+        state = load_file(weights)
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{weights}: not a readable safetensors file ({e})") from None
+    with torch.device("meta"):
+        model = build_model(config)
+    model = model.to_empty(device="cpu")
+    load_state_dict_into(model, state, str(weights))
+    _restore_buffers(model)
+    return model.to(device=device, dtype=PRECISIONS[precision])
+
+
+def _restore_buffers(model: torch.nn.Module) -> None:
+    """Recomputes non-persistent buffers (not saved) that ``to_empty`` left uninitialised."""
+    if hasattr(model, "mean") and hasattr(model.config, "mean"):
+        model.mean.copy_(torch.tensor(model.config.mean).view(1, 3, 1, 1))
+        model.std.copy_(torch.tensor(model.config.std).view(1, 3, 1, 1))
