@@ -80,7 +80,7 @@ def test_quickstart_path_learns(tmp_path, text_processor, one_thread, capsys):
     """The quickstart's own config and code path, shortened: the loss falls well below log(batch size)."""
     import argparse
 
-    overrides = ["steps=40", "batch_size=32", "eval.size=50", "eval.retrieval_size=20", "eval.every=0",
+    overrides = ["steps=60", "batch_size=32", "eval.size=50", "eval.retrieval_size=20", "eval.every=0",
                  "schedule.warmup_steps=5", "log_every=5", "data.num_workers=0", f"output_dir={tmp_path / 'run'}"]
     args = argparse.Namespace(config=str(ROOT / "configs/quickstart.yaml"), overrides=overrides, device="cpu",
                               threads=1)
