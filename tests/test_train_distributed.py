@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import socket
-import zlib
 from pathlib import Path
 
 import pytest
@@ -34,24 +33,6 @@ CASES = [("clip", False, 1), ("clip", True, 1), ("siglip", False, 1), ("siglip",
 BATCH = 8
 
 
-def _stand_in_processor(model: torch.nn.Module):
-    """A deterministic word-hash tokenizer, used until ``clipforge.text.bpe`` lands."""
-    try:
-        return clipforge.get_text_processor(model)
-    except ImportError:
-        vocab, context = model.config.text.vocab_size, model.config.text.context_length
-
-        def tokenize(texts: list[str]) -> torch.Tensor:
-            out = torch.zeros(len(texts), context, dtype=torch.long)
-            for i, t in enumerate(texts):
-                words = [zlib.crc32(w.encode()) % (vocab - 3) + 1 for w in t.split()][:context - 2]
-                ids = [vocab - 2, *words, vocab - 1]
-                out[i, :len(ids)] = torch.tensor(ids)
-            return out
-
-        return tokenize
-
-
 def _inputs() -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(1)
     return (torch.randn(BATCH, 3, 32, 32, generator=g, dtype=torch.float64),
@@ -77,9 +58,6 @@ def _worker(rank: int, world_size: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    import clipforge.train.loop as loop
-
-    loop.get_text_processor = _stand_in_processor
     runtime = init_runtime("cpu")
     try:
         steps = {case: _step(*case, runtime) for case in CASES}
@@ -96,7 +74,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_equal_one(tmp_path: Path, monkeypatch):
+def test_two_processes_equal_one(tmp_path: Path):
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
 
@@ -110,9 +88,6 @@ def test_two_processes_equal_one(tmp_path: Path, monkeypatch):
                 assert (rank_grads[name] - grad).abs().max().item() <= 1e-5, (case, name)
 
     # Run level: the whole loop (data sharding, gather, all-reduce, clipping, AdamW) in float32.
-    import clipforge.train.loop as loop
-
-    monkeypatch.setattr(loop, "get_text_processor", _stand_in_processor)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import clipforge
 from clipforge.cli.train import quickstart_command
 from clipforge.train import Runtime, load_config, parse_overrides, train
 from clipforge.train.checkpoint import load_checkpoint, resolve_checkpoint
@@ -25,40 +26,6 @@ TINY = ["model_overrides.embed_dim=32", "model_overrides.vision.image_size=32", 
         "model_overrides.text.context_length=16", "data.train_size=2000", "eval.size=20", "eval.retrieval_size=8",
         "schedule.warmup_steps=2", "log_every=1"]
 
-# Runs ``clipforge.cli.train`` in a fresh process. Until the BPE tokenizer (clipforge.text.bpe) lands, captions
-# go through a deterministic word-hash stand-in with the same interface.
-LAUNCHER = """
-import sys, zlib, torch
-import clipforge.train.loop as loop
-try:
-    import clipforge.text.bpe  # noqa: F401
-except ImportError:
-    def stand_in(model):
-        vocab, context = model.config.text.vocab_size, model.config.text.context_length
-        def tokenize(texts):
-            out = torch.zeros(len(texts), context, dtype=torch.long)
-            for i, t in enumerate(texts):
-                words = t.lower().replace(".", " ").split()[: context - 2]
-                ids = [vocab - 2] + [zlib.crc32(w.encode()) % (vocab - 3) + 1 for w in words] + [vocab - 1]
-                out[i, : len(ids)] = torch.tensor(ids)
-            return out
-        return tokenize
-    loop.get_text_processor = stand_in
-from clipforge.cli.train import main
-sys.exit(main(sys.argv[1:]))
-"""
-
-
-@pytest.fixture
-def text_processor(monkeypatch):
-    """The real tokenizer once it exists, else the launcher's stand-in, for in-process runs."""
-    import clipforge.train.loop as loop
-
-    namespace: dict = {}
-    exec(LAUNCHER.split("from clipforge.cli.train")[0], namespace)
-    monkeypatch.setattr(loop, "get_text_processor", namespace["loop"].get_text_processor)
-
-
 @pytest.fixture
 def one_thread():
     """Deterministic, uncontended CPU timing: one intra-op thread for the test's duration."""
@@ -69,14 +36,13 @@ def one_thread():
 
 
 def _launch(tmp_path: Path, args: list[str]) -> subprocess.Popen:
-    script = tmp_path / "launch.py"
-    script.write_text(LAUNCHER)
+    """``clipforge train ...`` in a fresh process (through the train verbs' own module entry point)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, str(script), *args], env=env, cwd=tmp_path,
+    return subprocess.Popen([sys.executable, "-m", "clipforge.cli.train", *args], env=env, cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def test_quickstart_path_learns(tmp_path, text_processor, one_thread, capsys):
+def test_quickstart_path_learns(tmp_path, one_thread, capsys):
     """The quickstart's own config and code path, shortened: the loss falls well below log(batch size)."""
     import argparse
 
@@ -95,7 +61,7 @@ def test_quickstart_path_learns(tmp_path, text_processor, one_thread, capsys):
         assert (tmp_path / "run" / name).is_file(), name
 
 
-def test_run_dir_checkpoints_and_locking(tmp_path, text_processor, one_thread):
+def test_run_dir_checkpoints_and_locking(tmp_path, one_thread):
     config = load_config(None, parse_overrides([*TINY, "steps=6", "batch_size=8", "checkpoint_every=2",
                                                 "keep_checkpoints=2", "lock=image", "plots=false",
                                                 f"output_dir={tmp_path}"]))
@@ -114,16 +80,17 @@ def test_run_dir_checkpoints_and_locking(tmp_path, text_processor, one_thread):
             torch.testing.assert_close(value, before[name], rtol=0, atol=0)
     assert not torch.equal(state["model"]["text.proj"], before["text.proj"])
     assert load_config(tmp_path / "config.yaml") == config
+    exported, _, _ = clipforge.load(tmp_path / "final")  # the final model, as a loadable model directory
+    for name, value in exported.state_dict().items():
+        torch.testing.assert_close(value, state["model"][name], rtol=0, atol=0)
 
 
 def _fresh_model_state(config) -> dict[str, torch.Tensor]:
-    import clipforge
-
     torch.manual_seed(config.seed)
     return clipforge.create_model(config.model, **config.model_overrides).state_dict()
 
 
-def test_gradcache_and_grad_checkpointing_train_the_same(tmp_path, text_processor, one_thread):
+def test_gradcache_and_grad_checkpointing_train_the_same(tmp_path, one_thread):
     """Accumulation by gradient caching (and activation checkpointing) follows the same trajectory."""
     runs = {}
     for name, extra in {"plain": [], "cached": ["accum_steps=4", "grad_checkpointing=true"]}.items():

@@ -59,11 +59,6 @@ class TrainResult:
     wall_time: float = 0.0
 
 
-def get_text_processor(model: torch.nn.Module) -> Any:
-    """The model's text processor (a seam tests may replace)."""
-    return clipforge.get_text_processor(model)
-
-
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """bf16 autocast on CUDA (``auto``/``bf16``), full fp32 on the CPU unless ``bf16`` is asked for."""
     if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
@@ -108,7 +103,7 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None) -> T
     trainable = [p for p in model.parameters() if p.requires_grad]
     o = config.optim
     optimizer = build_optimizer(model, o.lr, o.weight_decay, o.betas, o.eps, device)
-    text_processor = get_text_processor(model)
+    text_processor = clipforge.get_text_processor(model)
     train_tf, eval_tf = clipforge.transforms.model_transforms(model.config)
     image_size = model.config.vision.image_size
     batches = StepBatches(build_source(config.data, image_size), train_tf if config.data.augment else eval_tf,
@@ -194,7 +189,7 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None) -> T
     metrics.close()
 
     if runtime.is_main:
-        export_model(model, run_dir / "final")
+        export_model(model, text_processor, run_dir / "final")
         if config.plots:
             write_plots(run_dir, model, eval_set, text_processor, device)
     barrier(runtime)
@@ -231,14 +226,11 @@ def _warn_config_change(saved: dict[str, Any], current: dict[str, Any], runtime:
         print(f"warning: resuming with a config that differs from the checkpoint's in: {', '.join(changed)}")
 
 
-def export_model(model: torch.nn.Module, directory: Path) -> Path | None:
-    """Saves the trained model as a loadable model directory (``clipforge.load``), when the writer is available."""
-    try:
-        from clipforge.checkpoints.native import save_pretrained
-    except ImportError:  # the native checkpoint writer is not part of this installation yet
-        return None
-    save_pretrained(model, directory)
-    return directory
+def export_model(model: torch.nn.Module, text_processor: Any, directory: Path) -> Path:
+    """Saves the trained model (and its tokenizer's vocabulary) as a model directory for ``clipforge.load``."""
+    from clipforge.checkpoints.native import save_pretrained
+
+    return save_pretrained(model, directory, text_processor)
 
 
 def write_plots(run_dir: Path, model: torch.nn.Module, eval_set: EvalSet | None, text_processor: Any,
