@@ -1,4 +1,17 @@
-"""Reading and writing model checkpoints: clipforge's own format and converters for foreign ones."""
+"""Reading and writing model checkpoints: clipforge's own format and converters for foreign ones.
+
+Formats (``FORMATS``) and where each lives:
+
+- ``clipforge``: a directory with ``model.safetensors`` + ``config.json`` (``native.py``).
+- ``openai``: OpenAI's released ``.pt`` TorchScript archives, read without running them (``openai.py``).
+- ``open_clip``: ``open_clip_model.safetensors`` / ``open_clip_pytorch_model.bin`` / training ``.pt`` files,
+  or a hub-style directory holding them (``open_clip.py``).
+- ``hf``: a ``transformers.CLIPModel`` directory (``hf.py``).
+- ``big_vision``: a CLIPPO ``.npz`` (``big_vision.py``).
+
+Nothing is unpickled unless the caller passes ``allow_pickle=True`` (and then only tensors are rebuilt);
+TorchScript code runs only with ``allow_jit=True``.
+"""
 
 from __future__ import annotations
 
@@ -7,38 +20,157 @@ from typing import Any
 
 import torch
 
-FORMATS = ("clipforge", "big_vision")
+from clipforge.checkpoints.native import CheckpointError
+
+FORMATS = ("clipforge", "openai", "open_clip", "hf", "big_vision")
+EXPORT_FORMATS = ("clipforge", "hf", "open_clip", "big_vision")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+
+__all__ = ["EXPORT_FORMATS", "FORMATS", "CheckpointError", "convert", "detect_format", "load_any"]
 
 
 def detect_format(path: str | Path) -> str:
-    """Names the checkpoint format at ``path``, or raises a clear error listing the known formats."""
+    """Names the checkpoint format at ``path``, or raises a clear error listing the known formats.
+
+    Detection reads directory listings, JSON configs, zip listings and safetensors headers only; a pickled
+    file is recognised by its suffix (``.bin``/``.pt``/``.pth``/``.ckpt``, read as ``open_clip``, which also
+    covers OpenAI's plain state dicts) without being opened.
+    """
     from clipforge.checkpoints.big_vision import is_big_vision_npz
+    from clipforge.checkpoints.hf import is_hf_dir
     from clipforge.checkpoints.native import is_native_dir
+    from clipforge.checkpoints.open_clip import PICKLE_NAME, SAFETENSORS_NAME
+    from clipforge.checkpoints.openai import is_torchscript
 
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or directory")
-    if is_native_dir(path):
-        return "clipforge"
-    if path.is_file() and is_big_vision_npz(path):
+    if path.is_dir():
+        if is_native_dir(path):
+            return "clipforge"
+        if is_hf_dir(path):
+            return "hf"
+        if (path / SAFETENSORS_NAME).is_file() or (path / PICKLE_NAME).is_file():
+            return "open_clip"
+    elif is_big_vision_npz(path):
         return "big_vision"
-    raise ValueError(f"{path}: unknown checkpoint format; known formats: {', '.join(FORMATS)}")
+    elif is_torchscript(path):
+        return "openai"
+    elif path.suffix == ".safetensors":
+        keys = _safetensors_keys(path)
+        if "token_embedding.weight" in keys or "module.token_embedding.weight" in keys:
+            return "open_clip"
+    elif path.suffix in PICKLE_SUFFIXES:
+        return "open_clip"
+    raise CheckpointError(f"{path}: unknown checkpoint format; known formats: {', '.join(FORMATS)} "
+                          "(name one with fmt=... / --from)")
+
+
+def _safetensors_keys(path: Path) -> set[str]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return set(f.keys())
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
 
 
 def load_any(path: str | Path, device: torch.device | str | None = None, precision: str = "fp32",
-             fmt: str | None = None, **kwargs: Any) -> torch.nn.Module:
-    """Loads a model from any supported checkpoint format (detected unless ``fmt`` is given)."""
-    from clipforge.checkpoints.native import PRECISIONS, load_model, load_state_dict_into
+             fmt: str | None = None, allow_pickle: bool = False, allow_jit: bool = False,
+             act: str | None = None) -> torch.nn.Module:
+    """Loads a model from any supported checkpoint format (detected unless ``fmt`` is given).
+
+    Args:
+        path: A file or directory in one of ``FORMATS``.
+        device: Where to put the model.
+        precision: ``fp32``, ``bf16`` or ``fp16``.
+        fmt: The format, when detection should be skipped.
+        allow_pickle: Allow reading pickled files (``torch.load(weights_only=True)``).
+        allow_jit: Read TorchScript archives with ``torch.jit.load``, which runs their code.
+        act: The MLP activation of an ``openai`` or ``open_clip`` checkpoint (their files do not record it;
+            OpenAI's default is ``quick_gelu``; open_clip's is read from ``open_clip_config.json`` or guessed).
+    """
+    from clipforge.checkpoints.native import load_model, model_from_state_dict
 
     fmt = fmt or detect_format(path)
+    if fmt not in FORMATS:
+        raise CheckpointError(f"unknown checkpoint format {fmt!r}; known formats: {', '.join(FORMATS)}")
     if fmt == "clipforge":
         return load_model(path, device, precision)
     if fmt == "big_vision":
         from clipforge.checkpoints.big_vision import load_big_vision
-        from clipforge.models.factory import build_model
 
         config, state = load_big_vision(path)
-        model = build_model(config)
-        load_state_dict_into(model, state, str(path))
-        return model.to(device=device, dtype=PRECISIONS[precision])
-    raise ValueError(f"unknown checkpoint format {fmt!r}; known formats: {', '.join(FORMATS)}")
+    elif fmt == "openai":
+        from clipforge.checkpoints.openai import load_openai
+
+        config, state = load_openai(path, allow_pickle=allow_pickle, allow_jit=allow_jit, act=act or "quick_gelu")
+    elif fmt == "open_clip":
+        from clipforge.checkpoints.open_clip import load_open_clip
+
+        config, state = load_open_clip(path, allow_pickle=allow_pickle, act=act)
+    else:
+        from clipforge.checkpoints.hf import load_hf
+
+        config, state = load_hf(path, allow_pickle=allow_pickle)
+    return model_from_state_dict(config, state, str(path), device, precision)
+
+
+def convert(src: str | Path, dst: str | Path, to: str = "clipforge", src_format: str | None = None,
+            allow_pickle: bool = False, allow_jit: bool = False, act: str | None = None) -> Path:
+    """Converts a checkpoint between formats (through a clipforge model, in fp32).
+
+    Args:
+        src: The checkpoint to read (any of ``FORMATS``).
+        dst: Where to write: a directory for ``clipforge`` and ``hf``; for ``open_clip`` a ``.safetensors`` /
+            ``.bin`` file or a directory (``open_clip_model.safetensors`` + ``open_clip_config.json``); an
+            ``.npz`` file for ``big_vision``.
+        to: The output format, one of ``EXPORT_FORMATS``.
+        src_format: The input format, when detection should be skipped.
+        allow_pickle: Allow reading pickled input files.
+        allow_jit: Read TorchScript input with ``torch.jit.load`` (runs its code).
+        act: The activation of an ``openai``/``open_clip`` input (see ``load_any``).
+
+    Returns:
+        The path written.
+    """
+    if to not in EXPORT_FORMATS:
+        raise CheckpointError(f"unknown output format {to!r}; known formats: {', '.join(EXPORT_FORMATS)}")
+    model = load_any(src, fmt=src_format, allow_pickle=allow_pickle, allow_jit=allow_jit, act=act)
+    if to == "clipforge":
+        from clipforge.checkpoints.native import save_pretrained
+
+        return save_pretrained(model, dst, _custom_vocab_tokenizer(src, model.config))
+    if to == "hf":
+        from clipforge.checkpoints.hf import save_hf
+
+        return save_hf(model, dst, _tokenizer_for(src, model.config))
+    if to == "open_clip":
+        from clipforge.checkpoints.open_clip import save_open_clip
+
+        return save_open_clip(model, dst)
+    from clipforge.checkpoints.big_vision import save_big_vision
+
+    save_big_vision(model, dst)
+    return Path(dst)
+
+
+def _custom_vocab_tokenizer(src: str | Path, config: Any) -> Any:
+    """The BPE tokenizer of a source directory that carries its own vocabulary, else ``None``."""
+    vocab = sorted(Path(src).glob("*.txt.gz")) if Path(src).is_dir() else []
+    if getattr(config, "family", None) != "clip" or not vocab:
+        return None
+    from clipforge.text.bpe import BPETokenizer
+
+    return BPETokenizer(vocab_path=vocab[0], context_length=config.text.context_length)
+
+
+def _tokenizer_for(src: str | Path, config: Any) -> Any:
+    """The source's own vocabulary, or OpenAI's when the model's vocabulary size matches it; else ``None``."""
+    tokenizer = _custom_vocab_tokenizer(src, config)
+    if tokenizer is None and getattr(config, "family", None) == "clip":
+        from clipforge.text.bpe import BPETokenizer
+
+        tokenizer = BPETokenizer(context_length=config.text.context_length)
+    return tokenizer if tokenizer is not None and tokenizer.vocab_size == config.text.vocab_size else None

@@ -25,10 +25,20 @@ WEIGHTS, CONFIG = "model.safetensors", "config.json"
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+class CheckpointError(ValueError):
+    """A checkpoint cannot be read, or its tensors do not fit the model they should build."""
+
+
 def is_native_dir(path: str | Path) -> bool:
-    """Whether ``path`` is a clipforge model directory."""
+    """Whether ``path`` is a clipforge model directory (an HF directory has the same file names, not our config)."""
     path = Path(path)
-    return (path / WEIGHTS).is_file() and (path / CONFIG).is_file()
+    if not ((path / WEIGHTS).is_file() and (path / CONFIG).is_file()):
+        return False
+    try:
+        data = json.loads((path / CONFIG).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+        return False
+    return isinstance(data, dict) and "clipforge_format" in data
 
 
 def save_pretrained(model: torch.nn.Module, directory: str | Path, text_processor: Any = None) -> Path:
@@ -82,12 +92,12 @@ def load_state_dict_into(model: torch.nn.Module, state: dict[str, torch.Tensor],
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing:
-        raise ValueError(f"{source}: missing {len(missing)} tensor(s), first {missing[0]!r}")
+        raise CheckpointError(f"{source}: missing {len(missing)} tensor(s), first {missing[0]!r}")
     if unexpected:
-        raise ValueError(f"{source}: unexpected {len(unexpected)} tensor(s), first {unexpected[0]!r}")
+        raise CheckpointError(f"{source}: unexpected {len(unexpected)} tensor(s), first {unexpected[0]!r}")
     for key, value in state.items():
         if value.shape != expected[key].shape:
-            raise ValueError(f"{source}: {key!r} has shape {tuple(value.shape)}, the model expects "
+            raise CheckpointError(f"{source}: {key!r} has shape {tuple(value.shape)}, the model expects "
                              f"{tuple(expected[key].shape)}")
     model.load_state_dict(state)
 
@@ -110,13 +120,31 @@ def load_model(directory: str | Path, device: torch.device | str | None = None,
     try:
         state = load_file(weights)
     except (SafetensorError, OSError) as e:
-        raise ValueError(f"{weights}: not a readable safetensors file ({e})") from None
+        raise CheckpointError(f"{weights}: not a readable safetensors file ({e})") from None
+    return model_from_state_dict(config, state, str(weights), device, precision)
+
+
+def model_from_state_dict(config: ModelConfig, state: dict[str, torch.Tensor], source: str,
+                          device: torch.device | str | None = None, precision: str = "fp32") -> torch.nn.Module:
+    """Builds the model ``config`` describes and fills it with ``state`` (clipforge names), checked strictly.
+
+    The model is built on the meta device, so no time goes into a random initialisation that is overwritten.
+
+    Args:
+        config: The model config.
+        state: Tensors under clipforge's names.
+        source: The file they came from, named in errors.
+        device: Where to put the model.
+        precision: ``fp32``, ``bf16`` or ``fp16``.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
     with torch.device("meta"):
         model = build_model(config)
     model = model.to_empty(device="cpu")
-    load_state_dict_into(model, state, str(weights))
+    load_state_dict_into(model, state, source)
     _restore_buffers(model)
-    return model.to(device=device, dtype=PRECISIONS[precision])
+    return model.to(device=device, dtype=PRECISIONS[precision]).eval()
 
 
 def _restore_buffers(model: torch.nn.Module) -> None:

@@ -1,0 +1,216 @@
+"""Hugging Face ``transformers.CLIPModel`` directories ↔ clipforge CLIP (ViT towers only: HF has no ResNet CLIP).
+
+HF splits the fused q/k/v projection into ``q_proj``/``k_proj``/``v_proj``, stores the output projections as
+bias-free ``nn.Linear`` layers (the transpose of our ``x @ proj`` matrices) and the positions as embeddings.
+
+Text pooling. clipforge's default (``TextConfig.eot_token_id is None``) is OpenAI's rule: features at the
+highest token id, the end-of-text token (49407 in OpenAI's vocabulary). ``CLIPTextModel`` pools at the first
+occurrence of ``eos_token_id`` (or, for the legacy value 2, at the argmax). Exporting with ``eos_token_id`` =
+vocab_size - 1 (49407) pools at the same position whenever the sequence holds an end-of-text token, which every
+tokenizer output does: argmax returns the first occurrence of the highest id. ``pad_token_id`` plays no part
+in the pooling (1, as in HF's released configs); ``bos_token_id`` is vocab_size - 2 (49406).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from clipforge.checkpoints.native import CheckpointError
+from clipforge.checkpoints.openai import _ratio, read_pickled_state_dict
+from clipforge.models.config import CLIPConfig, TextConfig, ViTConfig
+
+ACTS_FROM_HF = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh"}
+ACTS_TO_HF = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh"}
+LEGACY_EOS = 2  # HF's pre-2023 configs: CLIPTextModel pools at the argmax, like OpenAI
+
+
+def is_hf_dir(path: str | Path) -> bool:
+    """Whether ``path`` is a directory with an HF ``config.json`` of model type ``clip``."""
+    config = Path(path) / "config.json"
+    if not config.is_file():
+        return False
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+        return False
+    return isinstance(data, dict) and data.get("model_type") == "clip"
+
+
+def config_from_hf(hf: dict[str, Any], source: str = "config.json") -> CLIPConfig:
+    """A clipforge config from an HF ``CLIPConfig`` mapping (``config.json``)."""
+    try:
+        t, v = hf["text_config"], hf["vision_config"]
+        acts = {t.get("hidden_act", "quick_gelu"), v.get("hidden_act", "quick_gelu")}
+        if len(acts) > 1 or not acts <= set(ACTS_FROM_HF):
+            raise CheckpointError(f"{source}: hidden_act {sorted(acts)} is not supported; clipforge needs one of "
+                                  f"{sorted(ACTS_FROM_HF)} for both towers")
+        eps = {t.get("layer_norm_eps", 1e-5), v.get("layer_norm_eps", 1e-5)}
+        if len(eps) > 1:
+            raise CheckpointError(f"{source}: the towers' layer_norm_eps differ ({sorted(eps)})")
+        vocab, eos = t.get("vocab_size", 49408), t.get("eos_token_id", LEGACY_EOS)
+        eot = None if eos in (LEGACY_EOS, vocab - 1) else eos
+        text = TextConfig(vocab_size=vocab, context_length=t.get("max_position_embeddings", 77),
+                          width=t["hidden_size"], layers=t["num_hidden_layers"], heads=t["num_attention_heads"],
+                          mlp_ratio=_ratio(t["intermediate_size"], t["hidden_size"]), eot_token_id=eot)
+        vision = ViTConfig(image_size=v["image_size"], patch_size=v["patch_size"], width=v["hidden_size"],
+                           layers=v["num_hidden_layers"], heads=v["num_attention_heads"],
+                           mlp_ratio=_ratio(v["intermediate_size"], v["hidden_size"]))
+        return CLIPConfig(embed_dim=hf.get("projection_dim", 512), vision=vision, text=text,
+                          act=ACTS_FROM_HF[acts.pop()], norm_eps=eps.pop(),
+                          init_logit_scale=hf.get("logit_scale_init_value", 2.6592))
+    except KeyError as e:
+        raise CheckpointError(f"{source}: missing HF config field {e.args[0]!r}") from None
+
+
+def hf_config(config: CLIPConfig) -> dict[str, Any]:
+    """The ``config.json`` that makes ``transformers.CLIPModel`` build this model (see the module docstring)."""
+    if not isinstance(config, CLIPConfig):
+        raise CheckpointError(f"HF transformers' CLIPModel holds CLIP models only, not {config.family!r}")
+    v, t = config.vision, config.text
+    if not isinstance(v, ViTConfig):
+        raise CheckpointError("HF transformers has no ResNet CLIP: a ResNet model cannot be exported to the HF "
+                              "format (use --to open_clip or --to clipforge)")
+    if v.pool != "cls" or not v.class_token or not v.ln_pre or v.patch_bias or v.proj_bias:
+        raise CheckpointError("HF's CLIPVisionModel is a class-token ViT with ln_pre and no patch/projection "
+                              f"bias; this one has pool={v.pool!r}, class_token={v.class_token}, ln_pre={v.ln_pre}, "
+                              f"patch_bias={v.patch_bias}, proj_bias={v.proj_bias}")
+    if config.init_logit_bias is not None:
+        raise CheckpointError("HF's CLIPModel has no logit bias (a SigLIP-style model); it cannot be exported to it")
+    eos = t.eot_token_id if t.eot_token_id is not None else t.vocab_size - 1
+    common = {"hidden_act": ACTS_TO_HF[config.act], "layer_norm_eps": config.norm_eps,
+              "projection_dim": config.embed_dim, "attention_dropout": 0.0, "initializer_factor": 1.0,
+              "initializer_range": 0.02}
+    text = {**common, "model_type": "clip_text_model", "vocab_size": t.vocab_size,
+            "max_position_embeddings": t.context_length, "hidden_size": t.width,
+            "intermediate_size": int(t.width * t.mlp_ratio), "num_hidden_layers": t.layers,
+            "num_attention_heads": t.heads, "eos_token_id": eos, "bos_token_id": max(0, t.vocab_size - 2),
+            "pad_token_id": 1}
+    vision = {**common, "model_type": "clip_vision_model", "image_size": v.image_size, "patch_size": v.patch_size,
+              "num_channels": 3, "hidden_size": v.width, "intermediate_size": int(v.width * v.mlp_ratio),
+              "num_hidden_layers": v.layers, "num_attention_heads": v.heads}
+    return {"architectures": ["CLIPModel"], "model_type": "clip", "projection_dim": config.embed_dim,
+            "logit_scale_init_value": config.init_logit_scale, "initializer_factor": 1.0, "dtype": "float32",
+            "text_config": text, "vision_config": vision}
+
+
+def _block_pairs(src: str, dst: str) -> list[tuple[str, str]]:
+    """HF ``CLIPEncoderLayer`` ↔ clipforge ``Block`` names that map one to one (attention q/k/v aside)."""
+    names = [("layer_norm1", "ln_1"), ("layer_norm2", "ln_2"), ("self_attn.out_proj", "attn.out_proj"),
+             ("mlp.fc1", "mlp.fc"), ("mlp.fc2", "mlp.proj")]
+    return [(f"{src}{a}.{p}", f"{dst}{b}.{p}") for a, b in names for p in ("weight", "bias")]
+
+
+def _tower_pairs(config: CLIPConfig) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(one-to-one name pairs, fused-attention pairs ``(hf prefix, clipforge prefix)``) for ``config``."""
+    v, t = config.vision, config.text
+    pairs = [("vision_model.embeddings.patch_embedding.weight", "visual.patch_embed.weight"),
+             ("vision_model.embeddings.class_embedding", "visual.class_token"),
+             ("vision_model.embeddings.position_embedding.weight", "visual.pos_embed"),
+             ("vision_model.pre_layrnorm.weight", "visual.ln_pre.weight"),
+             ("vision_model.pre_layrnorm.bias", "visual.ln_pre.bias"),
+             ("vision_model.post_layernorm.weight", "visual.ln_post.weight"),
+             ("vision_model.post_layernorm.bias", "visual.ln_post.bias"),
+             ("text_model.embeddings.token_embedding.weight", "text.token_embed.weight"),
+             ("text_model.embeddings.position_embedding.weight", "text.pos_embed"),
+             ("text_model.final_layer_norm.weight", "text.ln_final.weight"),
+             ("text_model.final_layer_norm.bias", "text.ln_final.bias"),
+             ("logit_scale", "logit_scale")]
+    attention = []
+    for tower, ours, layers in (("vision_model", "visual", v.layers), ("text_model", "text", t.layers)):
+        for i in range(layers):
+            src, dst = f"{tower}.encoder.layers.{i}.", f"{ours}.transformer.blocks.{i}."
+            pairs += _block_pairs(src, dst)
+            attention.append((src + "self_attn.", dst + "attn.qkv."))
+    return pairs, attention
+
+
+def from_hf_state_dict(state: dict[str, torch.Tensor], config: CLIPConfig,
+                       source: str = "<HF state dict>") -> dict[str, torch.Tensor]:
+    """HF ``CLIPModel`` tensors → clipforge's state dict for ``config``."""
+    pairs, attention = _tower_pairs(config)
+    used: set[str] = set()
+
+    def get(key: str) -> torch.Tensor:
+        if key not in state:
+            raise CheckpointError(f"{source}: missing key {key!r}")
+        used.add(key)
+        return state[key]
+
+    out = {dst: get(src) for src, dst in pairs}
+    for src, dst in attention:
+        for p in ("weight", "bias"):
+            out[dst + p] = torch.cat([get(f"{src}{n}_proj.{p}") for n in "qkv"])
+    out["visual.proj"] = get("visual_projection.weight").T
+    out["text.proj"] = get("text_projection.weight").T
+    ignored = ("text_model.embeddings.position_ids", "vision_model.embeddings.position_ids")
+    extra = sorted(k for k in state if k not in used and k not in ignored)
+    if extra:
+        raise CheckpointError(f"{source}: unexpected key {extra[0]!r}" + (f" (and {len(extra) - 1} more)"
+                                                                            if len(extra) > 1 else ""))
+    return out
+
+
+def to_hf_state_dict(state: dict[str, torch.Tensor], config: CLIPConfig) -> dict[str, torch.Tensor]:
+    """clipforge's state dict → HF ``CLIPModel`` tensors (the inverse of ``from_hf_state_dict``)."""
+    hf_config(config)  # refuses what HF cannot hold
+    pairs, attention = _tower_pairs(config)
+    out = {src: state[dst] for src, dst in pairs}
+    for src, dst in attention:
+        for p in ("weight", "bias"):
+            for n, chunk in zip("qkv", state[dst + p].chunk(3)):
+                out[f"{src}{n}_proj.{p}"] = chunk
+    out["visual_projection.weight"] = state["visual.proj"].T
+    out["text_projection.weight"] = state["text.proj"].T
+    return out
+
+
+def read_hf_weights(directory: Path, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """The tensors of an HF model directory: ``model.safetensors`` (possibly sharded) or ``pytorch_model.bin``."""
+    from safetensors.torch import load_file
+
+    if (directory / "model.safetensors").is_file():
+        return load_file(str(directory / "model.safetensors"))
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        return {k: v for shard in shards for k, v in load_file(str(directory / shard)).items()}
+    if (directory / "pytorch_model.bin").is_file():
+        return read_pickled_state_dict(directory / "pytorch_model.bin", allow_pickle)
+    raise FileNotFoundError(f"{directory}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
+
+
+def load_hf(directory: str | Path, allow_pickle: bool = False) -> tuple[CLIPConfig, dict[str, torch.Tensor]]:
+    """Reads an HF ``CLIPModel`` directory into (config, clipforge state dict)."""
+    directory = Path(directory)
+    if not is_hf_dir(directory):
+        raise CheckpointError(f"{directory}: not an HF CLIP directory (needs config.json with model_type 'clip')")
+    hf = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    config = config_from_hf(hf, str(directory / "config.json"))
+    state = read_hf_weights(directory, allow_pickle)
+    return config, from_hf_state_dict(state, config, str(directory))
+
+
+def save_hf(model: torch.nn.Module, directory: str | Path, text_processor: Any = None) -> Path:
+    """Writes ``config.json`` and ``model.safetensors`` that ``transformers.CLIPModel.from_pretrained`` loads.
+
+    Args:
+        model: A clipforge CLIP model with a ViT image tower.
+        directory: Created if needed.
+        text_processor: Written too when it has ``save_hf(directory)`` (CLIPTokenizer files).
+    """
+    from safetensors.torch import save_file
+
+    config = model.config
+    hf = hf_config(config)
+    state = {k: v.detach().cpu().contiguous() for k, v in to_hf_state_dict(model.state_dict(), config).items()}
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    (directory / "config.json").write_text(json.dumps(hf, indent=2) + "\n", encoding="utf-8")
+    if text_processor is not None and callable(getattr(text_processor, "save_hf", None)):
+        text_processor.save_hf(directory)
+    return directory
