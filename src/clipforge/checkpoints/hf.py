@@ -60,8 +60,7 @@ def config_from_hf(hf: dict[str, Any], source: str = "config.json") -> CLIPConfi
                            layers=v["num_hidden_layers"], heads=v["num_attention_heads"],
                            mlp_ratio=_ratio(v["intermediate_size"], v["hidden_size"]))
         return CLIPConfig(embed_dim=hf.get("projection_dim", 512), vision=vision, text=text,
-                          act=ACTS_FROM_HF[acts.pop()], norm_eps=eps.pop(),
-                          init_logit_scale=hf.get("logit_scale_init_value", 2.6592))
+                          act=ACTS_FROM_HF[acts.pop()], norm_eps=eps.pop())
     except KeyError as e:
         raise CheckpointError(f"{source}: missing HF config field {e.args[0]!r}") from None
 
