@@ -24,7 +24,7 @@ PYTEST_ARGS ?=
 	touch $@
 
 demo: .venv/.stamp
-	.venv/bin/clipforge demo
+	.venv/bin/clipforge quickstart
 
 test: .venv-test/.stamp
 	.venv-test/bin/ruff check src tests benchmarks
