@@ -10,8 +10,8 @@ What the tensors do not say:
   a shape equal to a registered preset's takes that preset's activation (OpenAI shapes → ``quick_gelu``;
   note OpenCLIP's LAION-trained B/32 and B/16 share OpenAI's shapes but use ``gelu``), anything else gets
   open_clip's default ``gelu``. A guess is announced with a warning, since a wrong one silently ruins accuracy.
-- **Heads.** ``open_clip_config.json`` gives them (``vision_cfg.head_width``, ``text_cfg.heads``); otherwise
-  width // 64, as in every OpenAI and nearly every OpenCLIP model (ViT-g/14's image tower has 16 heads of 88).
+- **Heads.** ``open_clip_config.json`` gives them (``vision_cfg.head_width``, ``text_cfg.heads``); otherwise a
+  matching preset's (ViT-H/14's image tower has 16 heads of 80), else width // 64 as in OpenAI's rule.
 """
 
 from __future__ import annotations
@@ -89,17 +89,24 @@ def read_open_clip_config(path: str | Path) -> dict[str, Any] | None:
     return cfg
 
 
-def guess_act(config: CLIPConfig) -> str:
-    """The activation of the first registered preset with exactly this shape; ``gelu`` when none matches."""
+def matching_preset(config: CLIPConfig) -> CLIPConfig | None:
+    """The first registered preset with this config's tensor shapes (activation and heads are not shapes)."""
     from clipforge.models.factory import build_config
     from clipforge.models.presets import list_presets
 
-    shape = to_dict(replace(config, {"act": "gelu"}))
+    def shape(c: CLIPConfig) -> dict[str, Any]:
+        d = to_dict(replace(c, {"act": "gelu", "vision": {"heads": 1}, "text": {"heads": 1}}))
+        for tower in (d["vision"], d["text"]):  # 4.3637 and 6144 / 1408 make the same MLP
+            if "mlp_ratio" in tower:
+                tower["mlp_ratio"] = int(tower["width"] * tower["mlp_ratio"])
+        return d
+
+    target = shape(config)
     for name in list_presets():
         preset = build_config(name)
-        if isinstance(preset, CLIPConfig) and to_dict(replace(preset, {"act": "gelu"})) == shape:
-            return preset.act
-    return "gelu"
+        if isinstance(preset, CLIPConfig) and shape(preset) == target:
+            return preset
+    return None
 
 
 def config_from_state_dict(state: dict[str, torch.Tensor], act: str | None = None,
@@ -109,23 +116,25 @@ def config_from_state_dict(state: dict[str, torch.Tensor], act: str | None = Non
     Args:
         state: OpenAI-layout tensors.
         act: The activation, when the caller knows it (wins over everything else).
-        open_clip_cfg: ``model_cfg`` from ``open_clip_config.json``: activation, heads, mean/std.
+        open_clip_cfg: ``model_cfg`` from ``open_clip_config.json``: activation and heads.
         source: Named in errors and warnings.
     """
     cfg = open_clip_cfg or {}
     vision_cfg, text_cfg = cfg.get("vision_cfg", {}), cfg.get("text_cfg", {})
-    vision_width = vision_cfg.get("width")
+    width, head_width = vision_cfg.get("width"), vision_cfg.get("head_width", 64)
+    resnet = "visual.proj" not in state
     vision_heads = None
-    if isinstance(vision_width, int) and not isinstance(vision_cfg.get("layers"), list | tuple):
-        vision_heads = vision_width // vision_cfg.get("head_width", 64)
+    if isinstance(width, int):
+        vision_heads = width * 32 // head_width if resnet else width // head_width
     config = config_from_openai_state_dict(state, act="gelu", source=source, vision_heads=vision_heads,
                                            text_heads=text_cfg.get("heads"))
-    if isinstance(config.vision, ResNetConfig) and isinstance(vision_width, int):
-        config = replace(config, {"vision": {"heads": vision_width * 32 // vision_cfg.get("head_width", 64)}})
+    preset = matching_preset(config)
+    if preset is not None and not cfg:  # no config file: a known shape also tells the heads (ViT-H/14: 16 of 80)
+        config = preset
     if act is None and "quick_gelu" in cfg:
         act = "quick_gelu" if cfg["quick_gelu"] else "gelu"
     if act is None:
-        act = guess_act(config)
+        act = preset.act if preset is not None else "gelu"
         warnings.warn(f"{source}: the activation is not recorded in open_clip checkpoints; guessed {act!r} from the "
                       "model's shape. Pass act= (--act) or put an open_clip_config.json beside the file to be sure.",
                       stacklevel=2)
