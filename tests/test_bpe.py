@@ -1,21 +1,32 @@
-"""The BPE tokenizer gives OpenAI's exact ids (checked against open_clip and HF), truncates as documented."""
+"""The BPE tokenizer gives OpenAI's exact ids (checked against open_clip and HF), truncates as documented, and
+learns vocabularies that round-trip through save/load."""
 
 from __future__ import annotations
 
+import html
 import random
+import string
+import unicodedata
 from pathlib import Path
 
+import ftfy
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from clipforge.text.bpe import BPETokenizer, clean, get_default_tokenizer
+from clipforge.text.bpe import _ASCII_PATTERN, PATTERN, BPETokenizer, clean, get_default_tokenizer
+from clipforge.text.bpe_train import train_bpe
 
 PIECES = [
     "a photo of a", "The", "DOG", "cat", "très", "naïve", "Straße", "Москва", "東京タワー", "中文字符", "한국어",
-    "مرحبا", "שלום", "😀", "👍🏽", "🇫🇷", "&amp;", "&amp;amp;", "&lt;b&gt;", "&#39;", "&nbsp;", "3.14159", "1,000,000",
-    "42", "!!!", "...", "?!?!", "--", "'s", "'ll", "don't", "I'M", "e-mail", "C++", "#hashtag", "@user",
-    "http://example.com/a?b=c", "\t", "\n", "  ", "\x00", "\x1b[31m", "\u200b", "\u00a0", "ﬁ", "ｆｕｌｌｗｉｄｔｈ",
-    "â€™", "Ã©", "“quoted”", "‘single’", "e\u0301", "ǅ", "İstanbul", "ß", "Ω", "∑", "½", "²", "⁹", "Ⅻ",
+    "مرحبا", "שלום", "😀", "👍🏽", "🇫🇷", "&amp;", "&amp;amp;", "&amp;amp;amp;", "&lt;b&gt;", "<b>bold</b>", "&#39;",
+    "&nbsp;", "&eacute;", "&EACUTE;", "&#x1F600;", "&#128;", "&#0;", "&#28;", "&foo;", "& co", "3.14159", "1,000,000",
+    "42", "!!!", "...", "?!?!", '!"!!', "--", "'s", "'S", "'ll", "'ſ", "don't", "I'M", "e-mail", "C++", "#hashtag",
+    "@user", "http://example.com/a?b=c&d=e", "<|endoftext|>", "<|startoftext|>", "\t", "\n", "\r\n", "  ", "\x00",
+    "\x1b[31m", "\x1c", "\x85", "\u200b", "\u00a0", "\u3000", "\u2028", "\x0b\x0c", "ﬁ", "ｆｕｌｌｗｉｄｔｈ", "ﾊﾝｶｸ",
+    "â€™", "Ã©", "Ã ", "“quoted”", "‘single’", "e\u0301", "ǅ", "İstanbul", "ß", "Ω", "K", "∑", "½", "²", "⁹", "Ⅻ",
+    "١٢٣", "\ud83d", "\U0010ffff",
 ]
 
 
@@ -26,35 +37,72 @@ def phrases(n: int, seed: int = 0) -> list[str]:
 
 
 def corpus(n: int, seed: int = 0) -> list[str]:
-    """Deterministic strings mixing scripts, emoji, entities, numbers, punctuation, control characters."""
+    """Deterministic strings: scripts, emoji, accents, HTML entities (nested), numbers, punctuation runs, control
+    characters, mixed whitespace, printable ASCII (the fast path), overflowing and empty strings."""
     rng = random.Random(seed)
-    out = ["", " ", "a", "A" * 500, "word " * 100]
+    out = ["", " ", "\n\t ", "a", "A" * 500, "word " * 100, "東京" * 200, "&amp;" * 100, "!" * 300]
     while len(out) < n:
         kind = rng.random()
-        if kind < 0.7:
-            out.append(rng.choice([" ", "", "  "]).join(rng.choice(PIECES) for _ in range(rng.randint(1, 12))))
-        elif kind < 0.9:
+        if kind < 0.5:
+            out.append(rng.choice([" ", "", "  ", "\n"]).join(rng.choice(PIECES) for _ in range(rng.randint(1, 12))))
+        elif kind < 0.65:
+            out.append("".join(rng.choice(string.printable) for _ in range(rng.randint(0, 60))))
+        elif kind < 0.8:
             out.append("".join(chr(rng.randint(32, 0x2FFF)) for _ in range(rng.randint(1, 30))))
-        else:
-            out.append("".join(chr(rng.choice([rng.randint(0, 127), rng.randint(0x1F300, 0x1FAFF)]))
+        elif kind < 0.95:
+            out.append("".join(chr(rng.choice([rng.randint(0, 127), rng.randint(0xA0, 0x24F), rng.randint(0x1F300,
+                                                                                                       0x1FAFF)]))
                                for _ in range(rng.randint(1, 40))))
+        else:  # overflow: longer than the context once tokenised
+            out.append(" ".join(rng.choice(PIECES) for _ in range(rng.randint(40, 120))))
     return out
 
 
-def test_ids_equal_open_clip_on_10k_strings() -> None:
-    open_clip_tokenizer = pytest.importorskip("open_clip.tokenizer")
-    texts = corpus(10_000)
-    ours = BPETokenizer()(texts)
-    theirs = open_clip_tokenizer.SimpleTokenizer()(texts)  # truncates like ours: end-of-text kept last
-    mismatches = [i for i in range(len(texts)) if not torch.equal(ours[i], theirs[i])]
+@pytest.fixture(scope="module")
+def open_clip_tokenizer():
+    return pytest.importorskip("open_clip.tokenizer").SimpleTokenizer()
+
+
+def assert_same_ids(texts: list[str], reference, context_length: int = 77) -> None:
+    ours = BPETokenizer()(texts, context_length=context_length)
+    theirs = reference(texts, context_length=context_length)
+    mismatches = (ours != theirs).any(1).nonzero().flatten().tolist()
     assert not mismatches, f"{len(mismatches)} mismatches, first: {texts[mismatches[0]]!r}"
 
 
-def test_ascii_fast_path_equals_ftfy() -> None:
-    import html
+def test_ids_equal_open_clip_on_12k_strings(open_clip_tokenizer) -> None:
+    texts = corpus(12_000)
+    assert sum(len(open_clip_tokenizer.encode(t)) > 75 for t in texts) > 500  # the truncation path is exercised
+    assert_same_ids(texts, open_clip_tokenizer)  # open_clip truncates like us: end-of-text kept last
 
-    import ftfy
 
+def test_ids_equal_open_clip_short_context(open_clip_tokenizer) -> None:
+    assert_same_ids(corpus(1000, seed=4), open_clip_tokenizer, context_length=16)
+
+
+@pytest.mark.slow
+def test_ids_equal_open_clip_on_200k_strings(open_clip_tokenizer) -> None:
+    assert_same_ids(corpus(200_000, seed=5), open_clip_tokenizer)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=80))
+def test_ids_equal_open_clip_on_any_text(open_clip_tokenizer, text: str) -> None:
+    assert get_default_tokenizer().encode(text) == open_clip_tokenizer.encode(text)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.text(alphabet=st.sampled_from([c for c in string.printable if c.isprintable() and c != "&"])))
+def test_ascii_fast_path_is_exact(text: str) -> None:
+    """Printable ASCII without '&' is what ``clean`` and ``encode`` take without ftfy/``regex``: both provably
+    change nothing there, and whitespace only separates pre-tokens."""
+    assert ftfy.fix_text(text) == text and html.unescape(text) == text
+    assert clean(text) == " ".join(text.split()).lower()
+    lowered = text.lower()
+    assert _ASCII_PATTERN.findall(lowered) == PATTERN.findall(clean(text))
+
+
+def test_clean_equals_openai_steps() -> None:
     for text in corpus(3000, seed=1):
         slow = " ".join(html.unescape(html.unescape(ftfy.fix_text(text))).split()).lower()
         assert clean(text) == slow, text
@@ -65,53 +113,77 @@ def test_ids_equal_hf_clip_tokenizer(tmp_path: Path) -> None:
     tokenizer = BPETokenizer()
     tokenizer.save_hf(tmp_path)
     hf = transformers.CLIPTokenizer.from_pretrained(tmp_path)
-    # HF's CLIPTokenizer skips OpenAI's html.unescape and (in current transformers) ftfy, so it differs from
-    # the ids OpenAI checkpoints were trained with wherever those change the text; compare everything else.
-    import ftfy
-
+    # HF's CLIPTokenizer skips OpenAI's html.unescape and (in current transformers) ftfy, and recognises special
+    # tokens inside text; its pre-tokenizer does not case-fold "'ſ" into the contraction "'s" and has older Unicode
+    # tables than the ``regex`` module (U+088F is a letter to one, not the other); it lowercases a capital sigma
+    # without Python's final-sigma rule. It differs wherever those matter; compare everything else.
     assert tokenizer.encode("&amp;") != hf("&amp;")["input_ids"][1:-1]
-    assert tokenizer.encode("ｆｕｌｌ") != hf("ｆｕｌｌ")["input_ids"][1:-1]
-    texts = [t for t in phrases(3000, seed=2)
-             if len(tokenizer.encode(t)) <= 75 and "&" not in t and ftfy.fix_text(t) == t]
-    checked = 0
+
+    def comparable(text: str) -> bool:
+        return (not any(s in text for s in ("&", "<|", "ſ", "Σ")) and ftfy.fix_text(text) == text
+                and all(unicodedata.ucd_3_2_0.category(c) != "Cn" for c in text) and len(tokenizer.encode(text)) <= 75)
+
+    texts = [t for t in phrases(6000, seed=2) + corpus(6000, seed=6) if comparable(t)]
+    assert len(texts) > 1000
     for text in texts:
-        ours = tokenizer.encode(text)
-        theirs = hf(text)["input_ids"][1:-1]
-        assert ours == theirs, text
-        checked += 1
-    assert checked > 500
+        assert tokenizer.encode(text) == hf(text)["input_ids"][1:-1], text
+    batch = hf(texts[:50], padding="max_length", max_length=77, return_tensors="pt")["input_ids"]
+    ours = tokenizer(texts[:50])
+    assert torch.equal(ours[ours != 0], batch[ours != 0])  # HF pads with end-of-text, we with 0
 
 
-def test_shape_padding_and_special_tokens() -> None:
+def test_known_ids_shape_padding_and_special_tokens() -> None:
     tok = get_default_tokenizer()
+    assert tok is get_default_tokenizer()
     assert tok.vocab_size == 49408 and tok.sot_token_id == 49406 and tok.eot_token_id == 49407
+    assert tok.context_length == 77
     ids = tok(["a photo of a cat", ""])
     assert ids.shape == (2, 77) and ids.dtype == torch.int64
     assert ids[0, :6].tolist() == [49406, 320, 1125, 539, 320, 2368] and ids[0, 6] == 49407 and ids[0, 7:].sum() == 0
     assert ids[1, :2].tolist() == [49406, 49407]
     assert tok("x", context_length=8).shape == (1, 8)
+    assert tok.encode("a photo of a cat") == [320, 1125, 539, 320, 2368]
+
+
+def test_special_token_strings_are_plain_text(open_clip_tokenizer) -> None:
+    """Documented choice: a caption cannot inject end-of-text (OpenAI's tokenizer would; open_clip does not)."""
+    tok = get_default_tokenizer()
+    ids = tok.encode("stop <|endoftext|> here")
+    assert tok.eot_token_id not in ids and ids == open_clip_tokenizer.encode("stop <|endoftext|> here")
 
 
 def test_truncation_both_behaviours() -> None:
     long_text = "word " * 200
     cut = BPETokenizer(truncate=True)([long_text, "short"])
-    assert cut[0, -1] == 49407 and (cut[0] != 0).all()
+    assert get_default_tokenizer().encode("word") == [2653]
+    assert cut[0, -1] == 49407 and (cut[0] != 0).all() and cut[0, 1:-1].tolist() == [2653] * 75
+    exact = BPETokenizer(truncate=False)(["word " * 75])  # 77 tokens: fits exactly
+    assert exact[0, -1] == 49407
     with pytest.raises(ValueError, match=r"text 1 has 202 tokens, more than the context length 77"):
         BPETokenizer(truncate=False)(["fine", long_text])
+    with pytest.raises(ValueError, match=r"text 0 has 12 tokens, more than the context length 8"):
+        BPETokenizer(truncate=False)("word " * 10, context_length=8)
+    with pytest.raises(TypeError, match="text 1: expected a string"):
+        get_default_tokenizer()(["ok", None])
 
 
-def test_decode_round_trip() -> None:
+def test_decode_and_batch_decode() -> None:
     tok = get_default_tokenizer()
-    for text in ["a photo of a cat.", "über große straße", "東京 😀 & co"]:
-        assert tok.decode(tok(text)[0]) == " ".join(clean(text).replace(".", " .").split()) or \
-            tok.decode(tok(text)[0]).replace(" ", "") == clean(text).replace(" ", "")
+    assert tok.decode(tok("A photo of a cat.")[0]) == "a photo of a cat ."
+    assert tok.decode(tok("über große straße 東京 😀")[0]) == "über große straße 東京 😀"
+    assert tok.decode(tok('!"!!')[0]) == '!"!!'  # id 0 is a real token (the byte "!"), not padding
+    assert 0 in tok.encode('!"!!')
     assert tok.batch_decode(tok(["hello world", "bye"])) == ["hello world", "bye"]
+    for text in corpus(500, seed=7):
+        if len(tok.encode(text)) <= 75:
+            assert tok.decode(tok(text)[0]).replace(" ", "") == clean(text).replace(" ", ""), text
 
 
-def test_custom_vocab_round_trip_and_bad_files(tmp_path: Path) -> None:
+def test_save_pretrained_round_trip_and_bad_files(tmp_path: Path) -> None:
     tok = BPETokenizer()
     path = tok.save_pretrained(tmp_path)
     again = BPETokenizer(vocab_path=path)
+    assert again.vocab_size == 49408 and again.eot_token_id == 49407
     texts = corpus(300, seed=3)
     assert torch.equal(tok(texts), again(texts))
     with pytest.raises(FileNotFoundError, match="nope.txt.gz"):
@@ -120,3 +192,47 @@ def test_custom_vocab_round_trip_and_bad_files(tmp_path: Path) -> None:
     bad.write_bytes(b"not gzip")
     with pytest.raises(ValueError, match="not a gzipped BPE merges file"):
         BPETokenizer(vocab_path=bad)
+
+
+def training_corpus() -> list[str]:
+    rng = random.Random(0)
+    words = "the a dog cat sat on mat red blue green photo of house tree river café naïve 東京 2024 running".split()
+    return [" ".join(rng.choice(words) for _ in range(rng.randint(3, 12))) + rng.choice([".", "!", ""])
+            for _ in range(800)]
+
+
+def test_train_bpe_vocab_size_round_trip_and_reload(tmp_path: Path) -> None:
+    texts = training_corpus()
+    tok = train_bpe(texts, vocab_size=560)
+    assert tok.vocab_size == 560 and len(tok.merges) == 560 - 514
+    assert (tok.sot_token_id, tok.eot_token_id) == (558, 559)
+    assert train_bpe(texts, vocab_size=560).merges == tok.merges  # deterministic
+    assert [tok.decoder[i] for i in tok.encode("photo")] == ["photo</w>"]  # frequent words become single tokens
+    assert train_bpe(texts, vocab_size=5000).vocab_size == 565  # every pair seen twice is merged by then
+    for text in [*texts[:100], "unseen words: zebra Ωmega 😀"]:
+        ids = tok.encode(text)
+        assert all(0 <= i < tok.vocab_size - 2 for i in ids)
+        assert tok.decode(tok(text)[0]).replace(" ", "") == clean(text).replace(" ", "")
+    assert sum(map(len, map(tok.encode, texts))) < 0.5 * sum(len(t.encode()) for t in texts)
+    reloaded = BPETokenizer(vocab_path=tok.save_pretrained(tmp_path))
+    assert reloaded.vocab_size == 560 and reloaded.eot_token_id == 559
+    assert torch.equal(reloaded(texts), tok(texts))
+
+
+def test_train_bpe_stops_at_min_frequency_and_rejects_tiny_vocab() -> None:
+    texts = ["aaab aaab", "xyz"]
+    tok = train_bpe(texts, vocab_size=1000, min_frequency=2)  # pairs seen twice or more only
+    # a+a (4 times), then a tie at 2 between a+b</w> and aa+a goes to the smaller pair, then aa+ab</w>
+    assert ["".join(m) for m in tok.merges] == ["aa", "ab</w>", "aaab</w>"]
+    assert tok.vocab_size == 517 and tok.eot_token_id == 516 and tok.encode("aaab xyz") == [514, 87, 88, 345]
+    with pytest.raises(ValueError, match="at least 514"):
+        train_bpe(texts, vocab_size=300)
+
+
+def test_trained_vocab_loads_in_hf(tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    tok = train_bpe(training_corpus(), vocab_size=600)
+    tok.save_hf(tmp_path)
+    hf = transformers.CLIPTokenizer.from_pretrained(tmp_path)
+    for text in training_corpus()[:200]:
+        assert hf(text)["input_ids"] == [tok.sot_token_id, *tok.encode(text), tok.eot_token_id], text

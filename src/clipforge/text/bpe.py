@@ -4,10 +4,12 @@ The algorithm is OpenAI's ``SimpleTokenizer`` (``clip/simple_tokenizer.py``): ft
 (twice), whitespace collapse, lowercase, the same regex pre-tokenisation, bytes mapped to printable
 unicode, BPE merges with a ``</w>`` end-of-word marker, and start/end-of-text tokens around each text.
 
-Speed comes from three exact shortcuts, each proven by the parity tests against open_clip:
+Speed comes from exact shortcuts, each proven by the parity tests against open_clip:
 - ftfy and HTML unescaping cannot change printable ASCII text without ``&``, so such text skips them;
-- BPE results are cached per pre-token (words repeat across a corpus);
-- ids are written straight into one preallocated int64 array.
+- no pre-token contains whitespace, so a text is the concatenation of its space-separated chunks' ids,
+  and those are cached per chunk (``"dog,"`` -> ids of ``dog`` and ``,``): a cache hit skips the regex
+  and the BPE entirely;
+- all rows' ids are scattered into one preallocated int64 array at once.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ import importlib.resources
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
+from itertools import chain, pairwise
 from pathlib import Path
 
 import ftfy
@@ -29,14 +32,14 @@ import torch
 
 SOT, EOT = "<|startoftext|>", "<|endoftext|>"
 VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
-_PATTERN = regex.compile(
-    r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
-    regex.IGNORECASE,
-)
-# The same pattern for lowercased printable ASCII, where \p{L} is [a-z] and \p{N} is [0-9]; the stdlib engine is
-# faster than ``regex`` and the parity tests prove the two agree on such text.
-_ASCII_PATTERN = re.compile(r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[a-z]+|[0-9]|[^\sa-z0-9]+""")
-_WHITESPACE = regex.compile(r"\s+")
+SAVED_VOCAB_FILE = "bpe_vocab.txt.gz"
+# OpenAI's pattern without its ``<|startoftext|>|<|endoftext|>`` alternatives: text is always plain text, so a
+# caption containing the string "<|endoftext|>" cannot end itself early (open_clip behaves the same way).
+PATTERN = regex.compile(r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""", regex.IGNORECASE)
+# The same pattern for lowercased printable ASCII, where \p{L} is [a-z], \p{N} is [0-9] and \s is the space; the
+# stdlib engine is faster than ``regex`` and the parity tests prove the two agree on such text.
+_ASCII_PATTERN = re.compile(r"""'s|'t|'re|'ve|'m|'ll|'d|[a-z]+|[0-9]|[^ a-z0-9]+""")
+_CACHE_LIMIT = 500_000  # entries per cache; past it new words are still tokenised, just not remembered
 
 
 @lru_cache
@@ -53,12 +56,20 @@ def bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, map(chr, cs)))
 
 
+def _is_plain_ascii(text: str) -> bool:
+    """True where ftfy and HTML unescaping provably change nothing: printable ASCII without ``&``."""
+    return text.isascii() and text.isprintable() and "&" not in text
+
+
 def clean(text: str) -> str:
-    """OpenAI's text clean-up: ftfy fix, HTML unescape twice, whitespace collapse and strip, lowercase."""
-    if text.isascii() and text.isprintable() and "&" not in text:
-        return " ".join(text.split()).lower()  # ftfy and unescaping provably change nothing here
-    text = html.unescape(html.unescape(ftfy.fix_text(text)))
-    return _WHITESPACE.sub(" ", text).strip().lower()
+    """OpenAI's text clean-up: ftfy fix, HTML unescape twice, whitespace collapse and strip, lowercase.
+
+    Whitespace is collapsed with ``str.split`` (open_clip) rather than OpenAI's ``regex`` ``\\s+``; they differ only
+    on U+001C..U+001F, which ftfy has already removed.
+    """
+    if not _is_plain_ascii(text):
+        text = html.unescape(html.unescape(ftfy.fix_text(text)))
+    return " ".join(text.split()).lower()
 
 
 def default_vocab_path() -> Path:
@@ -87,13 +98,28 @@ def read_merges(path: str | os.PathLike) -> list[tuple[str, str]]:
     return merges
 
 
+def write_merges(path: Path, merges: Sequence[tuple[str, str]], compress: bool) -> None:
+    """Writes merges in the ``#version: 0.2`` text format, gzipped or not."""
+    text = "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges)
+    if compress:
+        with gzip.open(path, "wt", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+
+
 class BPETokenizer:
     """CLIP's tokenizer: ``tokenizer(texts) -> LongTensor (N, context_length)``, zero-padded.
 
+    Ids are OpenAI's for OpenAI's vocabulary (the default) and equal open_clip's ``SimpleTokenizer`` /
+    ``open_clip.tokenize`` on any text. The one place OpenAI's own tokenizer differs: it turns the literal
+    strings ``<|startoftext|>`` / ``<|endoftext|>`` inside a text into the special tokens; here (as in
+    open_clip) text is always plain text, so a caption cannot inject an end-of-text token.
+
     Truncation: by default (``truncate=True``) a text longer than the context is cut and its last token
     replaced by end-of-text, as open_clip does, so long alt-texts never stop a training run. With
-    ``truncate=False`` an over-long text raises ``ValueError`` naming its index and length, as OpenAI's
-    ``clip.tokenize`` does without ``truncate=True``.
+    ``truncate=False`` an over-long text raises ``ValueError`` naming its index, token count and the
+    context length, as OpenAI's ``clip.tokenize`` does without ``truncate=True``.
 
     Args:
         vocab_path: A gzipped merges file; default: OpenAI's (49,408 tokens).
@@ -108,70 +134,100 @@ class BPETokenizer:
         self.vocab_path = Path(vocab_path) if vocab_path is not None else default_vocab_path()
         merges = read_merges(self.vocab_path)
         if num_merges is None:
-            num_merges = 49152 - 256 - 2 if vocab_path is None or self.vocab_path.name == VOCAB_FILE else len(merges)
-        self.merges = merges[:num_merges]
+            num_merges = 49152 - 256 - 2 if self.vocab_path.name == VOCAB_FILE else len(merges)
+        self._build(merges[:num_merges], context_length, truncate)
+
+    @classmethod
+    def from_merges(cls, merges: Iterable[tuple[str, str]], context_length: int = 77,
+                    truncate: bool = True) -> BPETokenizer:
+        """A tokenizer from merges in memory (e.g. learnt by ``train_bpe``), in rank order."""
+        tokenizer = cls.__new__(cls)
+        tokenizer.vocab_path = None
+        tokenizer._build(list(merges), context_length, truncate)
+        return tokenizer
+
+    def _build(self, merges: list[tuple[str, str]], context_length: int, truncate: bool) -> None:
+        """Vocabulary: 256 byte symbols, the same with ``</w>``, one token per merge, then start/end of text."""
+        self.merges = merges
         byte_symbols = list(bytes_to_unicode().values())
-        vocab = byte_symbols + [s + "</w>" for s in byte_symbols] + ["".join(m) for m in self.merges] + [SOT, EOT]
+        vocab = byte_symbols + [s + "</w>" for s in byte_symbols] + ["".join(m) for m in merges] + [SOT, EOT]
         self.encoder = {token: i for i, token in enumerate(vocab)}
+        if len(self.encoder) != len(vocab):
+            raise ValueError(f"{len(vocab) - len(self.encoder)} merges give a token that is already in the vocabulary")
         self.decoder = dict(enumerate(vocab))
-        self.ranks = {m: i for i, m in enumerate(self.merges)}
+        self.ranks = {m: i for i, m in enumerate(merges)}
         self.byte_encoder = bytes_to_unicode()
         self.byte_decoder = {v: k for k, v in self.byte_encoder.items()}
         self._context_length = context_length
         self.truncate = truncate
-        self._cache: dict[str, list[int]] = {SOT: [self.encoder[SOT]], EOT: [self.encoder[EOT]]}
+        self._bpe_cache: dict[str, tuple[int, ...]] = {}  # pre-token -> ids
+        self._chunk_cache: dict[str, tuple[int, ...]] = {}  # space-free chunk of cleaned text -> ids
 
     @property
     def vocab_size(self) -> int:
-        return len(self.encoder)
+        """Number of ids (rows of the text embedding table)."""
+        return len(self.decoder)
 
     @property
     def sot_token_id(self) -> int:
+        """Id of ``<|startoftext|>``."""
         return self.encoder[SOT]
 
     @property
     def eot_token_id(self) -> int:
+        """Id of ``<|endoftext|>``."""
         return self.encoder[EOT]
 
     @property
     def context_length(self) -> int:
+        """Default tokens per text, start and end included."""
         return self._context_length
 
-    def _bpe(self, raw: str) -> list[int]:
-        """BPE ids of one pre-token, cached by its raw text."""
-        ids = self._cache.get(raw)
+    def _bpe(self, token: str) -> tuple[int, ...]:
+        """BPE ids of one pre-token, cached: OpenAI's algorithm (lowest-ranked pair first, merged everywhere)."""
+        ids = self._bpe_cache.get(token)
         if ids is not None:
             return ids
-        token = "".join(self.byte_encoder[b] for b in raw.encode("utf-8"))
-        word = [*token[:-1], token[-1] + "</w>"]
+        symbols = "".join(self.byte_encoder[b] for b in token.encode("utf-8"))
+        word = [*symbols[:-1], symbols[-1] + "</w>"]
+        ranks = self.ranks
         while len(word) > 1:
-            pairs = {(word[i], word[i + 1]) for i in range(len(word) - 1)}
-            best = min(pairs, key=lambda p: self.ranks.get(p, float("inf")))
-            if best not in self.ranks:
+            best = min(pairwise(word), key=lambda p: ranks.get(p, float("inf")))
+            if best not in ranks:
                 break
+            first, second = best
             merged, i = [], 0
             while i < len(word):
-                if i < len(word) - 1 and word[i] == best[0] and word[i + 1] == best[1]:
-                    merged.append(best[0] + best[1])
+                if i < len(word) - 1 and word[i] == first and word[i + 1] == second:
+                    merged.append(first + second)
                     i += 2
                 else:
                     merged.append(word[i])
                     i += 1
             word = merged
-        ids = [self.encoder[w] for w in word]
-        if len(self._cache) < 1_000_000:
-            self._cache[raw] = ids
+        ids = tuple(self.encoder[w] for w in word)
+        if len(self._bpe_cache) < _CACHE_LIMIT:
+            self._bpe_cache[token] = ids
         return ids
+
+    def _chunk(self, chunk: str) -> tuple[int, ...]:
+        """Ids of one space-free chunk of cleaned text, cached (the caller has already missed the cache)."""
+        pattern = _ASCII_PATTERN if chunk.isascii() and chunk.isprintable() else PATTERN
+        ids = tuple(chain.from_iterable(map(self._bpe, pattern.findall(chunk))))
+        if len(self._chunk_cache) < _CACHE_LIMIT:
+            self._chunk_cache[chunk] = ids
+        return ids
+
+    def _chunks(self, text: str) -> list[str]:
+        """Cleaned text split on its (single) spaces; no pre-token spans a space, so chunks tokenise alone."""
+        if _is_plain_ascii(text):
+            return text.lower().split()  # clean() minus work that cannot change the chunks
+        return clean(text).split()
 
     def encode(self, text: str) -> list[int]:
         """Token ids of one text, without start/end tokens."""
-        text = clean(text)
-        pattern = _ASCII_PATTERN if text.isascii() and text.isprintable() else _PATTERN
-        cache, ids = self._cache, []
-        for token in pattern.findall(text):
-            hit = cache.get(token)
-            ids += hit if hit is not None else self._bpe(token)
-        return ids
+        get, miss = self._chunk_cache.get, self._chunk
+        return list(chain.from_iterable([get(c) or miss(c) for c in self._chunks(text)]))
 
     def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> torch.Tensor:
         """Tokenises a text or a batch into a zero-padded LongTensor (N, context_length)."""
@@ -179,17 +235,18 @@ class BPETokenizer:
             texts = [texts]
         n_ctx = context_length or self._context_length
         sot, eot = self.sot_token_id, self.eot_token_id
+        get, miss = self._chunk_cache.get, self._chunk
         flat: list[int] = []
         lengths = np.empty(len(texts), dtype=np.int64)
         for row, text in enumerate(texts):
             if not isinstance(text, str):
                 raise TypeError(f"text {row}: expected a string, got {type(text).__name__}")
-            ids = self.encode(text)
+            ids = list(chain.from_iterable([get(c) or miss(c) for c in self._chunks(text)]))
             if len(ids) + 2 > n_ctx:
                 if not self.truncate:
                     raise ValueError(f"text {row} has {len(ids) + 2} tokens, more than the context length {n_ctx}; "
                                      "pass truncate=True to cut it")
-                ids = ids[: n_ctx - 2]
+                del ids[n_ctx - 2 :]
             flat.append(sot)
             flat += ids
             flat.append(eot)
@@ -199,11 +256,18 @@ class BPETokenizer:
         return torch.from_numpy(out)
 
     def decode(self, ids: Sequence[int] | torch.Tensor) -> str:
-        """Text of a token sequence; start/end tokens and padding are dropped."""
+        """Text of a token sequence; start-of-text is dropped, and everything from the first end-of-text on.
+
+        Id 0 is a real token (the byte ``!``), so padding is recognised by its position after end-of-text,
+        not by its value.
+        """
         if isinstance(ids, torch.Tensor):
             ids = ids.tolist()
-        skip = {0, self.sot_token_id, self.eot_token_id}
-        text = "".join(self.decoder[int(i)] for i in ids if int(i) not in skip)
+        ids = [int(i) for i in ids]
+        sot, eot = self.sot_token_id, self.eot_token_id
+        if eot in ids:
+            ids = ids[: ids.index(eot)]
+        text = "".join(self.decoder[i] for i in ids if i != sot)
         data = bytearray(self.byte_decoder[c] for c in text)
         return data.decode("utf-8", errors="replace").replace("</w>", " ").strip()
 
@@ -212,20 +276,24 @@ class BPETokenizer:
         return [self.decode(row) for row in batch]
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Writes the merges in use as ``bpe_vocab.txt.gz`` so a model directory carries its vocabulary."""
-        path = Path(directory) / "bpe_vocab.txt.gz"
+        """Writes the merges in use as ``bpe_vocab.txt.gz`` so a model directory carries its vocabulary.
+
+        ``BPETokenizer(vocab_path=<returned path>)`` gives the same ids.
+        """
+        path = Path(directory) / SAVED_VOCAB_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
-        with gzip.open(path, "wt", encoding="utf-8") as f:
-            f.write("#version: 0.2\n" + "\n".join(" ".join(m) for m in self.merges) + "\n")
+        write_merges(path, self.merges, compress=True)
         return path
 
     def save_hf(self, directory: str | os.PathLike) -> None:
-        """Writes ``vocab.json``/``merges.txt`` and configs that ``transformers.CLIPTokenizer`` loads offline."""
+        """Writes ``vocab.json``/``merges.txt`` and configs that ``transformers.CLIPTokenizer`` loads offline.
+
+        HF's tokenizer has no HTML unescaping, so its ids differ from these wherever that changes the text.
+        """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "vocab.json").write_text(json.dumps(self.encoder, ensure_ascii=False), encoding="utf-8")
-        (directory / "merges.txt").write_text(
-            "#version: 0.2\n" + "\n".join(" ".join(m) for m in self.merges) + "\n", encoding="utf-8")
+        write_merges(directory / "merges.txt", self.merges, compress=False)
         special = {"bos_token": SOT, "eos_token": EOT, "unk_token": EOT, "pad_token": EOT}
         (directory / "special_tokens_map.json").write_text(json.dumps(special), encoding="utf-8")
         config = {**special, "model_max_length": self._context_length, "tokenizer_class": "CLIPTokenizer"}
