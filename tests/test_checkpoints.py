@@ -194,3 +194,38 @@ def test_convert_verb(torchscript_files: dict, tmp_path: Path, capsys: pytest.Ca
     rn = parser.parse_args(["convert", str(torchscript_files["rn"][1]), str(tmp_path / "rn-hf"), "--to", "hf"])
     with pytest.raises(CheckpointError, match="no ResNet CLIP"):
         rn.func(rn)
+
+
+def test_fp16_archive_like_openai_releases(tmp_path: Path) -> None:
+    """OpenAI's archives hold fp16 storages (HalfStorage); they load as fp32 (the default) or fp16, unchanged."""
+    reference = openai_layout_model("rn", seed=2).half()
+    path = save_torchscript(reference, tmp_path / "half.pt")
+    fp32, fp16 = load_any(path), load_any(path, precision="fp16")
+    as_fp32 = to_openai_keys(fp32.state_dict(), fp32.config)
+    for key, value in to_openai_keys(fp16.state_dict(), fp16.config).items():
+        expected = reference.state_dict()[key]
+        assert value.dtype == expected.dtype and torch.equal(value, expected), key
+        assert torch.equal(as_fp32[key], expected.float() if expected.is_floating_point() else expected), key
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "vision"), [
+    ("ViT-B/32", CLIPVisionCfg(image_size=224, patch_size=32, width=768, layers=12)),
+    ("RN50", CLIPVisionCfg(image_size=224, layers=(3, 4, 6, 3), width=64, patch_size=None)),
+])
+def test_full_size_torchscript_parity(name: str, vision: CLIPVisionCfg, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    text = CLIPTextCfg(context_length=77, vocab_size=49408, width=512, heads=8, layers=12)
+    embed = 512 if name == "ViT-B/32" else 1024
+    reference = OpenCLIP(embed_dim=embed, vision_cfg=vision, text_cfg=text, quick_gelu=True).eval()
+    with torch.no_grad():
+        for key, tensor in reference.state_dict().items():
+            if tensor.is_floating_point() and key not in ("logit_scale", "attn_mask"):
+                tensor.add_(0.02 * torch.randn_like(tensor)) if "running_var" not in key else tensor.uniform_(0.5, 2)
+    model = load_any(save_torchscript(reference, tmp_path / "model.pt"))
+    assert model.config == clipforge.build_config(name)
+    images = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    tokens = open_clip.tokenize(["a photo of a cat", "a diagram"])
+    with torch.no_grad():
+        assert (model.encode_image(images) - reference.encode_image(images)).abs().max() <= TOL
+        assert (model.encode_text(tokens) - reference.encode_text(tokens)).abs().max() <= TOL

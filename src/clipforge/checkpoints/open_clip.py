@@ -141,8 +141,8 @@ def config_from_state_dict(state: dict[str, torch.Tensor], act: str | None = Non
     return replace(config, {"act": act})
 
 
-def load_open_clip(path: str | Path, allow_pickle: bool = False, act: str | None = None,
-                   ) -> tuple[CLIPConfig, dict[str, torch.Tensor]]:
+def load_open_clip(path: str | Path, allow_pickle: bool = False,
+                   act: str | None = None) -> tuple[CLIPConfig, dict[str, torch.Tensor]]:
     """Reads an open_clip checkpoint (file or hub-style directory) into (config, clipforge state dict).
 
     Args:
