@@ -163,6 +163,10 @@ def test_truncation_both_behaviours() -> None:
         BPETokenizer(truncate=False)(["fine", long_text])
     with pytest.raises(ValueError, match=r"text 0 has 12 tokens, more than the context length 8"):
         BPETokenizer(truncate=False)("word " * 10, context_length=8)
+    with pytest.raises(ValueError, match="context_length must be at least 2"):
+        get_default_tokenizer()("a", context_length=1)
+    assert get_default_tokenizer()("a b c", context_length=2).tolist() == [[49406, 49407]]
+    assert get_default_tokenizer()([]).shape == (0, 77)
     with pytest.raises(TypeError, match="text 1: expected a string"):
         get_default_tokenizer()(["ok", None])
 

@@ -148,6 +148,8 @@ class BPETokenizer:
 
     def _build(self, merges: list[tuple[str, str]], context_length: int, truncate: bool) -> None:
         """Vocabulary: 256 byte symbols, the same with ``</w>``, one token per merge, then start/end of text."""
+        if context_length < 2:
+            raise ValueError(f"context_length must be at least 2 (start and end of text), got {context_length}")
         self.merges = merges
         byte_symbols = list(bytes_to_unicode().values())
         vocab = byte_symbols + [s + "</w>" for s in byte_symbols] + ["".join(m) for m in merges] + [SOT, EOT]
@@ -229,11 +231,13 @@ class BPETokenizer:
         get, miss = self._chunk_cache.get, self._chunk
         return list(chain.from_iterable([get(c) or miss(c) for c in self._chunks(text)]))
 
-    def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> torch.Tensor:
+    def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> torch.LongTensor:
         """Tokenises a text or a batch into a zero-padded LongTensor (N, context_length)."""
         if isinstance(texts, str):
             texts = [texts]
         n_ctx = context_length or self._context_length
+        if n_ctx < 2:
+            raise ValueError(f"context_length must be at least 2 (start and end of text), got {n_ctx}")
         sot, eot = self.sot_token_id, self.eot_token_id
         get, miss = self._chunk_cache.get, self._chunk
         flat: list[int] = []
