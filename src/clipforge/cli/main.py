@@ -7,7 +7,8 @@ import importlib
 import sys
 
 # Each module exposes ``register(subparsers)``, which adds its verb(s) with ``set_defaults(func=...)``.
-VERB_MODULES = ["clipforge.cli.models", "clipforge.cli.train", "clipforge.cli.eval", "clipforge.cli.classify"]
+VERB_MODULES = ["clipforge.cli.models", "clipforge.cli.train", "clipforge.cli.eval", "clipforge.cli.classify",
+                "clipforge.cli.convert"]
 
 
 def build_parser() -> argparse.ArgumentParser:
