@@ -6,32 +6,12 @@ import argparse
 import json
 
 import pytest
-import torch
 
-import clipforge
 from clipforge.cli import classify as classify_cli
 from clipforge.cli import eval as eval_cli
 from test_eval_fakes import COLOURS, solid
 
 PRESET = "tiny-vit"
-
-
-def _fallback_tokenizer(texts: list[str]) -> torch.Tensor:
-    """Stands in for the BPE tokenizer until ``clipforge.text.bpe`` lands: SOT, hashed words, EOT (the max id)."""
-    out = torch.zeros(len(texts), 32, dtype=torch.long)
-    for i, t in enumerate(texts):
-        ids = [49406, *[sum(map(ord, w)) * 7919 % 49000 + 1 for w in t.lower().split()][:30], 49407]
-        out[i, :len(ids)] = torch.tensor(ids)
-    return out
-
-
-@pytest.fixture(autouse=True)
-def text_processor(monkeypatch) -> None:
-    """Uses the real text processor when it exists, the fallback tokenizer otherwise."""
-    try:
-        clipforge.get_text_processor(clipforge.create_model(PRESET, device="meta"))
-    except (ImportError, NotImplementedError):
-        monkeypatch.setattr(clipforge, "get_text_processor", lambda model, directory=None: _fallback_tokenizer)
 
 
 def run(argv: list[str]) -> int:
