@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipforge.models.config import CLIPConfig, ViTConfig
+from clipforge.models.config import CLIPConfig, CLIPPOConfig, ViTConfig
 from clipforge.models.resnet import ModifiedResNet
 from clipforge.models.text import TextTransformer
 from clipforge.models.vit import VisionTransformer
@@ -23,35 +23,26 @@ class CLIPOutput(NamedTuple):
     logit_bias: torch.Tensor | None
 
 
-class CLIP(nn.Module):
-    """Two towers and a learnable temperature.
+class ContrastiveModel(nn.Module):
+    """What every model family shares: a learnable temperature (and optional bias) and ``forward``.
 
-    Args:
-        config: The full model config (see ``CLIPConfig``).
+    Subclasses define ``encode_image`` and ``encode_text``; ``config`` carries ``init_logit_scale``,
+    ``init_logit_bias`` and ``max_logit_scale``.
     """
 
-    def __init__(self, config: CLIPConfig):
+    def __init__(self, config: CLIPConfig | CLIPPOConfig):
         super().__init__()
         self.config = config
-        if isinstance(config.vision, ViTConfig):
-            self.visual: nn.Module = VisionTransformer(config.vision, config.embed_dim, config.act, config.norm_eps)
-        else:
-            self.visual = ModifiedResNet(config.vision, config.embed_dim)
-        self.text = TextTransformer(config.text, config.embed_dim, config.act, config.norm_eps)
         self.logit_scale = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
         self.logit_bias = None
         if config.init_logit_bias is not None:
             self.logit_bias = nn.Parameter(torch.tensor(float(config.init_logit_bias)))
 
     def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        """Embeds normalised images (B, 3, H, W) → (B, embed_dim), optionally L2-normalised."""
-        x = self.visual(images)
-        return F.normalize(x, dim=-1) if normalize else x
+        raise NotImplementedError
 
     def encode_text(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        """Embeds token ids (B, T) → (B, embed_dim), optionally L2-normalised."""
-        x = self.text(text)
-        return F.normalize(x, dim=-1) if normalize else x
+        raise NotImplementedError
 
     def scale(self) -> torch.Tensor:
         """The logit scale as used: exp(logit_scale), clamped at exp(max_logit_scale)."""
@@ -62,6 +53,32 @@ class CLIP(nn.Module):
         image_features = self.encode_image(images, normalize=True) if images is not None else None
         text_features = self.encode_text(text, normalize=True) if text is not None else None
         return CLIPOutput(image_features, text_features, self.scale(), self.logit_bias)
+
+
+class CLIP(ContrastiveModel):
+    """Two towers and a learnable temperature.
+
+    Args:
+        config: The full model config (see ``CLIPConfig``).
+    """
+
+    def __init__(self, config: CLIPConfig):
+        super().__init__(config)
+        if isinstance(config.vision, ViTConfig):
+            self.visual: nn.Module = VisionTransformer(config.vision, config.embed_dim, config.act, config.norm_eps)
+        else:
+            self.visual = ModifiedResNet(config.vision, config.embed_dim)
+        self.text = TextTransformer(config.text, config.embed_dim, config.act, config.norm_eps)
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """Embeds normalised images (B, 3, H, W) → (B, embed_dim), optionally L2-normalised."""
+        x = self.visual(images)
+        return F.normalize(x, dim=-1) if normalize else x
+
+    def encode_text(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """Embeds token ids (B, T) → (B, embed_dim), optionally L2-normalised."""
+        x = self.text(text)
+        return F.normalize(x, dim=-1) if normalize else x
 
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
         """Recomputes each block's activations in the backward pass to save memory."""

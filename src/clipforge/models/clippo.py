@@ -6,12 +6,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipforge.models.clip import CLIPOutput
+from clipforge.models.clip import ContrastiveModel
 from clipforge.models.config import CLIPPOConfig
 from clipforge.models.vit import VisionTransformer
 
 
-class CLIPPO(nn.Module):
+class CLIPPO(ContrastiveModel):
     """One tower, two forward passes, and a learnable temperature.
 
     The same public surface as ``CLIP``: ``encode_image`` takes normalised images, ``encode_text`` takes
@@ -23,13 +23,8 @@ class CLIPPO(nn.Module):
     """
 
     def __init__(self, config: CLIPPOConfig):
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         self.visual = VisionTransformer(config.vision, config.embed_dim, config.act, config.norm_eps)
-        self.logit_scale = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
-        self.logit_bias = None
-        if config.init_logit_bias is not None:
-            self.logit_bias = nn.Parameter(torch.tensor(float(config.init_logit_bias)))
         self.register_buffer("mean", torch.tensor(config.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(config.std).view(1, 3, 1, 1), persistent=False)
 
@@ -45,16 +40,6 @@ class CLIPPO(nn.Module):
         dtype = self.visual.proj.dtype
         x = (pixels.to(dtype).div(255) - self.mean.to(dtype)) / self.std.to(dtype)
         return self.encode_image(x, normalize)
-
-    def scale(self) -> torch.Tensor:
-        """The logit scale as used: exp(logit_scale), clamped at exp(max_logit_scale)."""
-        return self.logit_scale.clamp(max=self.config.max_logit_scale).exp()
-
-    def forward(self, images: torch.Tensor | None = None, text: torch.Tensor | None = None) -> CLIPOutput:
-        """Normalised features of both inputs (either may be ``None``) and the logit scale (and bias)."""
-        image_features = self.encode_image(images, normalize=True) if images is not None else None
-        text_features = self.encode_text(text, normalize=True) if text is not None else None
-        return CLIPOutput(image_features, text_features, self.scale(), self.logit_bias)
 
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
         """Recomputes each block's activations in the backward pass to save memory."""
