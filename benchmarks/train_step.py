@@ -18,16 +18,10 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 import clipforge
 from clipforge.models.config import CLIPConfig, ViTConfig
-
-
-def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    logits = scale * image_features @ text_features.T
-    labels = torch.arange(logits.shape[0], device=logits.device)
-    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+from clipforge.train.loss import clip_loss
 
 
 def open_clip_model(config: CLIPConfig) -> torch.nn.Module:
