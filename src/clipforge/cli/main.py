@@ -7,8 +7,15 @@ import importlib
 import sys
 
 # Each module exposes ``register(subparsers)``, which adds its verb(s) with ``set_defaults(func=...)``.
-VERB_MODULES = ["clipforge.cli.models", "clipforge.cli.train", "clipforge.cli.eval", "clipforge.cli.classify",
-                "clipforge.cli.convert"]
+VERB_MODULES = [
+    "clipforge.cli.models",
+    "clipforge.cli.train",
+    "clipforge.cli.eval",
+    "clipforge.cli.classify",
+    "clipforge.cli.convert",
+    "clipforge.cli.data",
+    "clipforge.cli.vqa",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
