@@ -38,7 +38,7 @@ def detect_format(path: str | Path) -> str:
     """
     from clipforge.checkpoints.big_vision import is_big_vision_npz
     from clipforge.checkpoints.hf import is_hf_dir
-    from clipforge.checkpoints.native import is_native_dir
+    from clipforge.checkpoints.native import check_native_dir, is_native_dir
     from clipforge.checkpoints.open_clip import PICKLE_NAME, SAFETENSORS_NAME
     from clipforge.checkpoints.openai import is_torchscript
 
@@ -52,7 +52,8 @@ def detect_format(path: str | Path) -> str:
             return "hf"
         if (path / SAFETENSORS_NAME).is_file() or (path / PICKLE_NAME).is_file():
             return "open_clip"
-    elif is_big_vision_npz(path):
+        check_native_dir(path)  # a damaged clipforge directory: say what is wrong with it
+    elif is_big_vision_npz(path) or path.suffix == ".npz":  # a damaged .npz gets the reader's precise error
         return "big_vision"
     elif is_torchscript(path):
         return "openai"

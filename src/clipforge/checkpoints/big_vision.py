@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from clipforge.models.config import CLIPPOConfig, ViTConfig
+from clipforge.models.config import CLIPPOConfig, ConfigError, ViTConfig
 
 PREFIXES = ("params/img/", "img/", "opt/target/img/")
 
@@ -40,6 +40,9 @@ def read_npz(path: str | Path) -> dict[str, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint file")
+    if not zipfile.is_zipfile(path):  # np.load would try to unpickle it and complain about pickles
+        raise BigVisionFormatError(f"{path}: not a readable .npz checkpoint (not a zip archive: truncated or "
+                                   "not an .npz file)")
     try:
         with np.load(path, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
@@ -58,16 +61,19 @@ def config_from_arrays(arrays: dict[str, np.ndarray], path: str | Path = "<array
     """Infers the CLIPPO config from tensor shapes."""
     p = _prefix(arrays, path)
 
-    def get(key: str) -> np.ndarray:
+    def get(key: str, ndim: int) -> np.ndarray:
         if p + key not in arrays:
             raise BigVisionFormatError(f"{path}: missing {p + key!r}")
-        return arrays[p + key]
+        array = arrays[p + key]
+        if array.ndim != ndim or 0 in array.shape:
+            raise BigVisionFormatError(f"{path}: {p + key} has shape {array.shape}, expected {ndim} non-empty axes")
+        return array
 
-    patch, _, in_ch, width = get("embedding/kernel").shape
+    patch, _, in_ch, width = get("embedding/kernel", 4).shape
     if in_ch != 3:
         raise BigVisionFormatError(f"{path}: {p}embedding/kernel has {in_ch} input channels, expected 3")
     class_token = p + "cls" in arrays
-    n_pos = get("pos_embedding").shape[-2] - int(class_token)
+    n_pos = get("pos_embedding", 3).shape[-2] - int(class_token)
     grid = math.isqrt(n_pos)
     if grid * grid != n_pos:
         raise BigVisionFormatError(f"{path}: {p}pos_embedding has {n_pos} patch positions, not a square grid")
@@ -76,16 +82,19 @@ def config_from_arrays(arrays: dict[str, np.ndarray], path: str | Path = "<array
         layers += 1
     if layers == 0:
         raise BigVisionFormatError(f"{path}: no '{p}Transformer/encoderblock_N' blocks found")
-    heads = get("Transformer/encoderblock_0/MultiHeadDotProductAttention_0/query/kernel").shape[1]
-    mlp = get("Transformer/encoderblock_0/MlpBlock_0/Dense_0/kernel").shape[1]
+    heads = get("Transformer/encoderblock_0/MultiHeadDotProductAttention_0/query/kernel", 3).shape[1]
+    mlp = get("Transformer/encoderblock_0/MlpBlock_0/Dense_0/kernel", 2).shape[1]
     if p + "head/kernel" not in arrays:
         raise BigVisionFormatError(f"{path}: missing {p}head/kernel (the projection to the embedding space)")
-    embed_dim = arrays[p + "head/kernel"].shape[1]
+    embed_dim = get("head/kernel", 2).shape[1]
     pool = "map" if p + "MAPHead_0/probe" in arrays else ("cls" if class_token else "mean")
-    vision = ViTConfig(image_size=grid * patch, patch_size=patch, width=width, layers=layers, heads=heads,
-                       mlp_ratio=_ratio(mlp, width), pool=pool, class_token=class_token, ln_pre=False,
-                       patch_bias=True, proj_bias=True)
-    return CLIPPOConfig(embed_dim=embed_dim, vision=vision, render={"mode": "big_vision"})
+    try:
+        vision = ViTConfig(image_size=grid * patch, patch_size=patch, width=width, layers=layers, heads=heads,
+                           mlp_ratio=_ratio(mlp, width), pool=pool, class_token=class_token, ln_pre=False,
+                           patch_bias=True, proj_bias=True)
+        return CLIPPOConfig(embed_dim=embed_dim, vision=vision, render={"mode": "big_vision"})
+    except ConfigError as e:  # shapes that no ViT has, e.g. a width the head count does not divide
+        raise BigVisionFormatError(f"{path}: the tensor shapes describe no valid ViT ({e})") from None
 
 
 def _ratio(hidden: int, width: int) -> float:
@@ -163,6 +172,9 @@ def load_big_vision(path: str | Path) -> tuple[CLIPPOConfig, dict[str, torch.Ten
         return config, state_dict_from_arrays(arrays, config)
     except KeyError as e:
         raise BigVisionFormatError(f"{path}: missing {e.args[0]!r}") from None
+    except (ValueError, IndexError) as e:  # a tensor whose size does not fit the shapes read off the others
+        raise BigVisionFormatError(f"{path}: a tensor does not fit the architecture inferred from the others "
+                                   f"(width {config.vision.width}, {config.vision.heads} heads): {e}") from None
 
 
 def to_big_vision_arrays(state_dict: dict[str, torch.Tensor], config: CLIPPOConfig,

@@ -41,6 +41,27 @@ def is_native_dir(path: str | Path) -> bool:
     return isinstance(data, dict) and "clipforge_format" in data
 
 
+def check_native_dir(path: str | Path) -> None:
+    """Raises a clear error when ``path`` holds a ``config.json`` that is damaged or clipforge's without weights.
+
+    Used by format detection before it gives up, so a damaged model directory is reported as what it is
+    rather than as an unknown format. Returns silently when nothing points at a clipforge directory.
+
+    Raises:
+        CheckpointError: ``config.json`` is not valid JSON.
+        FileNotFoundError: ``config.json`` is clipforge's but ``model.safetensors`` is missing.
+    """
+    config = Path(path) / CONFIG
+    if not config.is_file():
+        return
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{config}: not valid JSON ({e})") from None
+    if isinstance(data, dict) and "clipforge_format" in data and not (Path(path) / WEIGHTS).is_file():
+        raise FileNotFoundError(f"{Path(path) / WEIGHTS}: no weights file beside the clipforge config")
+
+
 def save_pretrained(model: torch.nn.Module, directory: str | Path, text_processor: Any = None) -> Path:
     """Writes ``model`` (and a processor's own vocabulary, if any) as a model directory; files replaced atomically."""
     directory = Path(directory)
@@ -78,12 +99,20 @@ def load_config(directory: str | Path) -> ModelConfig:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
         raise ValueError(f"{path}: expected an object with a 'model' config")
-    if data.get("clipforge_format", FORMAT_VERSION) > FORMAT_VERSION:
-        raise ValueError(f"{path}: written by a newer clipforge (format {data['clipforge_format']})")
+    version = data.get("clipforge_format", FORMAT_VERSION)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise ConfigError(f"{path}: clipforge_format: expected an integer, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise ValueError(f"{path}: written by a newer clipforge (format {version})")
     try:
-        return model_config_from_dict(data["model"], "model")
-    except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
+        config = model_config_from_dict(data["model"], "model")
+        if config.family == "clippo":  # the renderer's fields are checked where it is built; check them now
+            from clipforge.text.render import RenderConfig
+
+            RenderConfig.from_dict({"image_size": config.vision.image_size, **config.render})
+    except ValueError as e:  # ConfigError and the renderer's ValueError
+        raise ConfigError(f"{path}: {'' if isinstance(e, ConfigError) else 'model.'}{e}") from None
+    return config
 
 
 def load_state_dict_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:

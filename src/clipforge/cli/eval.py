@@ -100,8 +100,10 @@ def load_eval_model(spec: str, device: str | None = None) -> tuple[Any, str, str
         pretrained = "random"
         print(f"note: {spec!r} is a preset name; evaluating randomly initialised weights", file=sys.stderr)
     else:
-        raise FileNotFoundError(f"model not found: {spec!r} is neither a saved model path nor a preset "
-                                "(see `clipforge models`)")
+        from clipforge.models.presets import preset_hint
+
+        raise FileNotFoundError(f"model not found: {spec!r} is neither a saved model path nor a preset"
+                                f"{preset_hint(spec)} (see `clipforge models`)")
     # CLIP_benchmark's "model" is the architecture; a saved model without a named config goes by its folder.
     name = spec if pretrained == "random" else describe(model)
     if name == type(model).__name__:

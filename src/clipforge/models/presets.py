@@ -26,6 +26,14 @@ def list_presets() -> list[str]:
     return sorted(_PRESETS)
 
 
+def preset_hint(name: str) -> str:
+    """``"; did you mean …?"`` naming the presets closest to ``name`` (or listing them all), for error messages."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(_PRESETS), n=3, cutoff=0.5)
+    return f"; did you mean {', '.join(close)}?" if close else f"; known presets: {', '.join(list_presets())}"
+
+
 def preset_config(name: str) -> dict[str, Any]:
     """A deep copy of preset ``name``'s config mapping.
 
@@ -33,12 +41,9 @@ def preset_config(name: str) -> dict[str, Any]:
         ConfigError: the name is not registered (the message lists close matches).
     """
     import copy
-    import difflib
 
     if name not in _PRESETS:
-        close = difflib.get_close_matches(name, list(_PRESETS), n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(close)}?" if close else f"; known presets: {', '.join(list_presets())}"
-        raise ConfigError(f"unknown model {name!r}{hint}")
+        raise ConfigError(f"unknown model {name!r}{preset_hint(name)}")
     return copy.deepcopy(_PRESETS[name])
 
 

@@ -91,8 +91,10 @@ def load_unifont(path: str | None = None) -> GlyphTable:
             continue
         try:
             data = np.frombuffer(bytes.fromhex("".join(hexes)), dtype=np.uint8)
-        except ValueError as e:
-            raise ValueError(f"{p}: a glyph has invalid hex digits ({e})") from None
+        except ValueError:
+            data = None
+        if data is None or data.size != len(cps) * CELL * width // 8:  # fromhex also skips spaces
+            raise ValueError(_bad_digits_message(p, lines))
         bits = np.unpackbits(data).reshape(len(cps), CELL, width)  # MSB first = leftmost pixel
         cells[cps, :, :width] = bits
         advance[cps] = width
@@ -105,3 +107,15 @@ def load_unifont(path: str | None = None) -> GlyphTable:
     for a in (columns, advance, first_ink, last_ink):
         a.flags.writeable = False
     return GlyphTable(columns, advance, first_ink.astype(np.int64), last_ink.astype(np.int64))
+
+
+_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
+
+
+def _bad_digits_message(path: Path, lines: list[str]) -> str:
+    """Names the first line whose glyph bits are not all hex digits (searched only once parsing has failed)."""
+    for n, line in enumerate(lines, start=1):
+        hexbits = line.strip().partition(":")[2]
+        if not _HEX_DIGITS.issuperset(hexbits):
+            return f"{path}: line {n} has a glyph with characters that are not hex digits: {line[:80]!r}"
+    return f"{path}: a glyph has invalid hex digits"
