@@ -1,0 +1,118 @@
+"""Image–caption pairs listed in a table: CSV, TSV or parquet, with configurable columns.
+
+Each row names an image (a path, relative to ``image_root`` or the table's folder; in parquet also the
+image's bytes, or a ``{"bytes", "path"}`` struct as Hugging Face datasets store images) and its caption.
+Rows are read once; images are read and decoded on access, and a bad row raises ``BadSample`` with the
+reason (``no_image`` for a missing file, ``bad_text`` for a caption that is not UTF-8, ...), which the
+training batches count and replace. A CSV that is not valid UTF-8 is read with ``surrogateescape``, so
+one bad caption costs one row, not the file.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from clipforge.data.decode import BadSample, DecodeLimits, decode_image
+
+FORMATS = ("csv", "tsv", "parquet")
+
+
+def table_format(path: str | Path, kind: str | None = None) -> str:
+    """``csv``, ``tsv`` or ``parquet``: ``kind`` when given, else from the file's extension."""
+    fmt = kind or {".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet"}.get(Path(path).suffix.lower(), "csv")
+    if fmt not in FORMATS:
+        raise ValueError(f"table format must be one of {FORMATS}, got {fmt!r}")
+    return fmt
+
+
+def table_columns(path: str | Path, fmt: str) -> list[str]:
+    """The column names of a table (reads only the header or the parquet schema).
+
+    Raises:
+        ImportError: a parquet file without ``pyarrow`` installed.
+    """
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        return list(pq.read_schema(path).names)
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
+        return next(csv.reader(f, delimiter="\t" if fmt == "tsv" else ","), [])
+
+
+def read_table(path: str | Path, fmt: str, columns: tuple[str, str]) -> list[tuple[Any, Any]]:
+    """The ``columns`` of every row as tuples.
+
+    Raises:
+        ValueError: a column is missing (the message lists the table's columns).
+    """
+    present = table_columns(path, fmt)
+    missing = [c for c in columns if c not in present]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {missing}; the table has {present}")
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        data = pq.read_table(path, columns=list(columns)).to_pydict()
+        return list(zip(*(data[c] for c in columns)))
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
+        return [(row.get(columns[0]), row.get(columns[1]))
+                for row in csv.DictReader(f, delimiter="\t" if fmt == "tsv" else ",")]
+
+
+class TablePairs(torch.utils.data.Dataset):
+    """Item ``i`` is row ``i`` as ``(RGB image, caption text)``; a bad row raises ``BadSample``.
+
+    Args:
+        path: The table.
+        image_key: Column with the image path (or bytes, in parquet).
+        caption_key: Column with the caption.
+        image_root: Folder image paths are relative to; the table's folder when empty.
+        fmt: ``csv``, ``tsv`` or ``parquet`` (``None``: from the extension).
+        limits: Image size limits.
+        min_size: Decode at least this shorter side (reduce-on-decode); ``None``: full size.
+    """
+
+    def __init__(self, path: str | Path, image_key: str = "filepath", caption_key: str = "caption",
+                 image_root: str | Path = "", fmt: str | None = None, limits: DecodeLimits | None = None,
+                 min_size: int | None = None):
+        self.path, self.fmt = Path(path), table_format(path, fmt)
+        self.root = Path(image_root) if image_root else self.path.parent
+        self.limits, self.min_size = limits or DecodeLimits(), min_size
+        self.rows = read_table(self.path, self.fmt, (image_key, caption_key))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> tuple[Image.Image, str | bytes]:
+        data, caption = self.raw(i)
+        return decode_image(data, self.limits, self.min_size), caption
+
+    def raw(self, i: int) -> tuple[bytes, str | bytes]:
+        """Row ``i`` undecoded: ``(encoded image, caption text)``.
+
+        Raises:
+            BadSample: ``no_caption`` (empty cell) or ``no_image`` (no such file, empty cell).
+        """
+        ref, caption = self.rows[i]
+        if caption is None:
+            raise BadSample("no_caption", f"row {i}")
+        return self._image_bytes(ref, i), caption if isinstance(caption, str | bytes) else str(caption)
+
+    def _image_bytes(self, ref: Any, i: int) -> bytes:
+        """The encoded image a cell refers to: a path (read from disk), bytes, or a ``{bytes, path}`` struct."""
+        if isinstance(ref, dict):
+            ref = ref.get("bytes") or ref.get("path")
+        if isinstance(ref, bytes | bytearray):
+            return bytes(ref)
+        if not isinstance(ref, str) or not ref:
+            raise BadSample("no_image", f"row {i}: no image")
+        file = self.root / ref
+        try:
+            return file.read_bytes()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError, UnicodeEncodeError):
+            raise BadSample("no_image", f"row {i}: no file {file}") from None
