@@ -28,11 +28,13 @@ _BRACE = re.compile(r"\{(\d+)\.\.(\d+)\}")
 
 @dataclass
 class ShardStats:
-    """What reading a set of shards met: samples, shards read, and shards that failed (with the reason)."""
+    """What reading a set of shards met: samples, shards read, shards that failed (with the reason), and
+    damaged regions (unreadable member headers skipped over to the next valid one)."""
 
     samples: int = 0
     shards: int = 0
     bad_shards: list[tuple[str, str]] = field(default_factory=list)
+    damaged_regions: int = 0
 
 
 def expand_shards(spec: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[str]:
@@ -81,9 +83,7 @@ def iter_tar_samples(shards: Iterable[str | os.PathLike[str]], stats: ShardStats
                      fields: set[str] | None = None) -> Iterator[Sample]:
     """Streams samples (``{"__key__", "__url__", field: bytes, ...}``) from tar shards in order.
 
-    A damaged shard is recorded in ``stats.bad_shards`` and skipped from the point of damage (samples
-    already read from it are kept). Members without a field (no dot) and hidden files (``._*``, macOS
-    resource forks) are ignored.
+    See :func:`iter_shard` for how damage is handled.
 
     Args:
         shards: Paths of tar files (see :func:`expand_shards`).
@@ -92,30 +92,67 @@ def iter_tar_samples(shards: Iterable[str | os.PathLike[str]], stats: ShardStats
     """
     stats = stats if stats is not None else ShardStats()
     for shard in shards:
-        url = os.fspath(shard)
-        current: Sample | None = None
-        try:
-            with tarfile.open(url, mode="r|*") as tar:
-                stats.shards += 1
-                for member in tar:
-                    if not member.isfile():
-                        continue
-                    key, ext = split_key(member.name)
-                    if not ext or Path(member.name).name.startswith("._"):
-                        continue
-                    if current is None or current["__key__"] != key or ext in current:
-                        if current is not None:
-                            stats.samples += 1
-                            yield current
-                        current = {"__key__": key, "__url__": url}
-                    if fields is None or ext in fields:
-                        handle = tar.extractfile(member)
-                        current[ext] = handle.read() if handle is not None else b""
-        except (tarfile.TarError, OSError, EOFError) as e:
-            stats.bad_shards.append((url, f"{type(e).__name__}: {e}"))
+        yield from iter_shard(shard, stats, fields)
+
+
+def iter_shard(shard: str | os.PathLike[str], stats: ShardStats | None = None, fields: set[str] | None = None,
+               skip: int = 0) -> Iterator[Sample]:
+    """Streams the samples of one tar shard, surviving damage.
+
+    A member whose header is unreadable (bad checksum, garbage) is skipped block by block to the next valid
+    header (``tarfile``'s ``ignore_zeros``), and the hole is noticed because the next header does not start
+    where the previous member ended: the sample in progress and the one after the hole are flagged
+    ``"__broken__": True`` and ``stats.damaged_regions`` counts the hole. A shard that cannot be opened or
+    ends mid-member is recorded in ``stats.bad_shards``; samples read before the damage are kept (the
+    one cut short flagged broken). Members without a field (no dot) and hidden files (``._*``, macOS
+    resource forks) are ignored.
+
+    Args:
+        shard: Path of a tar file.
+        stats: Filled in while iterating, if given.
+        fields: Only keep these fields; all when ``None``.
+        skip: Pass over the first ``skip`` samples without reading their bytes (resuming mid-shard).
+    """
+    stats = stats if stats is not None else ShardStats()
+    url = os.fspath(shard)
+    current: Sample | None = None
+    index, after_hole, expected, members = -1, False, 0, 0
+    try:
+        with tarfile.open(url, mode="r|*", ignore_zeros=True) as tar:
+            stats.shards += 1
+            for member in tar:
+                members += 1
+                hole = member.offset != expected
+                expected = member.offset_data + -(-member.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+                if hole:
+                    stats.damaged_regions += 1
+                    if current is not None:
+                        current["__broken__"] = True
+                    after_hole = True
+                key, ext = split_key(member.name)
+                if not member.isfile() or not ext or Path(member.name).name.startswith("._"):
+                    continue
+                if current is None or current["__key__"] != key or ext in current:
+                    if current is not None and index >= skip:
+                        stats.samples += 1
+                        yield current
+                    index += 1
+                    current = {"__key__": key, "__url__": url}
+                if after_hole:
+                    current["__broken__"], after_hole = True, False
+                if index >= skip and (fields is None or ext in fields):
+                    handle = tar.extractfile(member)
+                    data = handle.read() if handle is not None else b""  # a member cut short raises: absent
+                    current[ext] = data
+        if not members:
+            raise tarfile.ReadError("no valid tar member")
+    except (tarfile.TarError, OSError, EOFError) as e:
+        stats.bad_shards.append((url, f"{type(e).__name__}: {e}"))
         if current is not None:
-            stats.samples += 1
-            yield current
+            current["__broken__"] = True
+    if current is not None and index >= skip:
+        stats.samples += 1
+        yield current
 
 
 def write_tar_shard(path: str | os.PathLike[str], samples: Iterable[dict[str, bytes | str]]) -> int:
