@@ -1,57 +1,79 @@
-"""Training batches as a pure function of ``(seed, step, rank)``: exact resume and sharding need no state.
+"""Training batches for the loop: one batch format ``(images, texts, info)`` over every data source.
 
-Item ``step`` of ``StepBatches`` is this rank's slice of global batch ``step``. Global position
-``p = step · batch_size + j`` maps to sample ``order(epoch)[p mod n]``, where ``order`` is a permutation
-seeded by ``(seed, epoch)``; the crop of each sample is drawn from an rng seeded by ``(seed, p)``.
-Rank ``r`` of ``W`` takes positions ``j ∈ [r · B/W, (r + 1) · B/W)`` of each global batch, so the union
-over ranks is exactly the single-process batch.
+``info`` is a small dict the loop hands to :class:`TrainData`: ``size`` (pairs in the batch), ``skipped``
+(samples met and skipped while building it, by reason: see ``clipforge.data.decode``) and, for tar
+shards, ``worker`` and ``position`` (where that reader stands) plus the sample ``keys``. It travels
+with the batch out of the DataLoader workers, so counts and positions reflect exactly the batches the
+loop consumed, never the ones prefetched.
+
+**Indexable sources** (synthetic world, CSV/TSV/parquet tables, image folders): batch ``step`` is a pure
+function of ``(seed, step, rank)`` (:class:`StepBatches`), so resuming is restarting at the step. Global
+position ``p = step · batch_size + j`` maps to sample ``order(epoch)[p mod n]``, where ``order`` is a
+permutation seeded by ``(seed, epoch)``; the crop and caption of each sample come from an rng seeded by
+``(seed, p)``. Rank ``r`` of ``W`` takes positions ``j ∈ [r · B/W, (r + 1) · B/W)`` of each global batch,
+so the union over ranks is exactly the single-process batch. A bad sample at position ``p`` is counted
+and replaced by a sample drawn by an rng seeded by ``(seed, p, attempt)``: still a pure function.
+
+**Tar shards** stream (:class:`ShardBatches`, ``clipforge.data.shards``): DataLoader worker ``w`` of a
+run that starts at ``start`` builds the batches of steps ``start + w, start + w + N, ...`` and plays
+*logical* worker ``step mod N``, so step ``s`` always comes from the same reader, across resumes. The
+checkpoint holds each logical worker's position after the last batch the loop consumed; in epoch mode a
+resumed run continues with exactly the next unseen samples (the same keys, captions and crops as an
+uninterrupted run). In resampled mode the position is not needed: readers are reseeded with the resume
+step, giving fresh draws from the same distribution.
 """
 
 from __future__ import annotations
 
-import csv
+import copy
 import random
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
-from clipforge.train.config import CSVDataConfig, DataConfig, SyntheticDataConfig
+from clipforge.data.decode import BadSample, decode_pair, decode_text, draft_size, pick_caption
+from clipforge.data.shards import open_stream, warn
+from clipforge.data.webdataset import ShardStats
+from clipforge.train.config import (
+    CSVDataConfig,
+    DataConfig,
+    FolderDataConfig,
+    ShardsDataConfig,
+    SyntheticDataConfig,
+)
+from clipforge.train.distributed import Runtime, gather_objects
+
+Batch = tuple[torch.Tensor, torch.Tensor, dict[str, Any]]
+MAX_ATTEMPTS = 64  # replacements tried for one position of an indexable source before giving up
+MAX_BAD_IN_A_ROW = 10_000  # unusable shard samples in a row before a reader gives up (fail, never spin)
 
 
-class CSVPairs(torch.utils.data.Dataset):
-    """(PIL image, caption) pairs listed in a CSV file; image paths relative to the file's folder."""
+def build_source(config: DataConfig, image_size: int) -> Sequence[tuple[Image.Image, Any]]:
+    """The indexable ``(PIL image, caption text)`` source a (non-shard) data config describes.
 
-    def __init__(self, config: CSVDataConfig):
-        path = Path(config.path)
-        with path.open(newline="") as f:
-            rows = list(csv.DictReader(f))
-        missing = {config.image_key, config.caption_key} - set(rows[0] if rows else {})
-        if missing:
-            raise ValueError(f"{path}: missing column(s) {sorted(missing)}")
-        self.root = path.parent
-        self.items = [(row[config.image_key], row[config.caption_key]) for row in rows]
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> tuple[Image.Image, str]:
-        file, caption = self.items[i]
-        with Image.open(self.root / file) as image:
-            return image.convert("RGB"), caption
-
-
-def build_source(config: DataConfig, image_size: int) -> Sequence[tuple[Image.Image, str]]:
-    """The indexable (PIL image, caption) source a data config describes."""
+    Items of table and folder sources may raise ``BadSample``; images are decoded at least ``image_size``
+    (more for random crops) on their shorter side, reduced on decode where the format allows.
+    """
     if isinstance(config, SyntheticDataConfig):
         from clipforge.data.synthetic import SyntheticWorld
 
         return SyntheticWorld(world_config(config, image_size)).dataset("train", config.train_size)
-    return CSVPairs(config)
+    min_size = draft_size(image_size, config.augment)
+    if isinstance(config, FolderDataConfig):
+        from clipforge.data.folders import FolderPairs
+
+        return FolderPairs(config.path, config.decode, min_size)
+    if isinstance(config, CSVDataConfig):
+        from clipforge.data.tables import TablePairs
+
+        return TablePairs(config.path, config.image_key, config.caption_key, config.image_root, config.kind,
+                          config.decode, min_size)
+    raise TypeError(f"{type(config).__name__} is not an indexable source")
 
 
 def world_config(config: SyntheticDataConfig, image_size: int) -> Any:
@@ -63,20 +85,20 @@ def world_config(config: SyntheticDataConfig, image_size: int) -> Any:
 
 
 class StepBatches(torch.utils.data.Dataset):
-    """Item ``step`` is ``(images (b, 3, H, W), text (b, T))``: this rank's share of global batch ``step``.
+    """Item ``step`` is ``(images (b, 3, H, W), text (b, T), info)``: this rank's share of global batch ``step``.
 
     Args:
-        source: Indexable (PIL image, caption) pairs.
+        source: Indexable ``(PIL image, caption text)`` pairs; an item may raise ``BadSample``.
         transform: Image transform; called as ``transform(image, rng)`` when ``augment``.
         text_processor: ``texts -> Tensor``.
         batch_size: The global batch size.
-        seed: Seeds the per-epoch order and the crops.
+        seed: Seeds the per-epoch order, the crops, caption picks and replacements of bad samples.
         rank: This process's rank.
         world_size: Number of processes.
         augment: Whether ``transform`` takes an rng (random crops).
     """
 
-    def __init__(self, source: Sequence[tuple[Image.Image, str]], transform: Callable, text_processor: Callable,
+    def __init__(self, source: Sequence[tuple[Image.Image, Any]], transform: Callable, text_processor: Callable,
                  batch_size: int, seed: int, rank: int = 0, world_size: int = 1, augment: bool = True):
         self.source, self.transform, self.text_processor = source, transform, text_processor
         self.batch_size, self.seed, self.augment = batch_size, seed, augment
@@ -86,18 +108,29 @@ class StepBatches(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return 2**62  # indexed by step; the sampler decides which steps are drawn
 
-    def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        images, captions = [], []
-        n = len(self.source)
+    def __getitem__(self, step: int) -> Batch:
+        images, captions, skipped = [], [], Counter()
         for j in self.positions:
             p = step * self.batch_size + j
-            image, caption = self.source[int(_order(self.seed, p // n, n)[p % n])]
-            if self.augment:
-                images.append(self.transform(image, random.Random(self.seed * 2**40 + p)))
-            else:
-                images.append(self.transform(image))
+            rng = random.Random(self.seed * 2**40 + p)
+            image, caption = self._sample(p, rng, skipped)
+            images.append(self.transform(image, rng) if self.augment else self.transform(image))
             captions.append(caption)
-        return torch.stack(images), self.text_processor(captions)
+        info = {"size": len(captions), "skipped": dict(skipped)}
+        return torch.stack(images), self.text_processor(captions), info
+
+    def _sample(self, p: int, rng: random.Random, skipped: Counter) -> tuple[Image.Image, str]:
+        """The pair at global position ``p``, or (counting each bad one) the first good replacement."""
+        n = len(self.source)
+        index = int(_order(self.seed, p // n, n)[p % n])
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            try:
+                image, text = self.source[index]
+                return image, pick_caption(decode_text(text), rng)
+            except BadSample as e:
+                skipped[e.reason] += 1
+                index = int(np.random.default_rng([self.seed, p, attempt]).integers(n))
+        raise RuntimeError(f"{MAX_ATTEMPTS} samples in a row were unusable (at position {p}): {dict(skipped)}")
 
 
 @lru_cache(maxsize=2)
@@ -106,9 +139,176 @@ def _order(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-def batch_loader(batches: StepBatches, start: int, stop: int, num_workers: int,
-                 pin_memory: bool = False) -> torch.utils.data.DataLoader:
-    """Steps ``start .. stop - 1`` of ``batches`` in order, prepared by ``num_workers`` processes."""
-    return torch.utils.data.DataLoader(batches, batch_size=None, sampler=range(start, stop), num_workers=num_workers,
-                                       pin_memory=pin_memory, persistent_workers=False,
-                                       prefetch_factor=4 if num_workers else None)
+class ShardBatches(torch.utils.data.IterableDataset):
+    """This rank's batches of steps ``start .. stop - 1`` from tar shards, each worker a reader (module docstring).
+
+    Args:
+        config: The shards config.
+        transform: Image transform; called as ``transform(image, rng)`` when ``config.augment``.
+        text_processor: ``texts -> Tensor``.
+        batch_size: The global batch size.
+        seed: Seeds shard order, source choice, caption picks and crops.
+        rank: This process's rank.
+        world_size: Number of processes.
+        image_size: The model's input side (JPEGs are reduced on decode towards it).
+
+    Raises:
+        ValueError: in epoch mode, a source with fewer shards than readers (ranks × workers).
+    """
+
+    def __init__(self, config: ShardsDataConfig, transform: Callable, text_processor: Callable, batch_size: int,
+                 seed: int, rank: int, world_size: int, image_size: int):
+        self.config, self.transform, self.text_processor = config, transform, text_processor
+        self.local, self.seed, self.rank, self.world_size = batch_size // world_size, seed, rank, world_size
+        self.min_size = draft_size(image_size, config.augment)
+        self.sources = config.sources()
+        self.start, self.stop, self.positions = 0, 0, {}
+        readers = world_size * max(config.num_workers, 1)
+        for i, shards in enumerate(self.sources):
+            if not config.resampled and len(shards) < readers:
+                raise ValueError(f"data.urls source {i} has {len(shards)} shard(s), fewer than the {readers} "
+                                 "readers (ranks × workers) that epoch mode splits shards among: use more shards, "
+                                 "fewer data.num_workers, or data.resampled=true")
+
+    def steps(self, start: int, stop: int, positions: dict[int, dict[str, Any]]) -> ShardBatches:
+        """A copy that yields steps ``start .. stop - 1``, readers continuing from ``positions`` (by logical worker)."""
+        batches = copy.copy(self)
+        batches.start, batches.stop, batches.positions = start, stop, positions
+        return batches
+
+    def __iter__(self) -> Iterator[Batch]:
+        info = torch.utils.data.get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
+        logical = (self.start + worker) % workers
+        slot, slots = self.rank * workers + logical, self.world_size * workers
+        salt = self.start if self.config.resampled else 0
+        stats = ShardStats()
+        stream = open_stream(self.sources, self.config.weights, slot=slot, slots=slots, seed=self.seed,
+                             resampled=self.config.resampled, interleave=self.config.interleave, stats=stats,
+                             state=self.positions.get(logical), salt=salt)
+        for _ in range(self.start + worker, self.stop, workers):
+            yield self._batch(stream, stats, f"{self.seed}/{slot}/{salt}", logical)
+
+    def _batch(self, stream: Iterator[tuple[int, dict[str, Any]]], stats: ShardStats, key: str,
+               logical: int) -> Batch:
+        """The next ``local`` usable samples of ``stream``, transformed, with their ``info``."""
+        c = self.config
+        images, captions, keys, skipped = [], [], [], Counter()
+        bad_shards, holes, bad_in_a_row = len(stats.bad_shards), stats.damaged_regions, 0
+        while len(images) < self.local:
+            index, sample = next(stream)
+            rng = random.Random(f"{key}/{index}")  # the sample's own rng: replayed exactly on resume
+            try:
+                image, caption = decode_pair(sample, c.decode, self.min_size, rng, c.image_fields, c.caption_field)
+            except BadSample as e:
+                skipped[e.reason] += 1
+                bad_in_a_row += 1
+                if bad_in_a_row >= MAX_BAD_IN_A_ROW:
+                    raise RuntimeError(f"{bad_in_a_row} shard samples in a row unusable: {dict(skipped)}") from None
+                continue
+            bad_in_a_row = 0
+            images.append(self.transform(image, rng) if c.augment else self.transform(image))
+            captions.append(caption)
+            keys.append(f"{sample['__url__']}#{sample['__key__']}")
+        for url, reason in stats.bad_shards[bad_shards:]:
+            warn(f"damaged shard {url}: {reason}")
+        if len(stats.bad_shards) > bad_shards:
+            skipped["shard_errors"] = len(stats.bad_shards) - bad_shards
+        if stats.damaged_regions > holes:
+            skipped["tar_holes"] = stats.damaged_regions - holes
+        info = {"size": len(captions), "skipped": dict(skipped), "worker": logical, "position": stream.state(),
+                "keys": keys}
+        return torch.stack(images), self.text_processor(captions), info
+
+
+class TrainData:
+    """The loop's data: builds the batches, counts what the loop consumed, saves and restores the position.
+
+    Args:
+        config: The data config.
+        transform: The image transform (train or eval, as ``config.augment`` says).
+        text_processor: ``texts -> Tensor``.
+        batch_size: The global batch size.
+        seed: The run's seed.
+        runtime: Rank and world size.
+        image_size: The model's input side.
+    """
+
+    def __init__(self, config: DataConfig, transform: Callable, text_processor: Callable, batch_size: int,
+                 seed: int, runtime: Runtime, image_size: int):
+        self.config, self.runtime, self.batch_size = config, runtime, batch_size
+        self.batches: StepBatches | ShardBatches
+        if isinstance(config, ShardsDataConfig):
+            self.batches = ShardBatches(config, transform, text_processor, batch_size, seed, runtime.rank,
+                                        runtime.world_size, image_size)
+        else:
+            self.batches = StepBatches(build_source(config, image_size), transform, text_processor, batch_size, seed,
+                                       runtime.rank, runtime.world_size, augment=config.augment)
+        self.used, self.skipped = 0, Counter()
+        self.positions: dict[int, dict[str, Any]] = {}
+
+    def loader(self, start: int, stop: int, pin_memory: bool = False) -> torch.utils.data.DataLoader:
+        """Batches of steps ``start .. stop - 1`` in order, prepared by ``config.num_workers`` processes."""
+        workers = self.config.num_workers
+        if isinstance(self.batches, ShardBatches):
+            dataset: Any = self.batches.steps(start, stop, self.positions)
+            sampler = None
+        else:
+            dataset, sampler = self.batches, range(start, stop)
+        return torch.utils.data.DataLoader(dataset, batch_size=None, sampler=sampler, num_workers=workers,
+                                           pin_memory=pin_memory, persistent_workers=False,
+                                           prefetch_factor=4 if workers else None)
+
+    def consume(self, info: dict[str, Any]) -> None:
+        """Records a batch the loop took: its counts and (shards) its reader's position. No device work."""
+        self.used += info["size"]
+        self.skipped.update(info["skipped"])
+        if "position" in info:
+            self.positions[int(info["worker"])] = info["position"]
+
+    def metrics(self) -> dict[str, int]:
+        """Pairs used and samples skipped (total and by reason) over all ranks since the run began (collective)."""
+        used, skipped = 0, Counter()
+        for rank_used, rank_skipped in gather_objects((self.used, dict(self.skipped)), self.runtime):
+            used += rank_used
+            skipped.update(rank_skipped)
+        shard_events = {"shard_errors", "tar_holes"}
+        out = {"data/used": used, "data/skipped": sum(n for r, n in skipped.items() if r not in shard_events)}
+        out.update({f"data/skipped/{reason}": n for reason, n in sorted(skipped.items())})
+        return out
+
+    def state(self, step: int) -> dict[str, Any]:
+        """The checkpoint's data entry: every rank's counts and reader positions (collective)."""
+        ranks = gather_objects({"used": self.used, "skipped": dict(self.skipped),
+                                "positions": copy.deepcopy(self.positions)}, self.runtime)
+        return {"step": step, "samples_seen": step * self.batch_size, "kind": self.config.kind,
+                "world_size": self.runtime.world_size, "num_workers": self.config.num_workers, "ranks": ranks}
+
+    def restore(self, saved: dict[str, Any] | None) -> None:
+        """Continues from a checkpoint's data entry (written by :meth:`state`).
+
+        Counts always carry over. Reader positions do when the readers are the same (kind, ranks,
+        workers); otherwise epoch mode warns and starts each reader at the epoch after the furthest one
+        saved, so no sample repeats within an epoch, but the rest of the interrupted epoch is not seen.
+        """
+        if not saved or "ranks" not in saved:
+            return
+        if len(saved["ranks"]) == self.runtime.world_size:
+            mine = saved["ranks"][self.runtime.rank]
+        else:
+            mine = {"used": 0, "skipped": {}, "positions": {}}
+        self.used, self.skipped = mine["used"], Counter(mine["skipped"])
+        same_readers = (saved.get("kind") == self.config.kind and saved["world_size"] == self.runtime.world_size
+                        and saved["num_workers"] == self.config.num_workers)
+        if same_readers or not isinstance(self.batches, ShardBatches) or self.config.resampled:
+            self.positions = {int(k): v for k, v in mine["positions"].items()}
+            return
+        epoch = 1 + max((s["epoch"] for r in saved["ranks"] for p in r["positions"].values() for s in p["sources"]),
+                        default=-1)
+        if self.runtime.is_main:
+            warn(f"the data position was saved for {saved['world_size']} rank(s) × {saved['num_workers']} "
+                 f"worker(s), this run has {self.runtime.world_size} × {self.config.num_workers}: "
+                 f"starting every reader at epoch {epoch}")
+        fresh = {"epoch": epoch, "opened": 0, "draws": 0, "open": []}
+        self.positions = {w: {"emitted": 0, "sources": [dict(fresh) for _ in self.batches.sources]}
+                          for w in range(max(self.config.num_workers, 1))}

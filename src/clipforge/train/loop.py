@@ -22,7 +22,7 @@ from tqdm import tqdm
 import clipforge
 from clipforge.train.checkpoint import load_checkpoint, resolve_checkpoint, rng_state, save_checkpoint, set_rng_state
 from clipforge.train.config import SyntheticDataConfig, TrainConfig, config_to_dict, save_config
-from clipforge.train.data import StepBatches, batch_loader, build_source, world_config
+from clipforge.train.data import TrainData, world_config
 from clipforge.train.distributed import (
     Runtime,
     all_reduce_gradients,
@@ -106,9 +106,8 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None) -> T
     text_processor = clipforge.get_text_processor(model)
     train_tf, eval_tf = clipforge.transforms.model_transforms(model.config)
     image_size = model.config.vision.image_size
-    batches = StepBatches(build_source(config.data, image_size), train_tf if config.data.augment else eval_tf,
-                          text_processor, config.batch_size, config.seed, runtime.rank, runtime.world_size,
-                          augment=config.data.augment)
+    data = TrainData(config.data, train_tf if config.data.augment else eval_tf, text_processor, config.batch_size,
+                     config.seed, runtime, image_size)
 
     start_step, checkpoint_path = 0, None
     checkpoint_dir = run_dir / "checkpoints"
@@ -121,6 +120,7 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None) -> T
             optimizer.load_state_dict(state["optimizer"])
             start_step = state["step"]
             set_rng_state(state["rng"][runtime.rank], device)
+            data.restore(state.get("data"))
             if runtime.is_main:
                 print(f"resumed from {checkpoint_path} at step {start_step}")
     if runtime.is_main:
@@ -138,7 +138,7 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None) -> T
         e = config.eval
         eval_set = build_eval_set(world, eval_tf, e.size, e.retrieval_size, e.language, e.split)
     metrics = MetricsLog(run_dir, runtime.is_main, start_step if resume is not None else None)
-    loader = batch_loader(batches, start_step, config.steps, config.data.num_workers, device.type == "cuda")
+    loader = data.loader(start_step, config.steps, pin_memory=device.type == "cuda")
 
     # --- The loop. ---
     loss_fn, amp = LOSSES[config.loss], autocast_dtype(config.precision, device)
@@ -148,7 +148,8 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None) -> T
     lock_tower(model, config.lock)
     bar = tqdm(total=config.steps, initial=start_step, disable=not runtime.is_main, dynamic_ncols=True)
     loss_sum, n_logged, t_log = torch.zeros((), device=device), 0, time.perf_counter()
-    for step, (images, texts) in enumerate(loader, start=start_step):
+    for step, (images, texts, data_info) in enumerate(loader, start=start_step):
+        data.consume(data_info)  # skip counts and reader position of this batch (host-side ints, no sync)
         lr = lr_at(step, o.lr, config.schedule.warmup_steps, config.steps, config.schedule.min_lr)
         set_lr(optimizer, lr)
         images, texts = images.to(device, non_blocking=True), texts.to(device, non_blocking=True)
@@ -171,7 +172,7 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None) -> T
             rate = n_logged * config.batch_size / (now - t_log)
             result.losses.append((done, mean_loss))
             metrics.log(done, {"loss": mean_loss, "lr": lr, "samples_per_s": rate,
-                               "logit_scale": model.scale().item()})
+                               "logit_scale": model.scale().item(), **data.metrics()})
             bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.2e}", samples_s=f"{rate:.0f}")
             loss_sum, n_logged, t_log = torch.zeros((), device=device), 0, time.perf_counter()
             if not math.isfinite(mean_loss):
@@ -182,7 +183,7 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None) -> T
             metrics.log(done, result.eval)
             bar.write(f"step {done}: " + ", ".join(f"{k} {v:.3f}" for k, v in result.eval.items()))
         if (config.checkpoint_every and done % config.checkpoint_every == 0) or done == config.steps:
-            result.checkpoint = _save(checkpoint_dir, done, model, optimizer, config, runtime)
+            result.checkpoint = _save(checkpoint_dir, done, model, optimizer, config, runtime, data)
         if eval_set is not None and config.eval.every and done % config.eval.every == 0:
             t_log = time.perf_counter()  # evaluation time is not training throughput
     bar.close()
@@ -198,18 +199,20 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None) -> T
 
 
 def _save(directory: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-          config: TrainConfig, runtime: Runtime) -> Path:
-    """Writes a training checkpoint (rank 0), with every rank's RNG states; all ranks return its path."""
+          config: TrainConfig, runtime: Runtime, data: TrainData) -> Path:
+    """Writes a training checkpoint (rank 0) with every rank's RNGs and data position; all ranks return its path."""
     rngs = gather_objects(rng_state(runtime.device), runtime)
+    data_state = data.state(step)
     path = directory / f"step_{step:08d}.pt"
     if runtime.is_main:
         state = {
             "step": step,
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
-            # The schedule is a pure function of the step; the data order of (seed, step): both resume from here.
+            # The schedule is a pure function of the step; the data is a function of (seed, step) plus, for
+            # tar shards, each reader's position: all resume from here.
             "schedule": {"step": step, **config_to_dict(config.schedule)},
-            "data": {"step": step, "samples_seen": step * config.batch_size, "seed": config.seed},
+            "data": {**data_state, "seed": config.seed},
             "rng": rngs,
             "config": config_to_dict(config),
             "model_config": clipforge.models.config.to_dict(model.config),

@@ -1,0 +1,306 @@
+"""Streaming tar shards: damage survived and counted, epoch sharding without duplicates, resampling, weights, resume."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from clipforge.data.decode import DecodeLimits
+from clipforge.data.shards import inspect_shards, open_stream, parse_sources
+from clipforge.data.webdataset import ShardStats, expand_shards, iter_shard, write_tar_shard
+from clipforge.train import Runtime, load_config
+from clipforge.train.data import TrainData
+from clipforge.train.metrics import read_metrics
+from clipforge.transforms import EvalTransform, TrainTransform
+
+ROOT = Path(__file__).parents[1]
+TINY = ["model_overrides.embed_dim=32", "model_overrides.vision.image_size=32", "model_overrides.vision.patch_size=8",
+        "model_overrides.vision.width=32", "model_overrides.vision.layers=1", "model_overrides.vision.heads=2",
+        "model_overrides.text.width=32", "model_overrides.text.heads=2", "model_overrides.text.layers=1",
+        "model_overrides.text.context_length=16", "schedule.warmup_steps=1", "plots=false"]
+
+
+@pytest.fixture(autouse=True)
+def deadline():
+    """Every test here must finish in 120 s: a hang fails the test instead of stalling CI."""
+    def expire(*_):
+        raise TimeoutError("test took longer than 120 s (a hang?)")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(120)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def jpeg(seed: int, width: int = 48, height: int = 40, fmt: str = "JPEG") -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def good(key: str, seed: int, fmt: str = "JPEG") -> dict:
+    field = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}[fmt]
+    return {"__key__": key, field: jpeg(seed, fmt=fmt), "txt": f"caption of {key}", "json": json.dumps({"key": key})}
+
+
+def write_good_shards(folder: Path, shards: int, per_shard: int, prefix: str = "") -> list[str]:
+    """``shards`` tars of ``per_shard`` good samples; keys ``{prefix}{shard:03d}{i:03d}``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for s in range(shards):
+        write_tar_shard(folder / f"{s:05d}.tar",
+                        [good(f"{prefix}{s:03d}{i:03d}", s * 1000 + i) for i in range(per_shard)])
+    return expand_shards(folder)
+
+
+def transforms(size: int = 32):
+    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    return TrainTransform(size, mean, std), EvalTransform(size, mean, std)
+
+
+def no_text(captions: list[str]) -> torch.Tensor:
+    return torch.zeros(len(captions), 4, dtype=torch.long)
+
+
+def train_data(urls, *, batch_size: int, workers: int = 0, rank: int = 0, world_size: int = 1, seed: int = 0,
+               **fields) -> TrainData:
+    overrides = {"data.kind": "shards", "data.urls": urls, "data.num_workers": workers, "batch_size": batch_size,
+                 "seed": seed, **{f"data.{k}": v for k, v in fields.items()}}
+    config = load_config(None, overrides)
+    train_tf, _ = transforms()
+    return TrainData(config.data, train_tf, no_text, batch_size, seed, Runtime(rank=rank, world_size=world_size),
+                     image_size=32)
+
+
+def consumed_keys(data: TrainData, start: int, stop: int) -> list[list[str]]:
+    """The sample keys of each batch of steps ``start .. stop - 1``, consumed as the loop does."""
+    batches = []
+    for _, _, info in data.loader(start, stop):
+        data.consume(info)
+        batches.append(info["keys"])
+    return batches
+
+
+def test_sources_from_braces_lists_and_double_colons(tmp_path):
+    a = write_good_shards(tmp_path / "a", 3, 1)
+    b = write_good_shards(tmp_path / "b", 2, 1)
+    assert parse_sources(f"{tmp_path}/a/{{00000..00002}}.tar::{tmp_path}/b/{{00000..00001}}.tar") == [a, b]
+    assert parse_sources([str(tmp_path / "a"), [b[1], b[0]]]) == [a, [b[1], b[0]]]
+    assert parse_sources(f"{tmp_path}/a/*.tar") == [a]
+    with pytest.raises(FileNotFoundError):
+        parse_sources(f"{tmp_path}/c/{{0..3}}.tar")
+    config = load_config(None, {"data.kind": "shards", "data.urls": [str(tmp_path / "a"), str(tmp_path / "b")],
+                                "data.weights": [3, 1]})
+    assert config.data.weights == (3.0, 1.0) and config.data.sources() == [a, b]
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"data.urls": "nowhere/{0..3}.tar"}, "data.urls: no tar shards found"),
+    ({"data.weights": [1, 2]}, "2 weight(s) for 1 source(s)"),
+    ({"data.weights": [0]}, "weights must be positive"),
+    ({"data.decode.max_pixels": 0}, "data.decode"),
+    ({"data.interleave": 0}, "interleave"),
+])
+def test_bad_shard_configs_fail_before_any_work(tmp_path, overrides, message):
+    from clipforge.models.config import ConfigError
+
+    write_good_shards(tmp_path, 2, 1)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_config(None, {"data.kind": "shards", "data.urls": str(tmp_path), **overrides})
+
+
+def test_epoch_mode_gives_ranks_and_workers_disjoint_shards(tmp_path):
+    """2 ranks × 2 workers over 8 shards of 5: every key exactly once per epoch, the next epoch reshuffled."""
+    write_good_shards(tmp_path, 8, 5)
+    seen, per_rank = Counter(), {}
+    for rank in (0, 1):
+        data = train_data(str(tmp_path), batch_size=4, workers=2, rank=rank, world_size=2, interleave=2)
+        batches = consumed_keys(data, 0, 20)  # 2 epochs: 40 samples / (2 per rank per step) = 20 steps per epoch
+        per_rank[rank] = batches
+        seen.update(k for batch in batches[:10] for k in batch)
+        assert all(len(b) == 2 for b in batches)
+    assert len(seen) == 40 and set(seen.values()) == {1}  # epoch 0: the full set, no repeats
+    workers = [{k.split("#")[0] for b in per_rank[r][w:10:2] for k in b} for r in (0, 1) for w in (0, 1)]
+    assert all(not (x & y) for i, x in enumerate(workers) for y in workers[i + 1:])  # shards never shared
+    second = Counter(k for r in (0, 1) for batch in per_rank[r][10:] for k in batch)
+    assert len(second) == 40 and set(second.values()) == {1}
+    assert [b for b in per_rank[0][10:]] != [b for b in per_rank[0][:10]]  # a new shard order each epoch
+
+
+def test_epoch_mode_needs_a_shard_per_reader(tmp_path):
+    write_good_shards(tmp_path, 3, 2)
+    with pytest.raises(ValueError, match="fewer than the 4 readers"):
+        train_data(str(tmp_path), batch_size=4, workers=2, world_size=2)
+
+
+def test_resume_continues_with_exactly_the_next_unseen_samples(tmp_path):
+    """Stopped after 5 steps (an odd step: worker roles must rotate) and resumed: the same keys, captions, crops."""
+    write_good_shards(tmp_path, 6, 7)
+    config = {"batch_size": 4, "workers": 2, "interleave": 2}
+    reference = train_data(str(tmp_path), **config)
+    expected = [(images, info["keys"]) for images, _, info in reference.loader(0, 14)]
+
+    first = train_data(str(tmp_path), **config)
+    assert [k for k in consumed_keys(first, 0, 5)] == [k for _, k in expected[:5]]
+    saved = torch.load(_roundtrip(first.state(5), tmp_path), weights_only=False)  # as a checkpoint holds it
+    resumed = train_data(str(tmp_path), **config)
+    resumed.restore(saved)
+    got = [(images, info["keys"]) for images, _, info in resumed.loader(5, 14)]
+    assert [k for _, k in got] == [k for _, k in expected[5:]]
+    for (a, _), (b, _) in zip(got, expected[5:]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    per_worker = [[k for _, ks in expected[w::2] for k in ks] for w in (0, 1)]  # worker w makes steps w, w + 2, ...
+    assert len(set(per_worker[0][:21]) | set(per_worker[1][:21])) == 42  # each reads its 3 shards: one epoch
+
+
+def _roundtrip(state: dict, tmp_path: Path) -> Path:
+    path = tmp_path / "data_state.pt"
+    torch.save(state, path)
+    return path
+
+
+def test_resampled_mode_draws_with_replacement_and_reseeds_on_resume(tmp_path):
+    write_good_shards(tmp_path, 3, 4)
+    data = train_data(str(tmp_path), batch_size=6, resampled=True, interleave=1)
+    keys = [k for b in consumed_keys(data, 0, 10) for k in b]
+    assert len(keys) == 60 and len(set(keys)) == 12  # every sample drawn, many more than once
+    again = [k for b in consumed_keys(train_data(str(tmp_path), batch_size=6, resampled=True, interleave=1), 0, 10)
+             for k in b]
+    assert again == keys  # seeded
+    resumed = train_data(str(tmp_path), batch_size=6, resampled=True, interleave=1)
+    assert [k for b in consumed_keys(resumed, 5, 10) for k in b] != keys[30:]  # a fresh stream after a resume
+    assert train_data(str(tmp_path), batch_size=6, resampled=True).config.resampled  # 3 shards, 1 reader: allowed
+
+
+def test_source_weights_set_the_sampling_ratio(tmp_path):
+    a = write_good_shards(tmp_path / "a", 2, 10, prefix="a")
+    b = write_good_shards(tmp_path / "b", 2, 10, prefix="b")
+    stream = open_stream([a, b], [3.0, 1.0], slot=0, slots=1, seed=0, resampled=False, interleave=2,
+                         stats=ShardStats())
+    sources = [sample["__key__"][0] for _, sample in (next(stream) for _ in range(4000))]
+    fraction = sources.count("a") / len(sources)
+    assert abs(fraction - 0.75) < 0.03  # 3σ = 0.02
+    position = stream.state()
+    epochs = [source["epoch"] for source in position["sources"]]  # equal sizes: a passes ~3× as often as b
+    assert abs(epochs[0] / epochs[1] - 3) < 0.5 and position["emitted"] == 4000
+
+
+def _corrupt_header(path: Path, member: str) -> None:
+    """Flips a byte of ``member``'s tar header name: its checksum no longer matches."""
+    data = bytearray(path.read_bytes())
+    offset = data.find(member.encode() + b"\x00")
+    assert offset % 512 == 0
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _truncate_inside(path: Path, member: str) -> None:
+    """Cuts the file 5 bytes into ``member``'s data."""
+    data = path.read_bytes()
+    path.write_bytes(data[:data.find(member.encode() + b"\x00") + 512 + 5])
+
+
+BAD_KINDS = ["truncated", "empty", "not_image", "no_caption", "bad_text", "bomb", "too_many_pixels", "bad_size",
+             "no_image", "broken_member", "corrupt", "blank_caption"]
+REASON = {"bomb": "too_large", "too_many_pixels": "too_large", "blank_caption": "no_caption"}
+
+
+def bad_sample(kind: str, key: str, seed: int) -> dict:
+    """A sample that is bad in the given way (``broken_member`` is made bad after writing)."""
+    from test_data_decode import corrupt_png, png_bomb
+
+    s = good(key, seed)
+    if kind == "truncated":
+        s["jpg"] = s["jpg"][: len(s["jpg"]) * 2 // 3]
+    elif kind == "empty":
+        s["jpg"] = b""
+    elif kind == "not_image":
+        s["jpg"] = bytes(np.random.default_rng(seed).integers(0, 256, 3000, dtype=np.uint8))
+    elif kind == "no_caption":
+        del s["txt"]
+    elif kind == "bad_text":
+        s["txt"] = b"caf\xe9 au lait \xff"
+    elif kind == "bomb":
+        del s["jpg"]
+        s["png"] = png_bomb(100_000, 100_000)
+    elif kind == "too_many_pixels":
+        s["jpg"] = jpeg(seed, 400, 300)  # above the run's data.decode.max_pixels=100000
+    elif kind == "bad_size":
+        s["jpg"] = jpeg(seed, 200, 8)
+    elif kind == "no_image":
+        del s["jpg"]
+    elif kind == "corrupt":
+        del s["jpg"]
+        s["png"] = corrupt_png()
+    elif kind == "blank_caption":
+        s["txt"] = " \n "
+    return s
+
+
+def write_damaged_shards(folder: Path, shards: int = 8, goods: int = 8) -> Counter:
+    """Shards alternating good and bad samples (each begins and ends good); returns the expected skips."""
+    folder.mkdir(parents=True, exist_ok=True)
+    expected, n = Counter(), 0
+    for s in range(shards):
+        samples, broken = [], []
+        for i in range(2 * goods - 1):
+            key = f"{s:03d}{i:03d}"
+            if i % 2 == 0:
+                samples.append(good(key, n, ("JPEG", "PNG", "WEBP")[i % 3]))
+            else:
+                kind = BAD_KINDS[n % len(BAD_KINDS)]
+                samples.append(bad_sample(kind, key, n))
+                expected[REASON.get(kind, kind)] += 1
+                if kind == "broken_member":
+                    broken.append(f"{key}.jpg")
+            n += 1
+        path = folder / f"{s:05d}.tar"
+        write_tar_shard(path, samples)
+        for member in broken:
+            _corrupt_header(path, member)
+            expected["tar_holes"] += 1
+    _truncate_inside(folder / f"{shards - 1:05d}.tar", f"{shards - 1:03d}{2 * goods - 2:03d}.json")
+    expected["shard_errors"] += 1  # ... and its last sample is still whole enough (jpg + txt) to use
+    return expected
+
+
+def test_damaged_shards_are_counted_exactly_by_the_reader(tmp_path):
+    expected = write_damaged_shards(tmp_path)
+    assert sum(v for k, v in expected.items() if k not in ("tar_holes", "shard_errors")) >= 50
+    stats = inspect_shards(str(tmp_path), DecodeLimits(max_pixels=100_000))
+    assert stats["usable"] == 64
+    assert stats["skipped"] == {k: v for k, v in expected.items() if k not in ("tar_holes", "shard_errors")}
+    assert stats["damaged_regions"] == expected["tar_holes"] and len(stats["bad_shards"]) == 1
+    samples = list(iter_shard(tmp_path / "00007.tar"))
+    assert samples[-1]["__broken__"] and "json" not in samples[-1] and {"webp", "txt"} <= set(samples[-1])
+
+
+def test_training_on_damaged_shards_reports_exact_counts_and_never_hangs(tmp_path):
+    """A real run (2 DataLoader workers) over ≥ 50 bad members: finishes, and its metrics count every skip."""
+    expected = write_damaged_shards(tmp_path / "shards")
+    args = [*TINY, "data.kind=shards", f"data.urls={tmp_path / 'shards'}", "data.num_workers=2", "data.interleave=2",
+            "data.decode.max_pixels=100000", "steps=8", "batch_size=8", "log_every=4", f"output_dir={tmp_path / 'run'}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-m", "clipforge.cli.train", "train", *args], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=100)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "damaged shard" in run.stderr  # the truncated shard is reported as it is met
+    last = [r for r in read_metrics(tmp_path / "run/metrics.jsonl") if "loss" in r][-1]
+    assert last["data/used"] == 64  # 8 steps × 8 = every good sample exactly once (each worker: its 4 shards)
+    counted = {k.removeprefix("data/skipped/"): v for k, v in last.items() if k.startswith("data/skipped/")}
+    assert counted == dict(expected)
+    assert last["data/skipped"] == sum(v for k, v in expected.items() if k not in ("tar_holes", "shard_errors"))
+    state = torch.load(tmp_path / "run/checkpoints/step_00000008.pt", weights_only=False)["data"]
+    assert state["kind"] == "shards" and set(state["ranks"][0]["positions"]) == {0, 1}
