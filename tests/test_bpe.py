@@ -10,11 +10,13 @@ import unicodedata
 from pathlib import Path
 
 import ftfy
+import ftfy.badness
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from clipforge.text import cleanup
 from clipforge.text.bpe import _ASCII_PATTERN, PATTERN, BPETokenizer, clean, get_default_tokenizer
 from clipforge.text.bpe_train import train_bpe
 
@@ -102,10 +104,71 @@ def test_ascii_fast_path_is_exact(text: str) -> None:
     assert _ASCII_PATTERN.findall(lowered) == PATTERN.findall(clean(text))
 
 
+def openai_clean(text: str) -> str:
+    """OpenAI's clean-up, step by step with ftfy itself: what ``clean`` must equal."""
+    return " ".join(html.unescape(html.unescape(ftfy.fix_text(text))).split()).lower()
+
+
+# Fragments at the edges of cleanup's shortcuts: HTML entities and a bare "&", "<" (turns ftfy's entity decoding
+# off), line breaks, C1 and other control characters, terminal escapes, curly quotes, ligatures, full-width forms,
+# NFC-composable pairs, lone surrogates, mojibake and its parts, text ftfy's mojibake regex looks at.
+EDGE_FRAGMENTS = [
+    "&", "&amp;", "&amp;amp;", "&#39;", "&quot;", "&lt;b&gt;", "&EACUTE;", "&nbsp;", "&#x2019;", "AT&T", "<", ">",
+    ";", "\n", "\r\n", "\r", "\x85", "\u2028", "\u2029", "\x1b[31m", "\x00", "\x7f", "\x0b", "\x1c", "\ufeff",
+    "“", "”", "‘", "’", "ʼ", "…", "—", "–", "ﬁ", "Ａ", "\u3000", "e\u0301", "\u0301", "\ud83d", "\U0001f600", "Ã©",
+    "â€™", "Ã", "Â", "\xa0", "\xad", "é", "É", "°", "×²", "√±", "ГўВЂВ", "Ø³", "à²", "вЂ", "€", "™", "®", "東京",
+    "Москва", "a", "B", "1", ".", "'", " ",
+]
+MOJIBAKE_CHARS = "".join(ftfy.badness.MOJIBAKE_CATEGORIES.values())
+edge_text = st.lists(st.one_of(st.sampled_from(EDGE_FRAGMENTS), st.sampled_from(MOJIBAKE_CHARS),
+                               st.text(alphabet="ab ", max_size=12), st.characters()), max_size=40).map("".join)
+
+
+def test_fixable_covers_every_character_a_fixer_changes() -> None:
+    """Every code point outside ``FIXABLE``, all in one string, passes each character fixer unchanged; as each
+    fixer maps characters one by one (tables, one-character regexes) or needs a ``FIXABLE`` character to start
+    (``\\r\\n``, terminal escapes), text without a ``FIXABLE`` character passes them all unchanged."""
+    others = "".join(chr(c) for c in range(0x110000) if not cleanup.FIXABLE.match(chr(c)))
+    assert 1_000_000 < len(others) < 0x110000
+    for fixer in cleanup.CHAR_FIXERS:
+        assert fixer(others) == others, fixer.__name__
+
+
+def test_windowed_is_bad_is_in_use_and_equals_ftfy() -> None:
+    assert cleanup._REACH is not None  # the installed ftfy's regex passed the structural checks
+    texts = corpus(3000, seed=8) + [f"{'x' * n}Ã {'y' * m}" for n in range(12) for m in range(12)]
+    texts += ["ГўВЂВ." + c for c in "a Z1"] + ["Ã ", "a Ã ", "Ã" + "-" * 20]
+    assert any(ftfy.badness.is_bad(t) for t in texts) and not all(ftfy.badness.is_bad(t) for t in texts)
+    for text in texts:
+        assert cleanup.is_bad(text) == ftfy.badness.is_bad(text), text
+
+
+@settings(max_examples=1500, deadline=None)
+@given(edge_text)
+def test_is_bad_equals_ftfy_on_edge_text(text: str) -> None:
+    assert cleanup.is_bad(text) == ftfy.badness.is_bad(text)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(edge_text)
+def test_fix_text_and_clean_equal_ftfy_on_edge_text(text: str) -> None:
+    assert cleanup.fix_text(text) == ftfy.fix_text(text)
+    assert clean(text) == openai_clean(text)
+
+
+def test_fix_text_known_answers_both_paths() -> None:
+    """Mojibake goes to ftfy itself; entities, quotes, widths and line breaks are fixed by ftfy's steps here."""
+    before = cleanup._ftfy_fix_text.cache_info().misses
+    assert cleanup.fix_text("caf\u00c3\u00a9 \u00e2\u20ac\u2122") == "caf\u00e9 '"
+    assert cleanup._ftfy_fix_text.cache_info().misses == before + 1
+    assert cleanup.fix_text("\u201cit\u2019s\u201d &amp; \ufb01ne\uff01\r\nok") == '"it\'s" & fine!\nok'
+    assert cleanup.fix_text("a &lt;b&gt;\n<i>&amp;</i>\n&amp;") == "a <b>\n<i>&amp;</i>\n&amp;"  # "<": entities kept
+    assert cleanup._ftfy_fix_text.cache_info().misses == before + 1
+
+
 def test_clean_equals_openai_steps() -> None:
     for text in corpus(3000, seed=1):
-        slow = " ".join(html.unescape(html.unescape(ftfy.fix_text(text))).split()).lower()
-        assert clean(text) == slow, text
+        assert clean(text) == openai_clean(text), text
 
 
 def test_ids_equal_hf_clip_tokenizer(tmp_path: Path) -> None:

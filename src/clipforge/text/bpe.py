@@ -5,7 +5,8 @@ The algorithm is OpenAI's ``SimpleTokenizer`` (``clip/simple_tokenizer.py``): ft
 unicode, BPE merges with a ``</w>`` end-of-word marker, and start/end-of-text tokens around each text.
 
 Speed comes from exact shortcuts, each proven by the parity tests against open_clip:
-- ftfy and HTML unescaping cannot change printable ASCII text without ``&``, so such text skips them;
+- ftfy and HTML unescaping cannot change printable ASCII text without ``&``, so such text skips them, and other
+  text takes ``cleanup.fix_text``, ftfy's steps with its no-op work skipped (see ``clipforge.text.cleanup``);
 - no pre-token contains whitespace, so a text is the concatenation of its space-separated chunks' ids,
   and those are cached per chunk (``"dog,"`` -> ids of ``dog`` and ``,``): a cache hit skips the regex
   and the BPE entirely;
@@ -15,7 +16,6 @@ Speed comes from exact shortcuts, each proven by the parity tests against open_c
 from __future__ import annotations
 
 import gzip
-import html
 import importlib.resources
 import json
 import os
@@ -25,10 +25,11 @@ from functools import lru_cache
 from itertools import chain, pairwise
 from pathlib import Path
 
-import ftfy
 import numpy as np
 import regex
 import torch
+
+from clipforge.text.cleanup import clean, is_plain_ascii
 
 SOT, EOT = "<|startoftext|>", "<|endoftext|>"
 VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
@@ -54,22 +55,6 @@ def bytes_to_unicode() -> dict[int, str]:
             cs.append(256 + n)
             n += 1
     return dict(zip(bs, map(chr, cs)))
-
-
-def _is_plain_ascii(text: str) -> bool:
-    """True where ftfy and HTML unescaping provably change nothing: printable ASCII without ``&``."""
-    return text.isascii() and text.isprintable() and "&" not in text
-
-
-def clean(text: str) -> str:
-    """OpenAI's text clean-up: ftfy fix, HTML unescape twice, whitespace collapse and strip, lowercase.
-
-    Whitespace is collapsed with ``str.split`` (open_clip) rather than OpenAI's ``regex`` ``\\s+``; they differ only
-    on U+001C..U+001F, which ftfy has already removed.
-    """
-    if not _is_plain_ascii(text):
-        text = html.unescape(html.unescape(ftfy.fix_text(text)))
-    return " ".join(text.split()).lower()
 
 
 def default_vocab_path() -> Path:
@@ -222,7 +207,7 @@ class BPETokenizer:
 
     def _chunks(self, text: str) -> list[str]:
         """Cleaned text split on its (single) spaces; no pre-token spans a space, so chunks tokenise alone."""
-        if _is_plain_ascii(text):
+        if is_plain_ascii(text):
             return text.lower().split()  # clean() minus work that cannot change the chunks
         return clean(text).split()
 
