@@ -229,3 +229,12 @@ def test_full_size_torchscript_parity(name: str, vision: CLIPVisionCfg, tmp_path
     with torch.no_grad():
         assert (model.encode_image(images) - reference.encode_image(images)).abs().max() <= TOL
         assert (model.encode_text(tokens) - reference.encode_text(tokens)).abs().max() <= TOL
+
+
+@pytest.mark.parametrize("to", ["hf", "open_clip"])
+def test_a_conv_stem_model_is_refused_by_the_foreign_layouts(tmp_path: Path, to: str) -> None:
+    from clipforge.checkpoints.native import save_pretrained
+
+    src = save_pretrained(clipforge.create_model("tiny-vit", vision={"stem": "conv"}), tmp_path / "model")
+    with pytest.raises(CheckpointError, match="stem='conv'"):
+        convert(src, tmp_path / "out", to=to)

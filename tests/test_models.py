@@ -156,6 +156,22 @@ def test_other_poolings(pool: str) -> None:
     assert model.encode_image(torch.randn(2, 3, 64, 64)).shape == (2, 128)
 
 
+def test_conv_stem_reaches_the_patch_grid_and_rejects_other_patch_sizes() -> None:
+    model = clipforge.create_model("tiny-vit", vision={"stem": "conv"})  # patch 8: three stride-2 3×3 convs
+    convs = [m for m in model.visual.stem if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.stride) for c in convs] == [(3, 16, (2, 2)), (16, 32, (2, 2)),
+                                                                          (32, 64, (2, 2))]
+    assert model.visual.patch_embed.kernel_size == (1, 1)
+    seen = {}
+    model.visual.ln_pre.register_forward_hook(lambda m, i, o: seen.__setitem__("shape", o.shape))
+    features = model.encode_image(torch.randn(2, 3, 64, 64))
+    features.sum().backward()
+    assert seen["shape"] == (2, 1 + 64, 128) and features.shape == (2, 128)
+    assert all(c.weight.grad is not None and c.weight.grad.abs().sum() > 0 for c in convs)
+    with pytest.raises(ConfigError, match="power-of-two patch_size"):
+        clipforge.create_model("tiny-vit", vision={"stem": "conv", "patch_size": 12, "image_size": 96})
+
+
 def test_patch_dropout_only_in_training() -> None:
     torch.manual_seed(0)
     model = clipforge.create_model("tiny-vit", vision={"patch_dropout": 0.5})

@@ -73,10 +73,10 @@ def hf_config(config: CLIPConfig) -> dict[str, Any]:
     if not isinstance(v, ViTConfig):
         raise CheckpointError("HF transformers has no ResNet CLIP: a ResNet model cannot be exported to the HF "
                               "format (use --to open_clip or --to clipforge)")
-    if v.pool != "cls" or not v.class_token or not v.ln_pre or v.patch_bias or v.proj_bias:
-        raise CheckpointError("HF's CLIPVisionModel is a class-token ViT with ln_pre and no patch/projection "
-                              f"bias; this one has pool={v.pool!r}, class_token={v.class_token}, ln_pre={v.ln_pre}, "
-                              f"patch_bias={v.patch_bias}, proj_bias={v.proj_bias}")
+    if v.pool != "cls" or not v.class_token or not v.ln_pre or v.patch_bias or v.proj_bias or v.stem != "patch":
+        raise CheckpointError("HF's CLIPVisionModel is a patch-stem class-token ViT with ln_pre and no "
+                              f"patch/projection bias; this one has pool={v.pool!r}, class_token={v.class_token}, "
+                              f"ln_pre={v.ln_pre}, patch_bias={v.patch_bias}, proj_bias={v.proj_bias}, stem={v.stem!r}")
     if config.init_logit_bias is not None:
         raise CheckpointError("HF's CLIPModel has no logit bias (a SigLIP-style model); it cannot be exported to it")
     eos = t.eot_token_id if t.eot_token_id is not None else t.vocab_size - 1

@@ -284,10 +284,10 @@ def key_pairs(config: CLIPConfig) -> list[tuple[str, str]]:
     pairs: list[tuple[str, str]] = []
     v = config.vision
     if isinstance(v, ViTConfig):
-        if v.pool != "cls" or not v.class_token or v.patch_bias or v.proj_bias:
-            raise CheckpointError("the OpenAI/open_clip layout holds only class-token ViTs without patch or "
-                                  f"projection biases; this config has pool={v.pool!r}, class_token={v.class_token}, "
-                                  f"patch_bias={v.patch_bias}, proj_bias={v.proj_bias}")
+        if v.pool != "cls" or not v.class_token or v.patch_bias or v.proj_bias or v.stem != "patch":
+            raise CheckpointError("the OpenAI/open_clip layout holds only patch-stem class-token ViTs without patch "
+                                  f"or projection biases; this config has pool={v.pool!r}, class_token={v.class_token}"
+                                  f", patch_bias={v.patch_bias}, proj_bias={v.proj_bias}, stem={v.stem!r}")
         pairs += [("visual.conv1.weight", "visual.patch_embed.weight"),
                   ("visual.class_embedding", "visual.class_token"),
                   ("visual.positional_embedding", "visual.pos_embed"), ("visual.proj", "visual.proj"),

@@ -190,6 +190,11 @@ class ViTConfig:
         patch_bias: Bias in the patch-embedding convolution (CLIP: no; big_vision: yes).
         patch_dropout: Fraction of patch tokens dropped at training time (FLIP, Li et al. 2022).
         proj_bias: A bias on the output projection (big_vision's ``head`` Dense has one; CLIP's has not).
+        stem: ``patch`` (one strided convolution, as in every released ViT) or ``conv`` (a stack of 3×3
+            stride-2 convolutions, channels doubling up to ``width / 2``, then a 1×1 projection: the
+            early-convolution stem of Xiao et al. 2021, far more sample-efficient for small models and
+            data; ``patch_size`` must then be a power of two ≥ 2). Checkpoint export to OpenAI,
+            open_clip, HF and big_vision layouts needs ``patch``.
     """
 
     kind: Literal["vit"] = "vit"
@@ -205,6 +210,7 @@ class ViTConfig:
     patch_bias: bool = False
     patch_dropout: float = 0.0
     proj_bias: bool = False
+    stem: Literal["patch", "conv"] = "patch"
 
     def __post_init__(self) -> None:
         _positive("vision", image_size=self.image_size, patch_size=self.patch_size, width=self.width,
@@ -217,6 +223,8 @@ class ViTConfig:
             raise ConfigError("vision.pool='cls' needs class_token=True")
         if not 0.0 <= self.patch_dropout < 1.0:
             raise ConfigError(f"vision.patch_dropout must be in [0, 1), got {self.patch_dropout}")
+        if self.stem == "conv" and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
+            raise ConfigError(f"vision.stem='conv' needs a power-of-two patch_size ≥ 2, got {self.patch_size}")
 
     @property
     def grid_size(self) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 
@@ -23,7 +25,9 @@ class VisionTransformer(nn.Module):
         super().__init__()
         self.config = config
         width, scale = config.width, config.width**-0.5
-        self.patch_embed = nn.Conv2d(3, width, config.patch_size, stride=config.patch_size, bias=config.patch_bias)
+        self.stem = conv_stem(config.patch_size, width, act) if config.stem == "conv" else None
+        in_channels, kernel = (self.stem[-2].out_channels, 1) if self.stem is not None else (3, config.patch_size)
+        self.patch_embed = nn.Conv2d(in_channels, width, kernel, stride=kernel, bias=config.patch_bias)
         n_tokens = config.grid_size**2 + int(config.class_token)
         self.class_token = nn.Parameter(scale * torch.randn(width)) if config.class_token else None
         self.pos_embed = nn.Parameter(scale * torch.randn(n_tokens, width))
@@ -39,6 +43,8 @@ class VisionTransformer(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Encodes normalised images (B, 3, H, W) into (B, embed_dim) features (not L2-normalised)."""
+        if self.stem is not None:
+            images = self.stem(images)
         x = self.patch_embed(images).flatten(2).transpose(1, 2)  # (B, grid², width)
         if self.class_token is not None:
             x = torch.cat([self.class_token.expand(x.shape[0], 1, -1).to(x.dtype), x], dim=1)
@@ -73,3 +79,17 @@ class VisionTransformer(nn.Module):
         idx = torch.rand(B, N, device=x.device).argsort(dim=1)[:, :keep]  # (B, keep)
         patches = patches.gather(1, idx.unsqueeze(-1).expand(-1, -1, C))
         return torch.cat([prefix, patches], dim=1)
+
+
+def conv_stem(patch_size: int, width: int, act: str) -> nn.Sequential:
+    """3×3 stride-2 convolutions (Xiao et al. 2021), ``log2(patch_size)`` of them, each followed by the activation.
+
+    Channels double at each step and reach ``width // 2`` at the last one (at least 8 each), so the
+    output grid equals the patch grid and ``patch_embed`` becomes a 1×1 projection to ``width``.
+    """
+    n = patch_size.bit_length() - 1
+    channels = [3] + [max(8, width >> (n - i)) for i in range(n)]
+    layers: list[nn.Module] = []
+    for c_in, c_out in itertools.pairwise(channels):
+        layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), make_act(act)()]
+    return nn.Sequential(*layers)
