@@ -1,0 +1,151 @@
+"""Indexable sources: CSV/TSV/parquet tables with chosen columns, image folders with sidecars, bad rows counted."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from clipforge.data.decode import BadSample
+from clipforge.data.folders import FolderPairs
+from clipforge.data.tables import TablePairs
+from clipforge.models.config import ConfigError
+from clipforge.train import Runtime, load_config
+from clipforge.train.data import TrainData
+from clipforge.transforms import EvalTransform, TrainTransform
+
+
+def image_bytes(seed: int, size: tuple[int, int] = (40, 48), fmt: str = "JPEG") -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+GOOD = 6
+# (image file or None, caption as raw bytes, expected reason or None)
+ROWS = [*[(f"img/{i}.jpg", f"photo number {i}".encode(), None) for i in range(GOOD)],
+        ("img/missing.jpg", b"a caption", "no_image"),
+        ("img/corrupt.jpg", b"a caption", "not_image"),
+        ("img/0.jpg", b"caf\xe9 \xff", "bad_text"),
+        ("img/1.jpg", b"", "no_caption")]
+
+
+def write_table(folder: Path, delimiter: str = ",") -> Path:
+    """A table with columns ``img`` and ``text`` (written as raw bytes: one caption is not UTF-8)."""
+    (folder / "img").mkdir(parents=True, exist_ok=True)
+    for i in range(GOOD):
+        (folder / f"img/{i}.jpg").write_bytes(image_bytes(i))
+    (folder / "img/corrupt.jpg").write_bytes(b"\x00not a jpeg" * 50)
+    lines = [f"id{delimiter}img{delimiter}text".encode()]
+    lines += [delimiter.encode().join([str(i).encode(), path.encode(), caption]) for i, (path, caption, _) in
+              enumerate(ROWS)]
+    path = folder / ("pairs.tsv" if delimiter == "\t" else "pairs.csv")
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+def collect(data: TrainData, steps: int) -> tuple[list[str], Counter]:
+    """Captions used and skips counted over ``steps`` batches."""
+    captions: list[str] = []
+    data.batches.text_processor = lambda texts: (captions.extend(texts), torch.zeros(len(texts), 2))[1]
+    for _, _, info in data.loader(0, steps):
+        data.consume(info)
+    return captions, data.skipped
+
+
+def build(overrides: dict, batch_size: int = 5) -> TrainData:
+    config = load_config(None, {**overrides, "batch_size": batch_size})
+    mean, std = (0.5,) * 3, (0.25,) * 3
+    return TrainData(config.data, TrainTransform(32, mean, std), None, batch_size, 0, Runtime(), image_size=32)
+
+
+@pytest.mark.parametrize("delimiter", [",", "\t"])
+def test_table_rows_decode_or_name_their_fault(tmp_path, delimiter):
+    path = write_table(tmp_path, delimiter)
+    table = TablePairs(path, "img", "text")
+    assert table.fmt == ("tsv" if delimiter == "\t" else "csv") and len(table) == len(ROWS)
+    for i, (_, caption, reason) in enumerate(ROWS):
+        if reason in (None, "bad_text", "no_caption"):  # the image is fine; the caption is checked by the batches
+            image, text = table[i]
+            assert image.mode == "RGB" and min(image.size) >= 40
+            assert text.encode("utf-8", "surrogateescape") == caption
+        else:
+            with pytest.raises(BadSample) as e:
+                table[i]
+            assert e.value.reason == reason
+
+
+@pytest.mark.parametrize("kind", ["csv", "tsv"])
+def test_training_batches_from_a_table_skip_and_count_bad_rows(tmp_path, kind):
+    path = write_table(tmp_path, "\t" if kind == "tsv" else ",")
+    data = build({"data.kind": kind, "data.path": str(path), "data.image_key": "img", "data.caption_key": "text"})
+    captions, skipped = collect(data, 2 * len(ROWS) // 5)  # two epochs
+    assert set(captions) == {f"photo number {i}" for i in range(GOOD)}  # only good rows reach the model
+    assert len(captions) == 2 * len(ROWS)  # each bad row was replaced, so every batch is full
+    for reason in ("no_image", "not_image", "bad_text", "no_caption"):
+        assert skipped[reason] >= 2  # each bad row met once per epoch (replacement draws may meet it again)
+    assert data.used == len(captions)
+
+
+def test_parquet_with_image_bytes_structs_and_paths(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    (tmp_path / "a.jpg").write_bytes(image_bytes(7))
+    images = [{"bytes": image_bytes(i), "path": None} for i in range(3)] + [{"bytes": None, "path": "a.jpg"}, None]
+    table = pa.table({"image": images, "caption": ["c0", "c1", None, "c3", "c4"]})
+    pq.write_table(table, tmp_path / "pairs.parquet")
+    data = build({"data.kind": "parquet", "data.path": str(tmp_path / "pairs.parquet"), "data.image_key": "image"},
+                 batch_size=3)
+    captions, _ = collect(data, 2)
+    assert set(captions) <= {"c0", "c1", "c3"} and len(captions) == 6
+    rows = TablePairs(tmp_path / "pairs.parquet", "image", "caption")
+    assert rows[3][0].size == (40, 48)
+    with pytest.raises(BadSample, match="no_caption"):
+        rows[2]
+    with pytest.raises(BadSample, match="no_image"):
+        rows[4]
+
+
+def test_folder_with_sidecar_captions(tmp_path):
+    (tmp_path / "sub").mkdir()
+    for i in range(4):
+        (tmp_path / f"sub/{i}.png").write_bytes(image_bytes(i, fmt="PNG"))
+        (tmp_path / f"sub/{i}.txt").write_text(f"first caption {i}\nsecond caption {i}\n")
+    (tmp_path / "lonely.jpg").write_bytes(image_bytes(9))  # no sidecar
+    (tmp_path / ".hidden.jpg").write_bytes(image_bytes(10))
+    pairs = FolderPairs(tmp_path)
+    assert [p.name for p in pairs.files] == ["lonely.jpg", "0.png", "1.png", "2.png", "3.png"]
+    with pytest.raises(BadSample, match="no_caption"):
+        pairs[0]
+    data = build({"data.kind": "folder", "data.path": str(tmp_path)}, batch_size=4)
+    captions, skipped = collect(data, 10)
+    assert {c.split()[0] for c in captions} == {"first", "second"}  # one of the lines, picked per sample
+    assert {c.split()[-1] for c in captions} == {"0", "1", "2", "3"} and skipped["no_caption"] >= 8
+
+
+@pytest.mark.parametrize(("kind", "extra", "message"), [
+    ("csv", {"data.image_key": "path"}, r"has no column\(s\) \['path'\]; its columns: \['id', 'img', 'text'\]"),
+    ("tsv", {"data.image_root": "/no/such/dir"}, "data.image_root: no such folder"),
+    ("folder", {"data.path": "/no/such/dir"}, "needs an existing folder"),
+    ("folder", {"data.image_key": "img"}, "unknown field 'image_key'"),
+])
+def test_table_and_folder_configs_are_checked_before_any_work(tmp_path, kind, extra, message):
+    path = write_table(tmp_path, "\t" if kind == "tsv" else ",")
+    columns = {"data.image_key": "img", "data.caption_key": "text"} if kind != "folder" else {}
+    with pytest.raises(ConfigError, match=message):  # kind first: changing it resets the other data.* fields
+        load_config(None, {"data.kind": kind, "data.path": str(path), **columns, **extra})
+
+
+def test_csv_reader_keeps_standard_quoting(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(image_bytes(0))
+    with (tmp_path / "q.csv").open("w", newline="") as f:
+        csv.writer(f).writerows([["filepath", "caption"], ["a.jpg", 'a "quoted", comma caption']])
+    assert TablePairs(tmp_path / "q.csv")[0][1] == 'a "quoted", comma caption'
+    assert isinstance(EvalTransform(32, (0.5,) * 3, (0.5,) * 3)(TablePairs(tmp_path / "q.csv")[0][0]), torch.Tensor)
