@@ -1,4 +1,4 @@
-"""Robust decoding: every kind of bad image or caption maps to its reason; good images decode reduced but never too small."""
+"""Robust decoding: each bad image or caption maps to its reason; good images decode reduced, never too small."""
 
 from __future__ import annotations
 

@@ -1,9 +1,127 @@
-"""``clipforge data``: (being written; registers no verb yet)."""
+"""``clipforge data``: write training shards and check them.
+
+    clipforge data shards pairs.csv out/ --shard-size 10000          # a CSV/TSV/parquet table
+    clipforge data shards photos/ out/ --shard-size 1000 --resize 384 # a folder with .txt sidecars
+    clipforge data shards synthetic out/ --count 20000 --shard-size 1000 --captions 3
+    clipforge data stats "out/{00000..00019}.tar"                     # count and validate every sample
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+SOURCES = ("auto", "csv", "tsv", "parquet", "folder", "synthetic")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Adds the verb (none yet)."""
+    """Adds ``data shards`` and ``data stats``."""
+    p = sub.add_parser("data", help="write webdataset shards (img2dataset layout) and check them")
+    verbs = p.add_subparsers(dest="data_verb", metavar="ACTION", required=True)
+
+    s = verbs.add_parser("shards", help="write SRC (a table, a folder, or 'synthetic') as tar shards into OUT")
+    s.add_argument("src", metavar="SRC", help="a .csv/.tsv/.parquet table, a folder of images + .txt, or 'synthetic'")
+    s.add_argument("out", metavar="OUT", help="output folder (gets 00000.tar, ... and stats.json)")
+    s.add_argument("--shard-size", type=int, default=10_000, help="samples per shard (default: 10000)")
+    s.add_argument("--from", dest="kind", choices=SOURCES, default="auto", help="source kind (default: from SRC)")
+    s.add_argument("--image-key", default="filepath", help="table column with the image path (default: filepath)")
+    s.add_argument("--caption-key", default="caption", help="table column with the caption (default: caption)")
+    s.add_argument("--image-root", default="", help="folder the table's image paths are relative to")
+    s.add_argument("--resize", type=int, help="shorter side at most this many pixels (re-encodes as JPEG)")
+    s.add_argument("--count", type=int, default=10_000, help="synthetic: number of samples (default: 10000)")
+    s.add_argument("--seed", type=int, default=0, help="synthetic: the world's seed")
+    s.add_argument("--image-size", type=int, default=64, help="synthetic: image side (default: 64)")
+    s.add_argument("--captions", type=int, default=1, help="synthetic: captions per image, one per line")
+    s.add_argument("--max-pixels", type=int, help="skip images with more pixels than this")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=shards_command)
+
+    s = verbs.add_parser("stats", help="count and validate the samples of tar shards (prints JSON)")
+    s.add_argument("urls", metavar="SHARDS", help="brace range, glob, folder or file; sources joined by ::")
+    s.add_argument("--caption-field", default="txt", help="the caption field (default: txt)")
+    s.add_argument("--max-pixels", type=int, help="count images with more pixels than this as too_large")
+    s.set_defaults(func=stats_command)
+
+
+def source_kind(src: str, kind: str) -> str:
+    """The source kind of ``src``: ``kind`` unless ``auto``, else from the path.
+
+    Raises:
+        FileNotFoundError: ``src`` does not exist (and is not ``synthetic``).
+    """
+    if kind != "auto":
+        return kind
+    if src == "synthetic":
+        return "synthetic"
+    path = Path(src)
+    if path.is_dir():
+        return "folder"
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file or folder: {src}")
+    from clipforge.data.tables import table_format
+
+    return table_format(path)
+
+
+def _limits(max_pixels: int | None) -> Any:
+    from clipforge.data.decode import DecodeLimits
+
+    return (DecodeLimits(max_pixels=max_pixels) if max_pixels is not None else DecodeLimits()).validate()
+
+
+def shards_command(args: argparse.Namespace) -> int:
+    """Writes the shards and prints the stats summary."""
+    from clipforge.data.writer import write_shards
+
+    kind = source_kind(args.src, args.kind)
+    limits = _limits(args.max_pixels)
+    if kind == "synthetic":
+        load, count = _synthetic_loader(args), args.count
+    elif kind == "folder":
+        from clipforge.data.folders import FolderPairs
+
+        pairs = FolderPairs(args.src, limits)
+        load, count = (lambda i: (*pairs.raw(i), {"source": str(pairs.files[i])})), len(pairs)
+    else:
+        from clipforge.data.tables import TablePairs
+
+        table = TablePairs(args.src, args.image_key, args.caption_key, args.image_root, kind, limits)
+        load, count = (lambda i: (*table.raw(i), {"source": f"{args.src}:{i}"})), len(table)
+    if count <= 0:
+        raise ValueError(f"{args.src}: nothing to write")
+    stats = write_shards(load, count, args.out, args.shard_size, limits, args.resize, source=args.src,
+                         progress=not args.quiet)
+    print(f"wrote {stats['samples']} samples in {len(stats['shards'])} shard(s) to {args.out} "
+          f"({stats['image_bytes'] / 1e6:.1f} MB of images, {stats['seconds']:.1f} s); "
+          f"skipped {sum(stats['skipped'].values())}: {stats['skipped'] or 'none'}")
+    return 0
+
+
+def _synthetic_loader(args: argparse.Namespace) -> Any:
+    """``load(i)`` for the synthetic world's training split: image, ``--captions`` captions, attributes."""
+    from clipforge.data.synthetic import SyntheticWorld, WorldConfig
+
+    if args.count <= 0 or args.captions <= 0:
+        raise ValueError("--count and --captions must be positive")
+    world = SyntheticWorld(WorldConfig(seed=args.seed, image_size=args.image_size))
+
+    def load(i: int) -> tuple[Any, str, dict[str, Any]]:
+        sample = world.sample("train", i)
+        captions = [sample.caption]
+        if args.captions > 1:
+            captions += [c for c in world.captions("train", i, args.captions, "en") if c != sample.caption]
+        attributes = {k: v for k, v in sample.attributes.items() if isinstance(v, str | int | float)}
+        return sample.image, "\n".join(captions[:args.captions]), {"source": f"synthetic:{i}", **attributes}
+
+    return load
+
+
+def stats_command(args: argparse.Namespace) -> int:
+    """Prints the shards' sample counts (read, usable, skipped by reason) as JSON."""
+    from clipforge.data.shards import inspect_shards
+
+    stats = inspect_shards(args.urls, _limits(args.max_pixels), caption_field=args.caption_field, progress=True)
+    print(json.dumps(stats, indent=2))
+    return 0

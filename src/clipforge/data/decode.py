@@ -67,9 +67,14 @@ class DecodeLimits:
     min_side: int = 8
     max_aspect: float = 20.0
 
-    def __post_init__(self) -> None:
+    def validate(self) -> DecodeLimits:
+        """Returns ``self``; raises ``ValueError`` unless max_pixels and min_side are positive and max_aspect >= 1.
+
+        (Not run on construction, so a config loader can turn the error into its own kind.)
+        """
         if self.max_pixels <= 0 or self.min_side <= 0 or self.max_aspect < 1:
-            raise ValueError(f"decode limits: max_pixels and min_side must be positive, max_aspect >= 1; got {self}")
+            raise ValueError(f"max_pixels and min_side must be positive, max_aspect >= 1; got {self}")
+        return self
 
 
 def check_size(width: int, height: int, limits: DecodeLimits) -> None:
