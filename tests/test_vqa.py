@@ -291,13 +291,17 @@ def test_cli_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert "seen" in out and json.loads((tmp_path / "eval.json").read_text())["seen"]["n"]
     image = tmp_path / "scene.png"
     SyntheticVQA(VQADataConfig(), 48).example("test", 0).image.save(image)
-    out, _ = run_cli(["vqa", "ask", "--model", str(run / "final"), "--image", str(image), "--question",
+    out, err = run_cli(["vqa", "ask", "--model", str(run / "final"), "--image", str(image), "--question",
                       "what colour is the star?", "--top-k", "2", "--save-input", str(tmp_path / "input.png")],
                      capsys)
     lines = out.splitlines()
-    assert lines[0] == "what colour is the star?" and len(lines) == 3
+    assert lines[0] == "what colour is the star?" and len(lines) == 3 and not err
     assert all(line.strip().split("  ")[-1].strip() in ANSWERS for line in lines[1:])
     assert Image.open(tmp_path / "input.png").size == (96, 96)
+    long_question = "what colour are the small shapes in the top left corner of this picture?"
+    _, err = run_cli(["vqa", "ask", "--model", str(run / "final"), "--image", str(image), "--question", long_question],
+                     capsys)
+    assert re.search(r"needs a (64|80|96)-px band, the model reads 48 px: its end is cut", err), err
 
 
 def test_config_overrides_and_yaml(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -100,6 +101,7 @@ def ask_command(args: argparse.Namespace) -> int:
     from PIL import Image, UnidentifiedImageError
 
     from clipforge.checkpoints.vqa import load_vqa
+    from clipforge.data.vqa import band_height
     from clipforge.train.vqa import predict, saved_inputs
 
     if args.top_k < 1:
@@ -112,6 +114,10 @@ def ask_command(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.image}: not a readable image") from None
     model, inputs = load_vqa(args.model, args.device)
     composer, _ = saved_inputs(model, inputs)
+    needed = band_height(composer.renderer, [args.question])
+    if needed > composer.band:
+        print(f"note: the question needs a {needed}-px band, the model reads {composer.band} px: its end is cut",
+              file=sys.stderr)
     pixels = composer([image], [args.question])
     if args.save_input:
         Image.fromarray(pixels[0].permute(1, 2, 0).numpy()).save(Path(args.save_input))
