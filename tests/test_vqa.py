@@ -180,6 +180,8 @@ def test_question_wording() -> None:
     assert question_text("exists", "star", colour="orange") == "is there an orange star?"
     with pytest.raises(ValueError, match="unknown question type"):
         question_text("size", "star")
+    with pytest.raises(ValueError, match="names a colour"):
+        question_text("exists", "star")
 
 
 @pytest.mark.parametrize(("field", "value"), [("question_types", ("color",)), ("question_types", ()),

@@ -146,6 +146,7 @@ class VQADataConfig:
     absent_fraction: float = 0.25
 
     def __post_init__(self) -> None:
+        """Raises ``ValueError`` naming the field that is out of range."""
         if not self.question_types or len(set(self.question_types)) != len(self.question_types) or any(
                 t not in QUESTION_TYPES for t in self.question_types):
             raise ValueError(f"data.question_types: expected distinct entries of {QUESTION_TYPES}, "
@@ -180,7 +181,14 @@ class Question:
 
 @dataclass(frozen=True, eq=False)
 class VQAExample:
-    """A scene, a question about it, and whether the (type, subject) combination is held out of training."""
+    """A scene and a question about it.
+
+    Attributes:
+        image: The scene.
+        question: The question, its type, subject and answer.
+        heldout: Whether the (type, subject) combination is kept out of training.
+        index: The scene's index in its split of the world.
+    """
 
     image: Image.Image
     question: Question
@@ -203,7 +211,10 @@ def question_text(kind: str, subject: str, count: int = 1, colour: str | None = 
         kind: One of ``QUESTION_TYPES``.
         subject: The shape asked about (colour, count, exists) or the colour (shape).
         count: Objects in the scene: colour and shape questions agree in number with it.
-        colour: The colour an exists question names.
+        colour: The colour an exists question names (required there).
+
+    Raises:
+        ValueError: An unknown type, or an exists question without a colour.
     """
     plural = count > 1
     if kind == "colour":
@@ -213,7 +224,9 @@ def question_text(kind: str, subject: str, count: int = 1, colour: str | None = 
     if kind == "count":
         return f"how many {_plural(subject)} are there?"
     if kind == "exists":
-        return f"is there {_article(colour or subject)} {colour} {subject}?"
+        if colour is None:
+            raise ValueError("an exists question names a colour")
+        return f"is there {_article(colour)} {colour} {subject}?"
     raise ValueError(f"unknown question type {kind!r}; known: {QUESTION_TYPES}")
 
 
