@@ -248,7 +248,8 @@ def train_vqa(config: VQATrainConfig, device: torch.device | str = "cpu") -> VQA
     results = evaluate_splits(model, vqa, composer, config.eval_size, config.batch_size)
     results |= {"model": config.model, "steps": config.steps, "batch_size": config.batch_size,
                 "band": composer.band, "final_loss": losses[-1][1], "chance_loss": math.log(len(ANSWERS)),
-                "train_seconds": time.perf_counter() - start}
+                "device": str(device), "threads": torch.get_num_threads(),
+                "wall_seconds": time.perf_counter() - start}  # training and evaluation
     write_json(run_dir / "results.json", results)
     if config.plots:
         plot_accuracy(results, run_dir / "accuracy.png")
