@@ -41,9 +41,10 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float],
                     eps: float, device: torch.device) -> torch.optim.AdamW:
-    """AdamW over ``param_groups(model)``; the fused kernel on CUDA."""
+    """AdamW over ``param_groups(model)``; the fused kernel on CUDA and CPU (on CPU 4–5× faster than the
+    per-tensor loop, which matters for a tiny model whose 49,408-row token table dominates the update)."""
     return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps,
-                             fused=device.type == "cuda")
+                             fused=device.type in ("cuda", "cpu"))
 
 
 def lr_at(step: int, base_lr: float, warmup_steps: int, total_steps: int, min_lr: float = 0.0) -> float:
