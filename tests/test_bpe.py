@@ -124,18 +124,20 @@ edge_text = st.lists(st.one_of(st.sampled_from(EDGE_FRAGMENTS), st.sampled_from(
                                st.text(alphabet="ab ", max_size=12), st.characters()), max_size=40).map("".join)
 
 
-def test_fixable_covers_every_character_a_fixer_changes() -> None:
-    """Every code point outside ``FIXABLE``, all in one string, passes each character fixer unchanged; as each
-    fixer maps characters one by one (tables, one-character regexes) or needs a ``FIXABLE`` character to start
-    (``\\r\\n``, terminal escapes), text without a ``FIXABLE`` character passes them all unchanged."""
-    others = "".join(chr(c) for c in range(0x110000) if not cleanup.FIXABLE.match(chr(c)))
-    assert 1_000_000 < len(others) < 0x110000
-    for fixer in cleanup.CHAR_FIXERS:
+def test_fixer_guards_cover_every_character_a_fixer_changes() -> None:
+    """Every code point its guard does not match, all in one string, passes each character fixer unchanged; as each
+    fixer maps characters one by one (tables, one-character regexes) or needs a guarded character to start
+    (``\\r\\n``, terminal escapes), text without a guarded character passes it unchanged."""
+    every_code_point = "".join(map(chr, range(0x110000)))
+    for fixer, guard in cleanup.GUARDED_FIXERS:
+        others = guard.sub("", every_code_point)
+        assert 1_000_000 < len(others) < 0x110000, fixer.__name__
         assert fixer(others) == others, fixer.__name__
+    assert all(cleanup.FIXABLE.match(c) for c in "\x80\ufb01\uff01\u2019\u201c\r\ud800\x1b\x00")
 
 
 def test_windowed_is_bad_is_in_use_and_equals_ftfy() -> None:
-    assert cleanup._REACH is not None  # the installed ftfy's regex passed the structural checks
+    assert cleanup._ANCHORS is not None  # the installed ftfy's regex passed the structural checks
     texts = corpus(3000, seed=8) + [f"{'x' * n}Ã {'y' * m}" for n in range(12) for m in range(12)]
     texts += ["ГўВЂВ." + c for c in "a Z1"] + ["Ã ", "a Ã ", "Ã" + "-" * 20]
     assert any(ftfy.badness.is_bad(t) for t in texts) and not all(ftfy.badness.is_bad(t) for t in texts)

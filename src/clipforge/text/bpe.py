@@ -10,7 +10,7 @@ Speed comes from exact shortcuts, each proven by the parity tests against open_c
 - no pre-token contains whitespace, so a text is the concatenation of its space-separated chunks' ids,
   and those are cached per chunk (``"dog,"`` -> ids of ``dog`` and ``,``): a cache hit skips the regex
   and the BPE entirely;
-- all rows' ids are scattered into one preallocated int64 array at once.
+- the batch's chunks are looked up in one pass, and all rows' ids are gathered into one int64 array at once.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ PATTERN = regex.compile(r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p
 # stdlib engine is faster than ``regex`` and the parity tests prove the two agree on such text.
 _ASCII_PATTERN = re.compile(r"""'s|'t|'re|'ve|'m|'ll|'d|[a-z]+|[0-9]|[^ a-z0-9]+""")
 _CACHE_LIMIT = 500_000  # entries per cache; past it new words are still tokenised, just not remembered
+_NO_MERGE = 1 << 62  # rank of a pair that is not a merge (an int: compares faster than float("inf"))
 
 
 @lru_cache
@@ -171,21 +172,20 @@ class BPETokenizer:
         return self._context_length
 
     def _bpe(self, token: str) -> tuple[int, ...]:
-        """BPE ids of one pre-token, cached: OpenAI's algorithm (lowest-ranked pair first, merged everywhere)."""
-        ids = self._bpe_cache.get(token)
-        if ids is not None:
-            return ids
+        """BPE ids of one pre-token (the caller has missed the cache): OpenAI's algorithm, the lowest-ranked
+        adjacent pair merged everywhere (left to right) until no pair is a merge."""
         symbols = "".join(self.byte_encoder[b] for b in token.encode("utf-8"))
         word = [*symbols[:-1], symbols[-1] + "</w>"]
-        ranks = self.ranks
+        ranks, merges = self.ranks, self.merges
         while len(word) > 1:
-            best = min(pairwise(word), key=lambda p: ranks.get(p, float("inf")))
-            if best not in ranks:
+            pair_ranks = [ranks.get(pair, _NO_MERGE) for pair in pairwise(word)]
+            rank = min(pair_ranks)
+            if rank == _NO_MERGE:
                 break
-            first, second = best
-            merged, i = [], 0
-            while i < len(word):
-                if i < len(word) - 1 and word[i] == first and word[i + 1] == second:
+            first, second = merges[rank]
+            merged, i, last = [], 0, len(word) - 1
+            while i <= last:
+                if i < last and pair_ranks[i] == rank:  # word[i], word[i + 1] is the pair
                     merged.append(first + second)
                     i += 2
                 else:
@@ -200,7 +200,8 @@ class BPETokenizer:
     def _chunk(self, chunk: str) -> tuple[int, ...]:
         """Ids of one space-free chunk of cleaned text, cached (the caller has already missed the cache)."""
         pattern = _ASCII_PATTERN if chunk.isascii() and chunk.isprintable() else PATTERN
-        ids = tuple(chain.from_iterable(map(self._bpe, pattern.findall(chunk))))
+        get, miss = self._bpe_cache.get, self._bpe
+        ids = tuple(chain.from_iterable([get(token) or miss(token) for token in pattern.findall(chunk)]))
         if len(self._chunk_cache) < _CACHE_LIMIT:
             self._chunk_cache[chunk] = ids
         return ids
@@ -223,26 +224,35 @@ class BPETokenizer:
         n_ctx = context_length or self._context_length
         if n_ctx < 2:
             raise ValueError(f"context_length must be at least 2 (start and end of text), got {n_ctx}")
-        sot, eot = self.sot_token_id, self.eot_token_id
+        bad = next((row for row, text in enumerate(texts) if not isinstance(text, str)), None)
+        if bad is not None:
+            raise TypeError(f"text {bad}: expected a string, got {type(texts[bad]).__name__}")
+        chunks = [self._chunks(text) for text in texts]
         get, miss = self._chunk_cache.get, self._chunk
-        flat: list[int] = []
-        lengths = np.empty(len(texts), dtype=np.int64)
-        for row, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise TypeError(f"text {row}: expected a string, got {type(text).__name__}")
-            ids = list(chain.from_iterable([get(c) or miss(c) for c in self._chunks(text)]))
-            if len(ids) + 2 > n_ctx:
-                if not self.truncate:
-                    raise ValueError(f"text {row} has {len(ids) + 2} tokens, more than the context length {n_ctx}; "
-                                     "pass truncate=True to cut it")
-                del ids[n_ctx - 2 :]
-            flat.append(sot)
-            flat += ids
-            flat.append(eot)
-            lengths[row] = len(ids) + 2
-        out = np.zeros((len(texts), n_ctx), dtype=np.int64)
-        out[np.arange(n_ctx) < lengths[:, None]] = flat  # row-major scatter of every row's ids at once
-        return torch.from_numpy(out)
+        chunk_ids = [get(c) or miss(c) for c in chain.from_iterable(chunks)]  # the whole batch's chunks, in order
+        ids = np.fromiter(chain.from_iterable(chunk_ids), np.int64)
+        # Offsets of each text's ids in ``ids``: ids before each chunk, read at each text's first chunk.
+        ids_before_chunk = np.cumsum([0, *map(len, chunk_ids)])
+        offsets = ids_before_chunk[np.cumsum([0, *map(len, chunks)])]  # (N + 1,)
+        return torch.from_numpy(self._pack(ids, offsets, n_ctx))
+
+    def _pack(self, ids: np.ndarray, offsets: np.ndarray, n_ctx: int) -> np.ndarray:
+        """Rows ``[SOT, ids[offsets[i]:offsets[i + 1]] (cut to fit), EOT, 0...]``, (N, n_ctx), written at once."""
+        counts = np.diff(offsets)
+        too_long = np.flatnonzero(counts > n_ctx - 2)
+        if too_long.size and not self.truncate:
+            row = int(too_long[0])
+            raise ValueError(f"text {row} has {counts[row] + 2} tokens, more than the context length {n_ctx}; "
+                             "pass truncate=True to cut it")
+        keep = np.minimum(counts, n_ctx - 2)  # cut: end-of-text stays last, as open_clip does
+        out = np.zeros((len(counts), n_ctx), dtype=np.int64)
+        out[:, 0] = self.sot_token_id
+        out[np.arange(len(counts)), keep + 1] = self.eot_token_id
+        column = np.arange(n_ctx)
+        body = (column >= 1) & (column <= keep[:, None])  # (N, n_ctx): where each row's kept ids go
+        kept_before = np.cumsum(keep) - keep
+        out[body] = ids[np.arange(keep.sum()) + np.repeat(offsets[:-1] - kept_before, keep)]  # row-major gather
+        return out
 
     def decode(self, ids: Sequence[int] | torch.Tensor) -> str:
         """Text of a token sequence; start-of-text is dropped, and everything from the first end-of-text on.

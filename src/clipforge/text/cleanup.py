@@ -7,14 +7,15 @@ ftfy's own step functions, with three exact shortcuts:
 
 - ftfy's mojibake fixer (``fix_encoding``) returns its input when that is ASCII or not ``is_bad`` (the first test
   of ``ftfy._fix_encoding_one_step_and_explain``); where it would run, the whole text goes to ftfy itself;
-- ``is_bad`` searches only the windows around non-ASCII characters: every match of ftfy's regex contains one and
-  is at most a few characters long (both read from the regex's parse tree at import; if that cannot show them,
-  ``is_bad`` is ftfy's own);
-- the character fixers (C1 controls, ligatures, widths, quotes, line breaks, surrogates, terminal escapes, control
-  characters) run only on text holding a character one of them can change (``FIXABLE``, from ftfy's tables).
+- ``is_bad`` searches only the windows around a few hundred "anchor" characters (Latin-1 and Windows-1252
+  symbols, box drawing, some accented capitals...): every match of ftfy's regex contains one and is at most a few
+  characters long (both read from the regex's parse tree at import; if that cannot show them, ``is_bad`` is
+  ftfy's own), so most captions with accents, curly quotes, emoji or CJK are not searched at all;
+- each character fixer (C1 controls, ligatures, widths, quotes, line breaks, surrogates, terminal escapes, control
+  characters) runs only on text holding a character it can change (``GUARDED_FIXERS``, from ftfy's tables).
 
 ``tests/test_bpe.py`` compares ``fix_text``, ``is_bad`` and ``clean`` with ftfy on generated and property-based
-text, and checks ``FIXABLE`` against every code point.
+text, and checks each fixer's guard against every code point.
 """
 
 from __future__ import annotations
@@ -22,36 +23,47 @@ from __future__ import annotations
 import html
 import re
 import unicodedata
+from collections.abc import Iterable
 from functools import lru_cache
 
 import ftfy
 from ftfy import chardata, fixes
 from ftfy.badness import BADNESS_RE
 
-# ftfy.fix_and_explain's character fixers, in its order (they follow unescape_html and fix_encoding there).
-CHAR_FIXERS = tuple(ftfy.FIXERS[name] for name in (
-    "fix_c1_controls", "fix_latin_ligatures", "fix_character_width", "uncurl_quotes", "fix_line_breaks",
-    "fix_surrogates", "remove_terminal_escapes", "remove_control_chars"))
-_TABLE_CHARS = sorted({*chardata.LIGATURES, *chardata.WIDTH_MAP, *chardata.CONTROL_CHARS,
-                       *map(ord, "\r\x1b\u2028\u2029")})
-# A character some fixer in CHAR_FIXERS can change: their tables, their single-character regexes, the characters
-# fix_line_breaks replaces (and \x85, a C1 control) and the escape that starts a terminal escape sequence.
-FIXABLE = re.compile("|".join([
-    "[" + "".join(re.escape(chr(c)) for c in _TABLE_CHARS) + "]", chardata.C1_CONTROL_RE.pattern,
-    chardata.SINGLE_QUOTE_RE.pattern, chardata.DOUBLE_QUOTE_RE.pattern, fixes.SURROGATE_RE.pattern]))
-_NON_ASCII_RUN = re.compile(r"[^\x00-\x7f]+")
+
+def _char_class(code_points: Iterable[int]) -> re.Pattern[str]:
+    """A regex matching any one of ``code_points``."""
+    return re.compile("[" + "".join(re.escape(chr(c)) for c in sorted(code_points)) + "]")
+
+
+# ftfy.fix_and_explain's character fixers, in its order (after unescape_html and fix_encoding), each with a regex
+# for the characters it can change: their tables and one-character regexes, the characters fix_line_breaks
+# replaces, the escape that starts a terminal escape sequence. Text without one is returned unchanged.
+GUARDED_FIXERS = (
+    (fixes.fix_c1_controls, chardata.C1_CONTROL_RE),
+    (fixes.fix_latin_ligatures, _char_class(chardata.LIGATURES)),
+    (fixes.fix_character_width, _char_class(chardata.WIDTH_MAP)),
+    (fixes.uncurl_quotes, re.compile(f"{chardata.SINGLE_QUOTE_RE.pattern}|{chardata.DOUBLE_QUOTE_RE.pattern}")),
+    (fixes.fix_line_breaks, _char_class(map(ord, "\r\u2028\u2029\x85"))),
+    (fixes.fix_surrogates, fixes.SURROGATE_RE),
+    (fixes.remove_terminal_escapes, _char_class([0x1B])),
+    (fixes.remove_control_chars, _char_class(chardata.CONTROL_CHARS)),
+)
+FIXABLE = re.compile("|".join(guard.pattern for _, guard in GUARDED_FIXERS))
 _MAX_SEGMENT = ftfy.TextFixerConfig().max_decode_length
 
 
-def _only_non_ascii(item: tuple) -> bool:
-    """True for a parsed regex item that matches one character and only non-ASCII ones (a literal or a class)."""
+def _non_ascii_ranges(item: tuple) -> list[tuple[int, int]] | None:
+    """Code point ranges of a parsed regex item that matches one character, only non-ASCII ones (a literal or a
+    class of literals and ranges), else None."""
     op, arg = item
     if str(op) == "LITERAL":
-        return arg >= 128
-    if str(op) != "IN":
-        return False
-    lows = [a if str(o) == "LITERAL" else a[0] if str(o) == "RANGE" else -1 for o, a in arg]
-    return min(lows) >= 128  # NEGATE or CATEGORY (\s, \w) give -1: they can match ASCII
+        ranges = [(arg, arg)]
+    elif str(op) == "IN" and all(str(o) in ("LITERAL", "RANGE") for o, _ in arg):  # no NEGATE, \s, \w
+        ranges = [(a, a) if str(o) == "LITERAL" else a for o, a in arg]
+    else:
+        return None
+    return ranges if min(low for low, _ in ranges) >= 128 else None
 
 
 def _window_safe(items: list) -> bool:
@@ -71,11 +83,13 @@ def _window_safe(items: list) -> bool:
     return True
 
 
-def _mojibake_reach() -> int | None:
-    """How far (in characters) a match of ftfy's mojibake regex can reach past a non-ASCII character it contains.
+def _mojibake_anchors() -> tuple[re.Pattern[str], int] | None:
+    """Runs of characters every match of ftfy's mojibake regex contains one of, and how far (in characters) a
+    match can reach past that character.
 
-    None unless the parse tree shows that every alternative needs a non-ASCII character, that a match is bounded,
-    and that windowed searches find the same matches.
+    Each alternative of the regex contributes its smallest non-ASCII-only character class. None unless the parse
+    tree shows that every alternative has one, that matches are bounded, and that windowed searches find the
+    same matches as a search of the whole text.
     """
     try:
         from re import _parser
@@ -86,25 +100,34 @@ def _mojibake_reach() -> int | None:
     tree = _parser.parse(BADNESS_RE.pattern, BADNESS_RE.flags)
     alternatives = [list(a) for a in tree[0][1][1]] if len(tree) == 1 and str(tree[0][0]) == "BRANCH" else [list(tree)]
     longest = tree.getwidth()[1]
-    if longest >= _parser.MAXREPEAT or not all(_window_safe(a) and any(map(_only_non_ascii, a)) for a in alternatives):
+    if longest >= _parser.MAXREPEAT or not all(map(_window_safe, alternatives)):
         return None
-    return longest - 1
+    anchors: set[tuple[int, int]] = set()
+    for alternative in alternatives:
+        classes = [r for r in map(_non_ascii_ranges, alternative) if r]
+        if not classes:
+            return None
+        anchors.update(min(classes, key=lambda ranges: sum(high - low + 1 for low, high in ranges)))
+    chars = "".join(re.escape(chr(low)) + ("-" + re.escape(chr(high)) if high > low else "")
+                    for low, high in sorted(anchors))
+    return re.compile(f"[{chars}]+"), longest - 1
 
 
-_REACH = _mojibake_reach()
+_ANCHORS = _mojibake_anchors()
 
 
 def is_bad(text: str) -> bool:
-    """``ftfy.badness.is_bad(text)``: searched only within ``_REACH`` characters of each non-ASCII run.
+    """``ftfy.badness.is_bad(text)``, searched only near runs of ``_ANCHORS`` characters.
 
-    A match of length at most ``_REACH + 1`` holding a character of a run lies in ``[run start - _REACH,
-    run end + _REACH)``; overlapping windows are merged so no character is searched twice.
+    A match reaching at most ``reach`` characters past an anchor character it holds lies in ``[run start - reach,
+    run end + reach)`` of that character's run; overlapping windows are merged so no character is searched twice.
     """
-    if _REACH is None:
+    if _ANCHORS is None:
         return bool(BADNESS_RE.search(text))
+    anchor_runs, reach = _ANCHORS
     start = end = 0
-    for run in _NON_ASCII_RUN.finditer(text):
-        low, high = max(run.start() - _REACH, 0), run.end() + _REACH
+    for run in anchor_runs.finditer(text):
+        low, high = max(run.start() - reach, 0), run.end() + reach
         if low > end:
             if end and BADNESS_RE.search(text, start, end):
                 return True
@@ -117,13 +140,14 @@ def _fix_segment(text: str, unescape_html: bool) -> str | None:
     """``ftfy.fix_and_explain(text)[0]`` for one line, or None where ftfy's mojibake fixer would act."""
     while True:
         original = text
-        if unescape_html:
+        if unescape_html and "&" in text:  # every HTML entity starts with "&"
             text = fixes.unescape_html(text)
         if not text.isascii() and is_bad(text):
             return None
         if FIXABLE.search(text):
-            for fixer in CHAR_FIXERS:
-                text = fixer(text)
+            for fixer, guard in GUARDED_FIXERS:
+                if guard.search(text):
+                    text = fixer(text)
         text = unicodedata.normalize("NFC", text)
         if text == original:
             return text
@@ -140,6 +164,9 @@ def fix_text(text: str) -> str:
     segment containing ``<`` on), and its steps, with the shortcuts in the module docstring."""
     if len(text) > _MAX_SEGMENT:
         return _ftfy_fix_text(text)
+    if "\n" not in text:  # one segment
+        fixed = _fix_segment(text, "<" not in text)
+        return _ftfy_fix_text(text) if fixed is None else fixed
     unescape_html, out = True, []
     lines = text.split("\n")
     for i, line in enumerate(lines):
