@@ -216,22 +216,33 @@ def pick_caption(captions: Sequence[str], rng: random.Random) -> str:
     return captions[0] if len(captions) == 1 else captions[rng.randrange(len(captions))]
 
 
-def decode_pair(sample: Mapping[str, object], limits: DecodeLimits, min_size: int | None, rng: random.Random,
-                image_fields: Sequence[str] = IMAGE_FIELDS, caption_field: str = "txt") -> tuple[Image.Image, str]:
-    """A tar sample as ``(RGB image, caption)``; an incomplete sample flagged ``__broken__`` is ``broken_member``.
+def sample_parts(sample: Mapping[str, object], image_fields: Sequence[str] = IMAGE_FIELDS,
+                 caption_field: str = "txt") -> tuple[bytes, list[str]]:
+    """A tar sample's encoded image and captions, undecoded; an incomplete sample flagged ``__broken__``
+    (next to tar damage) is ``broken_member`` rather than ``no_caption``/``no_image``.
 
-    The caption is checked first: it is cheap, and a sample without one is not worth decoding.
+    The caption is looked at first: it is cheap, and a sample without one is not worth decoding.
 
     Raises:
         BadSample: With the reason.
     """
     try:
         captions = sample_captions(sample, caption_field)
-        data = sample_image_bytes(sample, image_fields)
+        return sample_image_bytes(sample, image_fields), captions
     except BadSample as e:
         if sample.get("__broken__") and e.reason in ("no_caption", "no_image"):
             raise BadSample("broken_member", f"{sample.get('__key__')}: incomplete next to tar damage") from None
         raise
+
+
+def decode_pair(sample: Mapping[str, object], limits: DecodeLimits, min_size: int | None, rng: random.Random,
+                image_fields: Sequence[str] = IMAGE_FIELDS, caption_field: str = "txt") -> tuple[Image.Image, str]:
+    """A tar sample as ``(RGB image, caption)`` (see :func:`sample_parts` and :func:`decode_image`).
+
+    Raises:
+        BadSample: With the reason.
+    """
+    data, captions = sample_parts(sample, image_fields, caption_field)
     return decode_image(data, limits, min_size), pick_caption(captions, rng)
 
 

@@ -1,28 +1,27 @@
 """JPEG decoding on the GPU: nvJPEG through ``torchvision.io.decode_jpeg(..., device="cuda")``.
 
 A batch of encoded JPEGs goes to the device as bytes and comes back as the model's input: decoded by
-nvJPEG in one batched call, each image resized on the device (shorter side to ``size``, bicubic with
-antialiasing, as the CPU eval transform does), centre-cropped, scaled to [0, 1] and normalised. The CPU
-then only reads bytes and checks headers, which is what lets a few cores feed a fast GPU.
+nvJPEG in one batched call, each image cropped to its box (random resized crops, boxes drawn on the CPU)
+or resized shorter side first and centre-cropped, resized on the device (bicubic, antialiased), scaled
+to [0, 1] and normalised. The CPU only reads bytes and checks headers (:func:`jpeg_size`), which is what
+lets a few cores feed a fast GPU. Training uses it with ``data.gpu_decode: true`` (tar shards); without
+CUDA or torchvision the run says so and decodes on the CPU (``clipforge.train.data``).
 
-torchvision is not a clipforge dependency; it is imported only here. :func:`make_device_decoder` falls
-back to the CPU path (PIL with reduce-on-decode, ``clipforge.data.decode``) with a one-line message when
-torchvision or CUDA is missing.
+torchvision is not a clipforge dependency; it is imported only here, lazily.
 
-Bad inputs: nvJPEG rejects a batch if any image in it is broken, so a failed batch is decoded image by
-image and the failures are reported (``BadSample`` reasons, by index) instead of crashing the run.
+Bad inputs: what the header check catches never reaches the device; nvJPEG fails a whole batched call
+if one image is broken, so a failed call is retried image by image and the failures are reported by
+index (``BadSample`` reasons) instead of crashing the run.
 """
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
-from clipforge.data.decode import BadSample, DecodeLimits, decode_image, open_image
-from clipforge.transforms import EvalTransform
+from clipforge.data.decode import BadSample, DecodeLimits, open_image
 
 
 def device_decode_unavailable(device: str | torch.device = "cuda") -> str | None:
@@ -38,93 +37,111 @@ def device_decode_unavailable(device: str | torch.device = "cuda") -> str | None
     return None
 
 
+def jpeg_size(data: bytes, limits: DecodeLimits) -> tuple[int, int] | None:
+    """The ``(width, height)`` of a JPEG that passes the CPU-side checks; ``None`` for a good non-JPEG image.
+
+    Reads only the header, plus the end-of-image marker: a JPEG without ``FF D9`` near its end was cut short
+    (the marker cannot occur in entropy-coded data, and encoders add at most a little padding after it).
+
+    Raises:
+        BadSample: ``empty``, ``not_image``, ``too_large``, ``bad_size``, ``corrupt`` or ``truncated``.
+    """
+    image = open_image(data, limits)
+    if image.format != "JPEG":
+        return None
+    if b"\xff\xd9" not in data[-256:]:
+        raise BadSample("truncated", "no JPEG end-of-image marker")
+    return image.size
+
+
 class DeviceJPEGDecoder:
-    """Encoded JPEGs → normalised ``(B, 3, size, size)`` float tensor on a CUDA device.
+    """Encoded JPEGs → normalised ``(B, 3, size, size)`` float tensor, decoded by torchvision on ``device``.
+
+    On a CUDA device this is nvJPEG; on the CPU it is torchvision's libjpeg-turbo path (used by the tests).
+    Each image is either cropped to a given box and resized to ``size`` × ``size`` (random resized crops,
+    boxes drawn on the CPU) or resized shorter side to ``size`` and centre-cropped; resizing is bicubic
+    with antialiasing, on the device.
 
     Args:
         size: Output side.
         mean: Per-channel mean.
         std: Per-channel std.
-        device: A CUDA device.
-        limits: Header checks applied on the CPU before anything is sent to the device.
+        device: Where to decode.
+        limits: Header checks applied on the CPU before anything is decoded.
 
     Raises:
-        RuntimeError: CUDA or torchvision is missing (see :func:`make_device_decoder` for the fallback).
+        RuntimeError: torchvision is missing.
     """
 
     def __init__(self, size: int, mean: Sequence[float], std: Sequence[float], device: str | torch.device = "cuda",
                  limits: DecodeLimits | None = None):
-        reason = device_decode_unavailable(device)
-        if reason is not None:
-            raise RuntimeError(f"GPU JPEG decoding unavailable: {reason}")
-        from torchvision.io import ImageReadMode, decode_jpeg
-
+        try:
+            from torchvision.io import ImageReadMode, decode_jpeg
+        except ImportError:
+            raise RuntimeError("GPU JPEG decoding unavailable: torchvision is not installed") from None
         self._decode, self._rgb = decode_jpeg, ImageReadMode.RGB
         self.size, self.device, self.limits = size, torch.device(device), limits or DecodeLimits()
         self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
 
-    def __call__(self, jpegs: Sequence[bytes]) -> tuple[torch.Tensor, dict[int, str]]:
-        """Decodes what it can; returns ``(images (n_good, 3, size, size), {index: reason} of the rest)``."""
+    def __call__(self, jpegs: Sequence[bytes], boxes: Sequence[tuple[int, int, int, int]] | None = None,
+                 checked: bool = False) -> tuple[torch.Tensor, dict[int, str]]:
+        """Decodes what it can.
+
+        Args:
+            jpegs: Encoded JPEGs.
+            boxes: Per image, a crop box ``(left, top, right, bottom)`` in full-size pixels; ``None``: resize
+                the shorter side and centre-crop every image.
+            checked: The JPEGs already passed :func:`jpeg_size` (the training loader's workers check them).
+
+        Returns:
+            ``(images (n_good, 3, size, size), {index: reason} of the images that could not be used)``.
+        """
         bad: dict[int, str] = {}
-        for i, data in enumerate(jpegs):
+        for i, data in enumerate([] if checked else jpegs):
             try:
-                if open_image(data, self.limits).format != "JPEG":
-                    bad[i] = "not_image"
-                elif b"\xff\xd9" not in data[-256:]:  # no end-of-image marker: cut short (FF D9 cannot occur in
-                    bad[i] = "truncated"  # entropy-coded data, and encoders add at most a little padding after it)
+                if jpeg_size(data, self.limits) is None:
+                    bad[i] = "not_image"  # a PNG or WebP: not for nvJPEG
             except BadSample as e:
                 bad[i] = e.reason
         good = [i for i in range(len(jpegs)) if i not in bad]
-        raw = [torch.frombuffer(bytearray(jpegs[i]), dtype=torch.uint8) for i in good]
-        try:
-            decoded = self._decode(raw, mode=self._rgb, device=self.device) if raw else []
-        except RuntimeError:  # one broken image fails the batched call: retry one by one
-            decoded = []
-            for i, data in zip(list(good), raw):
-                try:
-                    decoded.append(self._decode(data, mode=self._rgb, device=self.device))
-                except RuntimeError:
-                    bad[i] = "corrupt"
-                    good.remove(i)
-        images = [self._resize_crop(image) for image in decoded]
+        decoded = self._decode_all([jpegs[i] for i in good])
+        images = []
+        for i, image in zip(list(good), decoded):
+            if image is None:
+                bad[i] = "corrupt"
+                good.remove(i)
+            else:
+                images.append(self._resize(image, boxes[i] if boxes is not None else None))
         out = torch.stack(images) if images else torch.empty(0, 3, self.size, self.size, device=self.device)
         return (out - self.mean) / self.std, bad
 
-    def _resize_crop(self, image: torch.Tensor) -> torch.Tensor:
-        """(3, H, W) uint8 → (3, size, size) in [0, 1]: shorter side to ``size`` (bicubic, antialiased), centre crop."""
-        _, h, w = image.shape
-        scale = self.size / min(h, w)
-        new_h, new_w = max(self.size, int(h * scale)), max(self.size, int(w * scale))
+    def _decode_all(self, jpegs: list[bytes]) -> list[torch.Tensor | None]:
+        """One batched decode; when any image breaks it, one by one (``None`` for each that fails)."""
+        raw = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in jpegs]
+        if not raw:
+            return []
+        try:
+            return list(self._decode(raw, mode=self._rgb, device=self.device))
+        except RuntimeError:
+            out: list[torch.Tensor | None] = []
+            for data in raw:
+                try:
+                    out.append(self._decode(data, mode=self._rgb, device=self.device))
+                except RuntimeError:
+                    out.append(None)
+            return out
+
+    def _resize(self, image: torch.Tensor, box: tuple[int, int, int, int] | None) -> torch.Tensor:
+        """(3, H, W) uint8 → (3, size, size) in [0, 1]: the box resized to the square, or shorter side + centre crop."""
+        if box is not None:
+            left, top, right, bottom = box
+            x = image[None, :, top:bottom, left:right].float()
+            x = F.interpolate(x, size=(self.size, self.size), mode="bicubic", antialias=True, align_corners=False)
+            return x[0].clamp_(0, 255).div_(255)
+        _, h, w = image.shape  # the geometry of transforms.EvalTransform, to the pixel
+        long = int(self.size * max(h, w) / min(h, w))
+        new_h, new_w = (self.size, long) if h <= w else (long, self.size)
         x = F.interpolate(image[None].float(), size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False)
-        top, left = (new_h - self.size) // 2, (new_w - self.size) // 2
+        top, left = int(round((new_h - self.size) / 2.0)), int(round((new_w - self.size) / 2.0))
         return x[0, :, top:top + self.size, left:left + self.size].clamp_(0, 255).div_(255)
-
-
-def cpu_decoder(size: int, mean: Sequence[float], std: Sequence[float],
-                limits: DecodeLimits | None = None) -> Callable[[Sequence[bytes]], tuple[torch.Tensor, dict[int, str]]]:
-    """The CPU equivalent of :class:`DeviceJPEGDecoder` (PIL, reduce-on-decode, the eval transform)."""
-    transform, limits = EvalTransform(size, mean, std), limits or DecodeLimits()
-
-    def decode(jpegs: Sequence[bytes]) -> tuple[torch.Tensor, dict[int, str]]:
-        images, bad = [], {}
-        for i, data in enumerate(jpegs):
-            try:
-                images.append(transform(decode_image(data, limits, size)))
-            except BadSample as e:
-                bad[i] = e.reason
-        return (torch.stack(images) if images else torch.empty(0, 3, size, size)), bad
-
-    return decode
-
-
-def make_device_decoder(size: int, mean: Sequence[float], std: Sequence[float], device: str | torch.device = "cuda",
-                        limits: DecodeLimits | None = None) -> Callable[[Sequence[bytes]], tuple[torch.Tensor,
-                                                                                                  dict[int, str]]]:
-    """nvJPEG decoding on ``device`` when possible, else the CPU path with a one-line message on stderr."""
-    reason = device_decode_unavailable(device)
-    if reason is None:
-        return DeviceJPEGDecoder(size, mean, std, device, limits)
-    print(f"clipforge data: GPU JPEG decoding unavailable ({reason}); decoding on the CPU", file=sys.stderr)
-    return cpu_decoder(size, mean, std, limits)
-

@@ -163,6 +163,8 @@ class ShardsDataConfig:
         augment: Random resized crops (else the eval transform).
         num_workers: DataLoader worker processes (each reads its own shards).
         decode: Limits on image size; images outside them are skipped and counted.
+        gpu_decode: Decode JPEGs on the run's CUDA device (nvJPEG via torchvision); the workers only read
+            bytes, check headers and draw crop boxes. Without CUDA or torchvision: a message, CPU decoding.
     """
 
     kind: Literal["shards"] = "shards"
@@ -175,6 +177,7 @@ class ShardsDataConfig:
     augment: bool = True
     num_workers: int = 0
     decode: DecodeLimits = field(default_factory=DecodeLimits)
+    gpu_decode: bool = False
 
     def __post_init__(self) -> None:
         try:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import copy
 import random
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -36,7 +36,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from clipforge.data.decode import BadSample, decode_pair, decode_text, draft_size, pick_caption
+from clipforge.data.decode import BadSample, decode_image, decode_text, draft_size, pick_caption, sample_parts
+from clipforge.data.device_decode import DeviceJPEGDecoder, device_decode_unavailable, jpeg_size
 from clipforge.data.shards import open_stream, warn
 from clipforge.data.webdataset import ShardStats
 from clipforge.train.config import (
@@ -163,6 +164,7 @@ class ShardBatches(torch.utils.data.IterableDataset):
         self.min_size = draft_size(image_size, config.augment)
         self.sources = config.sources()
         self.start, self.stop, self.positions = 0, 0, {}
+        self.encoded = False  # True: leave JPEG decoding to a DeviceJPEGDecoder in the main process
         readers = world_size * max(config.num_workers, 1)
         for i, shards in enumerate(self.sources):
             if not config.resampled and len(shards) < readers:
@@ -193,13 +195,20 @@ class ShardBatches(torch.utils.data.IterableDataset):
                logical: int) -> Batch:
         """The next ``local`` usable samples of ``stream``, transformed, with their ``info``."""
         c = self.config
-        images, captions, keys, skipped = [], [], [], Counter()
+        images, boxes, captions, keys, skipped = [], [], [], [], Counter()
         bad_shards, holes, bad_in_a_row = len(stats.bad_shards), stats.damaged_regions, 0
         while len(images) < self.local:
             index, sample = next(stream)
             rng = random.Random(f"{key}/{index}")  # the sample's own rng: replayed exactly on resume
             try:
-                image, caption = decode_pair(sample, c.decode, self.min_size, rng, c.image_fields, c.caption_field)
+                data, texts = sample_parts(sample, c.image_fields, c.caption_field)
+                caption = pick_caption(texts, rng)
+                if self.encoded:
+                    image, box = self._encoded(data, rng)
+                    boxes.append(box)
+                else:
+                    image = decode_image(data, c.decode, self.min_size)
+                    image = self.transform(image, rng) if c.augment else self.transform(image)
             except BadSample as e:
                 skipped[e.reason] += 1
                 bad_in_a_row += 1
@@ -207,7 +216,7 @@ class ShardBatches(torch.utils.data.IterableDataset):
                     raise RuntimeError(f"{bad_in_a_row} shard samples in a row unusable: {dict(skipped)}") from None
                 continue
             bad_in_a_row = 0
-            images.append(self.transform(image, rng) if c.augment else self.transform(image))
+            images.append(image)
             captions.append(caption)
             keys.append(f"{sample['__url__']}#{sample['__key__']}")
         for url, reason in stats.bad_shards[bad_shards:]:
@@ -218,7 +227,24 @@ class ShardBatches(torch.utils.data.IterableDataset):
             skipped["tar_holes"] = stats.damaged_regions - holes
         info = {"size": len(captions), "skipped": dict(skipped), "worker": logical, "position": stream.state(),
                 "keys": keys}
+        if self.encoded:
+            info["boxes"] = boxes if c.augment else None
+            return images, self.text_processor(captions), info  # type: ignore[return-value]
         return torch.stack(images), self.text_processor(captions), info
+
+    def _encoded(self, data: bytes, rng: random.Random) -> tuple[bytes, tuple[int, int, int, int] | None]:
+        """A checked JPEG for the device decoder, and its crop box (drawn here, on the CPU).
+
+        A PNG or WebP is decoded here and handed on re-encoded as a JPEG (img2dataset shards are JPEG).
+        """
+        from clipforge.data.writer import encode_jpeg
+
+        size = jpeg_size(data, self.config.decode)
+        if size is None:
+            image = decode_image(data, self.config.decode)
+            data, size = encode_jpeg(image), image.size
+        box = self.transform.crop_box(*size, rng) if self.config.augment else None
+        return data, box
 
 
 class TrainData:
@@ -246,8 +272,19 @@ class TrainData:
                                        runtime.rank, runtime.world_size, augment=config.augment)
         self.used, self.skipped = 0, Counter()
         self.positions: dict[int, dict[str, Any]] = {}
+        self.decoder = self._device_decoder(transform, runtime) if getattr(config, "gpu_decode", False) else None
 
-    def loader(self, start: int, stop: int, pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    def _device_decoder(self, transform: Any, runtime: Runtime) -> DeviceJPEGDecoder | None:
+        """The nvJPEG decoder on ``runtime.device``, or ``None`` (and a message) when it cannot run there."""
+        reason = device_decode_unavailable(runtime.device)
+        if reason is not None:
+            if runtime.is_main:
+                warn(f"data.gpu_decode: {reason}; decoding on the CPU in the loader")
+            return None
+        self.batches.encoded = True  # type: ignore[union-attr]
+        return DeviceJPEGDecoder(transform.size, transform.mean, transform.std, runtime.device, self.config.decode)
+
+    def loader(self, start: int, stop: int, pin_memory: bool = False) -> Iterable[Batch]:
         """Batches of steps ``start .. stop - 1`` in order, prepared by ``config.num_workers`` processes."""
         workers = self.config.num_workers
         if isinstance(self.batches, ShardBatches):
@@ -255,9 +292,10 @@ class TrainData:
             sampler = None
         else:
             dataset, sampler = self.batches, range(start, stop)
-        return torch.utils.data.DataLoader(dataset, batch_size=None, sampler=sampler, num_workers=workers,
-                                           pin_memory=pin_memory, persistent_workers=False,
-                                           prefetch_factor=4 if workers else None)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=None, sampler=sampler, num_workers=workers,
+                                             pin_memory=pin_memory and self.decoder is None,
+                                             persistent_workers=False, prefetch_factor=4 if workers else None)
+        return loader if self.decoder is None else _decode_on_device(loader, self.decoder)
 
     def consume(self, info: dict[str, Any]) -> None:
         """Records a batch the loop took: its counts and (shards) its reader's position. No device work."""
@@ -312,3 +350,20 @@ class TrainData:
         fresh = {"epoch": epoch, "opened": 0, "draws": 0, "open": []}
         self.positions = {w: {"emitted": 0, "sources": [dict(fresh) for _ in self.batches.sources]}
                           for w in range(max(self.config.num_workers, 1))}
+
+
+def _decode_on_device(loader: Iterable[Batch], decoder: DeviceJPEGDecoder) -> Iterator[Batch]:
+    """Batches of encoded JPEGs decoded by ``decoder``; an image it cannot decode is counted and its slot
+    filled with another pair of the batch, so every rank's batch keeps its size."""
+    for jpegs, texts, info in loader:
+        images, bad = decoder(jpegs, info.pop("boxes"), checked=True)
+        if bad:
+            good = [i for i in range(len(jpegs)) if i not in bad]
+            if not good:
+                raise RuntimeError(f"no image of a batch could be decoded on the device: {bad}")
+            source = [i if i not in bad else good[i % len(good)] for i in range(len(jpegs))]
+            row = {i: r for r, i in enumerate(good)}
+            images, texts = images[[row[i] for i in source]], texts[source]
+            info = {**info, "size": info["size"] - len(bad),
+                    "skipped": dict(Counter(info["skipped"]) + Counter(bad.values()))}
+        yield images, texts, info
