@@ -304,3 +304,16 @@ def test_training_on_damaged_shards_reports_exact_counts_and_never_hangs(tmp_pat
     assert last["data/skipped"] == sum(v for k, v in expected.items() if k not in ("tar_holes", "shard_errors"))
     state = torch.load(tmp_path / "run/checkpoints/step_00000008.pt", weights_only=False)["data"]
     assert state["kind"] == "shards" and set(state["ranks"][0]["positions"]) == {0, 1}
+
+
+def test_a_position_saved_for_other_readers_restarts_at_the_next_epoch(tmp_path, capsys):
+    write_good_shards(tmp_path, 4, 3)
+    first = train_data(str(tmp_path), batch_size=2, workers=2)
+    consumed_keys(first, 0, 3)
+    other = train_data(str(tmp_path), batch_size=2, workers=1)
+    other.restore(first.state(3))
+    assert "by 1 rank(s) × 2 worker(s); this run reads shards by 1 × 1: starting every reader at epoch 1" in \
+        capsys.readouterr().err
+    assert other.used == 6  # the counts carry over
+    keys = [k for batch in consumed_keys(other, 3, 9) for k in batch]
+    assert len(set(keys)) == 12 and other.positions[0]["sources"][0]["epoch"] == 1  # epoch 1, whole, no repeats

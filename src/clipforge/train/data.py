@@ -344,9 +344,9 @@ class TrainData:
         epoch = 1 + max((s["epoch"] for r in saved["ranks"] for p in r["positions"].values() for s in p["sources"]),
                         default=-1)
         if self.runtime.is_main:
-            warn(f"the data position was saved for {saved['world_size']} rank(s) × {saved['num_workers']} "
-                 f"worker(s), this run has {self.runtime.world_size} × {self.config.num_workers}: "
-                 f"starting every reader at epoch {epoch}")
+            warn(f"the data position was saved for {saved.get('kind')} data read by {saved['world_size']} rank(s) × "
+                 f"{saved['num_workers']} worker(s); this run reads {self.config.kind} by {self.runtime.world_size} × "
+                 f"{self.config.num_workers}: starting every reader at epoch {epoch}")
         fresh = {"epoch": epoch, "opened": 0, "draws": 0, "open": []}
         self.positions = {w: {"emitted": 0, "sources": [dict(fresh) for _ in self.batches.sources]}
                           for w in range(max(self.config.num_workers, 1))}
