@@ -38,6 +38,7 @@ def test_overrides_are_typed_and_nested():
     (["loss=siglip"], "needs a model with a logit bias"),
     (["schedule.warmup_steps=5000", "steps=10"], "exceeds steps"),
     (["steps"], "not of the form key=value"),
+    (["eval.languages=[en, de]"], "eval.languages: expected a non-empty list of"),
 ])
 def test_bad_configs_fail_with_a_clear_message(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("?", r"\?")):
@@ -69,3 +70,14 @@ def test_every_shipped_config_loads_and_states_its_command(path):
     assert isinstance(load_config(path), TrainConfig)
     assert "clipforge " in path.read_text().split("\n\n")[0] or "torchrun" in path.read_text()
     assert isinstance(yaml.safe_load(path.read_text()), dict)
+
+
+def test_results_table_has_one_column_per_language():
+    from clipforge.cli.train import results_table
+
+    table = results_table({"zeroshot/shape": 0.5, "retrieval/image_retrieval_recall@1": 0.25, "loss": 1.0,
+                           "zeroshot/shape@ru": 0.375, "retrieval/image_retrieval_recall@1@ru": 0.125}, "en")
+    lines = [line.split() for line in table.splitlines()]
+    assert lines[0][-2:] == ["en", "ru"]
+    assert ["shape", "50.0%", "37.5%"] in lines
+    assert ["caption", "→", "image", "R@1", "25.0%", "12.5%"] in lines

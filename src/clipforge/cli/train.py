@@ -50,7 +50,7 @@ def train_command(args: argparse.Namespace) -> int:
     finally:
         shutdown(runtime)
     if runtime.is_main:
-        print(results_table(result.eval))
+        print(results_table(result.eval, config.eval.languages[0]))
         print(f"run dir: {result.run_dir} ({result.step} steps, {result.wall_time:.0f} s)")
     return 0
 
@@ -67,7 +67,7 @@ def quickstart_command(args: argparse.Namespace) -> int:
     print(f"quickstart: {config.model} on the synthetic world, {config.steps} steps of {config.batch_size} "
           f"({path}); run dir {config.output_dir}")
     result = train(config, runtime)
-    print(results_table(result.eval))
+    print(results_table(result.eval, config.eval.languages[0]))
     print(f"wall time {result.wall_time:.0f} s; plots and metrics in {result.run_dir}: "
           "loss.png, zeroshot.png, similarity.png, metrics.jsonl")
     return 0
@@ -88,20 +88,40 @@ def _find_quickstart_config() -> Path:
     raise FileNotFoundError(f"{QUICKSTART_CONFIG} not found; pass --config")
 
 
-def results_table(metrics: dict[str, float]) -> str:
-    """Zero-shot accuracy per task and retrieval recall as an aligned text table."""
+def results_table(metrics: dict[str, float], first_language: str = "") -> str:
+    """Zero-shot accuracy per task and retrieval recall as an aligned text table, one column per language.
+
+    Keys of the first evaluated language are plain (``zeroshot/shape``); the others end in ``@<lang>``.
+    """
     if not metrics:
         return "(no evaluation)"
-    rows = [("zero-shot task", "top-1")]
-    rows += [(k.split("/", 1)[1], f"{v:6.1%}") for k, v in metrics.items() if k.startswith("zeroshot/")]
-    rows += [("retrieval", "")]
     names = {"text_retrieval": "image → caption", "image_retrieval": "caption → image"}
+    cells: dict[str, dict[str, float]] = {}  # row name -> language -> value
+    languages = [""]
     for key, value in metrics.items():
-        if key.startswith("retrieval/"):
-            kind, k = key.split("/", 1)[1].split("_recall")
-            rows.append((f"{names.get(kind, kind)} R{k}", f"{value:6.1%}"))
-    width = max(len(r[0]) for r in rows) + 2
-    return "\n".join(f"  {name:<{width}}{value}" for name, value in rows)
+        kind, _, rest = key.partition("/")
+        if kind not in ("zeroshot", "retrieval"):
+            continue
+        name, at, language = rest.rpartition("@")
+        if not (at and language.isalpha()):
+            name, language = rest, ""
+        if kind == "retrieval":
+            what, k = name.split("_recall")
+            name = f"{names.get(what, what)} R{k}"
+        if language not in languages:
+            languages.append(language)
+        cells.setdefault(f"{kind}:{name}", {})[language] = value
+    header = ["zero-shot top-1 / retrieval", *(lang or first_language or "score" for lang in languages)]
+    rows = [header]
+    for kind in ("zeroshot", "retrieval"):
+        if kind == "retrieval" and any(k.startswith("retrieval:") for k in cells):
+            rows.append(["retrieval", *([""] * len(languages))])
+        for row, values in cells.items():
+            if row.startswith(kind + ":"):
+                row_cells = (f"{values[lang]:6.1%}" if lang in values else "" for lang in languages)
+                rows.append([row.split(":", 1)[1], *row_cells])
+    widths = [max(len(r[i]) for r in rows) + 2 for i in range(len(header))]
+    return "\n".join("  " + "".join(f"{c:<{w}}" for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -254,19 +254,26 @@ class EvalConfig:
         every: Evaluate every this many steps (and at the end); 0 evaluates only at the end.
         size: Images per zero-shot task.
         retrieval_size: Images in the caption-retrieval set.
-        language: Language of the prompts and captions.
+        languages: Languages of the prompts and captions; each is evaluated. Metrics of the first are
+            named ``zeroshot/shape``, ``retrieval/...``; those of the others carry ``@<language>``
+            (``zeroshot/shape@ru``).
         split: ``val`` (model selection) or ``test``.
     """
 
     every: int = 0
     size: int = 200
     retrieval_size: int = 100
-    language: str = "en"
+    languages: tuple[str, ...] = ("en",)
     split: Literal["val", "test"] = "val"
 
     def __post_init__(self) -> None:
         if self.every < 0 or self.size <= 0 or self.retrieval_size < 0:
             raise ConfigError(f"eval: every >= 0, size > 0 and retrieval_size >= 0 needed, got {self}")
+        from clipforge.data.synthetic import LANGUAGES
+
+        if not self.languages or set(self.languages) - set(LANGUAGES):
+            raise ConfigError(f"eval.languages: expected a non-empty list of {list(LANGUAGES)}, "
+                              f"got {list(self.languages)}")
 
 
 @dataclass(frozen=True)

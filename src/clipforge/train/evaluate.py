@@ -84,6 +84,22 @@ def evaluate(model: nn.Module, data: EvalSet, text_processor: Callable, device: 
         return results
 
 
+def build_eval_sets(world: object, transform: Callable, size: int, retrieval_size: int,
+                    languages: tuple[str, ...], split: str) -> dict[str, EvalSet]:
+    """One ``EvalSet`` per language (``build_eval_set``), in the order given."""
+    return {lang: build_eval_set(world, transform, size, retrieval_size, lang, split) for lang in languages}
+
+
+def evaluate_languages(model: nn.Module, sets: dict[str, EvalSet], text_processor: Callable,
+                       device: torch.device) -> dict[str, float]:
+    """``evaluate`` on each language's set; the first language's keys are plain, the others' end in ``@<lang>``."""
+    results: dict[str, float] = {}
+    for i, (language, data) in enumerate(sets.items()):
+        metrics = evaluate(model, data, text_processor, device)
+        results.update(metrics if i == 0 else {f"{k}@{language}": v for k, v in metrics.items()})
+    return results
+
+
 def similarity_matrix(model: nn.Module, data: EvalSet, text_processor: Callable, device: torch.device,
                       n: int = 8) -> tuple[torch.Tensor, list, list[str]]:
     """Cosine similarities of the first ``n`` retrieval images and their first captions, for the CLIP-style plot."""

@@ -31,7 +31,7 @@ from clipforge.train.distributed import (
     broadcast_parameters,
     gather_objects,
 )
-from clipforge.train.evaluate import EvalSet, build_eval_set, evaluate, similarity_matrix
+from clipforge.train.evaluate import EvalSet, build_eval_sets, evaluate_languages, similarity_matrix
 from clipforge.train.gradcache import forward_backward
 from clipforge.train.loss import LOSSES
 from clipforge.train.metrics import MetricsLog, plot_loss, plot_similarity, plot_zeroshot, read_metrics
@@ -130,13 +130,13 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None) -> T
         for tower in set(model.towers().values()):
             tower.compile()
 
-    eval_set = None
+    eval_sets: dict[str, EvalSet] = {}
     if runtime.is_main and isinstance(config.data, SyntheticDataConfig):
         from clipforge.data.synthetic import SyntheticWorld
 
         world = SyntheticWorld(world_config(config.data, image_size))
         e = config.eval
-        eval_set = build_eval_set(world, eval_tf, e.size, e.retrieval_size, e.language, e.split)
+        eval_sets = build_eval_sets(world, eval_tf, e.size, e.retrieval_size, e.languages, e.split)
     metrics = MetricsLog(run_dir, runtime.is_main, start_step if resume is not None else None)
     loader = data.loader(start_step, config.steps, pin_memory=device.type == "cuda")
 
@@ -178,13 +178,13 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None) -> T
             if not math.isfinite(mean_loss):
                 raise FloatingPointError(f"loss is {mean_loss} at step {done}")
 
-        if eval_set is not None and ((config.eval.every and done % config.eval.every == 0) or done == config.steps):
-            result.eval = evaluate(model, eval_set, text_processor, device)
+        if eval_sets and ((config.eval.every and done % config.eval.every == 0) or done == config.steps):
+            result.eval = evaluate_languages(model, eval_sets, text_processor, device)
             metrics.log(done, result.eval)
             bar.write(f"step {done}: " + ", ".join(f"{k} {v:.3f}" for k, v in result.eval.items()))
         if (config.checkpoint_every and done % config.checkpoint_every == 0) or done == config.steps:
             result.checkpoint = _save(checkpoint_dir, done, model, optimizer, config, runtime, data)
-        if eval_set is not None and config.eval.every and done % config.eval.every == 0:
+        if eval_sets and config.eval.every and done % config.eval.every == 0:
             t_log = time.perf_counter()  # evaluation time is not training throughput
     bar.close()
     metrics.close()
@@ -192,7 +192,7 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None) -> T
     if runtime.is_main:
         export_model(model, text_processor, run_dir / "final")
         if config.plots:
-            write_plots(run_dir, model, eval_set, text_processor, device)
+            write_plots(run_dir, model, next(iter(eval_sets.values()), None), text_processor, device)
     barrier(runtime)
     result.wall_time = time.perf_counter() - start_time
     return result
