@@ -317,3 +317,17 @@ def test_a_position_saved_for_other_readers_restarts_at_the_next_epoch(tmp_path,
     assert other.used == 6  # the counts carry over
     keys = [k for batch in consumed_keys(other, 3, 9) for k in batch]
     assert len(set(keys)) == 12 and other.positions[0]["sources"][0]["epoch"] == 1  # epoch 1, whole, no repeats
+
+
+def test_a_source_with_nothing_usable_fails_fast_instead_of_spinning(tmp_path, monkeypatch):
+    (tmp_path / "dead").mkdir()
+    for i in range(2):
+        (tmp_path / f"dead/{i}.tar").write_bytes(b"")  # unreadable: every epoch of this source is empty
+    with pytest.raises(RuntimeError, match="shards in a row gave no sample"):
+        consumed_keys(train_data(str(tmp_path / "dead"), batch_size=2), 0, 1)
+    (tmp_path / "junk").mkdir()
+    for i in range(2):
+        write_tar_shard(tmp_path / f"junk/{i}.tar", [{"__key__": f"{i}{k}", "jpg": b"", "txt": "x"} for k in range(3)])
+    monkeypatch.setattr("clipforge.train.data.MAX_BAD_IN_A_ROW", 50)
+    with pytest.raises(RuntimeError, match=r"50 shard samples in a row unusable: \{'empty': 50\}"):
+        consumed_keys(train_data(str(tmp_path / "junk"), batch_size=2), 0, 1)

@@ -90,16 +90,11 @@ class SourceStream:
         state: A position from :meth:`state` to continue from (epoch mode).
         salt: Extra seed for resampled mode (the resume step).
 
-    Raises:
-        ValueError: in epoch mode, fewer shards than slots (some reader would have no data).
+    In epoch mode there must be at least ``slots`` shards (:func:`check_readers`).
     """
 
     def __init__(self, shards: Sequence[str], source: int, slot: int, slots: int, seed: int, resampled: bool,
                  interleave: int, stats: ShardStats, state: dict[str, Any] | None = None, salt: int = 0):
-        if not resampled and len(shards) < slots:
-            raise ValueError(f"source {source} has {len(shards)} shard(s), fewer than the {slots} readers "
-                             "(ranks × workers) that epoch mode splits them among: use more shards, fewer "
-                             "workers, or resampled mode")
         self.shards, self.source, self.slot, self.slots = list(shards), source, slot, slots
         self.seed, self.resampled, self.interleave, self.stats = seed, resampled, interleave, stats
         mode_key = (salt, 1) if resampled else (0, 0)
@@ -108,14 +103,17 @@ class SourceStream:
         self.position: dict[str, Any] = {"epoch": 0, "opened": 0, "draws": 0, "open": []}
         self._open: list[Iterator[Sample]] = []
         self._empty_run = 0  # shards opened in a row that gave nothing: bounded, so a dead source fails, never hangs
+        self._share: tuple[int, list[str]] = (-1, [])
         if state is not None and not resampled:
             self.position = copy.deepcopy(state)
             self._open = [iter_shard(path, stats, skip=taken) for path, taken in self.position["open"]]
 
     def share(self, epoch: int) -> list[str]:
         """This slot's shards in ``epoch`` (epoch mode), in reading order."""
-        order = np.random.default_rng([self.seed, self.source, epoch]).permutation(len(self.shards))
-        return [self.shards[i] for i in order[self.slot::self.slots]]
+        if self._share[0] != epoch:
+            order = np.random.default_rng([self.seed, self.source, epoch]).permutation(len(self.shards))
+            self._share = (epoch, [self.shards[i] for i in order[self.slot::self.slots]])
+        return self._share[1]
 
     def _next_shard(self) -> str | None:
         if self.resampled:
@@ -195,6 +193,15 @@ class MixedStream:
         return {"emitted": self.emitted, "sources": [s.state() for s in self.streams]}
 
 
+def check_readers(shard_counts: Sequence[int], readers: int, resampled: bool) -> None:
+    """Raises ``ValueError`` when epoch mode would leave one of ``readers`` without a shard of some source."""
+    for i, count in enumerate(shard_counts):
+        if not resampled and count < readers:
+            raise ValueError(f"shard source {i} has {count} shard(s), fewer than the {readers} readers (ranks × "
+                             "workers) that epoch mode splits shards among: use more shards, fewer workers "
+                             "(data.num_workers), or resampled mode (data.resampled=true)")
+
+
 def open_stream(sources: Sequence[Sequence[str]], weights: Sequence[float] | None, *, slot: int, slots: int,
                 seed: int, resampled: bool, interleave: int, stats: ShardStats, state: dict[str, Any] | None = None,
                 salt: int = 0) -> MixedStream:
@@ -214,6 +221,7 @@ def open_stream(sources: Sequence[Sequence[str]], weights: Sequence[float] | Non
     Raises:
         ValueError: bad weights, or too few shards for the readers in epoch mode.
     """
+    check_readers([len(shards) for shards in sources], slots, resampled)
     saved = state["sources"] if state is not None and not resampled else [None] * len(sources)
     if len(saved) != len(sources):
         raise ValueError(f"the saved data position has {len(saved)} sources, the config {len(sources)}")

@@ -38,7 +38,7 @@ from PIL import Image
 
 from clipforge.data.decode import BadSample, decode_image, decode_text, draft_size, pick_caption, sample_parts
 from clipforge.data.device_decode import DeviceJPEGDecoder, device_decode_unavailable, jpeg_size
-from clipforge.data.shards import open_stream, warn
+from clipforge.data.shards import check_readers, open_stream, warn
 from clipforge.data.webdataset import ShardStats
 from clipforge.train.config import (
     CSVDataConfig,
@@ -165,12 +165,8 @@ class ShardBatches(torch.utils.data.IterableDataset):
         self.sources = config.sources()
         self.start, self.stop, self.positions = 0, 0, {}
         self.encoded = False  # True: leave JPEG decoding to a DeviceJPEGDecoder in the main process
-        readers = world_size * max(config.num_workers, 1)
-        for i, shards in enumerate(self.sources):
-            if not config.resampled and len(shards) < readers:
-                raise ValueError(f"data.urls source {i} has {len(shards)} shard(s), fewer than the {readers} "
-                                 "readers (ranks × workers) that epoch mode splits shards among: use more shards, "
-                                 "fewer data.num_workers, or data.resampled=true")
+        check_readers([len(shards) for shards in self.sources], world_size * max(config.num_workers, 1),
+                      config.resampled)  # here, in the main process, before any work
 
     def steps(self, start: int, stop: int, positions: dict[int, dict[str, Any]]) -> ShardBatches:
         """A copy that yields steps ``start .. stop - 1``, readers continuing from ``positions`` (by logical worker)."""
