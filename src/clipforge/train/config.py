@@ -247,6 +247,30 @@ class ScheduleConfig:
 
 
 @dataclass(frozen=True)
+class TextPairsConfig:
+    """CLIPPO's text/text pairs (``clipforge.data.text_pairs``), mixed into a fixed fraction of each batch.
+
+    Attributes:
+        fraction: Share of every global batch given to text/text pairs (the paper: 0.25); 0 turns them off.
+        path: A UTF-8 corpus file (consecutive sentences of a paragraph form pairs), or ``synthetic``:
+            two captions of one training scene of the built-in world, in two of its languages.
+        size: ``synthetic`` only: how many scenes the pairs are drawn from.
+    """
+
+    fraction: float = 0.0
+    path: str = "synthetic"
+    size: int = 100_000
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.fraction < 1.0:
+            raise ConfigError(f"text_pairs.fraction must be in [0, 1), got {self.fraction}")
+        if self.size <= 0:
+            raise ConfigError(f"text_pairs.size must be positive, got {self.size}")
+        if self.fraction and self.path != "synthetic" and not Path(self.path).is_file():
+            raise ConfigError(f"text_pairs.path: no such file: {self.path}")
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     """Periodic zero-shot and retrieval evaluation on the synthetic world's held-out split.
 
@@ -302,6 +326,7 @@ class TrainConfig:
         loss: ``clip`` (softmax InfoNCE) or ``siglip`` (sigmoid; the model needs a logit bias).
         local_loss: Distributed: each rank's loss over its own rows against all columns (OpenCLIP's local loss).
         plots: Write PNG plots into the run dir at the end.
+        text_pairs: CLIPPO only: text/text pairs mixed into each batch.
     """
 
     model: str = "tiny-vit"
@@ -325,6 +350,7 @@ class TrainConfig:
     loss: Literal["clip", "siglip"] = "clip"
     local_loss: bool = False
     plots: bool = True
+    text_pairs: TextPairsConfig = field(default_factory=TextPairsConfig)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "accum_steps", "log_every", "keep_checkpoints"):
@@ -340,6 +366,15 @@ class TrainConfig:
         if self.loss == "siglip" and self.model_config().init_logit_bias is None:
             raise ConfigError("loss 'siglip' needs a model with a logit bias: set model_overrides.init_logit_bias "
                               "(SigLIP: -10) and model_overrides.init_logit_scale (SigLIP: 2.302585)")
+        if self.text_pairs.fraction:
+            if self.model_config().family != "clippo":
+                raise ConfigError("text_pairs need a CLIPPO model (both texts are rendered as images); "
+                                  f"{self.model!r} is a {self.model_config().family!r} model")
+            if isinstance(self.data, ShardsDataConfig):
+                raise ConfigError("text_pairs mix into indexable sources (synthetic, tables, folders), not tar shards")
+            if self.text_pairs.path == "synthetic" and not isinstance(self.data, SyntheticDataConfig):
+                raise ConfigError("text_pairs.path=synthetic draws from the synthetic world: give a corpus file "
+                                  "for other data sources")
 
     def model_config(self) -> Any:
         """The validated model config (preset + overrides)."""

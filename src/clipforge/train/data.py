@@ -26,6 +26,7 @@ step, giving fresh draws from the same distribution.
 from __future__ import annotations
 
 import copy
+import math
 import random
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -39,6 +40,7 @@ from PIL import Image
 from clipforge.data.decode import BadSample, decode_image, decode_text, draft_size, pick_caption, sample_parts
 from clipforge.data.device_decode import DeviceJPEGDecoder, device_decode_unavailable, jpeg_size
 from clipforge.data.shards import check_readers, open_stream, warn
+from clipforge.data.text_pairs import pair_source, rendered_images
 from clipforge.data.webdataset import ShardStats
 from clipforge.train.config import (
     CSVDataConfig,
@@ -46,11 +48,13 @@ from clipforge.train.config import (
     FolderDataConfig,
     ShardsDataConfig,
     SyntheticDataConfig,
+    TextPairsConfig,
 )
 from clipforge.train.distributed import Runtime, gather_objects
 
 Batch = tuple[torch.Tensor, torch.Tensor, dict[str, Any]]
 MAX_ATTEMPTS = 64  # replacements tried for one position of an indexable source before giving up
+_PAIR_STREAM = 1 << 32  # seeds the text pairs' order apart from the image–caption order
 MAX_BAD_IN_A_ROW = 10_000  # unusable shard samples in a row before a reader gives up (fail, never spin)
 
 
@@ -97,27 +101,59 @@ class StepBatches(torch.utils.data.Dataset):
         rank: This process's rank.
         world_size: Number of processes.
         augment: Whether ``transform`` takes an rng (random crops).
+        pairs: CLIPPO's text/text pairs (``clipforge.data.text_pairs``), or ``None``; ``text_processor`` must
+            then be a renderer (with ``render(texts) -> uint8 (N, H, W, 3)``).
+        pair_fraction: Share of each global batch given to ``pairs``: position ``j`` is a pair slot when
+            ``floor((j + 1) f) > floor(j f)``, which spreads the slots evenly over the batch (and the ranks).
+            Image–caption samples fill the other slots in stream order, pairs follow their own order.
     """
 
     def __init__(self, source: Sequence[tuple[Image.Image, Any]], transform: Callable, text_processor: Callable,
-                 batch_size: int, seed: int, rank: int = 0, world_size: int = 1, augment: bool = True):
+                 batch_size: int, seed: int, rank: int = 0, world_size: int = 1, augment: bool = True,
+                 pairs: Sequence[tuple[str, str]] | None = None, pair_fraction: float = 0.0):
         self.source, self.transform, self.text_processor = source, transform, text_processor
         self.batch_size, self.seed, self.augment = batch_size, seed, augment
         local = batch_size // world_size
         self.positions = range(rank * local, (rank + 1) * local)
+        self.pairs, self.pair_fraction = pairs, (pair_fraction if pairs is not None else 0.0)
+        self.pairs_per_batch = sum(self.is_pair_slot(j) for j in range(batch_size))
+
+    def is_pair_slot(self, j: int) -> bool:
+        """Whether position ``j`` of every global batch holds a text/text pair."""
+        f = self.pair_fraction
+        return math.floor((j + 1) * f) > math.floor(j * f)
+
+    def pair_at(self, step: int, j: int) -> tuple[str, str]:
+        """The text pair in slot ``j`` (a pair slot) of global batch ``step``."""
+        assert self.pairs is not None
+        n = len(self.pairs)
+        q = step * self.pairs_per_batch + math.floor(j * self.pair_fraction)
+        return self.pairs[int(_order(self.seed + _PAIR_STREAM, q // n, n)[q % n])]
 
     def __len__(self) -> int:
         return 2**62  # indexed by step; the sampler decides which steps are drawn
 
     def __getitem__(self, step: int) -> Batch:
-        images, captions, skipped = [], [], Counter()
-        for j in self.positions:
-            p = step * self.batch_size + j
+        images, captions, skipped, pair_rows, firsts = [], [], Counter(), [], []
+        image_slots = self.batch_size - self.pairs_per_batch
+        for row, j in enumerate(self.positions):
+            if self.is_pair_slot(j):
+                first, second = self.pair_at(step, j)
+                pair_rows.append(row)
+                firsts.append(first)
+                images.append(None)
+                captions.append(second)
+                continue
+            p = step * image_slots + j - math.floor((j + 1) * self.pair_fraction)  # the image–caption stream
             rng = random.Random(self.seed * 2**40 + p)
             image, caption = self._sample(p, rng, skipped)
             images.append(self.transform(image, rng) if self.augment else self.transform(image))
             captions.append(caption)
-        info = {"size": len(captions), "skipped": dict(skipped)}
+        if firsts:
+            rendered = rendered_images(self.text_processor.render, firsts, self.transform.mean, self.transform.std)
+            for row, image in zip(pair_rows, rendered, strict=True):
+                images[row] = image
+        info = {"size": len(captions), "skipped": dict(skipped), "text_pairs": len(firsts)}
         return torch.stack(images), self.text_processor(captions), info
 
     def _sample(self, p: int, rng: random.Random, skipped: Counter) -> tuple[Image.Image, str]:
@@ -254,18 +290,24 @@ class TrainData:
         seed: The run's seed.
         runtime: Rank and world size.
         image_size: The model's input side.
+        text_pairs: CLIPPO's text/text pairs (a ``TextPairsConfig``); used when its ``fraction`` is > 0.
     """
 
     def __init__(self, config: DataConfig, transform: Callable, text_processor: Callable, batch_size: int,
-                 seed: int, runtime: Runtime, image_size: int):
+                 seed: int, runtime: Runtime, image_size: int, text_pairs: TextPairsConfig | None = None):
         self.config, self.runtime, self.batch_size = config, runtime, batch_size
         self.batches: StepBatches | ShardBatches
         if isinstance(config, ShardsDataConfig):
             self.batches = ShardBatches(config, transform, text_processor, batch_size, seed, runtime.rank,
                                         runtime.world_size, image_size)
         else:
-            self.batches = StepBatches(build_source(config, image_size), transform, text_processor, batch_size, seed,
-                                       runtime.rank, runtime.world_size, augment=config.augment)
+            source = build_source(config, image_size)
+            pairs = None
+            if text_pairs is not None and text_pairs.fraction:
+                pairs = pair_source(text_pairs, getattr(source, "world", None))
+            self.batches = StepBatches(source, transform, text_processor, batch_size, seed, runtime.rank,
+                                       runtime.world_size, augment=config.augment, pairs=pairs,
+                                       pair_fraction=text_pairs.fraction if pairs is not None else 0.0)
         self.used, self.skipped = 0, Counter()
         self.positions: dict[int, dict[str, Any]] = {}
         self.decoder = self._device_decoder(transform, runtime) if getattr(config, "gpu_decode", False) else None

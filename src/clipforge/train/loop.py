@@ -107,7 +107,7 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None) -> T
     train_tf, eval_tf = clipforge.transforms.model_transforms(model.config)
     image_size = model.config.vision.image_size
     data = TrainData(config.data, train_tf if config.data.augment else eval_tf, text_processor, config.batch_size,
-                     config.seed, runtime, image_size)
+                     config.seed, runtime, image_size, text_pairs=config.text_pairs)
 
     start_step, checkpoint_path = 0, None
     checkpoint_dir = run_dir / "checkpoints"
