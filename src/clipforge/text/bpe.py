@@ -10,7 +10,7 @@ Speed comes from exact shortcuts, each proven by the parity tests against open_c
 - no pre-token contains whitespace, so a text is the concatenation of its space-separated chunks' ids,
   and those are cached per chunk (``"dog,"`` -> ids of ``dog`` and ``,``): a cache hit skips the regex
   and the BPE entirely;
-- the batch's chunks are looked up in one pass, and all rows' ids are gathered into one int64 array at once.
+- all rows' ids go into one flat list, then into the padded int64 array with one vectorised gather.
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ class BPETokenizer:
     def _bpe(self, token: str) -> tuple[int, ...]:
         """BPE ids of one pre-token (the caller has missed the cache): OpenAI's algorithm, the lowest-ranked
         adjacent pair merged everywhere (left to right) until no pair is a merge."""
-        symbols = "".join(self.byte_encoder[b] for b in token.encode("utf-8"))
+        symbols = "".join(map(self.byte_encoder.__getitem__, token.encode("utf-8")))
         word = [*symbols[:-1], symbols[-1] + "</w>"]
         ranks, merges = self.ranks, self.merges
         while len(word) > 1:
@@ -192,7 +192,7 @@ class BPETokenizer:
                     merged.append(word[i])
                     i += 1
             word = merged
-        ids = tuple(self.encoder[w] for w in word)
+        ids = tuple(map(self.encoder.__getitem__, word))
         if len(self._bpe_cache) < _CACHE_LIMIT:
             self._bpe_cache[token] = ids
         return ids
@@ -200,8 +200,11 @@ class BPETokenizer:
     def _chunk(self, chunk: str) -> tuple[int, ...]:
         """Ids of one space-free chunk of cleaned text, cached (the caller has already missed the cache)."""
         pattern = _ASCII_PATTERN if chunk.isascii() and chunk.isprintable() else PATTERN
-        get, miss = self._bpe_cache.get, self._bpe
-        ids = tuple(chain.from_iterable([get(token) or miss(token) for token in pattern.findall(chunk)]))
+        tokens = pattern.findall(chunk)
+        parts = list(map(self._bpe_cache.get, tokens))  # the pre-tokens of a new chunk are mostly known
+        if None in parts:
+            parts = [ids or self._bpe(token) for ids, token in zip(parts, tokens)]
+        ids = tuple(chain.from_iterable(parts))
         if len(self._chunk_cache) < _CACHE_LIMIT:
             self._chunk_cache[chunk] = ids
         return ids
@@ -227,13 +230,15 @@ class BPETokenizer:
         bad = next((row for row, text in enumerate(texts) if not isinstance(text, str)), None)
         if bad is not None:
             raise TypeError(f"text {bad}: expected a string, got {type(texts[bad]).__name__}")
-        chunks = [self._chunks(text) for text in texts]
+        flat: list[int] = []
+        ends = [0]  # len(flat) after each text
+        extend, end = flat.extend, ends.append
         get, miss = self._chunk_cache.get, self._chunk
-        chunk_ids = [get(c) or miss(c) for c in chain.from_iterable(chunks)]  # the whole batch's chunks, in order
-        ids = np.fromiter(chain.from_iterable(chunk_ids), np.int64)
-        # Offsets of each text's ids in ``ids``: ids before each chunk, read at each text's first chunk.
-        ids_before_chunk = np.cumsum([0, *map(len, chunk_ids)])
-        offsets = ids_before_chunk[np.cumsum([0, *map(len, chunks)])]  # (N + 1,)
+        for text in texts:
+            for chunk in self._chunks(text):
+                extend(get(chunk) or miss(chunk))
+            end(len(flat))
+        ids, offsets = np.array(flat, dtype=np.int64), np.array(ends, dtype=np.int64)
         return torch.from_numpy(self._pack(ids, offsets, n_ctx))
 
     def _pack(self, ids: np.ndarray, offsets: np.ndarray, n_ctx: int) -> np.ndarray:
