@@ -249,6 +249,7 @@ def test_short_fine_tune_learns_far_below_chance(vqa: SyntheticVQA) -> None:
     assert min(losses[-5:]) < 0.25 * math.log(len(ANSWERS)), losses[::10]
     result = evaluate_vqa(model, data, batch_size=16)
     assert result["accuracy"]["all"] > 0.9 and set(result["n"]) == set(QUESTION_TYPES)
+    assert set(result["by_answer"]["exists"]) <= {"yes", "no"} and set(result["by_answer"]["colour"]) <= set(COLOURS)
 
 
 def test_save_and_load_round_trip(tmp_path: Path) -> None:

@@ -280,7 +280,9 @@ def evaluate_vqa(model: VQA, dataset: VQADataset, batch_size: int = 128) -> dict
         batch_size: Examples per forward pass (on the model's device).
 
     Returns:
-        ``{"accuracy": {type: acc, "all": acc}, "constant_baseline": {type: acc, "all": acc}, "n": {type: n}}``.
+        ``{"accuracy": {type: acc, "all": acc}, "constant_baseline": {type: acc, "all": acc}, "n": {type: n},
+        "by_answer": {type: {answer: acc}}}``; ``by_answer`` shows e.g. whether "how many …" is answered
+        right for absent shapes ("0") as well as present ones.
     """
     if tuple(model.answers) != ANSWERS:
         raise ValueError("the model's answer vocabulary differs from the synthetic VQA answers")
@@ -291,17 +293,20 @@ def evaluate_vqa(model: VQA, dataset: VQADataset, batch_size: int = 128) -> dict
         labels.append(answers)
         kinds.append(kind)
     pred, label, kind = torch.cat(preds), torch.cat(labels), torch.cat(kinds)
-    accuracy, baseline, counts = {}, {}, {}
+    right = pred == label
+    accuracy, baseline, counts, by_answer = {}, {}, {}, {}
     for k, name in enumerate(QUESTION_TYPES):
         mask = kind == k
         if not mask.any():
             continue
         counts[name] = int(mask.sum())
-        accuracy[name] = float((pred[mask] == label[mask]).float().mean())
+        accuracy[name] = float(right[mask].float().mean())
         baseline[name] = float(label[mask].bincount().max() / mask.sum())
-    accuracy["all"] = float((pred == label).float().mean())
+        by_answer[name] = {ANSWERS[a]: float(right[mask & (label == a)].float().mean())
+                           for a in label[mask].unique().tolist()}
+    accuracy["all"] = float(right.float().mean())
     baseline["all"] = sum(baseline[k] * counts[k] for k in counts) / len(label)
-    return {"accuracy": accuracy, "constant_baseline": baseline, "n": counts}
+    return {"accuracy": accuracy, "constant_baseline": baseline, "n": counts, "by_answer": by_answer}
 
 
 def evaluate_splits(model: VQA, vqa: SyntheticVQA, composer: QuestionImageComposer, size: int,
