@@ -58,9 +58,25 @@ def test_table_to_shards_counts_skips_and_resizes(tmp_path, capsys):
     stats = json.loads((out / "stats.json").read_text())
     assert stats["inputs"] == len(ROWS) and stats["samples"] == GOOD
     assert stats["skipped"] == {"bad_text": 1, "no_caption": 1, "no_image": 1, "not_image": 1}
-    metas = [json.loads(s["json"]) for s in iter_tar_samples(sorted(out.glob("*.tar")))]
+    # Inputs 0-3 → shard 0, 4-7 → shard 1 (4, 5 good), 8-9 → shard 2 (all bad: not written).
+    assert [(s["name"], s["samples"]) for s in stats["shards"]] == [("00000.tar", 4), ("00001.tar", 2)]
+    assert sorted(p.name for p in out.glob("*.tar")) == ["00000.tar", "00001.tar"]
+    samples = list(iter_tar_samples(sorted(out.glob("*.tar"))))
+    assert [s["__key__"] for s in samples] == ["000000", "000001", "000002", "000003", "000010", "000011"]
+    metas = [json.loads(s["json"]) for s in samples]
     assert [(m["width"], m["height"], m["original_width"]) for m in metas] == [(24, 29, 40)] * GOOD
     assert "skipped 4" in capsys.readouterr().out
+
+
+def test_parallel_writers_write_the_same_shards(tmp_path):
+    path = write_table(tmp_path)
+    for workers in (1, 3):
+        assert main(["data", "shards", str(path), str(tmp_path / f"out{workers}"), "--shard-size", "3",
+                     "--image-key", "img", "--caption-key", "text", "--workers", str(workers), "--quiet"]) == 0
+    one, three = (json.loads((tmp_path / f"out{w}/stats.json").read_text()) for w in (1, 3))
+    assert {**one, "seconds": 0} == {**three, "seconds": 0} and len(one["shards"]) == 2  # inputs 6-9: all bad
+    for shard in one["shards"]:
+        assert (tmp_path / "out1" / shard["name"]).read_bytes() == (tmp_path / "out3" / shard["name"]).read_bytes()
 
 
 def test_folder_to_shards_keeps_original_bytes(tmp_path):
@@ -77,7 +93,7 @@ def test_folder_to_shards_keeps_original_bytes(tmp_path):
 
 @pytest.mark.parametrize(("args", "message"), [
     (["data", "shards", "no/such.csv", "OUT"], "no such file or folder: no/such.csv"),
-    (["data", "shards", "synthetic", "OUT", "--shard-size", "0"], "--shard-size must be positive"),
+    (["data", "shards", "synthetic", "OUT", "--shard-size", "0"], "--shard-size and --workers must be positive"),
     (["data", "shards", "synthetic", "OUT", "--max-pixels", "0"], "max_pixels and min_side must be positive"),
     (["data", "stats", "no/{0..2}.tar"], "no tar shards found"),
 ])

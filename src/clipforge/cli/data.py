@@ -1,6 +1,6 @@
 """``clipforge data``: write training shards and check them.
 
-    clipforge data shards pairs.csv out/ --shard-size 10000          # a CSV/TSV/parquet table
+    clipforge data shards pairs.csv out/ --shard-size 10000 --workers 8   # a CSV/TSV/parquet table
     clipforge data shards photos/ out/ --shard-size 1000 --resize 384 # a folder with .txt sidecars
     clipforge data shards synthetic out/ --count 20000 --shard-size 1000 --captions 3
     clipforge data stats "out/{00000..00019}.tar"                     # count and validate every sample
@@ -35,6 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--image-size", type=int, default=64, help="synthetic: image side (default: 64)")
     s.add_argument("--captions", type=int, default=1, help="synthetic: captions per image, one per line")
     s.add_argument("--max-pixels", type=int, help="skip images with more pixels than this")
+    s.add_argument("--workers", type=int, default=1, help="processes writing shards in parallel (default: 1)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=shards_command)
 
@@ -92,7 +93,7 @@ def shards_command(args: argparse.Namespace) -> int:
     if count <= 0:
         raise ValueError(f"{args.src}: nothing to write")
     stats = write_shards(load, count, args.out, args.shard_size, limits, args.resize, source=args.src,
-                         progress=not args.quiet)
+                         progress=not args.quiet, workers=args.workers)
     print(f"wrote {stats['samples']} samples in {len(stats['shards'])} shard(s) to {args.out} "
           f"({stats['image_bytes'] / 1e6:.1f} MB of images, {stats['seconds']:.1f} s); "
           f"skipped {sum(stats['skipped'].values())}: {stats['skipped'] or 'none'}")

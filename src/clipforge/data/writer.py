@@ -1,24 +1,25 @@
 """The shard writer: image–caption pairs into webdataset tars in img2dataset's layout, plus ``stats.json``.
 
-Output: ``OUT/00000.tar, 00001.tar, ...`` of ``shard_size`` samples each; sample ``k`` of shard ``s`` has
-the key ``f"{s:05d}{k:0{d}d}"`` (``d`` digits enough for ``shard_size``, as img2dataset names them) and
-three members: ``key.jpg`` (or ``.png``/``.webp``: the original bytes when no resize is asked for and the
-format is one of these, else a re-encoded JPEG), ``key.txt`` (the caption; several lines when the
-source has several captions) and ``key.json`` (key, caption, sizes, sha256, source). Every input is
-fully decoded before it is written, so a bad input is skipped and counted in ``stats.json`` by reason,
-and every written sample is known to decode.
+Output: ``OUT/00000.tar, 00001.tar, ...``; shard ``s`` holds the good inputs among inputs
+``s · shard_size ..`` of the next ``shard_size``, and input ``i`` of it has the key
+``f"{s:05d}{i:0{d}d}"`` (``d`` digits enough for ``shard_size``, as img2dataset names them; a skipped
+input leaves a gap). A sample has three members: ``key.jpg`` (or ``.png``/``.webp``: the original bytes
+when no resize is asked for and the format is one of these, else a re-encoded JPEG), ``key.txt`` (the
+caption; several lines when the source has several captions) and ``key.json`` (key, caption, sizes,
+sha256, source). Every input is fully decoded before it is written, so a bad input is skipped and counted
+in ``stats.json`` by reason, and every written sample is known to decode. Shards are independent, so
+several processes write them in parallel with the same result.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import itertools
 import json
-import os
+import multiprocessing
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -73,65 +74,88 @@ def prepare_sample(raw: RawPair, limits: DecodeLimits, resize: int | None) -> di
     return {KEEP_FORMATS[fmt]: data, "txt": "\n".join(captions), "json": meta}
 
 
+_JOB: tuple[Any, ...] | None = None  # what _write_shard needs; set before worker processes fork
+
+
 def write_shards(load: Callable[[int], RawPair], count: int, out_dir: str | Path, shard_size: int,
                  limits: DecodeLimits | None = None, resize: int | None = None, source: str = "",
-                 progress: bool = True) -> dict[str, Any]:
+                 progress: bool = True, workers: int = 1) -> dict[str, Any]:
     """Writes inputs ``load(0) .. load(count - 1)`` as shards in ``out_dir`` and returns (and saves) the stats.
+
+    As img2dataset does, shard ``s`` holds what is good among inputs ``s · shard_size .. (s + 1) · shard_size
+    - 1`` and a sample's key is ``f"{s:05d}{i - s · shard_size}"`` (zero-padded), so a skipped input leaves
+    a gap in the keys and the output does not depend on how many processes wrote it. A shard whose
+    inputs are all bad is not written.
 
     Args:
         load: Returns input ``i``; may raise ``BadSample`` (skipped and counted).
         count: Number of inputs.
         out_dir: The output folder (created; must not hold shards already).
-        shard_size: Samples per shard (the last one may hold fewer).
+        shard_size: Inputs per shard.
         limits: Image size limits (defaults: ``DecodeLimits()``).
         resize: Shorter side at most this, re-encoded as JPEG; ``None`` keeps original bytes where possible.
         source: Names the input in ``stats.json``.
         progress: Show a tqdm bar.
+        workers: Processes writing shards in parallel (forked, so ``load`` need not be picklable).
 
     Returns:
         The stats written to ``out_dir/stats.json``: ``samples``, ``skipped`` (by reason), ``inputs``,
         ``image_bytes``, ``shards`` (name, samples, bytes), ``seconds``.
 
     Raises:
-        ValueError: ``shard_size`` not positive, or ``out_dir`` already holds ``.tar`` files.
+        ValueError: ``shard_size`` or ``workers`` not positive, or ``out_dir`` already holds ``.tar`` files.
     """
-    if shard_size <= 0:
-        raise ValueError(f"--shard-size must be positive, got {shard_size}")
+    global _JOB
+    if shard_size <= 0 or workers <= 0:
+        raise ValueError(f"--shard-size and --workers must be positive, got {shard_size} and {workers}")
     out = Path(out_dir)
     if out.is_dir() and any(out.glob("*.tar")):
         raise ValueError(f"{out} already holds .tar shards; choose an empty folder")
     out.mkdir(parents=True, exist_ok=True)
-    limits, digits = limits or DecodeLimits(), len(str(shard_size - 1))
-    skipped: Counter[str] = Counter()
-    image_bytes, shards, start = 0, [], time.perf_counter()
+    start, skipped, image_bytes, shards = time.perf_counter(), Counter(), 0, []
+    _JOB = (load, limits or DecodeLimits(), resize, out, shard_size, count)
     bar = tqdm(total=count, desc="shards", unit="img", disable=not progress, dynamic_ncols=True)
-
-    def good_samples() -> Iterator[dict[str, Any]]:
-        nonlocal image_bytes
-        for i in range(count):
-            bar.update(1)
-            try:
-                sample = prepare_sample(load(i), limits, resize)
-            except BadSample as e:
-                skipped[e.reason] += 1
-                continue
-            image_bytes += len(next(v for k, v in sample.items() if k in KEEP_FORMATS.values()))
-            yield sample
-
-    samples = good_samples()
-    for shard in itertools.count():
-        batch = list(itertools.islice(samples, shard_size))
-        if not batch:
-            break
-        for k, sample in enumerate(batch):
-            sample["__key__"] = key = f"{shard:05d}{k:0{digits}d}"
-            sample["json"] = json.dumps({"key": key, **sample["json"]}, ensure_ascii=False)
-        path = out / f"{shard:05d}.tar"
-        write_tar_shard(path, batch)
-        shards.append({"name": path.name, "samples": len(batch), "bytes": os.path.getsize(path)})
-    bar.close()
+    pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 else None
+    try:
+        numbers = range(-(-count // shard_size))
+        for result in (pool.imap(_write_shard, numbers) if pool is not None else map(_write_shard, numbers)):
+            bar.update(result.pop("inputs"))
+            skipped.update(result.pop("skipped"))
+            image_bytes += result.pop("image_bytes")
+            if result["samples"]:
+                shards.append(result)
+    finally:
+        _JOB = None
+        bar.close()
+        if pool is not None:
+            pool.terminate()
     stats = {"source": source, "shard_size": shard_size, "inputs": count, "samples": sum(s["samples"] for s in shards),
              "skipped": dict(sorted(skipped.items())), "image_bytes": image_bytes, "shards": shards,
              "seconds": round(time.perf_counter() - start, 3)}
     (out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
     return stats
+
+
+def _write_shard(shard: int) -> dict[str, Any]:
+    """Writes shard number ``shard`` of the job in ``_JOB``; returns its stats (name, samples, bytes, inputs,
+    skipped, image_bytes)."""
+    assert _JOB is not None, "_write_shard runs inside write_shards"
+    load, limits, resize, out, shard_size, count = _JOB
+    first, digits = shard * shard_size, len(str(shard_size - 1))
+    inputs = range(first, min(first + shard_size, count))
+    samples, skipped, image_bytes = [], Counter(), 0
+    for i in inputs:
+        try:
+            sample = prepare_sample(load(i), limits, resize)
+        except BadSample as e:
+            skipped[e.reason] += 1
+            continue
+        key = f"{shard:05d}{i - first:0{digits}d}"
+        sample["__key__"], sample["json"] = key, json.dumps({"key": key, **sample["json"]}, ensure_ascii=False)
+        image_bytes += len(next(v for k, v in sample.items() if k in KEEP_FORMATS.values()))
+        samples.append(sample)
+    path = out / f"{shard:05d}.tar"
+    if samples:
+        write_tar_shard(path, samples)
+    return {"name": path.name, "samples": len(samples), "bytes": path.stat().st_size if samples else 0,
+            "inputs": len(inputs), "skipped": dict(skipped), "image_bytes": image_bytes}
