@@ -348,3 +348,4 @@ def test_bad_yaml_band_image_and_model_dirs(tmp_path: Path, capsys: pytest.Captu
     for argv, message in checks:
         _, err = run_cli(argv, capsys, status=2)
         assert len(err.strip().splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "r").exists()  # a band that does not fit fails before the run dir is written

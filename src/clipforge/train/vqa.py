@@ -194,14 +194,14 @@ def train_vqa(config: VQATrainConfig, device: torch.device | str = "cpu") -> VQA
     """
     start = time.perf_counter()
     device = torch.device(device)
-    run_dir = Path(config.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
     torch.manual_seed(config.seed)
 
     # --- Model, input, data, optimiser. ---
     backbone = load_backbone(config.model, device)
-    composer = build_composer(backbone, config.data, config.band)
+    composer = build_composer(backbone, config.data, config.band)  # a band that does not fit fails here
+    run_dir = Path(config.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
     vqa = SyntheticVQA(config.data, image_size=composer.image_region[0])
     model = VQA(backbone, VQAHeadConfig(ANSWERS, config.head_hidden, config.head_dropout)).to(device)
     o = config.optim
