@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 import clipforge
 from clipforge.cli.train import quickstart_command
@@ -48,17 +49,33 @@ def test_quickstart_path_learns(tmp_path, one_thread, capsys):
 
     overrides = ["steps=60", "batch_size=32", "eval.size=50", "eval.retrieval_size=20", "eval.every=0",
                  "schedule.warmup_steps=5", "log_every=5", "data.num_workers=0", f"output_dir={tmp_path / 'run'}"]
-    args = argparse.Namespace(config=str(ROOT / "configs/quickstart.yaml"), overrides=overrides, device="cpu",
-                              threads=1)
+    args = argparse.Namespace(config=str(ROOT / "configs/quickstart.yaml"), model=None, overrides=overrides,
+                              device="cpu", threads=1)
     assert quickstart_command(args) == 0
     out = capsys.readouterr().out
-    assert "zero-shot task" in out and "shape" in out and "image → caption R@1" in out
+    assert "zero-shot top-1" in out and "shape" in out and "image → caption R@1" in out
     records = read_metrics(tmp_path / "run/metrics.jsonl")
     losses = [r["loss"] for r in records if "loss" in r]
     assert losses[0] > 0.8 * math.log(32)  # starts near chance
     assert losses[-1] < 0.75 * math.log(32), losses
     for name in ("config.yaml", "loss.png", "zeroshot.png", "similarity.png", "checkpoints/latest"):
         assert (tmp_path / "run" / name).is_file(), name
+
+
+def test_clippo_quickstart_trains_with_text_pairs_and_reports_every_language(tmp_path, one_thread, capsys):
+    """``clipforge quickstart --model clippo-tiny``, shortened: a table with one column per caption language."""
+    import argparse
+
+    overrides = ["steps=4", "batch_size=8", "schedule.warmup_steps=2", "eval.size=16", "eval.retrieval_size=8",
+                 "log_every=2",
+                 "data.num_workers=0", "plots=false", f"output_dir={tmp_path / 'run'}"]
+    args = argparse.Namespace(config=None, model="clippo-tiny", overrides=overrides, device="cpu", threads=1)
+    assert quickstart_command(args) == 0
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if "zero-shot top-1" in line).split()
+    assert header[-3:] == ["en", "ru", "ja"]
+    saved = yaml.safe_load((tmp_path / "run/config.yaml").read_text())
+    assert saved["model"] == "clippo-tiny" and saved["text_pairs"]["fraction"] == 0.25
 
 
 def test_run_dir_checkpoints_and_locking(tmp_path, one_thread):

@@ -29,7 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, help="intra-op CPU threads (default: torch's choice)")
     p.set_defaults(func=train_command)
 
-    p = sub.add_parser("quickstart", help="train tiny-vit on the synthetic world (CPU, minutes) and print results")
+    p = sub.add_parser("quickstart", help="train a tiny model on the synthetic world (CPU, minutes) and print results")
+    p.add_argument("--model", help="the model of one of the quickstart configs (configs/quickstart*.yaml), e.g. "
+                                   "clippo-tiny; default: the one of configs/quickstart.yaml")
     p.add_argument("--config", help=f"the quickstart config (default: {QUICKSTART_CONFIG} of this checkout)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="default: cpu")
@@ -59,7 +61,7 @@ def quickstart_command(args: argparse.Namespace) -> int:
     """Trains the quickstart config and prints a results table; plots land in the run dir."""
     from clipforge.train import init_runtime, load_config, parse_overrides, train
 
-    path = Path(args.config) if args.config else _find_quickstart_config()
+    path = Path(args.config) if args.config else _find_quickstart_config(args.model)
     config = load_config(path, parse_overrides(args.overrides))
     # On a small CPU, an oversubscribed OpenMP pool is many times slower than one thread per free core.
     _set_threads(args.threads or max(1, (os.cpu_count() or 1) - config.data.num_workers))
@@ -80,11 +82,21 @@ def _set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-def _find_quickstart_config() -> Path:
-    """``configs/quickstart.yaml`` in the current folder or in the checkout this package runs from."""
+def _find_quickstart_config(model: str | None = None) -> Path:
+    """``configs/quickstart.yaml`` (or the ``configs/quickstart*.yaml`` that trains ``model``), in the current
+    folder or in the checkout this package runs from."""
+    import yaml
+
     for root in (Path.cwd(), Path(__file__).resolve().parents[3]):
-        if (root / QUICKSTART_CONFIG).is_file():
-            return root / QUICKSTART_CONFIG
+        default = root / QUICKSTART_CONFIG
+        if not default.is_file():
+            continue
+        if model is None:
+            return default
+        found = {yaml.safe_load(p.read_text()).get("model"): p for p in sorted(default.parent.glob("quickstart*.yaml"))}
+        if model not in found:
+            raise ValueError(f"no quickstart config trains {model!r}; there are: {', '.join(sorted(found))}")
+        return found[model]
     raise FileNotFoundError(f"{QUICKSTART_CONFIG} not found; pass --config")
 
 
