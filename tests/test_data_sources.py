@@ -149,3 +149,10 @@ def test_csv_reader_keeps_standard_quoting(tmp_path):
         csv.writer(f).writerows([["filepath", "caption"], ["a.jpg", 'a "quoted", comma caption']])
     assert TablePairs(tmp_path / "q.csv")[0][1] == 'a "quoted", comma caption'
     assert isinstance(EvalTransform(32, (0.5,) * 3, (0.5,) * 3)(TablePairs(tmp_path / "q.csv")[0][0]), torch.Tensor)
+
+
+def test_unreadable_files_are_bad_rows_not_crashes(tmp_path):
+    (tmp_path / "folder.jpg").mkdir()  # a path that exists but cannot be read as a file
+    (tmp_path / "t.csv").write_text("filepath,caption\nfolder.jpg,a caption\n")
+    with pytest.raises(BadSample, match="no_image: row 0: cannot read .*folder.jpg: IsADirectoryError"):
+        TablePairs(tmp_path / "t.csv")[0]

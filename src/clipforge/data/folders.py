@@ -63,6 +63,9 @@ class FolderPairs(torch.utils.data.Dataset):
         file = self.files[i]
         try:
             caption = file.with_suffix(".txt").read_bytes()
-        except FileNotFoundError:
-            raise BadSample("no_caption", f"no {file.with_suffix('.txt').name} beside {file}") from None
-        return file.read_bytes(), caption
+        except OSError:
+            raise BadSample("no_caption", f"no readable {file.with_suffix('.txt').name} beside {file}") from None
+        try:
+            return file.read_bytes(), caption
+        except OSError as e:  # removed or unreadable since the folder was listed
+            raise BadSample("no_image", f"cannot read {file}: {type(e).__name__}") from None

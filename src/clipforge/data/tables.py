@@ -114,5 +114,5 @@ class TablePairs(torch.utils.data.Dataset):
         file = self.root / ref
         try:
             return file.read_bytes()
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError, UnicodeEncodeError):
-            raise BadSample("no_image", f"row {i}: no file {file}") from None
+        except (OSError, UnicodeEncodeError) as e:  # missing, a folder, unreadable, an unencodable name
+            raise BadSample("no_image", f"row {i}: cannot read {file}: {type(e).__name__}") from None
