@@ -20,7 +20,8 @@ run that starts at ``start`` builds the batches of steps ``start + w, start + w 
 checkpoint holds each logical worker's position after the last batch the loop consumed; in epoch mode a
 resumed run continues with exactly the next unseen samples (the same keys, captions and crops as an
 uninterrupted run). In resampled mode the position is not needed: readers are reseeded with the resume
-step, giving fresh draws from the same distribution.
+step, giving fresh draws from the same distribution. With ``gpu_decode`` the workers hand over checked
+JPEG bytes and crop boxes, and :class:`TrainData` decodes them on the device as batches arrive.
 """
 
 from __future__ import annotations
