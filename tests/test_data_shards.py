@@ -331,3 +331,13 @@ def test_a_source_with_nothing_usable_fails_fast_instead_of_spinning(tmp_path, m
     monkeypatch.setattr("clipforge.train.data.MAX_BAD_IN_A_ROW", 50)
     with pytest.raises(RuntimeError, match=r"50 shard samples in a row unusable: \{'empty': 50\}"):
         consumed_keys(train_data(str(tmp_path / "junk"), batch_size=2), 0, 1)
+
+
+def test_cli_data_weights_flag_sets_the_source_weights(tmp_path, capsys):
+    from clipforge.cli.main import main
+
+    write_good_shards(tmp_path / "a", 2, 1)
+    write_good_shards(tmp_path / "b", 2, 1)
+    urls = f"data.urls={tmp_path}/a/{{00000..00001}}.tar::{tmp_path}/b/{{00000..00001}}.tar"
+    assert main(["train", "data.kind=shards", urls, "--data-weights", "3"]) == 2
+    assert "data.weights: 1 weight(s) for 2 source(s)" in capsys.readouterr().err

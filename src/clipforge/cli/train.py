@@ -3,7 +3,9 @@
     clipforge train --config configs/tiny_synthetic.yaml optim.lr=1e-3 steps=200
     clipforge train --config configs/tiny_synthetic.yaml --resume latest
     torchrun --nproc_per_node=2 -m clipforge.cli.main train --config configs/tiny_synthetic.yaml
-    clipforge quickstart            # tiny-vit on the synthetic world, on the CPU, in minutes
+    clipforge quickstart            # tiny-rn on the synthetic world, on the CPU, in minutes
+    clipforge quickstart --model clippo-tiny    # CLIPPO, captions in English, Russian and Japanese
+    clipforge train --config run.yaml data.kind=shards "data.urls=a/{0..9}.tar::b/{0..3}.tar" --data-weights 3 1
 
 The same entry point serves single-process and ``torchrun`` launches: the runtime (rank, world size,
 device) comes from the environment, never from the config.
@@ -25,6 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="YAML train config (default: the built-in defaults)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
     p.add_argument("--resume", help="'latest' (the run dir's newest checkpoint, if any) or a checkpoint path")
+    p.add_argument("--data-weights", nargs="+", type=float, metavar="W",
+                   help="one sampling weight per shard source (data.urls 'a/{0..9}.tar::b/{0..3}.tar' with "
+                        "--data-weights 3 1); the same as the override data.weights=[3,1]")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
     p.add_argument("--threads", type=int, help="intra-op CPU threads (default: torch's choice)")
     p.set_defaults(func=train_command)
@@ -43,7 +48,10 @@ def train_command(args: argparse.Namespace) -> int:
     """Validates the config (before any work), then trains; prints the final evaluation on rank 0."""
     from clipforge.train import init_runtime, load_config, parse_overrides, shutdown, train
 
-    config = load_config(args.config, parse_overrides(args.overrides))
+    overrides = parse_overrides(args.overrides)
+    if args.data_weights:
+        overrides["data.weights"] = args.data_weights
+    config = load_config(args.config, overrides)
     _set_threads(args.threads)
     runtime = init_runtime(args.device)
     try:
