@@ -138,6 +138,7 @@ def test_fixer_guards_cover_every_character_a_fixer_changes() -> None:
 
 def test_windowed_is_bad_is_in_use_and_equals_ftfy() -> None:
     assert cleanup._ANCHORS is not None  # the installed ftfy's regex passed the structural checks
+    assert cleanup._DEFAULTS_AS_ASSUMED  # and its default config is the one fix_text's steps follow
     texts = corpus(3000, seed=8) + [f"{'x' * n}Ã {'y' * m}" for n in range(12) for m in range(12)]
     texts += ["ГўВЂВ." + c for c in "a Z1"] + ["Ã ", "a Ã ", "Ã" + "-" * 20]
     assert any(ftfy.badness.is_bad(t) for t in texts) and not all(ftfy.badness.is_bad(t) for t in texts)

@@ -10,7 +10,8 @@ ftfy's own step functions, with three exact shortcuts:
 - ``is_bad`` searches only the windows around a few hundred "anchor" characters (Latin-1 and Windows-1252
   symbols, box drawing, some accented capitals...): every match of ftfy's regex contains one and is at most a few
   characters long (both read from the regex's parse tree at import; if that cannot show them, ``is_bad`` is
-  ftfy's own), so most captions with accents, curly quotes, emoji or CJK are not searched at all;
+  ftfy's own), so a caption whose only non-ASCII characters are curly quotes, dashes, emoji or CJK is not
+  searched at all, and one with an accented letter only a few characters either side of it;
 - each character fixer (C1 controls, ligatures, widths, quotes, line breaks, surrogates, terminal escapes, control
   characters) runs only on text holding a character it can change (``GUARDED_FIXERS``, from ftfy's tables).
 
@@ -51,6 +52,11 @@ GUARDED_FIXERS = (
 )
 FIXABLE = re.compile("|".join(guard.pattern for _, guard in GUARDED_FIXERS))
 _MAX_SEGMENT = ftfy.TextFixerConfig().max_decode_length
+# The steps in _fix_segment are fix_text's under these defaults; if an ftfy release changes them, ftfy itself runs.
+_DEFAULTS_AS_ASSUMED = ftfy.TextFixerConfig() == ftfy.TextFixerConfig()._replace(
+    unescape_html="auto", remove_terminal_escapes=True, fix_encoding=True, fix_c1_controls=True,
+    fix_latin_ligatures=True, fix_character_width=True, uncurl_quotes=True, fix_line_breaks=True, fix_surrogates=True,
+    remove_control_chars=True, normalization="NFC")
 
 
 def _non_ascii_ranges(item: tuple) -> list[tuple[int, int]] | None:
@@ -162,7 +168,7 @@ def _ftfy_fix_text(text: str) -> str:
 def fix_text(text: str) -> str:
     """``ftfy.fix_text(text)``: its segments (lines), its ``unescape_html="auto"`` rule (off from the first
     segment containing ``<`` on), and its steps, with the shortcuts in the module docstring."""
-    if len(text) > _MAX_SEGMENT:
+    if len(text) > _MAX_SEGMENT or not _DEFAULTS_AS_ASSUMED:
         return _ftfy_fix_text(text)
     if "\n" not in text:  # one segment
         fixed = _fix_segment(text, "<" not in text)
