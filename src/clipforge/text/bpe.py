@@ -35,7 +35,8 @@ SOT, EOT = "<|startoftext|>", "<|endoftext|>"
 VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
 SAVED_VOCAB_FILE = "bpe_vocab.txt.gz"
 # OpenAI's pattern without its ``<|startoftext|>|<|endoftext|>`` alternatives: text is always plain text, so a
-# caption containing the string "<|endoftext|>" cannot end itself early (open_clip behaves the same way).
+# caption containing the string "<|endoftext|>" cannot end itself early (open_clip 3.3 maps its own spellings
+# "<start_of_text>"/"<end_of_text>" to the special ids; we do not).
 PATTERN = regex.compile(r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""", regex.IGNORECASE)
 # The same pattern for lowercased printable ASCII, where \p{L} is [a-z], \p{N} is [0-9] and \s is the space; the
 # stdlib engine is faster than ``regex`` and the parity tests prove the two agree on such text.
@@ -99,8 +100,9 @@ class BPETokenizer:
 
     Ids are OpenAI's for OpenAI's vocabulary (the default) and equal open_clip's ``SimpleTokenizer`` /
     ``open_clip.tokenize`` on any text. The one place OpenAI's own tokenizer differs: it turns the literal
-    strings ``<|startoftext|>`` / ``<|endoftext|>`` inside a text into the special tokens; here (as in
-    open_clip) text is always plain text, so a caption cannot inject an end-of-text token.
+    strings ``<|startoftext|>`` / ``<|endoftext|>`` inside a text into the special tokens (open_clip 3.3: its
+    ``<start_of_text>`` / ``<end_of_text>``); here text is always plain text, so a caption cannot inject an
+    end-of-text token.
 
     Truncation: by default (``truncate=True``) a text longer than the context is cut and its last token
     replaced by end-of-text, as open_clip does, so long alt-texts never stop a training run. With
