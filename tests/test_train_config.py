@@ -87,3 +87,14 @@ def test_results_table_has_one_column_per_language():
     assert lines[0][-2:] == ["en", "ru"]
     assert ["shape", "50.0%", "37.5%"] in lines
     assert ["caption", "→", "image", "R@1", "25.0%", "12.5%"] in lines
+
+
+def test_malformed_yaml_is_a_config_error_naming_the_file(tmp_path, capsys):
+    from clipforge.cli.main import main
+
+    path = tmp_path / "broken.yaml"
+    path.write_text("steps: [1, 2\nmodel: tiny-rn\n")
+    with pytest.raises(ConfigError, match="broken.yaml: not valid YAML"):
+        load_config(path)
+    assert main(["train", "--config", str(path)]) == 2
+    assert "broken.yaml: not valid YAML" in capsys.readouterr().err
