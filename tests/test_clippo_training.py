@@ -25,14 +25,6 @@ from clipforge.train.optim import build_optimizer
 BATCH, STEPS, WARMUP, LR = 32, 40, 10, 1e-3
 
 
-@pytest.fixture
-def one_thread():
-    """One intra-op thread for the test's duration (CI runners share their cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def mean_offdiag_cosine(x: torch.Tensor) -> float:
     """Mean cosine similarity between distinct rows of ``x`` (B, D)."""

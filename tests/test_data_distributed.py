@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -32,15 +31,10 @@ def _worker(rank: int, port: int, shards: str, out: str) -> None:
         shutdown(runtime)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
-
-def test_two_ranks_read_disjoint_shards_and_report_summed_counts(tmp_path: Path):
+def test_two_ranks_read_disjoint_shards_and_report_summed_counts(tmp_path: Path, free_port: int):
     expected = write_damaged_shards(tmp_path / "shards")  # 8 shards, 8 good samples each, each ends good
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path / "shards"), str(tmp_path / "run")), nprocs=2, join=True)
+    mp.spawn(_worker, args=(free_port, str(tmp_path / "shards"), str(tmp_path / "run")), nprocs=2, join=True)
     last = [r for r in read_metrics(tmp_path / "run/metrics.jsonl") if "loss" in r][-1]
     assert last["data/used"] == 128  # 8 steps × 16: each rank read its 4 shards (32 good samples) twice
     counted = {k.removeprefix("data/skipped/"): v for k, v in last.items() if k.startswith("data/skipped/")}

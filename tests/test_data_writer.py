@@ -7,7 +7,6 @@ import shutil
 import tarfile
 
 import pytest
-import torch
 
 from clipforge.cli.main import main
 from clipforge.data.shards import inspect_shards
@@ -17,14 +16,6 @@ from clipforge.train.checkpoint import load_checkpoint
 from clipforge.train.metrics import read_metrics
 from test_data_shards import TINY
 from test_data_sources import GOOD, ROWS, write_table
-
-
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def synthetic_shards(out, count: int = 60, shard_size: int = 16) -> dict:

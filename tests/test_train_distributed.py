@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -68,14 +67,9 @@ def _worker(rank: int, world_size: int, port: int, out: str) -> None:
         shutdown(runtime)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
-
-def test_two_processes_equal_one(tmp_path: Path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+def test_two_processes_equal_one(tmp_path: Path, free_port: int):
+    mp.spawn(_worker, args=(2, free_port, str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
 
     # Step level: per-step loss and averaged gradients equal the single-process step on the global batch.

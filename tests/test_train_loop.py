@@ -27,14 +27,6 @@ TINY = ["model_overrides.embed_dim=32", "model_overrides.vision.image_size=32", 
         "model_overrides.text.context_length=16", "data.train_size=2000", "eval.size=20", "eval.retrieval_size=8",
         "schedule.warmup_steps=2", "log_every=1"]
 
-@pytest.fixture
-def one_thread():
-    """Deterministic, uncontended CPU timing: one intra-op thread for the test's duration."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _launch(tmp_path: Path, args: list[str]) -> subprocess.Popen:
     """``clipforge train ...`` in a fresh process (through the train verbs' own module entry point)."""

@@ -219,14 +219,6 @@ def test_model_starts_at_uniform_answers_and_every_parameter_learns(renderer: Un
         VQAHeadConfig(("yes", "yes"))
 
 
-@pytest.fixture
-def one_thread():
-    """One intra-op thread: on a loaded 2-core machine an oversubscribed pool is several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.mark.usefixtures("one_thread")
 def test_short_fine_tune_learns_far_below_chance(vqa: SyntheticVQA) -> None:
