@@ -144,13 +144,22 @@ def load_model(directory: str | Path, device: torch.device | str | None = None,
         raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
     config = load_config(directory)
     weights = Path(directory) / WEIGHTS
-    if not weights.is_file():
-        raise FileNotFoundError(f"{weights}: no weights file")
+    return model_from_state_dict(config, read_safetensors(weights), str(weights), device, precision)
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file.
+
+    Raises:
+        FileNotFoundError: No such file.
+        CheckpointError: The file is not readable safetensors (truncated, corrupt), naming it.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no weights file")
     try:
-        state = load_file(weights)
+        return load_file(path)
     except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"{weights}: not a readable safetensors file ({e})") from None
-    return model_from_state_dict(config, state, str(weights), device, precision)
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
 
 
 def model_from_state_dict(config: ModelConfig, state: dict[str, torch.Tensor], source: str,

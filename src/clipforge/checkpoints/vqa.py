@@ -20,10 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from clipforge.checkpoints.native import CheckpointError, load_model, load_state_dict_into, save_pretrained
+from clipforge.checkpoints.native import (
+    CheckpointError,
+    load_model,
+    load_state_dict_into,
+    read_safetensors,
+    save_pretrained,
+)
 from clipforge.models.config import ConfigError, from_dict, to_dict
 from clipforge.models.vqa import VQA, VQAHeadConfig
 
@@ -96,11 +101,5 @@ def load_vqa(directory: str | Path, device: torch.device | str | None = None) ->
         raise CheckpointError(f"{directory}: the backbone is a {backbone.config.family} model; VQA needs CLIPPO")
     model = VQA(backbone, head_config)
     weights = directory / HEAD_WEIGHTS
-    if not weights.is_file():
-        raise FileNotFoundError(f"{weights}: no head weights file")
-    try:
-        state = load_file(weights)
-    except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"{weights}: not a readable safetensors file ({e})") from None
-    load_state_dict_into(model.head, state, str(weights))
+    load_state_dict_into(model.head, read_safetensors(weights), str(weights))
     return model.to(device).eval(), inputs
