@@ -139,3 +139,14 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
     ref = [r["loss"] for r in read_metrics(tmp_path / "reference/metrics.jsonl") if "loss" in r]
     res = [r["loss"] for r in read_metrics(tmp_path / "resumed/metrics.jsonl") if "loss" in r]
     assert ref == pytest.approx(res, abs=1e-6)
+
+
+def test_torch_compile_trains_the_same_steps(tmp_path, one_thread):
+    """``compile=true`` (inductor on the CPU here) gives the eager run's losses step for step."""
+    losses = {}
+    for compiled in (False, True):
+        config = load_config(None, parse_overrides([*TINY, "steps=4", "batch_size=8", "plots=false",
+                                                    f"compile={str(compiled).lower()}",
+                                                    f"output_dir={tmp_path / str(compiled)}"]))
+        losses[compiled] = [loss for _, loss in train(config, Runtime()).losses]
+    assert losses[True] == pytest.approx(losses[False], abs=1e-5)
