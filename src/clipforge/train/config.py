@@ -10,6 +10,7 @@ it after start. Facts about the process (rank, device, world size) live in ``Run
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -305,7 +306,11 @@ class TrainConfig:
     """Everything that defines a training run.
 
     Attributes:
-        model: A preset name (``clipforge models``).
+        model: A preset name (``clipforge models``), or a checkpoint to start from (fine-tuning; LiT with
+            ``lock``): a clipforge model directory or any file or directory ``clipforge convert`` reads
+            (OpenAI, open_clip, HF, big_vision). Its architecture comes from the checkpoint;
+            ``model_overrides`` may change what keeps the weights' shapes (patch dropout, say).
+        allow_pickle: Let ``model`` be a pickled checkpoint (``.pt``/``.bin``, read with ``weights_only``).
         model_overrides: Model config fields to change (nested mappings or dotted keys).
         data: The data source, chosen by its ``kind``.
         optim: Optimiser settings.
@@ -330,6 +335,7 @@ class TrainConfig:
     """
 
     model: str = "tiny-vit"
+    allow_pickle: bool = False
     model_overrides: dict[str, Any] = field(default_factory=dict)
     data: DataConfig = field(default_factory=SyntheticDataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -377,12 +383,15 @@ class TrainConfig:
                                   "for other data sources")
 
     def model_config(self) -> Any:
-        """The validated model config (preset + overrides)."""
+        """The validated model config (preset or checkpoint, plus overrides)."""
         from clipforge.models.factory import build_config
 
         try:
-            return build_config(self.model, **self.model_overrides)
+            base = checkpoint_config(self.model, self.allow_pickle) if is_checkpoint(self.model) else self.model
+            return build_config(base, **self.model_overrides)
         except ConfigError as e:
+            raise ConfigError(f"model: {e}") from None
+        except (ValueError, FileNotFoundError) as e:  # an unreadable checkpoint
             raise ConfigError(f"model: {e}") from None
 
     def check_world_size(self, world_size: int) -> None:
@@ -450,3 +459,20 @@ def config_to_dict(config: TrainConfig) -> dict[str, Any]:
 def save_config(config: TrainConfig, path: str | Path) -> None:
     """Writes the resolved config as YAML."""
     Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+
+
+def is_checkpoint(model: str) -> bool:
+    """Whether ``model`` is an existing file or folder (a checkpoint to start from) rather than a preset name."""
+    return Path(model).exists()
+
+
+@lru_cache(maxsize=4)
+def checkpoint_config(path: str, allow_pickle: bool = False) -> Any:
+    """The model config of a checkpoint: read from ``config.json`` of a clipforge directory, else from the
+    weights' shapes (the foreign readers infer the architecture)."""
+    from clipforge.checkpoints import detect_format, load_any
+    from clipforge.checkpoints.native import load_config as load_model_config
+
+    if detect_format(path) == "clipforge":
+        return load_model_config(path)
+    return load_any(path, allow_pickle=allow_pickle).config

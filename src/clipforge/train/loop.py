@@ -20,8 +20,9 @@ import torch
 from tqdm import tqdm
 
 import clipforge
+from clipforge.checkpoints.native import load_state_dict_into
 from clipforge.train.checkpoint import load_checkpoint, resolve_checkpoint, rng_state, save_checkpoint, set_rng_state
-from clipforge.train.config import SyntheticDataConfig, TrainConfig, config_to_dict, save_config
+from clipforge.train.config import SyntheticDataConfig, TrainConfig, config_to_dict, is_checkpoint, save_config
 from clipforge.train.data import TrainData, world_config
 from clipforge.train.distributed import (
     Runtime,
@@ -66,6 +67,21 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
+def build_model(config: TrainConfig, device: torch.device) -> tuple[torch.nn.Module, Any]:
+    """The run's model and text processor: a preset at fresh initialisation, or a checkpoint's weights (with the
+    checkpoint's own vocabulary, if it carries one) under the config's overrides."""
+    if not is_checkpoint(config.model):
+        model = clipforge.create_model(config.model, device=device, **config.model_overrides)
+        return model, clipforge.get_text_processor(model)
+    loaded, _, text_processor = clipforge.load(config.model, allow_pickle=config.allow_pickle)
+    wanted = config.model_config()
+    if wanted != loaded.config:  # overrides that keep every shape (checked strictly when the weights go in)
+        model = clipforge.create_model(wanted)
+        load_state_dict_into(model, loaded.state_dict(), config.model)
+        loaded = model
+    return loaded.to(device).train(), text_processor
+
+
 def lock_tower(model: torch.nn.Module, lock: str) -> None:
     """LiT: freezes the named tower (no gradients) and keeps it in eval mode (BatchNorm statistics fixed)."""
     if lock == "none":
@@ -94,7 +110,7 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None) -> T
     torch.manual_seed(config.seed)
 
     # --- Model, optimiser, data. ---
-    model = clipforge.create_model(config.model, device=device, **config.model_overrides)
+    model, text_processor = build_model(config, device)
     broadcast_parameters(model, runtime)
     torch.manual_seed(config.seed * 1009 + runtime.rank + 1)  # per-rank stream for random ops (patch dropout)
     if config.grad_checkpointing:
@@ -103,7 +119,6 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None) -> T
     trainable = [p for p in model.parameters() if p.requires_grad]
     o = config.optim
     optimizer = build_optimizer(model, o.lr, o.weight_decay, o.betas, o.eps, device)
-    text_processor = clipforge.get_text_processor(model)
     train_tf, eval_tf = clipforge.transforms.model_transforms(model.config)
     image_size = model.config.vision.image_size
     data = TrainData(config.data, train_tf if config.data.augment else eval_tf, text_processor, config.batch_size,
