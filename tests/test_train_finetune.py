@@ -42,7 +42,8 @@ def test_lit_from_a_checkpoint_keeps_its_image_tower_and_trains_the_text_tower(t
         source = save_pretrained(model, tmp_path / "pretrained")
     else:
         source = save_open_clip(model, tmp_path / "pretrained_open_clip")  # + open_clip_config.json: heads, act
-    config = load_config(None, parse_overrides([*RUN, f"model={source}", "lock=image", f"output_dir={tmp_path / 'run'}"]))
+    config = load_config(None, parse_overrides([*RUN, f"model={source}", "lock=image",
+                                                f"output_dir={tmp_path / 'run'}"]))
     assert config.model_config() == model.config
     train(config, Runtime())
     after, before = final_state(tmp_path / "run"), model.state_dict()
