@@ -156,3 +156,42 @@ def test_unreadable_files_are_bad_rows_not_crashes(tmp_path):
     (tmp_path / "t.csv").write_text("filepath,caption\nfolder.jpg,a caption\n")
     with pytest.raises(BadSample, match="no_image: row 0: cannot read .*folder.jpg: IsADirectoryError"):
         TablePairs(tmp_path / "t.csv")[0]
+
+
+class _Grouped:
+    """A source of 24 items in groups of 4 consecutive ones; item i's image is filled with i."""
+
+    group_size = 4
+
+    def __len__(self) -> int:
+        return 24
+
+    def __getitem__(self, i: int):
+        return torch.full((1,), float(i)), f"caption {i}"
+
+
+def test_step_batches_keep_declared_groups_together_and_cover_each_epoch():
+    from clipforge.train.data import StepBatches
+
+    batches = StepBatches(_Grouped(), lambda image: image, lambda texts: texts, 8, seed=1, augment=False)
+    seen = []
+    for step in range(6):  # two epochs of 24
+        images, _, _ = batches[step]
+        ids = images[:, 0].long().tolist()
+        for k in (0, 4):  # each aligned run of 4 rows is one whole group, in member order
+            assert ids[k] % 4 == 0 and ids[k:k + 4] == list(range(ids[k], ids[k] + 4))
+        seen += ids
+    assert sorted(seen[:24]) == sorted(seen[24:]) == list(range(24))
+    assert seen[:24] != seen[24:]  # each epoch draws a new order of the groups
+
+
+def test_contrast_groups_reach_the_batches_from_the_config():
+    data = build({"data": {"kind": "synthetic", "train_size": 64, "contrast_group": 4, "augment": False}}, 8)
+    captions, _ = collect(data, 2)
+    for k in range(0, 16, 4):
+        words = [c.split() for c in captions[k:k + 4]]
+        assert all(len(w) == len(words[0]) for w in words)  # same wording, the shape noun aside
+    with pytest.raises(ConfigError, match="multiple of data.contrast_group"):
+        load_config(None, {"data": {"kind": "synthetic", "train_size": 30, "contrast_group": 4}})
+    with pytest.raises(ConfigError, match="contrast_group must be in 1..8"):
+        load_config(None, {"data": {"kind": "synthetic", "contrast_group": 9}})

@@ -341,11 +341,57 @@ def test_dataset(world: SyntheticWorld) -> None:
         ("holdout_fraction", 0.9),
         ("max_objects", 4),
         ("max_objects", 0),
+        ("contrast_group", 0),
+        ("contrast_group", 9),
     ],
 )
 def test_config_validation_names_the_field(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=field):
         WorldConfig(**{field: value})
+
+
+# --- Contrast groups: scenes that differ in the shape alone. ---
+
+
+def test_contrast_groups_differ_in_the_shape_alone() -> None:
+    grouped = SyntheticWorld(WorldConfig(seed=3, contrast_group=4))
+    held = set(grouped.heldout_pairs)
+    shape_named = 0
+    for base in range(40):
+        members = [grouped.sample("train", 4 * base + m) for m in range(4)]
+        shapes = [s.attributes["shape"] for s in members]
+        assert len(set(shapes)) == 4, shapes  # every colour keeps at least 4 training shapes here
+        for s in members:
+            assert (s.attributes["colour"], s.attributes["shape"]) not in held
+            assert grouped.pair("train", 4 * base + members.index(s)) == (s.attributes["colour"], s.attributes["shape"])
+            rest = {k: v for k, v in s.attributes.items() if k != "shape"}
+            assert rest == {k: v for k, v in members[0].attributes.items() if k != "shape"}
+        # Same background pixels (the objects are the only difference) and the same wording.
+        background = [(pixels(s.image), s.mask == 0) for s in members]
+        both = background[0][1] & background[1][1]
+        assert both.sum() > 0.5 * both.size
+        np.testing.assert_array_equal(background[0][0][both], background[1][0][both])
+        words = [s.caption.split() for s in members]
+        assert all(len(w) == len(words[0]) for w in words)
+        differing = {i for w in words[1:] for i, (a, b) in enumerate(zip(w, words[0])) if a != b}
+        assert len(differing) <= 1  # only the shape noun, when the caption names it
+        shape_named += bool(differing)
+        # The first member is the ungrouped world's scene.
+        plain = SyntheticWorld(WorldConfig(seed=3)).sample("train", base)
+        assert plain.caption == members[0].caption
+        np.testing.assert_array_equal(pixels(plain.image), pixels(members[0].image))
+    assert shape_named > 25
+
+
+def test_contrast_groups_leave_eval_splits_alone() -> None:
+    grouped, plain = SyntheticWorld(WorldConfig(contrast_group=4)), SyntheticWorld(WorldConfig())
+    for split in ("val", "test"):
+        for i in range(12):
+            a, b = grouped.sample(split, i), plain.sample(split, i)
+            assert a.caption == b.caption and a.attributes == b.attributes
+    assert grouped.dataset("val", 10).group_size == 1 and grouped.dataset("train", 8).group_size == 4
+    with pytest.raises(ValueError, match="multiples of 4"):
+        grouped.dataset("train", 10)
 
 
 def test_split_and_index_validation(world: SyntheticWorld) -> None:

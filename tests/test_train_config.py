@@ -39,6 +39,8 @@ def test_overrides_are_typed_and_nested():
     (["schedule.warmup_steps=5000", "steps=10"], "exceeds steps"),
     (["steps"], "not of the form key=value"),
     (["eval.languages=[en, de]"], "eval.languages: expected a non-empty list of"),
+    (["optim.logit_scale_lr_mult=0"], "logit_scale_lr_mult must be positive"),
+    (["data.contrast_group=9"], "data.contrast_group must be in 1..8"),
 ])
 def test_bad_configs_fail_with_a_clear_message(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("?", r"\?")):

@@ -14,7 +14,7 @@ from clipforge.train.distributed import Runtime
 from clipforge.train.gradcache import forward_backward
 from clipforge.train.loop import lock_tower
 from clipforge.train.loss import clip_loss, siglip_loss
-from clipforge.train.optim import lr_at, param_groups
+from clipforge.train.optim import build_optimizer, lr_at, param_groups, set_lr
 
 TINY = {"embed_dim": 16, "init_logit_bias": -2.0,
         "vision": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 2, "heads": 2},
@@ -128,6 +128,17 @@ def test_weight_decay_only_on_weight_matrices():
                  "text.transformer.blocks.0.attn.qkv.bias", "text.ln_final.weight"):
         assert name in not_decayed, name
     assert all(p.ndim >= 2 for p in decay["params"])
+
+
+def test_logit_scale_can_take_its_own_learning_rate():
+    model = clipforge.create_model("tiny-vit", init_logit_bias=-10.0)
+    assert len(param_groups(model, 0.1)) == 2  # the default keeps the two groups (and old optimiser states)
+    decay, no_decay, temperature = param_groups(model, 0.1, logit_scale_lr_mult=10.0)
+    assert temperature["params"] == [model.logit_scale, model.logit_bias] and temperature["weight_decay"] == 0.0
+    assert not {id(p) for p in temperature["params"]} & {id(p) for p in decay["params"] + no_decay["params"]}
+    optimizer = build_optimizer(model, 1e-3, 0.1, (0.9, 0.98), 1e-6, torch.device("cpu"), logit_scale_lr_mult=10.0)
+    set_lr(optimizer, 2e-4)
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([2e-4, 2e-4, 2e-3])
 
 
 def test_locked_tower_is_left_out_of_the_optimiser():

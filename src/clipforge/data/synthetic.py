@@ -60,6 +60,7 @@ BACKGROUNDS: tuple[str, ...] = ("plain", "stripes", "dots", "checker", "grid", "
 LANGUAGES: tuple[str, ...] = ("en", "ru", "ja")
 SPLITS: dict[str, int] = {"train": 0, "val": 1, "test": 2}
 _HOLDOUT_STREAM = 99  # a split id no real split uses: the stream that picks the held-out pairs
+_CONTRAST_STREAM = 98  # a stream no caption draw uses: the shapes of a contrast group's members
 
 # --- Geometry, in units of the image side. ---
 
@@ -83,6 +84,11 @@ class WorldConfig:
         languages: Caption languages, drawn from ``LANGUAGES``; with several, each sample picks one.
         holdout_fraction: Fraction of colour×shape pairs kept out of ``"train"`` (0 to 0.5).
         max_objects: Most objects per scene (1 to 3).
+        contrast_group: ``"train"`` scenes come in groups of this many consecutive indices that differ in the
+            shape alone (same colour, count, size, layout, background, pixel noise and caption wording): hard
+            negatives for the one attribute nothing else in a caption predicts. Each member's shape is a
+            distinct training shape for the group's colour while they last. 1 (the default) turns it off;
+            ``"val"`` and ``"test"`` are never grouped.
     """
 
     seed: int = 0
@@ -90,6 +96,7 @@ class WorldConfig:
     languages: tuple[str, ...] = ("en",)
     holdout_fraction: float = 0.15
     max_objects: int = 3
+    contrast_group: int = 1
 
     def __post_init__(self) -> None:
         if not _is_int(self.seed) or self.seed < 0:
@@ -106,6 +113,8 @@ class WorldConfig:
             raise ValueError(f"holdout_fraction must be in [0, 0.5], got {self.holdout_fraction!r}")
         if not _is_int(self.max_objects) or not 1 <= self.max_objects <= 3:
             raise ValueError(f"max_objects must be an int in [1, 3], got {self.max_objects!r}")
+        if not _is_int(self.contrast_group) or not 1 <= self.contrast_group <= len(SHAPES):
+            raise ValueError(f"contrast_group must be an int in [1, {len(SHAPES)}], got {self.contrast_group!r}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -566,7 +575,39 @@ class SyntheticWorld:
 
     def pair(self, split: str, index: int) -> tuple[str, str]:
         """The (colour, shape) of a sample, without rendering it."""
-        return self._pair(self._rng(split, index), split)
+        group = self.group_size(split)
+        if group == 1:
+            return self._pair(self._rng(split, index), split)
+        colour, shape = self._pair(self._rng(split, index // group), split)
+        return colour, self._member_shape(split, index, colour, shape)
+
+    def group_size(self, split: str) -> int:
+        """How many consecutive indices of ``split`` form one contrast group (``WorldConfig.contrast_group``)."""
+        return self.config.contrast_group if split == "train" else 1
+
+    def _member_shape(self, split: str, index: int, colour: str, shape: str) -> str:
+        """The shape of member ``index % group`` of a contrast group whose first member is a ``colour`` ``shape``."""
+        base, member = divmod(index, self.group_size(split))
+        if member == 0:
+            return shape
+        others = [s for s in SHAPES if s != shape and (colour, s) in self._pair_set(split)]
+        if not others:
+            return shape
+        key = [self.config.seed, SPLITS[split], base, 0, _CONTRAST_STREAM]  # 5 entries: no caption stream's key
+        order = np.random.default_rng(key).permutation(len(others))
+        return others[int(order[(member - 1) % len(others)])]
+
+    def _pair_set(self, split: str) -> frozenset[tuple[str, str]]:
+        return frozenset(self.train_pairs if split == "train" else self.all_pairs)
+
+    def _scene_of(self, split: str, index: int) -> tuple[np.random.Generator, dict[str, Any], list, float]:
+        """The rng (positioned after the scene draws) and scene of sample ``index``, contrast groups applied."""
+        group = self.group_size(split)
+        rng = self._rng(split, index // group)
+        attrs, centres, radius = self._scene(rng, split)
+        if group > 1:
+            attrs["shape"] = self._member_shape(split, index, attrs["colour"], attrs["shape"])
+        return rng, attrs, centres, radius
 
     def _scene(self, rng: np.random.Generator, split: str) -> tuple[dict[str, Any], list[tuple[float, float]], float]:
         colour, shape = self._pair(rng, split)
@@ -618,8 +659,7 @@ class SyntheticWorld:
 
     def sample(self, split: str, index: int) -> Sample:
         """The sample at ``index`` of ``split``; the same arguments always give identical pixels and caption."""
-        rng = self._rng(split, index)
-        attrs, centres, radius = self._scene(rng, split)
+        rng, attrs, centres, radius = self._scene_of(split, index)
         image, mask = self._render(rng, attrs, centres, radius)
         languages = self.config.languages
         attrs["language"] = languages[int(rng.integers(len(languages)))]
@@ -628,8 +668,7 @@ class SyntheticWorld:
 
     def captions(self, split: str, index: int, n: int, language: str) -> list[str]:
         """``n`` further captions of a sample in ``language`` (distinct where the templates allow)."""
-        rng = self._rng(split, index)
-        attrs, _, _ = self._scene(rng, split)
+        _, attrs, _, _ = self._scene_of(split, index)
         out: list[str] = []
         for k in range(4 * n):
             caption = make_caption(attrs, language, self._rng(split, index, stream=k + 1))
@@ -751,6 +790,11 @@ class SyntheticDataset(torch.utils.data.Dataset):
         if size < 0 or start < 0:
             raise ValueError(f"size and start must be non-negative, got size={size}, start={start}")
         self.world, self.split, self.size, self.start = world, split, size, start
+        group = world.group_size(split)
+        if group > 1 and (start % group or size % group):
+            raise ValueError(f"with contrast groups of {group}, start and size must be multiples of {group}, "
+                             f"got start={start}, size={size}")
+        self.group_size = group  # StepBatches keeps each group's consecutive items in one batch
         self.transform = transform
         self._cache: dict[int, tuple[Image.Image, str]] | None = {} if cache else None
 

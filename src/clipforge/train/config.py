@@ -34,6 +34,8 @@ class SyntheticDataConfig:
         holdout_fraction: Fraction of colour×shape pairs never shown in training.
         max_objects: Most objects per scene.
         train_size: Distinct training samples; the order is reshuffled each pass (epoch).
+        contrast_group: Training scenes in groups of this many that differ in the shape alone, kept together
+            in a batch: hard negatives for shape (``WorldConfig.contrast_group``); 1 turns it off.
         augment: Random resized crops (else the eval transform).
         num_workers: DataLoader worker processes.
     """
@@ -45,12 +47,18 @@ class SyntheticDataConfig:
     holdout_fraction: float = 0.15
     max_objects: int = 3
     train_size: int = 100_000
+    contrast_group: int = 1
     augment: bool = True
     num_workers: int = 0
 
     def __post_init__(self) -> None:
         if self.train_size <= 0:
             raise ConfigError(f"data.train_size must be positive, got {self.train_size}")
+        if not 1 <= self.contrast_group <= 8:
+            raise ConfigError(f"data.contrast_group must be in 1..8 (the world has 8 shapes), got {self.contrast_group}")
+        if self.train_size % self.contrast_group:
+            raise ConfigError(f"data.train_size ({self.train_size}) must be a multiple of data.contrast_group "
+                              f"({self.contrast_group})")
         _check_workers(self.num_workers)
 
 
@@ -213,6 +221,8 @@ class OptimConfig:
         betas: Adam's betas (CLIP: 0.9, 0.98).
         eps: Adam's epsilon (CLIP: 1e-6).
         grad_clip: Clip the global gradient norm at this value; ``None`` does not clip.
+        logit_scale_lr_mult: The logit scale's (and SigLIP bias's) learning rate as a multiple of the
+            schedule's. A model started at a low scale (``init_logit_scale``) needs it to sharpen in a short run.
     """
 
     lr: float = 5e-4
@@ -220,10 +230,11 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-6
     grad_clip: float | None = 1.0
+    logit_scale_lr_mult: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.lr <= 0 or self.weight_decay < 0 or self.eps <= 0:
-            raise ConfigError(f"optim: lr and eps must be positive, weight_decay >= 0; got {self}")
+        if self.lr <= 0 or self.weight_decay < 0 or self.eps <= 0 or self.logit_scale_lr_mult <= 0:
+            raise ConfigError(f"optim: lr, eps and logit_scale_lr_mult must be positive, weight_decay >= 0; got {self}")
         if not all(0 <= b < 1 for b in self.betas):
             raise ConfigError(f"optim.betas must lie in [0, 1), got {self.betas}")
         if self.grad_clip is not None and self.grad_clip <= 0:

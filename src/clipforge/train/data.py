@@ -87,7 +87,8 @@ def world_config(config: SyntheticDataConfig, image_size: int) -> Any:
     from clipforge.data.synthetic import WorldConfig
 
     return WorldConfig(seed=config.seed, image_size=config.image_size or image_size, languages=config.languages,
-                       holdout_fraction=config.holdout_fraction, max_objects=config.max_objects)
+                       holdout_fraction=config.holdout_fraction, max_objects=config.max_objects,
+                       contrast_group=config.contrast_group)
 
 
 class StepBatches(torch.utils.data.Dataset):
@@ -159,8 +160,10 @@ class StepBatches(torch.utils.data.Dataset):
 
     def _sample(self, p: int, rng: random.Random, skipped: Counter) -> tuple[Image.Image, str]:
         """The pair at global position ``p``, or (counting each bad one) the first good replacement."""
-        n = len(self.source)
-        index = int(_order(self.seed, p // n, n)[p % n])
+        n, group = len(self.source), getattr(self.source, "group_size", 1)
+        g, member = divmod(p, group)  # sources may declare groups of consecutive items to keep together
+        groups = n // group
+        index = int(_order(self.seed, g // groups, groups)[g % groups]) * group + member
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
                 image, text = self.source[index]

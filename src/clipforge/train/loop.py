@@ -118,7 +118,7 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None) -> T
     lock_tower(model, config.lock)
     trainable = [p for p in model.parameters() if p.requires_grad]
     o = config.optim
-    optimizer = build_optimizer(model, o.lr, o.weight_decay, o.betas, o.eps, device)
+    optimizer = build_optimizer(model, o.lr, o.weight_decay, o.betas, o.eps, device, o.logit_scale_lr_mult)
     train_tf, eval_tf = clipforge.transforms.model_transforms(model.config)
     image_size = model.config.vision.image_size
     data = TrainData(config.data, train_tf if config.data.augment else eval_tf, text_processor, config.batch_size,
