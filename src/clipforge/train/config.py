@@ -55,7 +55,7 @@ class SyntheticDataConfig:
         if self.train_size <= 0:
             raise ConfigError(f"data.train_size must be positive, got {self.train_size}")
         if not 1 <= self.contrast_group <= 8:
-            raise ConfigError(f"data.contrast_group must be in 1..8 (the world has 8 shapes), got {self.contrast_group}")
+            raise ConfigError(f"data.contrast_group must be in 1..8 (one per shape), got {self.contrast_group}")
         if self.train_size % self.contrast_group:
             raise ConfigError(f"data.train_size ({self.train_size}) must be a multiple of data.contrast_group "
                               f"({self.contrast_group})")
