@@ -46,9 +46,10 @@ def run(name: str, path: Path, overrides: list[str], steps: int, batch_size: int
     """Trains one contender and returns its final evaluation and timing."""
     from clipforge.train import init_runtime, load_config, parse_overrides, train
 
+    warmup = min(load_config(path, parse_overrides(overrides)).schedule.warmup_steps, steps)  # the config's own
     config = load_config(path, parse_overrides([*overrides, f"steps={steps}", f"batch_size={batch_size}",
                                                 "eval.every=0", "plots=false", f"output_dir={out / name}",
-                                                f"schedule.warmup_steps={min(30, steps)}"]))
+                                                f"schedule.warmup_steps={warmup}"]))
     torch.set_num_threads(max(1, (os.cpu_count() or 1) - config.data.num_workers))
     start = time.perf_counter()
     result = train(config, init_runtime("cpu"))
