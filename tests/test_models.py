@@ -172,6 +172,25 @@ def test_conv_stem_reaches_the_patch_grid_and_rejects_other_patch_sizes() -> Non
         clipforge.create_model("tiny-vit", vision={"stem": "conv", "patch_size": 12, "image_size": 96})
 
 
+def test_init_gain_scales_the_initial_weight_matrices_only() -> None:
+    torch.manual_seed(0)
+    plain = clipforge.create_model("tiny-vit").visual
+    torch.manual_seed(0)
+    gained = clipforge.create_model("tiny-vit", vision={"init_gain": 4.0}).visual
+    ours = dict(gained.named_parameters())
+    scaled = set()
+    for name, param in plain.named_parameters():
+        if name == "patch_embed.weight" or (name.startswith("transformer.") and name.endswith("weight")
+                                            and param.ndim == 2):
+            torch.testing.assert_close(ours[name], 4.0 * param)
+            scaled.add(name)
+        else:
+            assert torch.equal(ours[name], param), name
+    assert len(scaled) == 1 + 4 * 4  # patch embedding; qkv, out_proj, fc and proj of each of 4 blocks
+    with pytest.raises(ConfigError, match="vision.init_gain: must be positive"):
+        clipforge.create_model("tiny-vit", vision={"init_gain": 0.0})
+
+
 def test_patch_dropout_only_in_training() -> None:
     torch.manual_seed(0)
     model = clipforge.create_model("tiny-vit", vision={"patch_dropout": 0.5})

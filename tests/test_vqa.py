@@ -45,9 +45,11 @@ def vqa() -> SyntheticVQA:
 
 
 def tiny_backbone(seed: int = 0) -> clipforge.CLIPPO:
-    """clippo-tiny cut to one block of width 96: seconds per hundred steps on a CPU."""
+    """clippo-tiny cut to one block of width 96 with big_vision's proportional renderer (as configs/vqa_tiny.yaml
+    pins it): seconds per hundred steps on a CPU."""
     torch.manual_seed(seed)
-    return clipforge.create_model("clippo-tiny", embed_dim=64, vision={"layers": 1, "width": 96})
+    return clipforge.create_model("clippo-tiny", embed_dim=64, vision={"layers": 1, "width": 96},
+                                  render={"mode": "big_vision", "monospace": False})
 
 
 # --- the composed input ---------------------------------------------------------------------------------------

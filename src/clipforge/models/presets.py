@@ -108,7 +108,8 @@ register_preset("clippo-tiny", {
     "family": "clippo",
     "embed_dim": 128,
     "vision": {"kind": "vit", "image_size": 96, "patch_size": 16, "width": 192, "layers": 4, "heads": 3,
-               "pool": "map", "class_token": False, "ln_pre": False, "patch_bias": True, "proj_bias": True},
+               "pool": "map", "class_token": False, "ln_pre": False, "patch_bias": True, "proj_bias": True,
+               "init_gain": 4.0},
     "render": {"image_size": 96, "mode": "improved", "monospace": True},
     "init_logit_scale": 0.0,
 })

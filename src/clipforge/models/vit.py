@@ -40,6 +40,12 @@ class VisionTransformer(nn.Module):
         self.ln_post = nn.LayerNorm(width, eps=norm_eps)
         self.proj = nn.Parameter(scale * torch.randn(width, embed_dim))
         self.proj_bias = nn.Parameter(torch.zeros(embed_dim)) if config.proj_bias else None
+        if config.init_gain != 1.0:
+            with torch.no_grad():
+                self.patch_embed.weight.mul_(config.init_gain)
+                for name, param in self.transformer.named_parameters():
+                    if name.endswith("weight") and param.ndim == 2:
+                        param.mul_(config.init_gain)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Encodes normalised images (B, 3, H, W) into (B, embed_dim) features (not L2-normalised)."""

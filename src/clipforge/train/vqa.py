@@ -47,6 +47,7 @@ class VQATrainConfig:
 
     Attributes:
         model: A CLIPPO preset name (random init, e.g. ``clippo-tiny``) or a saved CLIPPO model directory.
+        model_overrides: Changes to a preset's config (nested dict, as ``create_model`` takes them).
         data: The synthetic VQA world.
         band: Question band height in pixels; ``None``: the rows the longest question needs.
         head_hidden: Hidden width of the head (0: LayerNorm → Linear).
@@ -64,6 +65,7 @@ class VQATrainConfig:
     """
 
     model: str = "clippo-tiny"
+    model_overrides: dict[str, Any] = field(default_factory=dict)
     data: VQADataConfig = field(default_factory=VQADataConfig)
     band: int | None = None
     head_hidden: int = 0
@@ -92,7 +94,7 @@ class VQATrainConfig:
             from clipforge.models.factory import build_config
 
             try:
-                family = build_config(self.model).family
+                family = build_config(self.model, **self.model_overrides).family
             except ConfigError as e:
                 raise ConfigError(f"model: {e} (or give a saved CLIPPO model directory)") from None
             if family != "clippo":
@@ -145,16 +147,19 @@ class VQAResult:
     wall_time: float
 
 
-def load_backbone(spec: str, device: torch.device | str = "cpu") -> clipforge.CLIPPO:
-    """A saved CLIPPO model directory (``clipforge.load``) or a CLIPPO preset at random init.
+def load_backbone(spec: str, device: torch.device | str = "cpu", overrides: dict[str, Any] | None = None
+                  ) -> clipforge.CLIPPO:
+    """A saved CLIPPO model directory (``clipforge.load``) or a CLIPPO preset (with ``overrides``) at random init.
 
     Raises:
         ConfigError: ``spec`` names an unknown preset or a model that is not CLIPPO.
     """
     if Path(spec).exists():
+        if overrides:
+            raise ConfigError(f"model_overrides: {spec} is a saved model; overrides apply to presets only")
         model, _, _ = clipforge.load(spec, device=device)
     else:
-        model = clipforge.create_model(spec, device=device)
+        model = clipforge.create_model(spec, device=device, **(overrides or {}))
     if model.config.family != "clippo":
         raise ConfigError(f"model: {spec} is a {model.config.family} model; VQA by rendering needs CLIPPO")
     return model
@@ -197,7 +202,7 @@ def train_vqa(config: VQATrainConfig, device: torch.device | str = "cpu") -> VQA
     torch.manual_seed(config.seed)
 
     # --- Model, input, data, optimiser. ---
-    backbone = load_backbone(config.model, device)
+    backbone = load_backbone(config.model, device, config.model_overrides)
     composer = build_composer(backbone, config.data, config.band)  # a band that does not fit fails here
     run_dir = Path(config.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
