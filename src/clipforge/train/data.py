@@ -95,7 +95,10 @@ class StepBatches(torch.utils.data.Dataset):
     """Item ``step`` is ``(images (b, 3, H, W), text (b, T), info)``: this rank's share of global batch ``step``.
 
     Args:
-        source: Indexable ``(PIL image, caption text)`` pairs; an item may raise ``BadSample``.
+        source: Indexable ``(PIL image, caption text)`` pairs; an item may raise ``BadSample``. A source with a
+            ``group_size`` attribute > 1 (the synthetic world's contrast groups) has its runs of that many
+            consecutive items shuffled as units, so a group lands in one batch (when the batch's image slots
+            are a multiple of the group size).
         transform: Image transform; called as ``transform(image, rng)`` when ``augment``.
         text_processor: ``texts -> Tensor``.
         batch_size: The global batch size.
