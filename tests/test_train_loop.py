@@ -59,7 +59,8 @@ def test_clippo_quickstart_trains_with_text_pairs_and_reports_every_language(tmp
     with one column per caption language."""
     import argparse
 
-    overrides = ["text_pairs.fraction=0.25", "steps=4", "batch_size=8", "schedule.warmup_steps=2", "eval.size=16", "eval.retrieval_size=8",
+    overrides = ["text_pairs.fraction=0.25", "steps=4", "batch_size=8", "schedule.warmup_steps=2", "eval.size=16",
+                 "eval.retrieval_size=8",
                  "log_every=2",
                  "data.num_workers=0", "plots=false", f"output_dir={tmp_path / 'run'}"]
     args = argparse.Namespace(config=None, model="clippo-tiny", overrides=overrides, device="cpu", threads=1)
