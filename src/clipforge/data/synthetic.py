@@ -540,6 +540,7 @@ class SyntheticWorld:
         held = set(self.heldout_pairs)
         self.all_pairs: list[tuple[str, str]] = [(c, s) for c in COLOURS for s in SHAPES]
         self.train_pairs: list[tuple[str, str]] = [p for p in self.all_pairs if p not in held]
+        self._heldout_set = frozenset(held)
 
     def _choose_heldout(self) -> list[tuple[str, str]]:
         n = round(self.config.holdout_fraction * len(COLOURS) * len(SHAPES))
@@ -590,15 +591,12 @@ class SyntheticWorld:
         base, member = divmod(index, self.group_size(split))
         if member == 0:
             return shape
-        others = [s for s in SHAPES if s != shape and (colour, s) in self._pair_set(split)]
+        others = [s for s in SHAPES if s != shape and (colour, s) not in self._heldout_set]  # groups: train only
         if not others:
             return shape
         key = [self.config.seed, SPLITS[split], base, 0, _CONTRAST_STREAM]  # 5 entries: no caption stream's key
         order = np.random.default_rng(key).permutation(len(others))
         return others[int(order[(member - 1) % len(others)])]
-
-    def _pair_set(self, split: str) -> frozenset[tuple[str, str]]:
-        return frozenset(self.train_pairs if split == "train" else self.all_pairs)
 
     def _scene_of(self, split: str, index: int) -> tuple[np.random.Generator, dict[str, Any], list, float]:
         """The rng (positioned after the scene draws) and scene of sample ``index``, contrast groups applied."""
