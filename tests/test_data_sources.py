@@ -185,6 +185,26 @@ def test_step_batches_keep_declared_groups_together_and_cover_each_epoch():
     assert seen[:24] != seen[24:]  # each epoch draws a new order of the groups
 
 
+def _whole_groups(ids: list[int]) -> bool:
+    return all(ids[k] % 4 == 0 and ids[k:k + 4] == list(range(ids[k], ids[k] + 4)) for k in range(0, len(ids), 4))
+
+
+def test_step_batches_keep_groups_together_from_group_start_on():
+    from clipforge.train.data import StepBatches
+
+    batches = StepBatches(_Grouped(), lambda image: image, lambda texts: texts, 8, seed=1, augment=False,
+                          group_start=3)
+    plain = StepBatches(_Ungrouped(), lambda image: image, lambda texts: texts, 8, seed=1, augment=False)
+    early = [batches[step][0][:, 0].long().tolist() for step in range(3)]
+    assert early == [plain[step][0][:, 0].long().tolist() for step in range(3)]  # item by item, as ungrouped
+    assert sorted(sum(early, [])) == list(range(24)) and not all(_whole_groups(ids) for ids in early)
+    assert all(_whole_groups(batches[step][0][:, 0].long().tolist()) for step in range(3, 9))
+
+
+class _Ungrouped(_Grouped):
+    group_size = 1
+
+
 def test_contrast_groups_reach_the_batches_from_the_config():
     data = build({"data": {"kind": "synthetic", "train_size": 64, "contrast_group": 4, "augment": False}}, 8)
     captions, _ = collect(data, 2)
@@ -195,3 +215,11 @@ def test_contrast_groups_reach_the_batches_from_the_config():
         load_config(None, {"data": {"kind": "synthetic", "train_size": 30, "contrast_group": 4}})
     with pytest.raises(ConfigError, match="contrast_group must be in 1..8"):
         load_config(None, {"data": {"kind": "synthetic", "contrast_group": 9}})
+    with pytest.raises(ConfigError, match="contrast_start must be ≥ 0"):
+        load_config(None, {"data": {"kind": "synthetic", "contrast_start": -1}})
+
+
+def test_contrast_start_reaches_the_batches_from_the_config():
+    data = build({"data": {"kind": "synthetic", "train_size": 64, "contrast_group": 4, "contrast_start": 5,
+                           "augment": False}}, 8)
+    assert data.batches.group_start == 5

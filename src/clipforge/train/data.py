@@ -98,7 +98,8 @@ class StepBatches(torch.utils.data.Dataset):
         source: Indexable ``(PIL image, caption text)`` pairs; an item may raise ``BadSample``. A source with a
             ``group_size`` attribute > 1 (the synthetic world's contrast groups) has its runs of that many
             consecutive items shuffled as units, so a group lands in one batch (when the batch's image slots
-            are a multiple of the group size).
+            are a multiple of the group size), from global batch ``group_start`` on; earlier batches draw its
+            items one by one.
         transform: Image transform; called as ``transform(image, rng)`` when ``augment``.
         text_processor: ``texts -> Tensor``.
         batch_size: The global batch size.
@@ -111,12 +112,14 @@ class StepBatches(torch.utils.data.Dataset):
         pair_fraction: Share of each global batch given to ``pairs``: position ``j`` is a pair slot when
             ``floor((j + 1) f) > floor(j f)``, which spreads the slots evenly over the batch (and the ranks).
             Image–caption samples fill the other slots in stream order, pairs follow their own order.
+        group_start: The first global batch that keeps a source's groups together (see ``source``).
     """
 
     def __init__(self, source: Sequence[tuple[Image.Image, Any]], transform: Callable, text_processor: Callable,
                  batch_size: int, seed: int, rank: int = 0, world_size: int = 1, augment: bool = True,
-                 pairs: Sequence[tuple[str, str]] | None = None, pair_fraction: float = 0.0):
+                 pairs: Sequence[tuple[str, str]] | None = None, pair_fraction: float = 0.0, group_start: int = 0):
         self.source, self.transform, self.text_processor = source, transform, text_processor
+        self.group_start = group_start
         self.batch_size, self.seed, self.augment = batch_size, seed, augment
         local = batch_size // world_size
         self.positions = range(rank * local, (rank + 1) * local)
@@ -151,7 +154,7 @@ class StepBatches(torch.utils.data.Dataset):
                 continue
             p = step * image_slots + j - math.floor((j + 1) * self.pair_fraction)  # the image–caption stream
             rng = random.Random(self.seed * 2**40 + p)
-            image, caption = self._sample(p, rng, skipped)
+            image, caption = self._sample(p, rng, skipped, grouped=step >= self.group_start)
             images.append(self.transform(image, rng) if self.augment else self.transform(image))
             captions.append(caption)
         if firsts:
@@ -161,9 +164,9 @@ class StepBatches(torch.utils.data.Dataset):
         info = {"size": len(captions), "skipped": dict(skipped), "text_pairs": len(firsts)}
         return torch.stack(images), self.text_processor(captions), info
 
-    def _sample(self, p: int, rng: random.Random, skipped: Counter) -> tuple[Image.Image, str]:
+    def _sample(self, p: int, rng: random.Random, skipped: Counter, grouped: bool = True) -> tuple[Image.Image, str]:
         """The pair at global position ``p``, or (counting each bad one) the first good replacement."""
-        n, group = len(self.source), getattr(self.source, "group_size", 1)
+        n, group = len(self.source), getattr(self.source, "group_size", 1) if grouped else 1
         g, member = divmod(p, group)  # sources may declare groups of consecutive items to keep together
         groups = n // group
         index = int(_order(self.seed, g // groups, groups)[g % groups]) * group + member
@@ -314,7 +317,8 @@ class TrainData:
                 pairs = pair_source(text_pairs, getattr(source, "world", None))
             self.batches = StepBatches(source, transform, text_processor, batch_size, seed, runtime.rank,
                                        runtime.world_size, augment=config.augment, pairs=pairs,
-                                       pair_fraction=text_pairs.fraction if pairs is not None else 0.0)
+                                       pair_fraction=text_pairs.fraction if pairs is not None else 0.0,
+                                       group_start=getattr(config, "contrast_start", 0))
         self.used, self.skipped = 0, Counter()
         self.positions: dict[int, dict[str, Any]] = {}
         self.decoder = self._device_decoder(transform, runtime) if getattr(config, "gpu_decode", False) else None
