@@ -273,9 +273,11 @@ def test_cli_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     """A pretrained-directory start, a short run, then eval and ask on the saved model."""
     start = save_pretrained(tiny_backbone(), tmp_path / "clippo")
     run = tmp_path / "run"
-    out, _ = run_cli(["vqa", "train", "--threads", "1", f"model={start}", "steps=6", "batch_size=8",
-                      "eval_size=8", "log_every=3", "schedule.warmup_steps=2", f"output_dir={run}"], capsys)
-    assert "held out:" in out and "step 6/6" in out
+    config = Path(__file__).parents[1] / "configs/vqa_tiny.yaml"  # its preset overrides yield to the saved model
+    out, err = run_cli(["vqa", "train", "--threads", "1", "--config", str(config), f"model={start}", "steps=6",
+                        "batch_size=8", "eval_size=8", "log_every=3", "schedule.warmup_steps=2", f"output_dir={run}"],
+                       capsys)
+    assert "held out:" in out and "step 6/6" in out and "model_overrides ignored" in err
     for name in ("config.yaml", "metrics.jsonl", "results.json", "accuracy.png", "loss.png", "final/vqa.json"):
         assert (run / name).is_file(), name
     results = json.loads((run / "results.json").read_text())

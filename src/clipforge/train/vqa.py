@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,12 +152,15 @@ def load_backbone(spec: str, device: torch.device | str = "cpu", overrides: dict
                   ) -> clipforge.CLIPPO:
     """A saved CLIPPO model directory (``clipforge.load``) or a CLIPPO preset (with ``overrides``) at random init.
 
+    ``overrides`` are for presets: a saved model keeps its own config, and a notice says they were ignored (so
+    a config that pins a preset's renderer also serves ``model=<saved dir>``).
+
     Raises:
         ConfigError: ``spec`` names an unknown preset or a model that is not CLIPPO.
     """
     if Path(spec).exists():
-        if overrides:
-            raise ConfigError(f"model_overrides: {spec} is a saved model; overrides apply to presets only")
+        if overrides:  # a config's pinned preset changes: the saved model's own config decides its shape
+            print(f"model_overrides ignored: {spec} is a saved model (they apply to presets only)", file=sys.stderr)
         model, _, _ = clipforge.load(spec, device=device)
     else:
         model = clipforge.create_model(spec, device=device, **(overrides or {}))
