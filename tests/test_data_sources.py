@@ -197,7 +197,7 @@ def test_step_batches_keep_groups_together_from_group_start_on():
     plain = StepBatches(_Ungrouped(), lambda image: image, lambda texts: texts, 8, seed=1, augment=False)
     early = [batches[step][0][:, 0].long().tolist() for step in range(3)]
     assert early == [plain[step][0][:, 0].long().tolist() for step in range(3)]  # item by item, as ungrouped
-    assert sorted(sum(early, [])) == list(range(24)) and not all(_whole_groups(ids) for ids in early)
+    assert sorted(i for ids in early for i in ids) == list(range(24)) and not all(_whole_groups(ids) for ids in early)
     assert all(_whole_groups(batches[step][0][:, 0].long().tolist()) for step in range(3, 9))
 
 
