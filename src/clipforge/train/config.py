@@ -37,8 +37,8 @@ class SyntheticDataConfig:
         contrast_group: Training scenes in groups of this many that differ in the shape alone, kept together
             in a batch: hard negatives for shape (``WorldConfig.contrast_group``); 1 turns it off.
         contrast_start: The first step whose batches keep contrast groups together; before it the grouped
-            scenes are drawn one by one. A one-tower CLIPPO model cannot start on hard negatives alone (its
-            rendered captions start nearly alike), so its recipe switches them on after a warm-up.
+            scenes are drawn one by one: a warm-up for models that cannot start on hard negatives (clippo-tiny
+            stays at log(batch) with groups from the first step; its rendered captions start nearly alike).
         augment: Random resized crops (else the eval transform).
         num_workers: DataLoader worker processes.
     """
