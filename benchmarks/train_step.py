@@ -6,6 +6,10 @@ to open_clip when it is importable.
 
     python benchmarks/train_step.py --model ViT-B/32 --batch-size 512 --precision bf16 --compile
     python benchmarks/train_step.py --model tiny-vit --batch-size 64 --steps 10   # CPU smoke run
+    python benchmarks/train_step.py --model clippo-B/16 --batch-size 256 --compile   # CLIPPO: no reference
+
+CLIPPO models take rendered alt-texts (uint8 pixels, rendered once before timing) as their text input;
+open_clip has no CLIPPO, so they are timed alone.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Any
 import torch
 
 import clipforge
-from clipforge.models.config import CLIPConfig, ViTConfig
+from clipforge.models.config import CLIPConfig, CLIPPOConfig, ViTConfig
 from clipforge.train.loss import clip_loss
 
 
@@ -53,8 +57,22 @@ def make_step(model: torch.nn.Module, encode: Callable, opt: torch.optim.Optimiz
     return step
 
 
-def bench(name: str, model: torch.nn.Module, encode: Callable, args: argparse.Namespace, config: CLIPConfig,
-          device: torch.device) -> dict[str, Any]:
+def text_input(model: torch.nn.Module, batch_size: int, device: torch.device) -> torch.Tensor:
+    """One batch of the model's text input: BPE ids (20 tokens then padding) or rendered alt-texts."""
+    config = model.config
+    if isinstance(config, CLIPConfig):
+        tokens = torch.randint(1, 49406, (batch_size, config.text.context_length), device=device)
+        tokens[:, 0], tokens[:, 20], tokens[:, 21:] = 49406, 49407, 0
+        return tokens
+    words = "a photo of the red dog on green grass near an old house by river city street at sunset".split()
+    g = torch.Generator().manual_seed(0)
+    texts = [" ".join(words[j] for j in torch.randint(len(words), (int(n),), generator=g))
+             for n in torch.randint(3, 16, (batch_size,), generator=g)]
+    return clipforge.get_text_processor(model)(texts, device=device)
+
+
+def bench(name: str, model: torch.nn.Module, encode: Callable, args: argparse.Namespace,
+          config: CLIPConfig | CLIPPOConfig, device: torch.device, text: torch.Tensor) -> dict[str, Any]:
     model.to(device).train()
     fused = device.type == "cuda"
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.2, fused=fused)
@@ -64,8 +82,7 @@ def bench(name: str, model: torch.nn.Module, encode: Callable, args: argparse.Na
         step = torch.compile(step)
     size = config.vision.image_size
     images = torch.randn(args.batch_size, 3, size, size, device=device)
-    tokens = torch.randint(1, 49406, (args.batch_size, config.text.context_length), device=device)
-    tokens[:, 0], tokens[:, 20], tokens[:, 21:] = 49406, 49407, 0
+    tokens = text
 
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -122,14 +139,15 @@ def main() -> None:
         out = model(images, tokens)
         return out.image_features, out.text_features, out.logit_scale
 
-    results = [bench("clipforge", model, ours, args, config, device)]
-    if not args.no_reference:
+    text = text_input(model, args.batch_size, device)
+    results = [bench("clipforge", model, ours, args, config, device, text)]
+    if not args.no_reference and isinstance(config, CLIPConfig):
         try:
             ref = open_clip_model(config)
         except ImportError:
             ref = None
         if ref is not None:  # open_clip's forward returns (image_features, text_features, logit_scale.exp())
-            results.append(bench("open_clip", ref, ref, args, config, device))
+            results.append(bench("open_clip", ref, ref, args, config, device, text))
     report: dict[str, Any] = {
         "model": args.model, "batch_size": args.batch_size, "precision": args.precision, "compile": args.compile,
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The GPU checks in one go, most important first, each writing its own file under OUTDIR so that a run cut
+# short still leaves what it finished: the gpu-marked tests, training-step throughput against open_clip
+# (bf16, torch.compile) for ViT-B/32 and ViT-B/16, CLIPPO B/16's training step, the renderer painting on the
+# GPU, and a short CLIPPO training run through the CLI on CUDA.
+#
+#   bash benchmarks/gpu.sh OUTDIR        (needs CUDA; open_clip for the reference rows)
+set -uo pipefail
+out=${1:?usage: benchmarks/gpu.sh OUTDIR}
+mkdir -p "$out"
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+py=${PYTHON:-python3}
+run() {  # run NAME CMD...: the command's output to OUTDIR/NAME.log, its status to the summary
+    local name=$1; shift
+    local t0=$SECONDS
+    "$@" >"$out/$name.log" 2>&1
+    echo "$name rc=$? ${SECONDS}s (after $((SECONDS - t0))s)" | tee -a "$out/summary.txt"
+}
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/summary.txt"
+$py -c "import torch; print('torch', torch.__version__)" | tee -a "$out/summary.txt"
+run tests $py -m pytest -q -m gpu -p no:cacheprovider --continue-on-collection-errors tests
+run b32 $py benchmarks/train_step.py --model ViT-B/32 --batch-size 512 --precision bf16 --compile --steps 15 --warmup 3
+run b16 $py benchmarks/train_step.py --model ViT-B/16 --batch-size 256 --precision bf16 --compile --steps 15 --warmup 3
+run clippo $py benchmarks/train_step.py --model clippo-B/16 --batch-size 256 --precision bf16 --compile --steps 15 \
+    --warmup 3
+run render $py benchmarks/render.py --n 4096 --repeats 3 --device cuda
+run train $py -m clipforge.cli.main train --config configs/quickstart_clippo.yaml steps=300 plots=false \
+    output_dir=/tmp/clipforge-gpu-train
