@@ -4,10 +4,11 @@
 
 Times both modes (``big_vision`` and ``improved``), each through the numpy path (``render``) and the torch
 path (``__call__``), with numpy and torch pinned to one thread. ``--device cuda`` also times the torch path
-painting on the GPU (wall clock, synchronised; the layout still runs on the one CPU thread). The alt-texts are deterministic (seeded)
-mixes of common caption words, capitals, punctuation, accents, Cyrillic, CJK and some Hebrew. Prints JSON:
-captions/s per core (captions over the process CPU time, which other programs on a shared machine do not
-inflate) and per wall-clock second, each the median of the repeats, beside the target of 2,000 per core.
+painting on the GPU (wall clock, synchronised; the layout still runs on the one CPU thread). The alt-texts
+are deterministic (seeded) mixes of common caption words, capitals, punctuation, accents, Cyrillic, CJK and
+some Hebrew. Prints JSON: captions/s per core (captions over the process CPU time, which other programs on
+a shared machine do not inflate) and per wall-clock second, each the median of the repeats, beside the
+target of 2,000 per core.
 """
 
 from __future__ import annotations
