@@ -14,7 +14,7 @@ from clipforge.checkpoints import detect_format, load_any
 from clipforge.checkpoints.native import load_model, save_pretrained
 
 
-@pytest.mark.parametrize("name", ["tiny-vit", "tiny-rn", "clippo-tiny"])
+@pytest.mark.parametrize("name", ["tiny-vit", "tiny-rn", "clippo-tiny", "clippo-tiny-rn"])
 def test_round_trip_is_exact(name: str, tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = clipforge.create_model(name, embed_dim=64)
@@ -74,3 +74,6 @@ def test_big_vision_npz_loads_through_clipforge_load(tmp_path: Path) -> None:
     for key, value in model.state_dict().items():
         assert torch.equal(value, loaded.state_dict()[key]), key
     assert np.load(tmp_path / "clippo.npz")["params/t"].shape == ()
+    with pytest.raises(ValueError, match="CLIPPO model with a ResNet tower cannot be exported"):
+        save_big_vision(clipforge.create_model("clippo-tiny-rn"), tmp_path / "rn.npz")
+    assert not (tmp_path / "rn.npz").exists()

@@ -236,3 +236,22 @@ def test_openai_resnet_initialisation() -> None:
         assert all((block.bn3.weight == 0).all() for block in stage)
     std = model.visual.attn_pool.q_proj.weight.std().item()
     assert abs(std - (16 * 32) ** -0.5) / (16 * 32) ** -0.5 < 0.1
+
+
+def test_clippo_resnet_tower_uses_no_batch_statistics() -> None:
+    """A CLIPPO ResNet (``norm: group``) embeds each input on its own in training mode too: the image and the
+    text pass share the tower, and batch statistics (BatchNorm) would depend on which pass a sample rides in."""
+    torch.manual_seed(0)
+    model = clipforge.create_model("clippo-tiny-rn").train()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    render = clipforge.get_text_processor(model)
+    pixels = render(["a red circle", "два синих квадрата", "赤い円"])
+    images = torch.randn(3, 3, 96, 96)
+    with torch.no_grad():
+        alone = model.encode_text(pixels[:1])
+        for batch in (pixels, torch.cat([pixels[:1], pixels[:1]])):
+            assert torch.allclose(model.encode_text(batch)[:1], alone, atol=1e-5)
+        assert torch.allclose(model.encode_image(images)[:1], model.encode_image(images[:1]), atol=1e-5)
+    bn = clipforge.create_model("clippo-tiny-rn", vision={"norm": "batch"}).train()
+    with torch.no_grad():
+        assert not torch.allclose(bn.encode_image(images)[:1], bn.encode_image(images[:2])[:1], atol=1e-3)

@@ -234,6 +234,8 @@ def save_big_vision(model: torch.nn.Module, path: str | Path) -> None:
     """Writes a CLIPPO model as a big_vision ``.npz`` (``params/img/...`` and ``params/t``)."""
     if getattr(model.config, "family", None) != "clippo":
         raise ValueError("only CLIPPO models can be exported to big_vision's CLIPPO layout")
+    if model.config.vision.kind != "vit":
+        raise ValueError("big_vision's CLIPPO is a ViT; a CLIPPO model with a ResNet tower cannot be exported to it")
     if model.config.vision.stem != "patch":
         raise ValueError("big_vision's ViT has a patch-embedding stem; a conv-stem model cannot be exported to it")
     np.savez(path, **to_big_vision_arrays(model.state_dict(), model.config))

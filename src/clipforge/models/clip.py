@@ -38,11 +38,21 @@ class ContrastiveModel(nn.Module):
         if config.init_logit_bias is not None:
             self.logit_bias = nn.Parameter(torch.tensor(float(config.init_logit_bias)))
 
+    visual: nn.Module
+
     def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        raise NotImplementedError
+        """Embeds normalised images (B, 3, H, W) → (B, embed_dim), optionally L2-normalised."""
+        x = self.visual(images)
+        return F.normalize(x, dim=-1) if normalize else x
 
     def encode_text(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         raise NotImplementedError
+
+    def set_grad_checkpointing(self, enabled: bool = True) -> None:
+        """Recomputes each block's activations in the backward pass to save memory."""
+        for module in self.modules():
+            if hasattr(module, "grad_checkpointing"):
+                module.grad_checkpointing = enabled
 
     def scale(self) -> torch.Tensor:
         """The logit scale as used: exp(logit_scale), clamped at exp(max_logit_scale)."""
@@ -55,6 +65,13 @@ class ContrastiveModel(nn.Module):
         return CLIPOutput(image_features, text_features, self.scale(), self.logit_bias)
 
 
+def image_tower(config: CLIPConfig | CLIPPOConfig) -> nn.Module:
+    """The image tower its config's ``vision.kind`` names: a ViT or OpenAI's modified ResNet."""
+    if isinstance(config.vision, ViTConfig):
+        return VisionTransformer(config.vision, config.embed_dim, config.act, config.norm_eps)
+    return ModifiedResNet(config.vision, config.embed_dim)
+
+
 class CLIP(ContrastiveModel):
     """Two towers and a learnable temperature.
 
@@ -64,27 +81,13 @@ class CLIP(ContrastiveModel):
 
     def __init__(self, config: CLIPConfig):
         super().__init__(config)
-        if isinstance(config.vision, ViTConfig):
-            self.visual: nn.Module = VisionTransformer(config.vision, config.embed_dim, config.act, config.norm_eps)
-        else:
-            self.visual = ModifiedResNet(config.vision, config.embed_dim)
+        self.visual = image_tower(config)
         self.text = TextTransformer(config.text, config.embed_dim, config.act, config.norm_eps)
-
-    def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        """Embeds normalised images (B, 3, H, W) → (B, embed_dim), optionally L2-normalised."""
-        x = self.visual(images)
-        return F.normalize(x, dim=-1) if normalize else x
 
     def encode_text(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """Embeds token ids (B, T) → (B, embed_dim), optionally L2-normalised."""
         x = self.text(text)
         return F.normalize(x, dim=-1) if normalize else x
-
-    def set_grad_checkpointing(self, enabled: bool = True) -> None:
-        """Recomputes each block's activations in the backward pass to save memory."""
-        for module in self.modules():
-            if hasattr(module, "grad_checkpointing"):
-                module.grad_checkpointing = enabled
 
     def towers(self) -> dict[str, nn.Module]:
         """The model's towers by name, e.g. for LiT-style locking: ``{"image": ..., "text": ...}``."""

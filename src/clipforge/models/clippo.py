@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from clipforge.models.clip import ContrastiveModel
+from clipforge.models.clip import ContrastiveModel, image_tower
 from clipforge.models.config import CLIPPOConfig
-from clipforge.models.vit import VisionTransformer
 
 
 class CLIPPO(ContrastiveModel):
@@ -24,26 +22,17 @@ class CLIPPO(ContrastiveModel):
 
     def __init__(self, config: CLIPPOConfig):
         super().__init__(config)
-        self.visual = VisionTransformer(config.vision, config.embed_dim, config.act, config.norm_eps)
+        self.visual = image_tower(config)
         self.register_buffer("mean", torch.tensor(config.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(config.std).view(1, 3, 1, 1), persistent=False)
-
-    def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        """Embeds normalised images (B, 3, H, W) → (B, embed_dim), optionally L2-normalised."""
-        x = self.visual(images)
-        return F.normalize(x, dim=-1) if normalize else x
 
     def encode_text(self, pixels: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """Embeds rendered text, uint8 (B, 3, H, W) from the renderer → (B, embed_dim)."""
         if pixels.dtype != torch.uint8:
             raise TypeError(f"CLIPPO.encode_text takes the renderer's uint8 pixels, got {pixels.dtype}")
-        dtype = self.visual.proj.dtype
+        dtype = next(self.visual.parameters()).dtype
         x = (pixels.to(dtype).div(255) - self.mean.to(dtype)) / self.std.to(dtype)
         return self.encode_image(x, normalize)
-
-    def set_grad_checkpointing(self, enabled: bool = True) -> None:
-        """Recomputes each block's activations in the backward pass to save memory."""
-        self.visual.transformer.grad_checkpointing = enabled
 
     def towers(self) -> dict[str, nn.Module]:
         """One shared tower: locking either side locks both."""

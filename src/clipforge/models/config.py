@@ -249,6 +249,9 @@ class ResNetConfig:
         layers: Bottleneck blocks in each of the four stages.
         width: Stem width; stage widths are width, 2×, 4×, 8× (×4 expansion at their outputs).
         heads: Attention-pool heads (OpenAI: width * 32 // 64).
+        norm: ``batch`` (OpenAI's BatchNorm) or ``group`` (GroupNorm, no batch statistics: for a tower
+            that one model runs on two kinds of input, as CLIPPO does, since shared running statistics
+            would mix both and fit neither at evaluation).
     """
 
     kind: Literal["resnet"] = "resnet"
@@ -256,6 +259,7 @@ class ResNetConfig:
     layers: tuple[int, int, int, int] = (3, 4, 6, 3)
     width: int = 64
     heads: int = 32
+    norm: Literal["batch", "group"] = "batch"
 
     def __post_init__(self) -> None:
         _positive("vision", image_size=self.image_size, width=self.width, heads=self.heads)
@@ -348,7 +352,8 @@ class CLIPPOConfig:
 
     Attributes:
         embed_dim: Output dimension of the head (768 for the paper's B/16).
-        vision: The shared ViT (the paper: B/16, MAP pooling, no class token).
+        vision: The shared tower (the paper: a ViT-B/16 with MAP pooling and no class token; OpenAI's
+            modified ResNet with ``kind: resnet``, which learns shapes from far fewer samples).
         render: The text renderer's config; saved with the model so it is always served with the
             renderer it was trained with.
         act, norm_eps, init_logit_scale, init_logit_bias, max_logit_scale, mean, std, image_resize:
@@ -357,7 +362,7 @@ class CLIPPOConfig:
     """
 
     embed_dim: int = 768
-    vision: ViTConfig = field(default_factory=lambda: ViTConfig(
+    vision: ViTConfig | ResNetConfig = field(default_factory=lambda: ViTConfig(
         image_size=224, patch_size=16, width=768, layers=12, heads=12, pool="map", class_token=False,
         ln_pre=False, patch_bias=True, proj_bias=True))
     render: dict[str, Any] = field(default_factory=dict)

@@ -113,3 +113,11 @@ register_preset("clippo-tiny", {
     "render": {"image_size": 96, "mode": "improved", "monospace": True},
     "init_logit_scale": 0.0,
 })
+register_preset("clippo-tiny-rn", {
+    "family": "clippo",
+    "embed_dim": 128,
+    "vision": {"kind": "resnet", "image_size": 96, "layers": [1, 1, 1, 1], "width": 16, "heads": 8,
+               "norm": "group"},
+    "render": {"image_size": 96, "mode": "improved", "monospace": True},
+    "init_logit_scale": 0.0,
+})

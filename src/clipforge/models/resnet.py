@@ -7,6 +7,8 @@ head in place of global average pooling.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -14,26 +16,34 @@ from torch import nn
 from clipforge.models.config import ResNetConfig
 
 
+def norm_layer(kind: str, channels: int) -> nn.Module:
+    """BatchNorm (OpenAI's), or GroupNorm with about 16 channels a group (at most 32 groups), which keeps no
+    batch statistics: what a tower shared by two kinds of input (CLIPPO) needs."""
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    return nn.GroupNorm(math.gcd(channels, min(32, max(1, channels // 16))), channels)
+
+
 class Bottleneck(nn.Module):
     """1×1 → 3×3 → [avg-pool stride] → 1×1 bottleneck with ×4 expansion."""
 
     expansion = 4
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, norm: str = "batch"):
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
+        self.bn1 = norm_layer(norm, planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
+        self.bn2 = norm_layer(norm, planes)
         self.avgpool = nn.AvgPool2d(stride) if stride > 1 else nn.Identity()
         self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.bn3 = norm_layer(norm, planes * self.expansion)
         self.downsample = None
         if stride > 1 or in_planes != planes * self.expansion:
             self.downsample = nn.Sequential(
                 nn.AvgPool2d(stride),
                 nn.Conv2d(in_planes, planes * self.expansion, 1, stride=1, bias=False),
-                nn.BatchNorm2d(planes * self.expansion),
+                norm_layer(norm, planes * self.expansion),
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -81,20 +91,20 @@ class ModifiedResNet(nn.Module):
         self.config = config
         w = config.width
         self.conv1 = nn.Conv2d(3, w // 2, 3, stride=2, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(w // 2)
+        self.bn1 = norm_layer(config.norm, w // 2)
         self.conv2 = nn.Conv2d(w // 2, w // 2, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(w // 2)
+        self.bn2 = norm_layer(config.norm, w // 2)
         self.conv3 = nn.Conv2d(w // 2, w, 3, padding=1, bias=False)
-        self.bn3 = nn.BatchNorm2d(w)
+        self.bn3 = norm_layer(config.norm, w)
         self.avgpool = nn.AvgPool2d(2)
 
         in_planes = w
         stages = []
         for i, blocks in enumerate(config.layers):
             planes, stride = w * 2**i, 1 if i == 0 else 2
-            stage = [Bottleneck(in_planes, planes, stride)]
+            stage = [Bottleneck(in_planes, planes, stride, config.norm)]
             in_planes = planes * Bottleneck.expansion
-            stage += [Bottleneck(in_planes, planes) for _ in range(blocks - 1)]
+            stage += [Bottleneck(in_planes, planes, 1, config.norm) for _ in range(blocks - 1)]
             stages.append(nn.Sequential(*stage))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.attn_pool = AttentionPool2d(config.image_size // 32, w * 32, config.heads, embed_dim)
