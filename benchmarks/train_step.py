@@ -45,9 +45,9 @@ def open_clip_model(config: CLIPConfig) -> torch.nn.Module:
 
 def make_step(model: torch.nn.Module, encode: Callable, opt: torch.optim.Optimizer, amp: torch.dtype | None,
               device: torch.device) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    def step(images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    def step(images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            image_features, text_features, scale = encode(images, tokens)
+            image_features, text_features, scale = encode(images, text)
             loss = clip_loss(image_features, text_features, scale)
         loss.backward()
         opt.step()
@@ -82,15 +82,14 @@ def bench(name: str, model: torch.nn.Module, encode: Callable, args: argparse.Na
         step = torch.compile(step)
     size = config.vision.image_size
     images = torch.randn(args.batch_size, 3, size, size, device=device)
-    tokens = text
 
     from torch.utils.flop_counter import FlopCounterMode
 
     for _ in range(args.warmup):
-        step(images, tokens)
+        step(images, text)
     counter = FlopCounterMode(display=False)
     with counter:  # counted eagerly on one step; compile does not change the arithmetic
-        make_step(model, encode, opt, amp, device)(images, tokens)
+        make_step(model, encode, opt, amp, device)(images, text)
     flops = counter.get_total_flops()
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -98,7 +97,7 @@ def bench(name: str, model: torch.nn.Module, encode: Callable, args: argparse.Na
     times = []
     for _ in range(args.steps):
         t0 = time.perf_counter()
-        step(images, tokens)
+        step(images, text)
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
@@ -135,8 +134,8 @@ def main() -> None:
     model = clipforge.create_model(args.model)
     config = model.config
 
-    def ours(images: torch.Tensor, tokens: torch.Tensor, model: torch.nn.Module = model) -> tuple[torch.Tensor, ...]:
-        out = model(images, tokens)
+    def ours(images: torch.Tensor, text: torch.Tensor, model: torch.nn.Module = model) -> tuple[torch.Tensor, ...]:
+        out = model(images, text)
         return out.image_features, out.text_features, out.logit_scale
 
     text = text_input(model, args.batch_size, device)

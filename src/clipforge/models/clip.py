@@ -26,9 +26,11 @@ class CLIPOutput(NamedTuple):
 class ContrastiveModel(nn.Module):
     """What every model family shares: a learnable temperature (and optional bias) and ``forward``.
 
-    Subclasses define ``encode_image`` and ``encode_text``; ``config`` carries ``init_logit_scale``,
-    ``init_logit_bias`` and ``max_logit_scale``.
+    Subclasses set ``visual`` (the image tower) and define ``encode_text``; ``config`` carries
+    ``init_logit_scale``, ``init_logit_bias`` and ``max_logit_scale``.
     """
+
+    visual: nn.Module
 
     def __init__(self, config: CLIPConfig | CLIPPOConfig):
         super().__init__()
@@ -37,8 +39,6 @@ class ContrastiveModel(nn.Module):
         self.logit_bias = None
         if config.init_logit_bias is not None:
             self.logit_bias = nn.Parameter(torch.tensor(float(config.init_logit_bias)))
-
-    visual: nn.Module
 
     def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """Embeds normalised images (B, 3, H, W) → (B, embed_dim), optionally L2-normalised."""
