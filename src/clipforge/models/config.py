@@ -352,8 +352,9 @@ class CLIPPOConfig:
 
     Attributes:
         embed_dim: Output dimension of the head (768 for the paper's B/16).
-        vision: The shared tower (the paper: a ViT-B/16 with MAP pooling and no class token; OpenAI's
-            modified ResNet with ``kind: resnet``, which learns shapes from far fewer samples).
+        vision: The shared tower (the paper: a ViT-B/16 with MAP pooling and no class token). Beyond the
+            paper, OpenAI's modified ResNet (``kind: resnet``) with ``norm: group``: BatchNorm's running
+            statistics would mix the image and the text pass.
         render: The text renderer's config; saved with the model so it is always served with the
             renderer it was trained with.
         act, norm_eps, init_logit_scale, init_logit_bias, max_logit_scale, mean, std, image_resize:
@@ -378,6 +379,9 @@ class CLIPPOConfig:
 
     def __post_init__(self) -> None:
         _positive("", embed_dim=self.embed_dim, norm_eps=self.norm_eps)
+        if isinstance(self.vision, ResNetConfig) and self.vision.norm != "group":
+            raise ConfigError("vision.norm: a CLIPPO ResNet needs 'group' (one tower runs images and rendered "
+                              f"text, and BatchNorm's running statistics would mix both), got {self.vision.norm!r}")
         if self.render.get("image_size", self.vision.image_size) != self.vision.image_size:
             raise ConfigError(f"render.image_size={self.render['image_size']} differs from "
                               f"vision.image_size={self.vision.image_size}: rendered text must fit the ViT")

@@ -102,22 +102,16 @@ register_preset("tiny-rn", {
 })
 
 
+def _clippo_tiny(vision: dict[str, Any]) -> dict[str, Any]:
+    return {"family": "clippo", "embed_dim": 128, "vision": vision,
+            "render": {"image_size": 96, "mode": "improved", "monospace": True}, "init_logit_scale": 0.0}
+
+
 # CLIPPO: the paper's B/16 at 224 px (CLIPPOConfig's defaults), and a tiny one for a 2-core CPU.
 register_preset("clippo-B/16", {"family": "clippo"})
-register_preset("clippo-tiny", {
-    "family": "clippo",
-    "embed_dim": 128,
-    "vision": {"kind": "vit", "image_size": 96, "patch_size": 16, "width": 192, "layers": 4, "heads": 3,
-               "pool": "map", "class_token": False, "ln_pre": False, "patch_bias": True, "proj_bias": True,
-               "init_gain": 4.0},
-    "render": {"image_size": 96, "mode": "improved", "monospace": True},
-    "init_logit_scale": 0.0,
-})
-register_preset("clippo-tiny-rn", {
-    "family": "clippo",
-    "embed_dim": 128,
-    "vision": {"kind": "resnet", "image_size": 96, "layers": [1, 1, 1, 1], "width": 16, "heads": 8,
-               "norm": "group"},
-    "render": {"image_size": 96, "mode": "improved", "monospace": True},
-    "init_logit_scale": 0.0,
-})
+register_preset("clippo-tiny", _clippo_tiny({
+    "kind": "vit", "image_size": 96, "patch_size": 16, "width": 192, "layers": 4, "heads": 3, "pool": "map",
+    "class_token": False, "ln_pre": False, "patch_bias": True, "proj_bias": True, "init_gain": 4.0}))
+# Beyond the paper: the shared tower as OpenAI's modified ResNet, with GroupNorm (README, Training CLIPPO).
+register_preset("clippo-tiny-rn", _clippo_tiny({
+    "kind": "resnet", "image_size": 96, "layers": [1, 1, 1, 1], "width": 16, "heads": 8, "norm": "group"}))
