@@ -1,7 +1,9 @@
 """Training-state checkpoints: atomic writes, a ``latest`` pointer written last, exact resume.
 
 A checkpoint is one ``torch.save`` file ``<run>/checkpoints/step_00001000.pt`` holding the model,
-optimiser, schedule position, step, data position, every rank's RNG states and the resolved config.
+optimiser, schedule position, step, data position, every rank's RNG states and the resolved config, all as
+tensors and plain Python values: it is read back with ``torch.load(weights_only=True)``, so a crafted file
+cannot run code when a run resumes from it. ``latest`` may only name a ``step_*.pt`` file in its own folder.
 Each file is written to a temporary name, fsynced and renamed into place (``os.replace`` is atomic on
 POSIX), and only then is ``latest`` (a one-line file naming it) replaced the same way; a process killed
 at any moment leaves either the previous checkpoint or the new one, never half of one.
@@ -10,7 +12,9 @@ at any moment leaves either the previous checkpoint or the new one, never half o
 from __future__ import annotations
 
 import os
+import pickle
 import random
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -19,6 +23,11 @@ import numpy as np
 import torch
 
 LATEST = "latest"
+_STEP_FILE = re.compile(r"step_\d+\.pt")
+
+
+class CheckpointLoadError(ValueError):
+    """A training checkpoint cannot be read safely: damaged, foreign, or holding more than tensors and plain values."""
 
 
 def _atomic_write(path: Path, write: Any) -> None:
@@ -66,13 +75,25 @@ def save_checkpoint(directory: str | Path, step: int, state: dict[str, Any], kee
 def resolve_checkpoint(spec: str | Path, directory: str | Path) -> Path | None:
     """The checkpoint ``spec`` names: ``latest`` (``None`` when there is none yet) or a path.
 
+    ``latest`` must hold the bare name of a ``step_<N>.pt`` file in ``directory``: a pointer that leads
+    anywhere else (another folder, ``..``, an absolute path, a link out of the folder) is refused.
+
     Raises:
-        FileNotFoundError: ``spec`` is a path that does not exist.
+        FileNotFoundError: ``spec`` is a path that does not exist, or ``latest`` names a missing file.
+        CheckpointLoadError: ``latest`` points outside its checkpoint folder.
     """
     directory = Path(directory)
     if str(spec) == LATEST:
         pointer = directory / LATEST
-        return directory / pointer.read_text().strip() if pointer.is_file() else None
+        if not pointer.is_file():
+            return None
+        name = pointer.read_text(errors="replace").strip()
+        target = directory / name
+        if not _STEP_FILE.fullmatch(name) or target.resolve().parent != directory.resolve():
+            raise CheckpointLoadError(f"{pointer}: must name a step_<N>.pt file in {directory}, got {name[:80]!r}")
+        if not target.is_file():
+            raise FileNotFoundError(f"{pointer} names {name}, which does not exist")
+        return target
     path = Path(spec)
     if path.is_dir():  # a checkpoint folder, or a run dir holding one
         return resolve_checkpoint(LATEST, path if (path / LATEST).is_file() else path / "checkpoints")
@@ -82,13 +103,32 @@ def resolve_checkpoint(spec: str | Path, directory: str | Path) -> Path | None:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Reads a checkpoint written by ``save_checkpoint``."""
-    return torch.load(path, map_location=map_location, weights_only=False)
+    """Reads a checkpoint written by ``save_checkpoint`` without running any code it may contain.
+
+    Raises:
+        CheckpointLoadError: the file is not a readable checkpoint, or it holds objects other than tensors and
+            plain values (what a crafted pickle needs to run code); nothing in it is executed.
+    """
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointLoadError(f"{path}: refused: it holds objects other than tensors and plain values, so "
+                                  f"loading it could run code ({str(e).splitlines()[0][:200]})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise CheckpointLoadError(f"{path}: not a readable training checkpoint ({str(e).splitlines()[0][:200]})"
+                                  ) from None
+    if not isinstance(state, dict) or "model" not in state or "step" not in state:
+        raise CheckpointLoadError(f"{path}: not a clipforge training checkpoint (no 'model' and 'step' entries)")
+    return state
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:
-    """This process's Python, NumPy, torch (and CUDA) RNG states."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """This process's Python, NumPy, torch (and CUDA) RNG states, as tensors and plain values."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(),
+             "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "gauss": float(gauss)},
+             "torch": torch.get_rng_state()}
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
     return state
@@ -96,8 +136,10 @@ def rng_state(device: torch.device) -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     """Restores states captured by ``rng_state``."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     torch.set_rng_state(state["torch"])
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
