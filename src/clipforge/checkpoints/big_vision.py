@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from clipforge.models.config import CLIPPOConfig, ConfigError, ViTConfig
+from clipforge.config import ConfigError
+from clipforge.models.config import CLIPPOConfig, ViTConfig
 
 PREFIXES = ("params/img/", "img/", "opt/target/img/")
 

@@ -17,7 +17,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from clipforge.models.config import ConfigError, ModelConfig, model_config_from_dict, to_dict
+from clipforge.config import ConfigError, to_dict
+from clipforge.models.config import ModelConfig, model_config_from_dict
 from clipforge.models.factory import build_model
 
 FORMAT_VERSION = 1

@@ -30,7 +30,8 @@ from clipforge.checkpoints.openai import (
     read_pickled_state_dict,
     to_openai_keys,
 )
-from clipforge.models.config import CLIPConfig, ResNetConfig, replace, to_dict
+from clipforge.config import replace, to_dict
+from clipforge.models.config import CLIPConfig, ResNetConfig
 
 SAFETENSORS_NAME = "open_clip_model.safetensors"
 PICKLE_NAME = "open_clip_pytorch_model.bin"

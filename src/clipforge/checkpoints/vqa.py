@@ -29,7 +29,7 @@ from clipforge.checkpoints.native import (
     read_safetensors,
     save_pretrained,
 )
-from clipforge.models.config import ConfigError, from_dict, to_dict
+from clipforge.config import ConfigError, from_dict, to_dict
 from clipforge.models.vqa import VQA, VQAHeadConfig
 
 VQA_FORMAT = 1

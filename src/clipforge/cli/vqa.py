@@ -63,7 +63,7 @@ def _set_threads(threads: int | None) -> None:
 
 def train_command(args: argparse.Namespace) -> int:
     """Validates the config (before any work), fine-tunes, prints the accuracy table."""
-    from clipforge.train.config import parse_overrides
+    from clipforge.config import parse_overrides
     from clipforge.train.vqa import load_vqa_config, train_vqa
 
     config = load_vqa_config(args.config, parse_overrides(args.overrides))

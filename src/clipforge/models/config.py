@@ -7,169 +7,14 @@ override fails before any work starts.
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import types
-import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
-T = TypeVar("T")
+from clipforge.config import ConfigError, check_positive, from_dict
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-class ConfigError(ValueError):
-    """A config field is unknown, missing or of the wrong type or value."""
-
-
-def _check_type(value: Any, annotation: Any, where: str) -> Any:
-    """Checks ``value`` against a (simple) type annotation and returns it, converted where lossless."""
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if annotation is Any:
-        return value
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{where}: expected one of {list(args)}, got {value!r}")
-        return value
-    if origin in (typing.Union, types.UnionType):
-        kinds = {_kind(a): a for a in args if dataclasses.is_dataclass(a)}
-        if isinstance(value, dict) and len(kinds) > 1 and None not in kinds:  # a tagged union: dispatch on kind
-            kind = value.get("kind", next(iter(kinds)))
-            if kind not in kinds:
-                raise ConfigError(f"{where}.kind: expected one of {list(kinds)}, got {kind!r}")
-            return from_dict(kinds[kind], value, where)
-        for arg in args:
-            try:
-                return _check_type(value, arg, where)
-            except ConfigError:
-                pass
-        raise ConfigError(f"{where}: {value!r} matches none of {annotation}")
-    if annotation is type(None):
-        if value is not None:
-            raise ConfigError(f"{where}: expected None, got {value!r}")
-        return value
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
-        return dict(value)
-    if origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_check_type(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise ConfigError(f"{where}: expected {len(args)} items, got {len(value)}")
-        return tuple(_check_type(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-    if dataclasses.is_dataclass(annotation):
-        if isinstance(value, annotation):
-            return value
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
-        return from_dict(annotation, value, where)
-    if annotation is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{where}: expected a number, got {type(value).__name__} {value!r}")
-        return float(value)
-    if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {type(value).__name__} {value!r}")
-        return value
-    if annotation is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true/false, got {type(value).__name__} {value!r}")
-        return value
-    if annotation is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {type(value).__name__} {value!r}")
-        return value
-    if isinstance(annotation, type) and not isinstance(value, annotation):
-        raise ConfigError(f"{where}: expected {annotation.__name__}, got {type(value).__name__}")
-    return value
-
-
-def _kind(cls: type) -> str | None:
-    kind = cls.__dataclass_fields__.get("kind")  # type: ignore[attr-defined]
-    return kind.default if kind is not None else None
-
-
-def from_dict(cls: type[T], data: dict[str, Any], where: str | None = None) -> T:
-    """Builds dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types.
-
-    Args:
-        cls: A dataclass type.
-        data: Field values; nested dataclass fields take nested mappings.
-        where: Dotted prefix used in error messages.
-
-    Raises:
-        ConfigError: naming the offending field.
-    """
-    where = where or cls.__name__
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        suggestion = _closest(unknown[0], list(fields))
-        hint = f" (did you mean {suggestion!r}?)" if suggestion else ""
-        raise ConfigError(f"{where}: unknown field {unknown[0]!r}{hint}; known fields: {sorted(fields)}")
-    kwargs = {name: _check_type(value, hints[name], f"{where}.{name}") for name, value in data.items()}
-    try:
-        return cls(**kwargs)
-    except TypeError as e:  # a required field is missing
-        raise ConfigError(f"{where}: {e}") from None
-
-
-def replace(config: T, overrides: dict[str, Any], where: str | None = None) -> T:
-    """Returns a copy of ``config`` with (possibly nested, dotted) overrides applied and validated.
-
-    ``overrides`` keys may be plain field names or dotted paths (``"vision.width"``); nested mappings
-    are merged into nested configs.
-    """
-    data = to_dict(config)
-    for key, value in overrides.items():
-        _set_dotted(data, key.split("."), value, where or type(config).__name__)
-    return from_dict(type(config), data, where)
-
-
-def _set_dotted(data: dict[str, Any], path: list[str], value: Any, where: str) -> None:
-    head, rest = path[0], path[1:]
-    if rest:
-        if not isinstance(data.get(head), dict):
-            raise ConfigError(f"{where}: unknown field {'.'.join(path)!r}")
-        _set_dotted(data[head], rest, value, f"{where}.{head}")
-    elif isinstance(value, dict) and isinstance(data.get(head), dict):
-        for k, v in value.items():
-            _set_dotted(data[head], [k], v, f"{where}.{head}")
-    else:
-        data[head] = value
-
-
-def to_dict(config: Any) -> dict[str, Any]:
-    """Converts a dataclass config to JSON-ready nested dicts (tuples become lists)."""
-
-    def convert(v: Any) -> Any:
-        if dataclasses.is_dataclass(v):
-            return {f.name: convert(getattr(v, f.name)) for f in dataclasses.fields(v) if f.init}
-        if isinstance(v, list | tuple):
-            return [convert(x) for x in v]
-        return v
-
-    return convert(config)
-
-
-def _closest(name: str, candidates: list[str]) -> str | None:
-    import difflib
-
-    match = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
-    return match[0] if match else None
-
-
-def _positive(where: str, **values: float) -> None:
-    for name, value in values.items():
-        if value <= 0:
-            raise ConfigError(f"{where}.{name}: must be positive, got {value}")
 
 
 @dataclass(frozen=True)
@@ -219,7 +64,7 @@ class ViTConfig:
     init_gain: float = 1.0
 
     def __post_init__(self) -> None:
-        _positive("vision", image_size=self.image_size, patch_size=self.patch_size, width=self.width,
+        check_positive("vision", image_size=self.image_size, patch_size=self.patch_size, width=self.width,
                   layers=self.layers, heads=self.heads, mlp_ratio=self.mlp_ratio, init_gain=self.init_gain)
         if self.image_size % self.patch_size:
             raise ConfigError(f"vision.image_size={self.image_size} is not a multiple of patch_size={self.patch_size}")
@@ -262,7 +107,7 @@ class ResNetConfig:
     norm: Literal["batch", "group"] = "batch"
 
     def __post_init__(self) -> None:
-        _positive("vision", image_size=self.image_size, width=self.width, heads=self.heads)
+        check_positive("vision", image_size=self.image_size, width=self.width, heads=self.heads)
         if any(n <= 0 for n in self.layers):
             raise ConfigError(f"vision.layers must all be positive, got {self.layers}")
         if self.image_size % 32:
@@ -297,7 +142,7 @@ class TextConfig:
     eot_token_id: int | None = None
 
     def __post_init__(self) -> None:
-        _positive("text", vocab_size=self.vocab_size, context_length=self.context_length, width=self.width,
+        check_positive("text", vocab_size=self.vocab_size, context_length=self.context_length, width=self.width,
                   layers=self.layers, heads=self.heads, mlp_ratio=self.mlp_ratio)
         if self.width % self.heads:
             raise ConfigError(f"text.width={self.width} is not divisible by heads={self.heads}")
@@ -339,7 +184,7 @@ class CLIPConfig:
     family: Literal["clip"] = "clip"
 
     def __post_init__(self) -> None:
-        _positive("", embed_dim=self.embed_dim, norm_eps=self.norm_eps)
+        check_positive("", embed_dim=self.embed_dim, norm_eps=self.norm_eps)
 
 
 @dataclass(frozen=True)
@@ -378,7 +223,7 @@ class CLIPPOConfig:
     family: Literal["clippo"] = "clippo"
 
     def __post_init__(self) -> None:
-        _positive("", embed_dim=self.embed_dim, norm_eps=self.norm_eps)
+        check_positive("", embed_dim=self.embed_dim, norm_eps=self.norm_eps)
         if isinstance(self.vision, ResNetConfig) and self.vision.norm != "group":
             raise ConfigError("vision.norm: a CLIPPO ResNet needs 'group' (one tower runs images and rendered "
                               f"text, and BatchNorm's running statistics would mix both), got {self.vision.norm!r}")

@@ -6,9 +6,10 @@ from typing import Any
 
 import torch
 
+from clipforge.config import replace
 from clipforge.models.clip import CLIP
 from clipforge.models.clippo import CLIPPO
-from clipforge.models.config import ModelConfig, model_config_from_dict, replace
+from clipforge.models.config import ModelConfig, model_config_from_dict
 from clipforge.models.presets import preset_config
 
 MODEL_CLASSES: dict[str, type[CLIP] | type[CLIPPO]] = {"clip": CLIP, "clippo": CLIPPO}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from clipforge.models.config import ConfigError
+from clipforge.config import ConfigError
 
 _PRESETS: dict[str, dict[str, Any]] = {}
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from clipforge.config import ConfigError
 from clipforge.models.clippo import CLIPPO
-from clipforge.models.config import ConfigError
 
 
 @dataclass(frozen=True)

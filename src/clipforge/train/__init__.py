@@ -6,15 +6,14 @@
     result = train(config, init_runtime())
 """
 
+from clipforge.config import parse_overrides
+from clipforge.data.config import CSVDataConfig, SyntheticDataConfig
 from clipforge.train.config import (
-    CSVDataConfig,
     EvalConfig,
     OptimConfig,
     ScheduleConfig,
-    SyntheticDataConfig,
     TrainConfig,
     load_config,
-    parse_overrides,
     save_config,
 )
 from clipforge.train.distributed import Runtime, init_runtime, shutdown

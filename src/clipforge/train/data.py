@@ -38,19 +38,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from clipforge.data.config import CSVDataConfig, DataConfig, FolderDataConfig, ShardsDataConfig, SyntheticDataConfig
 from clipforge.data.decode import BadSample, decode_image, decode_text, draft_size, pick_caption, sample_parts
 from clipforge.data.device_decode import DeviceJPEGDecoder, device_decode_unavailable, jpeg_size
 from clipforge.data.shards import check_readers, open_stream, warn
 from clipforge.data.text_pairs import pair_source, rendered_images
 from clipforge.data.webdataset import ShardStats
-from clipforge.train.config import (
-    CSVDataConfig,
-    DataConfig,
-    FolderDataConfig,
-    ShardsDataConfig,
-    SyntheticDataConfig,
-    TextPairsConfig,
-)
+from clipforge.train.config import TextPairsConfig
 from clipforge.train.distributed import Runtime, gather_objects
 
 Batch = tuple[torch.Tensor, torch.Tensor, dict[str, Any]]

@@ -21,8 +21,9 @@ from tqdm import tqdm
 
 import clipforge
 from clipforge.checkpoints.native import load_state_dict_into
+from clipforge.data.config import SyntheticDataConfig
 from clipforge.train.checkpoint import load_checkpoint, resolve_checkpoint, rng_state, save_checkpoint, set_rng_state
-from clipforge.train.config import SyntheticDataConfig, TrainConfig, config_to_dict, is_checkpoint, save_config
+from clipforge.train.config import TrainConfig, config_to_dict, is_checkpoint, save_config
 from clipforge.train.data import TrainData, world_config
 from clipforge.train.distributed import (
     Runtime,
@@ -230,7 +231,7 @@ def _save(directory: Path, step: int, model: torch.nn.Module, optimizer: torch.o
             "data": {**data_state, "seed": config.seed},
             "rng": rngs,
             "config": config_to_dict(config),
-            "model_config": clipforge.models.config.to_dict(model.config),
+            "model_config": clipforge.config.to_dict(model.config),
         }
         path = save_checkpoint(directory, step, state, keep=config.keep_checkpoints)
     barrier(runtime)

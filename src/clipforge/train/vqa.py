@@ -26,6 +26,7 @@ import yaml
 
 import clipforge
 from clipforge.checkpoints.vqa import VQAInput, save_vqa
+from clipforge.config import ConfigError, from_dict, replace, to_dict
 from clipforge.data.vqa import (
     ANSWERS,
     QUESTION_TYPES,
@@ -35,7 +36,6 @@ from clipforge.data.vqa import (
     VQADataset,
     band_height,
 )
-from clipforge.models.config import ConfigError, from_dict, replace, to_dict
 from clipforge.models.vqa import VQA, VQAHeadConfig
 from clipforge.train.config import OptimConfig, ScheduleConfig
 from clipforge.train.metrics import MetricsLog, plot_loss, read_metrics

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import clipforge
+from clipforge.config import ConfigError, parse_overrides
 from clipforge.data.synthetic import SyntheticWorld, WorldConfig
 from clipforge.data.text_pairs import CorpusPairs, WorldTextPairs, split_sentences
-from clipforge.models.config import ConfigError
-from clipforge.train.config import load_config, parse_overrides
+from clipforge.train.config import load_config
 
 
 def test_sentences_split_after_stops_and_cjk_stops() -> None:

@@ -7,7 +7,7 @@ import torch
 
 from clipforge.data.webdataset import ShardStats, expand_shards, iter_tar_samples, split_key, write_tar_shard
 from clipforge.eval.datasets import CsvDataset, ImageFolder, WdsBenchmark, iter_batches, open_dataset
-from test_eval_fakes import COLOURS, png_bytes, solid
+from helpers.fakes import COLOURS, png_bytes, solid
 
 CORRUPT = b"\x89PNG\r\n\x1a\n" + b"\x00" * 40  # a PNG signature and nothing decodable
 

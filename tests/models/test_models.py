@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import clipforge
-from clipforge.models.config import ConfigError
+from clipforge.config import ConfigError
 from clipforge.models.layers import Attention
 from clipforge.models.resnet import ModifiedResNet
 
@@ -222,7 +222,8 @@ def test_unknown_or_misspelled_field_is_an_error_naming_it() -> None:
 
 
 def test_overrides_and_config_round_trip() -> None:
-    from clipforge.models.config import CLIPConfig, from_dict, to_dict
+    from clipforge.config import from_dict, to_dict
+    from clipforge.models.config import CLIPConfig
 
     model = clipforge.create_model("tiny-rn", **{"vision.width": 32, "embed_dim": 64})
     assert model.config.vision.width == 32 and model.config.embed_dim == 64

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from clipforge.models.config import ConfigError
-from clipforge.train.config import TrainConfig, config_to_dict, load_config, parse_overrides, save_config
+from clipforge.config import ConfigError, parse_overrides
+from clipforge.train.config import TrainConfig, config_to_dict, load_config, save_config
 
-CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
 
 
 def test_overrides_are_typed_and_nested():

@@ -20,7 +20,7 @@ from clipforge.train import Runtime, load_config, parse_overrides, train
 from clipforge.train.checkpoint import load_checkpoint, resolve_checkpoint
 from clipforge.train.metrics import read_metrics
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 TINY = ["model_overrides.embed_dim=32", "model_overrides.vision.image_size=32", "model_overrides.vision.patch_size=8",
         "model_overrides.vision.width=32", "model_overrides.vision.layers=1", "model_overrides.vision.heads=2",
         "model_overrides.text.width=32", "model_overrides.text.heads=2", "model_overrides.text.layers=1",

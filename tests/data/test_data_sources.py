@@ -3,52 +3,20 @@
 from __future__ import annotations
 
 import csv
-import io
 from collections import Counter
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
+from clipforge.config import ConfigError
 from clipforge.data.decode import BadSample
 from clipforge.data.folders import FolderPairs
 from clipforge.data.tables import TablePairs
-from clipforge.models.config import ConfigError
 from clipforge.train import Runtime, load_config
 from clipforge.train.data import TrainData
 from clipforge.transforms import EvalTransform, TrainTransform
-
-
-def image_bytes(seed: int, size: tuple[int, int] = (40, 48), fmt: str = "JPEG") -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format=fmt)
-    return buffer.getvalue()
-
-
-GOOD = 6
-# (image file or None, caption as raw bytes, expected reason or None)
-ROWS = [*[(f"img/{i}.jpg", f"photo number {i}".encode(), None) for i in range(GOOD)],
-        ("img/missing.jpg", b"a caption", "no_image"),
-        ("img/corrupt.jpg", b"a caption", "not_image"),
-        ("img/0.jpg", b"caf\xe9 \xff", "bad_text"),
-        ("img/1.jpg", b"", "no_caption")]
-
-
-def write_table(folder: Path, delimiter: str = ",") -> Path:
-    """A table with columns ``img`` and ``text`` (written as raw bytes: one caption is not UTF-8)."""
-    (folder / "img").mkdir(parents=True, exist_ok=True)
-    for i in range(GOOD):
-        (folder / f"img/{i}.jpg").write_bytes(image_bytes(i))
-    (folder / "img/corrupt.jpg").write_bytes(b"\x00not a jpeg" * 50)
-    lines = [f"id{delimiter}img{delimiter}text".encode()]
-    lines += [delimiter.encode().join([str(i).encode(), path.encode(), caption]) for i, (path, caption, _) in
-              enumerate(ROWS)]
-    path = folder / ("pairs.tsv" if delimiter == "\t" else "pairs.csv")
-    path.write_bytes(b"\n".join(lines) + b"\n")
-    return path
+from helpers.images import image_bytes
+from helpers.tables import GOOD, ROWS, write_table
 
 
 def collect(data: TrainData, steps: int) -> tuple[list[str], Counter]:

@@ -18,8 +18,8 @@ from clipforge.data.webdataset import write_tar_shard
 from clipforge.train import Runtime, load_config
 from clipforge.train.data import TrainData
 from clipforge.transforms import EvalTransform, TrainTransform
-from test_data_decode import encode, noise
-from test_data_shards import good, no_text
+from helpers.images import encode, noise
+from helpers.shards import good, no_text
 
 MEAN, STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 

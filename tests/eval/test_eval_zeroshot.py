@@ -12,7 +12,7 @@ from clipforge.eval.adapter import model_fingerprint
 from clipforge.eval.datasets import Sample
 from clipforge.eval.prompts import load_classnames, load_templates
 from clipforge.eval.zeroshot import ClassificationMeter, classifier_key
-from test_eval_fakes import COLOURS, FakeCLIP, fake_model, fake_processor, fake_transform, solid
+from helpers.fakes import COLOURS, FakeCLIP, fake_model, fake_processor, fake_transform, solid
 
 TEMPLATES = ["a photo of a {}.", "a {} thing", "{} red"]
 

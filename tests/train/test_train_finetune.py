@@ -10,7 +10,7 @@ import torch
 from clipforge.checkpoints import CheckpointError
 from clipforge.checkpoints.native import save_pretrained
 from clipforge.checkpoints.open_clip import save_open_clip
-from clipforge.models.config import ConfigError
+from clipforge.config import ConfigError
 from clipforge.models.factory import build_model
 from clipforge.train import Runtime, load_config, parse_overrides, train
 

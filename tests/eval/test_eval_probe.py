@@ -9,7 +9,7 @@ import torch
 from clipforge.eval import Features, extract_features, fit_logreg_sklearn, fit_logreg_torch, linear_probe
 from clipforge.eval.datasets import Sample
 from clipforge.eval.linear_probe import few_shot_indices, train_val_split
-from test_eval_fakes import COLOURS, fake_model, solid
+from helpers.fakes import COLOURS, fake_model, solid
 
 pytest.importorskip("sklearn")
 

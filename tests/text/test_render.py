@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from clipforge.text.render import RenderConfig, UnifontRenderer, glyph_extents
 from clipforge.text.unifont import BLANK, load_unifont
 
-GOLDEN = Path(__file__).parent / "assets" / "render_golden_224.npz"
+GOLDEN = Path(__file__).parents[1] / "assets" / "render_golden_224.npz"
 BG, INK = 127, 0
 
 

@@ -14,8 +14,8 @@ from clipforge.data.webdataset import iter_tar_samples
 from clipforge.train import Runtime, load_config, parse_overrides, train
 from clipforge.train.checkpoint import load_checkpoint
 from clipforge.train.metrics import read_metrics
-from test_data_shards import TINY
-from test_data_sources import GOOD, ROWS, write_table
+from helpers.shards import TINY
+from helpers.tables import GOOD, ROWS, write_table
 
 
 def synthetic_shards(out, count: int = 60, shard_size: int = 16) -> dict:

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from clipforge.eval import chunked_topk, evaluate_retrieval, retrieval_metrics, retrieval_ranks
 from clipforge.eval.datasets import Sample
-from test_eval_fakes import COLOURS, fake_model, solid
+from helpers.fakes import COLOURS, fake_model, solid
 
 # Three images on the axes; five captions with hand-computed similarities (see each comment).
 IMAGES = torch.eye(3)

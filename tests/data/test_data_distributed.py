@@ -13,7 +13,7 @@ from clipforge.train import load_config, parse_overrides, train
 from clipforge.train.checkpoint import load_checkpoint
 from clipforge.train.distributed import init_runtime, shutdown
 from clipforge.train.metrics import read_metrics
-from test_data_shards import TINY, write_damaged_shards
+from helpers.shards import TINY, write_damaged_shards
 
 pytestmark = pytest.mark.distributed
 

@@ -273,7 +273,7 @@ def test_cli_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     """A pretrained-directory start, a short run, then eval and ask on the saved model."""
     start = save_pretrained(tiny_backbone(), tmp_path / "clippo")
     run = tmp_path / "run"
-    config = Path(__file__).parents[1] / "configs/vqa_tiny.yaml"  # its preset overrides yield to the saved model
+    config = Path(__file__).parents[2] / "configs/vqa_tiny.yaml"  # its preset overrides yield to the saved model
     out, err = run_cli(["vqa", "train", "--threads", "1", "--config", str(config), f"model={start}", "steps=6",
                         "batch_size=8", "eval_size=8", "log_every=3", "schedule.warmup_steps=2", f"output_dir={run}"],
                        capsys)

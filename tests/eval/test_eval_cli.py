@@ -9,7 +9,7 @@ import pytest
 
 from clipforge.cli import classify as classify_cli
 from clipforge.cli import eval as eval_cli
-from test_eval_fakes import COLOURS, solid
+from helpers.fakes import COLOURS, solid
 
 PRESET = "tiny-vit"
 

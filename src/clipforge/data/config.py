@@ -1,0 +1,208 @@
+"""The data-source configs: one frozen dataclass per kind (``synthetic``, ``csv``, ``tsv``, ``parquet``, ``folder``,
+``shards``), chosen in a config by its ``kind`` field (``DataConfig``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from clipforge.config import ConfigError
+from clipforge.data.decode import IMAGE_FIELDS, DecodeLimits
+from clipforge.data.shards import parse_sources
+from clipforge.data.tables import table_columns
+
+
+@dataclass(frozen=True)
+class SyntheticDataConfig:
+    """The built-in synthetic world (``clipforge.data.synthetic``).
+
+    Attributes:
+        kind: The data source; ``synthetic`` here.
+        seed: The world's seed (picks held-out colour×shape pairs).
+        image_size: Side of the rendered images; ``None`` renders at the model's input size.
+        languages: Caption languages (``en``, ``ru``, ``ja``).
+        holdout_fraction: Fraction of colour×shape pairs never shown in training.
+        max_objects: Most objects per scene.
+        train_size: Distinct training samples; the order is reshuffled each pass (epoch).
+        contrast_group: Training scenes in groups of this many that differ in the shape alone, kept together
+            in a batch: hard negatives for shape (``WorldConfig.contrast_group``); 1 turns it off.
+        contrast_start: The first step whose batches keep contrast groups together; before it the grouped
+            scenes are drawn one by one: a warm-up for models that cannot start on hard negatives (clippo-tiny
+            stays at log(batch) with groups from the first step; its rendered captions start nearly alike).
+        augment: Random resized crops (else the eval transform).
+        num_workers: DataLoader worker processes.
+    """
+
+    kind: Literal["synthetic"] = "synthetic"
+    seed: int = 0
+    image_size: int | None = None
+    languages: tuple[str, ...] = ("en",)
+    holdout_fraction: float = 0.15
+    max_objects: int = 3
+    train_size: int = 100_000
+    contrast_group: int = 1
+    contrast_start: int = 0
+    augment: bool = True
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.train_size <= 0:
+            raise ConfigError(f"data.train_size must be positive, got {self.train_size}")
+        if not 1 <= self.contrast_group <= 8:
+            raise ConfigError(f"data.contrast_group must be in 1..8 (one per shape), got {self.contrast_group}")
+        if self.train_size % self.contrast_group:
+            raise ConfigError(f"data.train_size ({self.train_size}) must be a multiple of data.contrast_group "
+                              f"({self.contrast_group})")
+        if self.contrast_start < 0:
+            raise ConfigError(f"data.contrast_start must be ≥ 0, got {self.contrast_start}")
+        _check_workers(self.num_workers)
+
+
+def _check_decode(limits: DecodeLimits) -> None:
+    try:
+        limits.validate()
+    except ValueError as e:
+        raise ConfigError(f"data.decode: {e}") from None
+
+
+def _check_workers(num_workers: int) -> None:
+    if num_workers < 0:
+        raise ConfigError(f"data.num_workers must be >= 0, got {num_workers}")
+
+
+@dataclass(frozen=True)
+class CSVDataConfig:
+    """Image–caption pairs listed in a table, one row per pair (``clipforge.data.tables``).
+
+    Attributes:
+        kind: ``csv``; ``tsv`` and ``parquet`` are the same fields (``TSVDataConfig``, ``ParquetDataConfig``).
+        path: The table.
+        image_key: Column holding the image path (in parquet also the image's bytes).
+        caption_key: Column holding the caption.
+        image_root: Folder the image paths are relative to; empty: the table's folder.
+        augment: Random resized crops (else the eval transform).
+        num_workers: DataLoader worker processes.
+        decode: Limits on image size; images outside them are skipped and counted.
+    """
+
+    kind: Literal["csv"] = "csv"
+    path: str = ""
+    image_key: str = "filepath"
+    caption_key: str = "caption"
+    image_root: str = ""
+    augment: bool = True
+    num_workers: int = 0
+    decode: DecodeLimits = field(default_factory=DecodeLimits)
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            raise ConfigError(f"data.path: a {self.kind} data source needs a path")
+        if not Path(self.path).is_file():
+            raise ConfigError(f"data.path: no such file: {self.path}")
+        if self.image_root and not Path(self.image_root).is_dir():
+            raise ConfigError(f"data.image_root: no such folder: {self.image_root}")
+        _check_workers(self.num_workers)
+        _check_decode(self.decode)
+        try:
+            columns = table_columns(self.path, self.kind)
+        except ImportError:
+            raise ConfigError("data.kind=parquet needs pyarrow: pip install 'clipforge[parquet]'") from None
+        missing = [c for c in (self.image_key, self.caption_key) if c not in columns]
+        if missing:
+            raise ConfigError(f"data: {self.path} has no column(s) {missing}; its columns: {columns} "
+                              "(set data.image_key / data.caption_key)")
+
+
+@dataclass(frozen=True)
+class TSVDataConfig(CSVDataConfig):
+    """A tab-separated table with a header row (fields as ``CSVDataConfig``)."""
+
+    kind: Literal["tsv"] = "tsv"  # type: ignore[assignment]
+
+
+@dataclass(frozen=True)
+class ParquetDataConfig(CSVDataConfig):
+    """A parquet table (fields as ``CSVDataConfig``; needs ``pip install 'clipforge[parquet]'``)."""
+
+    kind: Literal["parquet"] = "parquet"  # type: ignore[assignment]
+
+
+@dataclass(frozen=True)
+class FolderDataConfig:
+    """Image files with a sidecar caption file each (``cat.jpg`` + ``cat.txt``), searched recursively.
+
+    Attributes:
+        kind: ``folder``.
+        path: The folder.
+        augment: Random resized crops (else the eval transform).
+        num_workers: DataLoader worker processes.
+        decode: Limits on image size; images outside them are skipped and counted.
+    """
+
+    kind: Literal["folder"] = "folder"
+    path: str = ""
+    augment: bool = True
+    num_workers: int = 0
+    decode: DecodeLimits = field(default_factory=DecodeLimits)
+
+    def __post_init__(self) -> None:
+        if not self.path or not Path(self.path).is_dir():
+            raise ConfigError(f"data.path: a folder data source needs an existing folder, got {self.path!r}")
+        _check_workers(self.num_workers)
+        _check_decode(self.decode)
+
+
+@dataclass(frozen=True)
+class ShardsDataConfig:
+    """Webdataset tar shards as img2dataset writes them (``key.jpg`` + ``key.txt`` + ``key.json``), streamed.
+
+    Attributes:
+        kind: ``shards``.
+        urls: Sources separated by ``::`` (``a/{00000..00099}.tar::b/{0..3}.tar``), or a list with one
+            source per item (an item may itself be a list of shard paths). Brace ranges, globs, folders.
+        weights: One relative sampling weight per source; ``null``: uniform over sources.
+        resampled: Draw shards with replacement (long runs); else epoch by epoch with no duplicates.
+        interleave: Shards each reader has open at once per source (sample-level mixing).
+        image_fields: Fields tried for the image, in order.
+        caption_field: Field with the caption(s), one per line; the json's ``captions``/``caption`` otherwise.
+        augment: Random resized crops (else the eval transform).
+        num_workers: DataLoader worker processes (each reads its own shards).
+        decode: Limits on image size; images outside them are skipped and counted.
+        gpu_decode: Decode JPEGs on the run's CUDA device (nvJPEG via torchvision); the workers only read
+            bytes, check headers and draw crop boxes. Without CUDA or torchvision: a message, CPU decoding.
+    """
+
+    kind: Literal["shards"] = "shards"
+    urls: str | tuple[str | tuple[str, ...], ...] = ""
+    weights: tuple[float, ...] | None = None
+    resampled: bool = False
+    interleave: int = 4
+    image_fields: tuple[str, ...] = IMAGE_FIELDS
+    caption_field: str = "txt"
+    augment: bool = True
+    num_workers: int = 0
+    decode: DecodeLimits = field(default_factory=DecodeLimits)
+    gpu_decode: bool = False
+
+    def __post_init__(self) -> None:
+        try:
+            sources = self.sources()
+        except (FileNotFoundError, ValueError) as e:
+            raise ConfigError(f"data.urls: {e}") from None
+        if self.weights is not None and len(self.weights) != len(sources):
+            raise ConfigError(f"data.weights: {len(self.weights)} weight(s) for {len(sources)} source(s)")
+        if self.weights is not None and not all(w > 0 for w in self.weights):
+            raise ConfigError(f"data.weights must be positive, got {list(self.weights)}")
+        if self.interleave < 1 or not self.image_fields:
+            raise ConfigError("data.interleave must be >= 1 and data.image_fields non-empty")
+        _check_workers(self.num_workers)
+        _check_decode(self.decode)
+
+    def sources(self) -> list[list[str]]:
+        """The shard paths of each source."""
+        return parse_sources(self.urls)
+
+
+DataConfig = (SyntheticDataConfig | CSVDataConfig | TSVDataConfig | ParquetDataConfig | FolderDataConfig
+              | ShardsDataConfig)

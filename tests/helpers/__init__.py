@@ -1,0 +1,1 @@
+"""Shared test helpers: fake models, generated images, tables and tar shards (not tests)."""
