@@ -1,13 +1,14 @@
 # Two entry points that work on a fresh machine with only Python:
 #   make demo   – set up .venv and run the main job on the built-in synthetic data
-#   make test   – set up .venv-test (with the reference stacks for parity tests) and run the tests
+#   make test   – set up .venv-test (with the reference stacks for parity tests), lint, and run the tests
+#   make lint   – ruff over src/tests/benchmarks and mypy over src/ (the checked packages: pyproject.toml)
 PYTHON ?= python3
 TORCH ?= torch==2.13.0
 # The parity tests need open_clip/timm/transformers, which need torchvision; these two install together.
 TEST_TORCH ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-slow lint bench clean
+.PHONY: demo test test-slow lint clean
 
 .venv/.stamp: pyproject.toml
 	$(PYTHON) -m venv .venv
@@ -26,8 +27,11 @@ PYTEST_ARGS ?=
 demo: .venv/.stamp
 	.venv/bin/clipforge quickstart
 
-test: .venv-test/.stamp
+lint: .venv-test/.stamp
 	.venv-test/bin/ruff check src tests benchmarks
+	.venv-test/bin/mypy
+
+test: lint
 	.venv-test/bin/python -m pytest -q $(PYTEST_ARGS)
 
 test-slow: .venv-test/.stamp
