@@ -12,11 +12,6 @@ import pytest
 from PIL import Image
 
 from clipforge.data.synthetic import (
-    _EN_SHAPE,
-    _JA_COLOUR,
-    _JA_SHAPE,
-    _RU_COLOUR,
-    _RU_NOUN,
     BACKGROUNDS,
     COLOUR_RGB,
     COLOURS,
@@ -28,9 +23,11 @@ from clipforge.data.synthetic import (
     SIZES,
     SyntheticWorld,
     WorldConfig,
-    _ru_phrase,
     make_caption,
 )
+from clipforge.data.synthetic.captions import en as english
+from clipforge.data.synthetic.captions import ja as japanese
+from clipforge.data.synthetic.captions import ru as russian
 
 
 @pytest.fixture(scope="module")
@@ -200,16 +197,16 @@ def _named(caption: str, language: str) -> tuple[set[str], set[str]]:
     """The colours and shapes a caption names, found with each language's word forms."""
     if language == "en":
         words = set(re.findall(r"[a-z]+", caption.lower()))
-        return {c for c in COLOURS if c in words}, {s for s, forms in _EN_SHAPE.items() if words & set(forms)}
+        return {c for c in COLOURS if c in words}, {s for s, forms in english.SHAPE.items() if words & set(forms)}
     if language == "ru":
         words = set(re.findall(r"\w+", caption.lower()))
         return (
-            {c for c, forms in _RU_COLOUR.items() if words & set(forms)},
-            {s for s, (_, *forms) in _RU_NOUN.items() if words & set(forms)},
+            {c for c, forms in russian.COLOUR.items() if words & set(forms)},
+            {s for s, (_, *forms) in russian.NOUN.items() if words & set(forms)},
         )
     return (
-        {c for c, forms in _JA_COLOUR.items() if any(f in caption for f in forms)},
-        {s for s, forms in _JA_SHAPE.items() if any(f in caption for f in forms)},
+        {c for c, forms in japanese.COLOUR.items() if any(f in caption for f in forms)},
+        {s for s, forms in japanese.SHAPE.items() if any(f in caption for f in forms)},
     )
 
 
@@ -229,10 +226,10 @@ def test_captions_name_the_true_colour_and_shape(language: str) -> None:
 
 def test_caption_wording_known_answers() -> None:
     # Russian agreement: numerals 2–4 take the genitive singular; adjectives follow the noun's gender.
-    assert _ru_phrase("red", "star", 2) == "две красные звезды"
-    assert _ru_phrase("black", "cross", 3) == "три чёрных креста"
-    assert _ru_phrase("blue", "ring", 1) == "синее кольцо"
-    assert _ru_phrase("white", "hexagon", 2, ("большой", "большая", "большое", "большие", "больших")) == (
+    assert russian.phrase("red", "star", 2) == "две красные звезды"
+    assert russian.phrase("black", "cross", 3) == "три чёрных креста"
+    assert russian.phrase("blue", "ring", 1) == "синее кольцо"
+    assert russian.phrase("white", "hexagon", 2, ("большой", "большая", "большое", "большие", "больших")) == (
         "два больших белых шестиугольника"
     )
     attrs = {"shape": "star", "colour": "red", "count": 2, "size": "small", "position": SCATTERED, "background": "dots"}

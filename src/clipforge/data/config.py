@@ -10,53 +10,8 @@ from typing import Literal
 from clipforge.config import ConfigError
 from clipforge.data.decode import IMAGE_FIELDS, DecodeLimits
 from clipforge.data.shards import parse_sources
+from clipforge.data.synthetic.config import SyntheticDataConfig  # defined beside the world it configures
 from clipforge.data.tables import table_columns
-
-
-@dataclass(frozen=True)
-class SyntheticDataConfig:
-    """The built-in synthetic world (``clipforge.data.synthetic``).
-
-    Attributes:
-        kind: The data source; ``synthetic`` here.
-        seed: The world's seed (picks held-out colour×shape pairs).
-        image_size: Side of the rendered images; ``None`` renders at the model's input size.
-        languages: Caption languages (``en``, ``ru``, ``ja``).
-        holdout_fraction: Fraction of colour×shape pairs never shown in training.
-        max_objects: Most objects per scene.
-        train_size: Distinct training samples; the order is reshuffled each pass (epoch).
-        contrast_group: Training scenes in groups of this many that differ in the shape alone, kept together
-            in a batch: hard negatives for shape (``WorldConfig.contrast_group``); 1 turns it off.
-        contrast_start: The first step whose batches keep contrast groups together; before it the grouped
-            scenes are drawn one by one: a warm-up for models that cannot start on hard negatives (clippo-tiny
-            stays at log(batch) with groups from the first step; its rendered captions start nearly alike).
-        augment: Random resized crops (else the eval transform).
-        num_workers: DataLoader worker processes.
-    """
-
-    kind: Literal["synthetic"] = "synthetic"
-    seed: int = 0
-    image_size: int | None = None
-    languages: tuple[str, ...] = ("en",)
-    holdout_fraction: float = 0.15
-    max_objects: int = 3
-    train_size: int = 100_000
-    contrast_group: int = 1
-    contrast_start: int = 0
-    augment: bool = True
-    num_workers: int = 0
-
-    def __post_init__(self) -> None:
-        if self.train_size <= 0:
-            raise ConfigError(f"data.train_size must be positive, got {self.train_size}")
-        if not 1 <= self.contrast_group <= 8:
-            raise ConfigError(f"data.contrast_group must be in 1..8 (one per shape), got {self.contrast_group}")
-        if self.train_size % self.contrast_group:
-            raise ConfigError(f"data.train_size ({self.train_size}) must be a multiple of data.contrast_group "
-                              f"({self.contrast_group})")
-        if self.contrast_start < 0:
-            raise ConfigError(f"data.contrast_start must be ≥ 0, got {self.contrast_start}")
-        _check_workers(self.num_workers)
 
 
 def _check_decode(limits: DecodeLimits) -> None:

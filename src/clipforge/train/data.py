@@ -78,11 +78,7 @@ def build_source(config: DataConfig, image_size: int) -> Sequence[tuple[Image.Im
 
 def world_config(config: SyntheticDataConfig, image_size: int) -> Any:
     """The ``WorldConfig`` of a synthetic data config (rendered at ``image_size`` unless it names one)."""
-    from clipforge.data.synthetic import WorldConfig
-
-    return WorldConfig(seed=config.seed, image_size=config.image_size or image_size, languages=config.languages,
-                       holdout_fraction=config.holdout_fraction, max_objects=config.max_objects,
-                       contrast_group=config.contrast_group)
+    return config.world_config(image_size)
 
 
 class StepBatches(torch.utils.data.Dataset):
