@@ -75,10 +75,10 @@ def test_sources_from_braces_lists_and_double_colons(tmp_path):
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
-    ({"data.urls": "nowhere/{0..3}.tar"}, "data.urls: no tar shards found"),
     ({"data.weights": [1, 2]}, "2 weight(s) for 1 source(s)"),
     ({"data.weights": [0]}, "weights must be positive"),
     ({"data.decode.max_pixels": 0}, "data.decode"),
+    ({"data.decode.alpha": "black"}, "data.decode.alpha: expected one of"),
     ({"data.interleave": 0}, "interleave"),
 ])
 def test_bad_shard_configs_fail_before_any_work(tmp_path, overrides, message):
@@ -87,6 +87,19 @@ def test_bad_shard_configs_fail_before_any_work(tmp_path, overrides, message):
     write_good_shards(tmp_path, 2, 1)
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         load_config(None, {"data.kind": "shards", "data.urls": str(tmp_path), **overrides})
+
+
+def test_missing_shards_are_found_by_check_source_not_by_the_config(tmp_path):
+    """A config is data: globs expand in ``check_source`` (and in ``TrainData``, before any work)."""
+    from clipforge.config import ConfigError
+    from clipforge.data import check_source
+
+    config = load_config(None, {"data.kind": "shards", "data.urls": "nowhere/{0..3}.tar::nor/here.tar",
+                                "data.weights": [1, 2]})  # two sources, counted without looking for files
+    with pytest.raises(ConfigError, match="data.urls: no tar shards found for 'nowhere/{0..3}.tar'"):
+        check_source(config.data)
+    with pytest.raises(ConfigError, match="data.urls: no tar shards found"):
+        train_data("nowhere/{0..3}.tar", batch_size=2)
 
 
 def test_epoch_mode_gives_ranks_and_workers_disjoint_shards(tmp_path):

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from clipforge.config import ConfigError
+from clipforge.data import build_source, check_source
 from clipforge.data.decode import BadSample
 from clipforge.data.folders import FolderPairs
 from clipforge.data.tables import TablePairs
@@ -98,17 +99,52 @@ def test_folder_with_sidecar_captions(tmp_path):
     assert {c.split()[-1] for c in captions} == {"0", "1", "2", "3"} and skipped["no_caption"] >= 8
 
 
-@pytest.mark.parametrize(("kind", "extra", "message"), [
-    ("csv", {"data.image_key": "path"}, r"has no column\(s\) \['path'\]; its columns: \['id', 'img', 'text'\]"),
-    ("tsv", {"data.image_root": "/no/such/dir"}, "data.image_root: no such folder"),
-    ("folder", {"data.path": "/no/such/dir"}, "needs an existing folder"),
-    ("folder", {"data.image_key": "img"}, "unknown field 'image_key'"),
-])
-def test_table_and_folder_configs_are_checked_before_any_work(tmp_path, kind, extra, message):
+ON_DISK = [
+    ("csv", {"data.image_key": "path"}, r"^data: .*pairs.csv has no column\(s\) \['path'\]; its columns: "
+                                        r"\['id', 'img', 'text'\] \(set data.image_key / data.caption_key\)$"),
+    ("csv", {"data.path": "/no/such/pairs.csv"}, "^data.path: no such file: /no/such/pairs.csv$"),
+    ("tsv", {"data.image_root": "/no/such/dir"}, "^data.image_root: no such folder: /no/such/dir$"),
+    ("folder", {"data.path": "/no/such/dir"}, "^data.path: a folder data source needs an existing folder, "
+                                              "got '/no/such/dir'$"),
+]
+
+
+def _overrides(tmp_path, kind: str, extra: dict) -> dict:
     path = write_table(tmp_path, "\t" if kind == "tsv" else ",")
     columns = {"data.image_key": "img", "data.caption_key": "text"} if kind != "folder" else {}
-    with pytest.raises(ConfigError, match=message):  # kind first: changing it resets the other data.* fields
-        load_config(None, {"data.kind": kind, "data.path": str(path), **columns, **extra})
+    return {"data.kind": kind, "data.path": str(path), **columns, **extra}  # kind first: it resets data.*
+
+
+@pytest.mark.parametrize(("kind", "extra", "message"), ON_DISK)
+def test_table_and_folder_sources_are_checked_before_any_work(tmp_path, kind, extra, message):
+    """The config loads (it is data); ``check_source``, and ``TrainData`` before any work, name the fault."""
+    config = load_config(None, _overrides(tmp_path, kind, extra))
+    with pytest.raises(ConfigError, match=message):
+        check_source(config.data)
+    with pytest.raises(ConfigError, match=message):
+        build(_overrides(tmp_path, kind, extra))
+    with pytest.raises(ConfigError, match=message):
+        build_source(config.data)
+
+
+@pytest.mark.parametrize(("kind", "extra", "message"), [
+    ("folder", {"data.image_key": "img"}, "unknown field 'image_key'"),
+    ("csv", {"data.caption_key": ""}, "data.image_key and data.caption_key must name columns"),
+    ("folder", {"data.layout": "grid"}, "data.layout: expected one of"),
+])
+def test_config_shape_is_checked_on_load(tmp_path, kind, extra, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, _overrides(tmp_path, kind, extra))
+
+
+def test_training_refuses_labelled_sources(tmp_path):
+    (tmp_path / "red").mkdir()
+    (tmp_path / "red/0.png").write_bytes(image_bytes(0, fmt="PNG"))
+    with pytest.raises(ConfigError, match="training needs captions"):
+        build({"data.kind": "folder", "data.path": str(tmp_path), "data.layout": "classes"})
+    path = write_table(tmp_path)
+    with pytest.raises(ConfigError, match="training needs captions"):
+        build({"data.kind": "csv", "data.path": str(path), "data.image_key": "img", "data.label_key": "id"})
 
 
 def test_csv_reader_keeps_standard_quoting(tmp_path):

@@ -4,14 +4,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 from clipforge.config import ConfigError
 from clipforge.data.decode import IMAGE_FIELDS, DecodeLimits
-from clipforge.data.shards import parse_sources
+from clipforge.data.shards import parse_sources, split_sources
 from clipforge.data.synthetic.config import SyntheticDataConfig  # defined beside the world it configures
-from clipforge.data.tables import table_columns
+from clipforge.data.tables import CAPTION_KEY, IMAGE_KEY
 
 
 def _check_decode(limits: DecodeLimits) -> None:
@@ -30,21 +29,26 @@ def _check_workers(num_workers: int) -> None:
 class CSVDataConfig:
     """Image–caption pairs listed in a table, one row per pair (``clipforge.data.tables``).
 
+    The file itself (that it exists and has the columns) is checked by ``clipforge.data.check_source``.
+
     Attributes:
         kind: ``csv``; ``tsv`` and ``parquet`` are the same fields (``TSVDataConfig``, ``ParquetDataConfig``).
         path: The table.
         image_key: Column holding the image path (in parquet also the image's bytes).
         caption_key: Column holding the caption.
+        label_key: Column holding a class label (an index or a class name), for classification: read in
+            place of ``caption_key``. Empty (the default, and what training needs): a table of captions.
         image_root: Folder the image paths are relative to; empty: the table's folder.
         augment: Random resized crops (else the eval transform).
         num_workers: DataLoader worker processes.
-        decode: Limits on image size; images outside them are skipped and counted.
+        decode: Limits on image size, and the alpha rule; images outside the limits are skipped and counted.
     """
 
     kind: Literal["csv"] = "csv"
     path: str = ""
-    image_key: str = "filepath"
-    caption_key: str = "caption"
+    image_key: str = IMAGE_KEY
+    caption_key: str = CAPTION_KEY
+    label_key: str = ""
     image_root: str = ""
     augment: bool = True
     num_workers: int = 0
@@ -53,20 +57,10 @@ class CSVDataConfig:
     def __post_init__(self) -> None:
         if not self.path:
             raise ConfigError(f"data.path: a {self.kind} data source needs a path")
-        if not Path(self.path).is_file():
-            raise ConfigError(f"data.path: no such file: {self.path}")
-        if self.image_root and not Path(self.image_root).is_dir():
-            raise ConfigError(f"data.image_root: no such folder: {self.image_root}")
+        if not self.image_key or not self.caption_key:
+            raise ConfigError("data.image_key and data.caption_key must name columns")
         _check_workers(self.num_workers)
         _check_decode(self.decode)
-        try:
-            columns = table_columns(self.path, self.kind)
-        except ImportError:
-            raise ConfigError("data.kind=parquet needs pyarrow: pip install 'clipforge[parquet]'") from None
-        missing = [c for c in (self.image_key, self.caption_key) if c not in columns]
-        if missing:
-            raise ConfigError(f"data: {self.path} has no column(s) {missing}; its columns: {columns} "
-                              "(set data.image_key / data.caption_key)")
 
 
 @dataclass(frozen=True)
@@ -85,24 +79,30 @@ class ParquetDataConfig(CSVDataConfig):
 
 @dataclass(frozen=True)
 class FolderDataConfig:
-    """Image files with a sidecar caption file each (``cat.jpg`` + ``cat.txt``), searched recursively.
+    """A folder of images (``clipforge.data.folders``), searched recursively: each with a sidecar caption file
+    (``cat.jpg`` + ``cat.txt``), or one sub-folder per class.
+
+    That the folder exists is checked by ``clipforge.data.check_source``.
 
     Attributes:
         kind: ``folder``.
         path: The folder.
+        layout: ``captions`` (sidecar files; what training needs) or ``classes`` (``path/<class>/<image>``,
+            for classification).
         augment: Random resized crops (else the eval transform).
         num_workers: DataLoader worker processes.
-        decode: Limits on image size; images outside them are skipped and counted.
+        decode: Limits on image size, and the alpha rule; images outside the limits are skipped and counted.
     """
 
     kind: Literal["folder"] = "folder"
     path: str = ""
+    layout: Literal["captions", "classes"] = "captions"
     augment: bool = True
     num_workers: int = 0
     decode: DecodeLimits = field(default_factory=DecodeLimits)
 
     def __post_init__(self) -> None:
-        if not self.path or not Path(self.path).is_dir():
+        if not self.path:
             raise ConfigError(f"data.path: a folder data source needs an existing folder, got {self.path!r}")
         _check_workers(self.num_workers)
         _check_decode(self.decode)
@@ -111,6 +111,8 @@ class FolderDataConfig:
 @dataclass(frozen=True)
 class ShardsDataConfig:
     """Webdataset tar shards as img2dataset writes them (``key.jpg`` + ``key.txt`` + ``key.json``), streamed.
+
+    That the shards exist is checked by ``clipforge.data.check_source``.
 
     Attributes:
         kind: ``shards``.
@@ -123,7 +125,7 @@ class ShardsDataConfig:
         caption_field: Field with the caption(s), one per line; the json's ``captions``/``caption`` otherwise.
         augment: Random resized crops (else the eval transform).
         num_workers: DataLoader worker processes (each reads its own shards).
-        decode: Limits on image size; images outside them are skipped and counted.
+        decode: Limits on image size, and the alpha rule; images outside the limits are skipped and counted.
         gpu_decode: Decode JPEGs on the run's CUDA device (nvJPEG via torchvision); the workers only read
             bytes, check headers and draw crop boxes. Without CUDA or torchvision: a message, CPU decoding.
     """
@@ -142,8 +144,8 @@ class ShardsDataConfig:
 
     def __post_init__(self) -> None:
         try:
-            sources = self.sources()
-        except (FileNotFoundError, ValueError) as e:
+            sources = split_sources(self.urls)  # counted, not expanded: check_source looks for the files
+        except ValueError as e:
             raise ConfigError(f"data.urls: {e}") from None
         if self.weights is not None and len(self.weights) != len(sources):
             raise ConfigError(f"data.weights: {len(self.weights)} weight(s) for {len(sources)} source(s)")

@@ -1,7 +1,8 @@
-"""Robust decoding of training samples: bad images and captions become counted skips, never crashes.
+"""The one image decoder of clipforge (training, evaluation, embedding, classify): bad images and captions
+become counted skips, never crashes.
 
-Every way a web-scraped sample can be bad maps to one *reason* (a short string, the key under which the
-training metrics count it)::
+Every way a sample can be bad maps to one *reason* (a short string: the key under which the training metrics
+count it, and the first word of an evaluation's ``skipped`` entry)::
 
     empty        zero-byte image
     not_image    bytes that are no image format PIL knows (HTML error pages, random bytes)
@@ -10,9 +11,18 @@ training metrics count it)::
     too_large    more than ``max_pixels`` pixels: decompression bombs, absurd declared sizes
     bad_size     a side below ``min_side`` or an aspect ratio beyond ``max_aspect``
     no_image     a sample without any image field, or a listed image file that does not exist
-    no_caption   a missing, empty or blank caption
-    bad_text     a caption that is not valid UTF-8
+    no_caption   a missing, empty or blank caption (or class label)
+    bad_text     a caption that is not valid UTF-8, or a class label that is not an integer
     broken_member  an incomplete sample next to a damaged region of a tar shard
+
+Beside them, two tar-level events are counted that are not samples: ``shard_errors`` (a shard that cannot
+be opened or ends mid-member) and ``tar_holes`` (damaged regions skipped over to the next valid member).
+
+**Transparency.** Images with an alpha channel (RGBA, LA, and P with a transparency index) are composited
+on white (``DecodeLimits.alpha = "white"``, the default everywhere), so a transparent logo keeps its shape
+rather than turning into whatever colour its invisible pixels hold. ``alpha = "drop"`` is PIL's
+``convert("RGB")``, which discards the alpha channel: what OpenAI's preprocessing and torchvision's image
+loader do, for reproducing published evaluations.
 
 The size checks read only the image header (``Image.open`` is lazy), so a 100k × 100k PNG costs
 microseconds, not gigabytes. JPEGs are decoded with ``Image.draft`` (libjpeg's DCT-domain
@@ -31,12 +41,15 @@ import struct  # struct.error: some PIL plugins let it escape on malformed heade
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
 
 from PIL import Image, UnidentifiedImageError
 
 REASONS = ("empty", "not_image", "truncated", "corrupt", "too_large", "bad_size", "no_image", "no_caption",
            "bad_text", "broken_member")
 IMAGE_FIELDS = ("jpg", "jpeg", "png", "webp")
+ALPHA_RULES = ("white", "drop")
 
 
 class BadSample(Exception):
@@ -54,26 +67,32 @@ class BadSample(Exception):
 
 @dataclass(frozen=True)
 class DecodeLimits:
-    """What a decodable image may look like; anything else is skipped.
+    """What a decodable image may look like (anything else is skipped), and how it becomes RGB.
 
     Attributes:
         max_pixels: Most pixels (width × height, read from the header before decoding). PIL's own
             decompression-bomb limit is 89,478,485; web images above 64 Mpx are almost always junk.
         min_side: Smallest width or height.
         max_aspect: Largest ratio of the longer side to the shorter (banners, 1-pixel lines).
+        alpha: ``white``: composite transparent images on white; ``drop``: discard the alpha channel
+            (OpenAI's ``convert("RGB")``; see the module docstring).
     """
 
     max_pixels: int = 64_000_000
     min_side: int = 8
     max_aspect: float = 20.0
+    alpha: Literal["white", "drop"] = "white"
 
     def validate(self) -> DecodeLimits:
-        """Returns ``self``; raises ``ValueError`` unless max_pixels and min_side are positive and max_aspect >= 1.
+        """Returns ``self``; raises ``ValueError`` unless max_pixels and min_side are positive, max_aspect >= 1
+        and alpha is ``white`` or ``drop``.
 
         (Not run on construction, so a config loader can turn the error into its own kind.)
         """
         if self.max_pixels <= 0 or self.min_side <= 0 or self.max_aspect < 1:
             raise ValueError(f"max_pixels and min_side must be positive, max_aspect >= 1; got {self}")
+        if self.alpha not in ALPHA_RULES:
+            raise ValueError(f"alpha must be one of {ALPHA_RULES}, got {self.alpha!r}")
         return self
 
 
@@ -132,7 +151,7 @@ def decode_image(data: bytes, limits: DecodeLimits, min_size: int | None = None)
             image.draft("RGB", (min_size, min_size))  # both sides stay >= min_size
         image.load()
         image = _reduce(image, min_size) if min_size is not None else image
-        return image if image.mode == "RGB" else _to_rgb(image)
+        return image if image.mode == "RGB" else to_rgb(image, limits.alpha)
     except OSError as e:
         reason = "truncated" if "truncated" in str(e) or "end of file" in str(e).lower() else "corrupt"
         raise BadSample(reason, f"{type(e).__name__}: {e}") from None
@@ -146,9 +165,25 @@ def _reduce(image: Image.Image, min_size: int) -> Image.Image:
     return image.reduce(factor) if factor >= 2 else image
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """RGB, compositing transparent images on white (not on the black that dropping alpha would give)."""
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+def read_image(path: str | Path, limits: DecodeLimits, min_size: int | None = None) -> Image.Image:
+    """Reads and decodes an image file (see :func:`decode_image`).
+
+    Raises:
+        BadSample: ``no_image`` when the file cannot be read (missing, a folder, unreadable), else as
+            :func:`decode_image`.
+    """
+    try:
+        data = Path(path).read_bytes()
+    except (OSError, UnicodeEncodeError) as e:  # missing, a folder, unreadable, an unencodable name
+        raise BadSample("no_image", f"cannot read {path}: {type(e).__name__}") from None
+    return decode_image(data, limits, min_size)
+
+
+def to_rgb(image: Image.Image, alpha: str = "white") -> Image.Image:
+    """``image`` in RGB; with ``alpha="white"`` a transparent image (RGBA, LA, P with a transparency index) is
+    composited on white, with ``"drop"`` its alpha channel is discarded (PIL's ``convert("RGB")``)."""
+    transparent = image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info)
+    if alpha == "white" and transparent:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
@@ -230,9 +265,15 @@ def sample_parts(sample: Mapping[str, object], image_fields: Sequence[str] = IMA
         captions = sample_captions(sample, caption_field)
         return sample_image_bytes(sample, image_fields), captions
     except BadSample as e:
-        if sample.get("__broken__") and e.reason in ("no_caption", "no_image"):
-            raise BadSample("broken_member", f"{sample.get('__key__')}: incomplete next to tar damage") from None
-        raise
+        raise broken_or(sample, e) from None
+
+
+def broken_or(sample: Mapping[str, object], error: BadSample) -> BadSample:
+    """``broken_member`` when ``sample`` is flagged ``__broken__`` (next to tar damage) and ``error`` says a part is
+    missing (``no_caption``, ``no_image``); else ``error`` itself."""
+    if sample.get("__broken__") and error.reason in ("no_caption", "no_image"):
+        return BadSample("broken_member", f"{sample.get('__key__')}: incomplete next to tar damage")
+    return error
 
 
 def decode_pair(sample: Mapping[str, object], limits: DecodeLimits, min_size: int | None, rng: random.Random,

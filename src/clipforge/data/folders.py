@@ -1,20 +1,27 @@
-"""Image–caption pairs from a folder: every image file with a sidecar caption file of the same stem.
+"""The image-folder reader, in its two layouts.
 
-``photos/cat.jpg`` + ``photos/cat.txt`` is one pair; sub-folders are searched too. The sidecar may hold
-several captions, one per line (one is picked per sample). An image without a sidecar raises
-``BadSample("no_caption")`` on access, so it is counted rather than silently dropped.
+- **Captions** (``FolderPairs``, training): every image file with a sidecar caption file of the same stem.
+  ``photos/cat.jpg`` + ``photos/cat.txt`` is one pair; sub-folders are searched too. The sidecar may hold
+  several captions, one per line (one is picked per sample). An image without a sidecar raises
+  ``BadSample("no_caption")`` on access, so it is counted rather than silently dropped.
+- **Classes** (``ClassFolder``, classification): ``root/<class>/<image>``, one sub-folder per class (searched
+  recursively); the classes are the sorted sub-folder names, as torchvision's ``ImageFolder`` has them.
+
+Hidden files and folders (a name starting with ``.``) are skipped in both.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
 from PIL import Image
 
-from clipforge.data.decode import BadSample, DecodeLimits, decode_image
+from clipforge.data.decode import BadSample, DecodeLimits, decode_image, read_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
+CLASS_EXTENSIONS = (*IMAGE_EXTENSIONS, ".bmp", ".gif", ".tif", ".tiff")  # evaluation sets (ImageNet's) hold these too
 
 
 def list_images(root: str | Path, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> list[Path]:
@@ -39,7 +46,7 @@ class FolderPairs(torch.utils.data.Dataset):
 
     Args:
         root: The folder.
-        limits: Image size limits.
+        limits: Image size limits and the alpha rule.
         min_size: Decode at least this shorter side (reduce-on-decode); ``None``: full size.
     """
 
@@ -53,6 +60,10 @@ class FolderPairs(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> tuple[Image.Image, bytes]:
         data, caption = self.raw(i)
         return decode_image(data, self.limits, self.min_size), caption
+
+    def source(self, i: int) -> str:
+        """The path of pair ``i``'s image."""
+        return str(self.files[i])
 
     def raw(self, i: int) -> tuple[bytes, bytes]:
         """Pair ``i`` undecoded: ``(encoded image, sidecar bytes)``.
@@ -69,3 +80,48 @@ class FolderPairs(torch.utils.data.Dataset):
             return file.read_bytes(), caption
         except OSError as e:  # removed or unreadable since the folder was listed
             raise BadSample("no_image", f"cannot read {file}: {type(e).__name__}") from None
+
+
+class ClassFolder(torch.utils.data.Dataset):
+    """Item ``i`` is ``(RGB image, class index)`` of the ``i``-th image, class by class; a bad image raises
+    ``BadSample``.
+
+    Within a class, a folder's files (sorted) come before its sub-folders' (sorted), as ``os.walk`` lists them.
+
+    Args:
+        root: The folder of class folders.
+        limits: Image size limits and the alpha rule.
+        min_size: Decode at least this shorter side (reduce-on-decode); ``None``: full size.
+
+    Raises:
+        ValueError: ``root`` has no class sub-folder, or no image in any.
+    """
+
+    def __init__(self, root: str | Path, limits: DecodeLimits | None = None, min_size: int | None = None):
+        self.root = Path(root)
+        self.limits, self.min_size = limits or DecodeLimits(), min_size
+        self.classes = sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not self.classes:
+            raise ValueError(f"{self.root}: no class sub-folders (expected {self.root}/<class>/<image>)")
+        self.files = [(path, label) for label, name in enumerate(self.classes) for path in self._walk(name)]
+        if not self.files:
+            raise ValueError(f"{self.root}: no images found (suffixes: {', '.join(CLASS_EXTENSIONS)})")
+
+    def _walk(self, name: str) -> list[Path]:
+        found = []
+        for dirpath, dirnames, filenames in os.walk(self.root / name):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            found += [Path(dirpath) / f for f in sorted(filenames)
+                      if f.lower().endswith(CLASS_EXTENSIONS) and not f.startswith(".")]
+        return found
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[Image.Image, int]:
+        path, label = self.files[i]
+        return read_image(path, self.limits, self.min_size), label
+
+    def source(self, i: int) -> str:
+        """The path of image ``i``."""
+        return str(self.files[i][0])

@@ -34,15 +34,35 @@ import random
 import sys
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm import tqdm
 
-from clipforge.data.decode import IMAGE_FIELDS, BadSample, DecodeLimits, decode_pair
+from clipforge.data.decode import IMAGE_FIELDS, BadSample, DecodeLimits, decode_image, decode_pair, sample_parts
 from clipforge.data.webdataset import Sample, ShardStats, expand_shards, iter_shard, iter_tar_samples
 
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from clipforge.data.config import ShardsDataConfig
+
 SourceSpec = str | Sequence[str | Sequence[str]]
+
+
+def split_sources(urls: SourceSpec) -> list[Any]:
+    """The sources ``urls`` names, one spec each, unexpanded (no file is looked at).
+
+    Raises:
+        ValueError: no source.
+    """
+    if isinstance(urls, str | os.PathLike):
+        specs: list[Any] = [u for u in os.fspath(urls).split("::") if u.strip()]
+    else:
+        specs = list(urls)
+    if not specs:
+        raise ValueError("no shard source given")
+    return specs
 
 
 def parse_sources(urls: SourceSpec) -> list[list[str]]:
@@ -52,13 +72,46 @@ def parse_sources(urls: SourceSpec) -> list[list[str]]:
         ValueError: no source, or a source that names no shard.
         FileNotFoundError: a source matches no file.
     """
-    if isinstance(urls, str | os.PathLike):
-        specs: list[Any] = [u for u in os.fspath(urls).split("::") if u.strip()]
-    else:
-        specs = list(urls)
-    if not specs:
-        raise ValueError("no shard source given")
-    return [expand_shards(spec) for spec in specs]
+    return [expand_shards(spec) for spec in split_sources(urls)]
+
+
+class ShardSource:
+    """The tar shards a ``ShardsDataConfig`` names (``clipforge.data.build_source``): streamed by training
+    (:meth:`stream`), or read once, in order, by evaluation and inspection (iterating it).
+
+    Args:
+        config: The shards config (fields, decode limits).
+        min_size: Decode at least this shorter side (reduce-on-decode); ``None``: full size.
+
+    Attributes:
+        sources: The shard paths of each source.
+        stats: Tar-level events met while iterating (bad shards, damaged regions).
+    """
+
+    def __init__(self, config: ShardsDataConfig, min_size: int | None = None):
+        self.config, self.min_size = config, min_size
+        self.sources = config.sources()
+        self.stats = ShardStats()
+
+    def __iter__(self) -> Iterator[Sample]:
+        """Every sample of every shard once, source after source (``stats`` restarts)."""
+        self.stats = ShardStats()
+        return iter_tar_samples([path for shards in self.sources for path in shards], self.stats)
+
+    def stream(self, *, slot: int, slots: int, seed: int, stats: ShardStats, state: dict[str, Any] | None = None,
+               salt: int = 0) -> MixedStream:
+        """One reader's endless mixed stream (:func:`open_stream` with the config's weights and modes)."""
+        c = self.config
+        return open_stream(self.sources, c.weights, slot=slot, slots=slots, seed=seed, resampled=c.resampled,
+                           interleave=c.interleave, stats=stats, state=state, salt=salt)
+
+    def parts(self, sample: Sample) -> tuple[bytes, list[str]]:
+        """A sample's encoded image and captions (:func:`sample_parts` with the config's fields)."""
+        return sample_parts(sample, self.config.image_fields, self.config.caption_field)
+
+    def decode(self, data: bytes) -> Image.Image:
+        """An encoded image decoded under the config's limits (:func:`decode_image`)."""
+        return decode_image(data, self.config.decode, self.min_size)
 
 
 class _Uniforms:

@@ -1,16 +1,21 @@
-"""Image–caption pairs listed in a table: CSV, TSV or parquet, with configurable columns.
+"""The table reader: CSV, TSV or parquet, one row per image, with configurable columns.
 
 Each row names an image (a path, relative to ``image_root`` or the table's folder; in parquet also the
-image's bytes, or a ``{"bytes", "path"}`` struct as Hugging Face datasets store images) and its caption.
-Rows are read once; images are read and decoded on access, and a bad row raises ``BadSample`` with the
-reason (``no_image`` for a missing file, ``bad_text`` for a caption that is not UTF-8, ...), which the
-training batches count and replace. A CSV that is not valid UTF-8 is read with ``surrogateescape``, so
-one bad caption costs one row, not the file.
+image's bytes, or a ``{"bytes", "path"}`` struct as Hugging Face datasets store images) and a text cell: a
+caption (training, retrieval) or a class label (classification; an index or a class name). Rows are read
+once; images are read and decoded on access, and a bad row raises ``BadSample`` with the reason
+(``no_image`` for a missing file, ``not_image`` for bytes that are no image, ...), which the caller counts
+and skips. A CSV that is not valid UTF-8 is read with ``surrogateescape``, so one bad caption costs one
+row (``bad_text`` when the caption is decoded), not the file.
+
+The column defaults, shared by training, evaluation and ``clipforge data shards``: ``filepath`` (image),
+``caption``, ``label``.
 """
 
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +25,13 @@ from PIL import Image
 from clipforge.data.decode import BadSample, DecodeLimits, decode_image
 
 FORMATS = ("csv", "tsv", "parquet")
+EXTENSIONS = {".csv": "csv", ".txt": "csv", ".tsv": "tsv", ".tab": "tsv", ".parquet": "parquet", ".pq": "parquet"}
+IMAGE_KEY, CAPTION_KEY, LABEL_KEY = "filepath", "caption", "label"
 
 
 def table_format(path: str | Path, kind: str | None = None) -> str:
-    """``csv``, ``tsv`` or ``parquet``: ``kind`` when given, else from the file's extension."""
-    fmt = kind or {".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet"}.get(Path(path).suffix.lower(), "csv")
+    """``csv``, ``tsv`` or ``parquet``: ``kind`` when given, else from the file's extension (others: csv)."""
+    fmt = kind or EXTENSIONS.get(Path(path).suffix.lower(), "csv")
     if fmt not in FORMATS:
         raise ValueError(f"table format must be one of {FORMATS}, got {fmt!r}")
     return fmt
@@ -65,22 +72,22 @@ def read_table(path: str | Path, fmt: str, columns: tuple[str, str]) -> list[tup
 
 
 class TablePairs(torch.utils.data.Dataset):
-    """Item ``i`` is row ``i`` as ``(RGB image, caption text)``; a bad row raises ``BadSample``.
+    """Item ``i`` is row ``i`` as ``(RGB image, text cell)``; a bad row raises ``BadSample``.
 
     Args:
         path: The table.
         image_key: Column with the image path (or bytes, in parquet).
-        caption_key: Column with the caption.
+        caption_key: Column with the caption, or (classification) the class label.
         image_root: Folder image paths are relative to; the table's folder when empty.
         fmt: ``csv``, ``tsv`` or ``parquet`` (``None``: from the extension).
-        limits: Image size limits.
+        limits: Image size limits and the alpha rule.
         min_size: Decode at least this shorter side (reduce-on-decode); ``None``: full size.
     """
 
-    def __init__(self, path: str | Path, image_key: str = "filepath", caption_key: str = "caption",
+    def __init__(self, path: str | Path, image_key: str = IMAGE_KEY, caption_key: str = CAPTION_KEY,
                  image_root: str | Path = "", fmt: str | None = None, limits: DecodeLimits | None = None,
                  min_size: int | None = None):
-        self.path, self.fmt = Path(path), table_format(path, fmt)
+        self.path, self.fmt, self.name = Path(path), table_format(path, fmt), os.fspath(path)
         self.root = Path(image_root) if image_root else self.path.parent
         self.limits, self.min_size = limits or DecodeLimits(), min_size
         self.rows = read_table(self.path, self.fmt, (image_key, caption_key))
@@ -98,13 +105,31 @@ class TablePairs(torch.utils.data.Dataset):
         Raises:
             BadSample: ``no_caption`` (empty cell) or ``no_image`` (no such file, empty cell).
         """
-        ref, caption = self.rows[i]
+        caption = self.rows[i][1]
         if caption is None:
             raise BadSample("no_caption", f"row {i}")
-        return self._image_bytes(ref, i), caption if isinstance(caption, str | bytes) else str(caption)
+        return self.image_bytes(i), caption if isinstance(caption, str | bytes) else str(caption)
 
-    def _image_bytes(self, ref: Any, i: int) -> bytes:
-        """The encoded image a cell refers to: a path (read from disk), bytes, or a ``{bytes, path}`` struct."""
+    def image(self, i: int) -> Image.Image:
+        """Row ``i``'s decoded image alone (the text cell unchecked).
+
+        Raises:
+            BadSample: With the reason (``clipforge.data.decode``).
+        """
+        return decode_image(self.image_bytes(i), self.limits, self.min_size)
+
+    def source(self, i: int) -> str:
+        """Where row ``i``'s image comes from: its path cell, else ``table:row``."""
+        ref = self.rows[i][0]
+        return ref if isinstance(ref, str) and ref else f"{self.name}:{i}"
+
+    def image_bytes(self, i: int) -> bytes:
+        """The encoded image row ``i`` refers to: a path (read from disk), bytes, or a ``{bytes, path}`` struct.
+
+        Raises:
+            BadSample: ``no_image`` (no such file, an unreadable one, an empty cell).
+        """
+        ref = self.rows[i][0]
         if isinstance(ref, dict):
             ref = ref.get("bytes") or ref.get("path")
         if isinstance(ref, bytes | bytearray):

@@ -38,10 +38,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from clipforge.data.config import CSVDataConfig, DataConfig, FolderDataConfig, ShardsDataConfig, SyntheticDataConfig
-from clipforge.data.decode import BadSample, decode_image, decode_text, draft_size, pick_caption, sample_parts
+from clipforge.config import ConfigError
+from clipforge.data import build_source, check_source
+from clipforge.data.config import DataConfig, SyntheticDataConfig
+from clipforge.data.decode import BadSample, decode_image, decode_text, pick_caption
 from clipforge.data.device_decode import DeviceJPEGDecoder, device_decode_unavailable, jpeg_size
-from clipforge.data.shards import check_readers, open_stream, warn
+from clipforge.data.shards import ShardSource, check_readers, warn
+from clipforge.data.sources import is_labelled
 from clipforge.data.text_pairs import pair_source, rendered_images
 from clipforge.data.webdataset import ShardStats
 from clipforge.train.config import TextPairsConfig
@@ -51,29 +54,6 @@ Batch = tuple[torch.Tensor, torch.Tensor, dict[str, Any]]
 MAX_ATTEMPTS = 64  # replacements tried for one position of an indexable source before giving up
 _PAIR_STREAM = 1 << 32  # seeds the text pairs' order apart from the image–caption order
 MAX_BAD_IN_A_ROW = 10_000  # unusable shard samples in a row before a reader gives up (fail, never spin)
-
-
-def build_source(config: DataConfig, image_size: int) -> Sequence[tuple[Image.Image, Any]]:
-    """The indexable ``(PIL image, caption text)`` source a (non-shard) data config describes.
-
-    Items of table and folder sources may raise ``BadSample``; images are decoded at least ``image_size``
-    (more for random crops) on their shorter side, reduced on decode where the format allows.
-    """
-    if isinstance(config, SyntheticDataConfig):
-        from clipforge.data.synthetic import SyntheticWorld
-
-        return SyntheticWorld(world_config(config, image_size)).dataset("train", config.train_size)
-    min_size = draft_size(image_size, config.augment)
-    if isinstance(config, FolderDataConfig):
-        from clipforge.data.folders import FolderPairs
-
-        return FolderPairs(config.path, config.decode, min_size)
-    if isinstance(config, CSVDataConfig):
-        from clipforge.data.tables import TablePairs
-
-        return TablePairs(config.path, config.image_key, config.caption_key, config.image_root, config.kind,
-                          config.decode, min_size)
-    raise TypeError(f"{type(config).__name__} is not an indexable source")
 
 
 def world_config(config: SyntheticDataConfig, image_size: int) -> Any:
@@ -180,29 +160,28 @@ class ShardBatches(torch.utils.data.IterableDataset):
     """This rank's batches of steps ``start .. stop - 1`` from tar shards, each worker a reader (module docstring).
 
     Args:
-        config: The shards config.
-        transform: Image transform; called as ``transform(image, rng)`` when ``config.augment``.
+        source: The shards (``build_source`` of a shards config, decoding towards the model's input side).
+        transform: Image transform; called as ``transform(image, rng)`` when the config's ``augment``.
         text_processor: ``texts -> Tensor``.
         batch_size: The global batch size.
         seed: Seeds shard order, source choice, caption picks and crops.
         rank: This process's rank.
         world_size: Number of processes.
-        image_size: The model's input side (JPEGs are reduced on decode towards it).
 
     Raises:
         ValueError: in epoch mode, a source with fewer shards than readers (ranks × workers).
     """
 
-    def __init__(self, config: ShardsDataConfig, transform: Callable, text_processor: Callable, batch_size: int,
-                 seed: int, rank: int, world_size: int, image_size: int):
-        self.config, self.transform, self.text_processor = config, transform, text_processor
+    def __init__(self, source: ShardSource, transform: Callable, text_processor: Callable, batch_size: int,
+                 seed: int, rank: int, world_size: int):
+        self.source, self.config = source, source.config
+        self.transform, self.text_processor = transform, text_processor
         self.local, self.seed, self.rank, self.world_size = batch_size // world_size, seed, rank, world_size
-        self.min_size = draft_size(image_size, config.augment)
-        self.sources = config.sources()
+        self.sources = source.sources
         self.start, self.stop, self.positions = 0, 0, {}
         self.encoded = False  # True: leave JPEG decoding to a DeviceJPEGDecoder in the main process
-        check_readers([len(shards) for shards in self.sources], world_size * max(config.num_workers, 1),
-                      config.resampled)  # here, in the main process, before any work
+        check_readers([len(shards) for shards in self.sources], world_size * max(self.config.num_workers, 1),
+                      self.config.resampled)  # here, in the main process, before any work
 
     def steps(self, start: int, stop: int, positions: dict[int, dict[str, Any]]) -> ShardBatches:
         """A copy that yields steps ``start .. stop - 1``, readers continuing from ``positions`` (by logical worker)."""
@@ -217,9 +196,8 @@ class ShardBatches(torch.utils.data.IterableDataset):
         slot, slots = self.rank * workers + logical, self.world_size * workers
         salt = self.start if self.config.resampled else 0
         stats = ShardStats()
-        stream = open_stream(self.sources, self.config.weights, slot=slot, slots=slots, seed=self.seed,
-                             resampled=self.config.resampled, interleave=self.config.interleave, stats=stats,
-                             state=self.positions.get(logical), salt=salt)
+        stream = self.source.stream(slot=slot, slots=slots, seed=self.seed, stats=stats,
+                                    state=self.positions.get(logical), salt=salt)
         for _ in range(self.start + worker, self.stop, workers):
             yield self._batch(stream, stats, f"{self.seed}/{slot}/{salt}", logical)
 
@@ -233,13 +211,13 @@ class ShardBatches(torch.utils.data.IterableDataset):
             index, sample = next(stream)
             rng = random.Random(f"{key}/{index}")  # the sample's own rng: replayed exactly on resume
             try:
-                data, texts = sample_parts(sample, c.image_fields, c.caption_field)
+                data, texts = self.source.parts(sample)
                 caption = pick_caption(texts, rng)
                 if self.encoded:
                     image, box = self._encoded(data, rng)
                     boxes.append(box)
                 else:
-                    image = decode_image(data, c.decode, self.min_size)
+                    image = self.source.decode(data)
                     image = self.transform(image, rng) if c.augment else self.transform(image)
             except BadSample as e:
                 skipped[e.reason] += 1
@@ -291,17 +269,25 @@ class TrainData:
         runtime: Rank and world size.
         image_size: The model's input side.
         text_pairs: CLIPPO's text/text pairs (a ``TextPairsConfig``); used when its ``fraction`` is > 0.
+
+    Raises:
+        ConfigError: what ``config`` names on disk is missing (``clipforge.data.check_source``), or it names
+            class labels rather than captions; before any work.
     """
 
     def __init__(self, config: DataConfig, transform: Callable, text_processor: Callable, batch_size: int,
                  seed: int, runtime: Runtime, image_size: int, text_pairs: TextPairsConfig | None = None):
+        check_source(config)  # a bad path, column or shard glob fails here, before any work
+        if is_labelled(config):
+            raise ConfigError("data: training needs captions; data.label_key and data.layout=classes name class "
+                              "labels (for evaluation)")
         self.config, self.runtime, self.batch_size = config, runtime, batch_size
         self.batches: StepBatches | ShardBatches
-        if isinstance(config, ShardsDataConfig):
-            self.batches = ShardBatches(config, transform, text_processor, batch_size, seed, runtime.rank,
-                                        runtime.world_size, image_size)
+        source = build_source(config, image_size)
+        if isinstance(source, ShardSource):
+            self.batches = ShardBatches(source, transform, text_processor, batch_size, seed, runtime.rank,
+                                        runtime.world_size)
         else:
-            source = build_source(config, image_size)
             pairs = None
             if text_pairs is not None and text_pairs.fraction:
                 pairs = pair_source(text_pairs, getattr(source, "world", None))
