@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,22 +15,34 @@ import torch.nn.functional as F
 from PIL import Image
 
 import clipforge
+from clipforge import checkpoints
+from clipforge.checkpoints import load_any
 from clipforge.checkpoints.native import save_pretrained
-from clipforge.checkpoints.vqa import VQAInput, load_vqa, save_vqa
 from clipforge.cli.main import main
+from clipforge.config import ConfigError
 from clipforge.data.synthetic import COLOURS, SHAPES
-from clipforge.data.vqa import (
+from clipforge.text.render import RenderConfig, UnifontRenderer
+from clipforge.vqa import (
     ANSWERS,
     QUESTION_TYPES,
+    VQA,
     QuestionImageComposer,
     SyntheticVQA,
     VQADataConfig,
+    VQAHeadConfig,
+    VQAInput,
+    VQAOptimConfig,
+    VQAScheduleConfig,
+    VQATrainConfig,
     band_height,
+    evaluate_vqa,
+    load_vqa,
+    load_vqa_config,
+    prepare_vqa,
     question_text,
+    save_vqa,
+    train_vqa,
 )
-from clipforge.models.vqa import VQA, VQAHeadConfig
-from clipforge.text.render import RenderConfig, UnifontRenderer
-from clipforge.train.vqa import evaluate_vqa, load_vqa_config
 
 BG = RenderConfig().background
 
@@ -46,7 +59,7 @@ def vqa() -> SyntheticVQA:
 
 def tiny_backbone(seed: int = 0) -> clipforge.CLIPPO:
     """clippo-tiny cut to one block of width 96 with big_vision's proportional renderer (as configs/vqa_tiny.yaml
-    pins it): seconds per hundred steps on a CPU."""
+    pins it): small enough for fast CPU tests."""
     torch.manual_seed(seed)
     return clipforge.create_model("clippo-tiny", embed_dim=64, vision={"layers": 1, "width": 96},
                                   render={"mode": "big_vision", "monospace": False})
@@ -187,9 +200,10 @@ def test_question_wording() -> None:
 
 
 @pytest.mark.parametrize(("field", "value"), [("question_types", ("color",)), ("question_types", ()),
-                                              ("heldout_per_type", 3), ("absent_fraction", 0.9)])
+                                              ("heldout_per_type", 3), ("absent_fraction", 0.9), ("seed", -1),
+                                              ("image_size", 8), ("max_objects", 4)])
 def test_data_config_validation(field: str, value: object) -> None:
-    with pytest.raises(ValueError, match=field):
+    with pytest.raises(ConfigError, match=f"data.{field}"):
         VQADataConfig(**{field: value})
 
 
@@ -307,6 +321,48 @@ def test_config_overrides_and_yaml(tmp_path: Path) -> None:
     config = load_vqa_config("configs/vqa_tiny.yaml", {"steps": 70, "data.question_types": ["colour", "count"]})
     assert config.steps == 70 and config.data.question_types == ("colour", "count")
     assert config.model == "clippo-tiny" and config.optim.lr == 3e-4
+
+
+def test_overrides_have_the_training_semantics_and_keep_the_vqa_defaults(tmp_path: Path) -> None:
+    # a section the YAML leaves out, or leaves partly out, keeps the VQA defaults for the fields not named
+    assert load_vqa_config(None, {"optim.lr": 1e-3}).optim == VQAOptimConfig(lr=1e-3)
+    partial = tmp_path / "partial.yaml"
+    partial.write_text("optim: {lr: 1.0e-3}\nschedule: {min_lr: 1.0e-6}\n")
+    config = load_vqa_config(partial)
+    assert (config.optim.weight_decay, config.schedule.warmup_steps) == (0.05, 50)
+    # a dotted key creates the mappings it names; a mapping value replaces the field whole (as in training)
+    assert load_vqa_config(None, {"model_overrides.vision.layers": 1}).model_overrides == {"vision": {"layers": 1}}
+    config = load_vqa_config("configs/vqa_tiny.yaml", {"model_overrides": {"vision": {"layers": 1}}})
+    assert config.model_overrides == {"vision": {"layers": 1}}
+    config = load_vqa_config("configs/vqa_tiny.yaml", {"model_overrides.vision.layers": 1})
+    assert config.model_overrides["vision"] == {"init_gain": 1.0, "layers": 1} and "render" in config.model_overrides
+
+
+def test_config_is_inert_and_a_saved_start_is_read_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    missing = VQATrainConfig(model=str(tmp_path / "nowhere"))  # a path is not looked at until prepare_vqa
+    with pytest.raises(ConfigError, match="model: unknown model .*nowhere"):
+        prepare_vqa(missing)
+    start = save_pretrained(tiny_backbone(), tmp_path / "clippo")
+    reads = []
+
+    def counting_load_any(*args: object, **kwargs: object) -> torch.nn.Module:
+        reads.append(args)
+        return load_any(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoints, "load_any", counting_load_any)
+    config = VQATrainConfig(model=str(start), model_overrides={"vision": {"init_gain": 1.0}}, steps=2, batch_size=4,
+                            eval_size=4, log_every=1, schedule=VQAScheduleConfig(warmup_steps=0), plots=False,
+                            output_dir=str(tmp_path / "run"))
+    prepared = prepare_vqa(config)
+    assert "model_overrides ignored" in capsys.readouterr().err
+    before = {k: v.clone() for k, v in prepared.start.state_dict().items()}
+    with pytest.raises(ValueError, match="another config"):
+        train_vqa(replace(config, steps=3), prepared=prepared)
+    result = train_vqa(config, prepared=prepared)
+    assert len(reads) == 1 and result.results["band"] == prepared.composer.band == 48
+    after = prepared.start.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the saved start is copied, not trained
 
 
 BAD_CLI = [

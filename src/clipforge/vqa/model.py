@@ -1,10 +1,10 @@
 """VQA by rendering: a CLIPPO backbone and a classifier head over a fixed answer vocabulary (CLIPPO §4.4).
 
 The input is one canvas, the question rendered at the top and the image below it (see
-``clipforge.data.vqa.QuestionImageComposer``), so question and image tokens meet in the ViT's own
+``clipforge.vqa.compose.QuestionImageComposer``), so question and image tokens meet in the ViT's own
 self-attention; no fusion module is needed. The head reads the backbone's pooled, projected embedding
-(``encode_image(normalize=False)``, before L2 normalisation): the same vector contrastive pre-training
-shaped, and the whole backbone is fine-tuned with the head.
+before L2 normalisation (``encode_text(pixels, normalize=False)``: CLIPPO's uint8 entry point into its one
+tower): the same vector contrastive pre-training shapes, and the whole backbone is fine-tuned with the head.
 """
 
 from __future__ import annotations

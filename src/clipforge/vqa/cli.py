@@ -62,13 +62,14 @@ def _set_threads(threads: int | None) -> None:
 
 
 def train_command(args: argparse.Namespace) -> int:
-    """Validates the config (before any work), fine-tunes, prints the accuracy table."""
+    """Validates the config and what it names on disk (before any work), fine-tunes, prints the accuracy table."""
     from clipforge.config import parse_overrides
-    from clipforge.train.vqa import load_vqa_config, train_vqa
+    from clipforge.vqa.train import load_vqa_config, prepare_vqa, train_vqa
 
     config = load_vqa_config(args.config, parse_overrides(args.overrides))
     _set_threads(args.threads)
-    result = train_vqa(config, args.device)
+    prepared = prepare_vqa(config)  # reads a saved starting model once; a band that does not fit fails here
+    result = train_vqa(config, args.device, prepared)
     print(accuracy_table(result.results))
     print(f"model: {result.model_dir}; results, plots and metrics in {result.run_dir} ({result.wall_time:.0f} s)")
     return 0
@@ -78,9 +79,9 @@ def eval_command(args: argparse.Namespace) -> int:
     """Evaluates a saved VQA model on the test split of the synthetic world it was trained on."""
     from pathlib import Path
 
-    from clipforge.checkpoints.vqa import load_vqa
-    from clipforge.data.vqa import SyntheticVQA
-    from clipforge.train.vqa import evaluate_splits, saved_inputs, write_json
+    from clipforge.vqa.checkpoint import load_vqa, saved_inputs
+    from clipforge.vqa.data import SyntheticVQA
+    from clipforge.vqa.evaluate import evaluate_splits, write_json
 
     if args.size < 1:
         raise ValueError(f"--size must be at least 1, got {args.size}")
@@ -100,9 +101,9 @@ def ask_command(args: argparse.Namespace) -> int:
 
     from PIL import Image, UnidentifiedImageError
 
-    from clipforge.checkpoints.vqa import load_vqa
-    from clipforge.data.vqa import band_height
-    from clipforge.train.vqa import predict, saved_inputs
+    from clipforge.vqa.checkpoint import load_vqa, saved_inputs
+    from clipforge.vqa.compose import band_height
+    from clipforge.vqa.evaluate import predict
 
     if args.top_k < 1:
         raise ValueError(f"--top-k must be at least 1, got {args.top_k}")

@@ -7,9 +7,9 @@
     vqa.json                           {"clipforge_vqa": 1, "head": {answers, hidden, dropout}, "band": 48,
                                         "data": {...}}
 
-``band`` is the question band's height the model was trained with; callers rebuild the composer from it and
-from the backbone's own renderer, so the model is always fed the layout it was trained on. ``data`` is the
-training data's config, kept as an opaque mapping (for evaluating on the same world).
+``band`` is the question band's height the model was trained with; ``saved_inputs`` rebuilds the composer
+from it and from the backbone's own renderer, so the model is always fed the layout it was trained on.
+``data`` is the training data's config, kept as a plain mapping (for evaluating on the same world).
 """
 
 from __future__ import annotations
@@ -30,7 +30,10 @@ from clipforge.checkpoints.native import (
     save_pretrained,
 )
 from clipforge.config import ConfigError, from_dict, to_dict
-from clipforge.models.vqa import VQA, VQAHeadConfig
+from clipforge.text import build_text_processor
+from clipforge.vqa.compose import QuestionImageComposer
+from clipforge.vqa.data import VQADataConfig
+from clipforge.vqa.model import VQA, VQAHeadConfig
 
 VQA_FORMAT = 1
 HEAD_WEIGHTS, VQA_CONFIG = "vqa_head.safetensors", "vqa.json"
@@ -103,3 +106,18 @@ def load_vqa(directory: str | Path, device: torch.device | str | None = None) ->
     weights = directory / HEAD_WEIGHTS
     load_state_dict_into(model.head, read_safetensors(weights), str(weights))
     return model.to(device).eval(), inputs
+
+
+def saved_inputs(model: VQA, inputs: VQAInput) -> tuple[QuestionImageComposer, VQADataConfig]:
+    """The composer and data config a saved VQA model was trained with (``load_vqa``'s second value).
+
+    Raises:
+        ConfigError: The recorded data config is invalid.
+        ValueError: The recorded band does not fit the model's canvas.
+    """
+    composer = QuestionImageComposer(build_text_processor(model.backbone.config), inputs.band)
+    try:
+        data = from_dict(VQADataConfig, inputs.data, "vqa.data")
+    except ConfigError as e:
+        raise ConfigError(f"vqa.json: {e}") from None
+    return composer, data
