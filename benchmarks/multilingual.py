@@ -2,7 +2,7 @@
 
 Trains each contender on the synthetic world with captions in English, Russian and Japanese for the same
 number of steps of the same batch size, evaluates zero-shot classification (prompts in each language)
-and caption retrieval per language, and prints JSON plus a Markdown table for the README.
+and caption retrieval per language, and prints JSON plus a Markdown table (docs/clippo.md quotes it).
 
     python benchmarks/multilingual.py                    # 1200 steps of 64
     python benchmarks/multilingual.py --steps 100        # a quick look

@@ -11,6 +11,7 @@ import clipforge
 from clipforge.config import ConfigError, parse_overrides
 from clipforge.data.synthetic import SyntheticWorld, WorldConfig
 from clipforge.data.text_pairs import CorpusPairs, WorldTextPairs, split_sentences
+from clipforge.train import prepare
 from clipforge.train.config import load_config
 
 
@@ -112,4 +113,4 @@ def test_image_rows_take_the_image_caption_stream_in_order() -> None:
 ])
 def test_bad_text_pair_configs(overrides: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        load_config(None, parse_overrides(overrides))
+        prepare(load_config(None, parse_overrides(overrides)))  # the config, then the checks that read files

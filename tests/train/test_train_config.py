@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from clipforge.config import ConfigError, parse_overrides
+from clipforge.train import prepare
 from clipforge.train.config import TrainConfig, config_to_dict, load_config, save_config
 
 CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
@@ -33,6 +34,7 @@ def test_overrides_are_typed_and_nested():
     (["data.kind=tar"], "config.data.kind: expected one of"),
     (["data.kind=shards"], "data.urls: no shard source given"),
     (["model=tiny-vt"], "unknown model 'tiny-vt'"),
+    (["model=tiny-vt"], "did you mean tiny-vit"),
     (["model_overrides.vision.widht=64"], "unknown field 'widht'"),
     (["batch_size=10", "accum_steps=3"], "not divisible by accum_steps"),
     (["loss=siglip"], "needs a model with a logit bias"),
@@ -43,8 +45,21 @@ def test_overrides_are_typed_and_nested():
     (["data.contrast_group=9"], "data.contrast_group must be in 1..8"),
 ])
 def test_bad_configs_fail_with_a_clear_message(overrides, message):
+    """Each mistake is caught by building the config or by ``prepare``, the one step that reads files, before any
+    work starts."""
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("?", r"\?")):
-        load_config(None, parse_overrides(overrides))
+        prepare(load_config(None, parse_overrides(overrides)))
+
+
+def test_configs_are_data_built_without_touching_files(tmp_path):
+    """A config naming files that do not exist can be built, saved and compared; ``prepare`` then names the
+    fault. A checkpoint start is read by ``prepare`` alone."""
+    config = load_config(None, parse_overrides(["data.kind=csv", f"data.path={tmp_path / 'pairs.csv'}",
+                                                f"model={tmp_path / 'ckpt'}"]))
+    save_config(config, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == config
+    with pytest.raises(ConfigError, match="data.path: no such file"):
+        prepare(config)
 
 
 def test_world_size_must_divide_the_batch():

@@ -12,7 +12,7 @@ from clipforge.checkpoints.native import save_pretrained
 from clipforge.checkpoints.open_clip import save_open_clip
 from clipforge.config import ConfigError
 from clipforge.models.factory import build_model
-from clipforge.train import Runtime, load_config, parse_overrides, train
+from clipforge.train import Runtime, load_config, parse_overrides, prepare, train
 
 ARCH = ["model_overrides.embed_dim=32", "model_overrides.vision.image_size=32", "model_overrides.vision.patch_size=8",
         "model_overrides.vision.width=32", "model_overrides.vision.layers=1", "model_overrides.vision.heads=2",
@@ -44,7 +44,7 @@ def test_lit_from_a_checkpoint_keeps_its_image_tower_and_trains_the_text_tower(t
         source = save_open_clip(model, tmp_path / "pretrained_open_clip")  # + open_clip_config.json: heads, act
     config = load_config(None, parse_overrides([*RUN, f"model={source}", "lock=image",
                                                 f"output_dir={tmp_path / 'run'}"]))
-    assert config.model_config() == model.config
+    assert prepare(config).model_config == model.config
     train(config, Runtime())
     after, before = final_state(tmp_path / "run"), model.state_dict()
     image = [k for k in before if k.startswith("visual.")]
@@ -58,7 +58,7 @@ def test_overrides_that_keep_shapes_apply_and_others_are_clear_errors(tmp_path: 
     source = save_pretrained(pretrained(tmp_path), tmp_path / "pretrained")
     config = load_config(None, parse_overrides([*RUN, f"model={source}", "model_overrides.vision.patch_dropout=0.5",
                                                 f"output_dir={tmp_path / 'run'}"]))
-    assert config.model_config().vision.patch_dropout == 0.5
+    assert prepare(config).model_config.vision.patch_dropout == 0.5
     train(config, Runtime())
     wider = load_config(None, parse_overrides([*RUN, f"model={source}", "model_overrides.vision.width=64",
                                                f"output_dir={tmp_path / 'wide'}"]))
@@ -70,4 +70,17 @@ def test_an_unreadable_checkpoint_fails_before_any_work(tmp_path: Path) -> None:
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken/config.json").write_text("{not json")
     with pytest.raises(ConfigError, match="model: .*broken"):
-        load_config(None, parse_overrides([*RUN, f"model={tmp_path / 'broken'}"]))
+        prepare(load_config(None, parse_overrides([*RUN, f"model={tmp_path / 'broken'}"])))
+
+
+def test_the_starting_checkpoint_is_read_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              one_thread: None) -> None:
+    """``prepare`` reads the checkpoint; the run trains from what it read instead of opening it again."""
+    import clipforge.checkpoints as checkpoints
+
+    source = save_pretrained(pretrained(tmp_path), tmp_path / "pretrained")
+    reads = []
+    real = checkpoints.load_any
+    monkeypatch.setattr(checkpoints, "load_any", lambda *a, **k: (reads.append(a[0]), real(*a, **k))[1])
+    train(load_config(None, parse_overrides([*RUN, f"model={source}", f"output_dir={tmp_path / 'run'}"])), Runtime())
+    assert reads == [str(source)]

@@ -16,11 +16,17 @@ TorchScript code runs only with ``allow_jit=True``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from clipforge.checkpoints.native import CheckpointError
+from clipforge.text import build_text_processor, saved_vocabulary
+
+if TYPE_CHECKING:
+    from clipforge.models.clip import CLIP
+    from clipforge.models.clippo import CLIPPO
+    from clipforge.models.config import ModelConfig
 
 FORMATS = ("clipforge", "openai", "open_clip", "hf", "big_vision")
 EXPORT_FORMATS = ("clipforge", "hf", "open_clip", "big_vision")
@@ -79,7 +85,7 @@ def _safetensors_keys(path: Path) -> set[str]:
 
 def load_any(path: str | Path, device: torch.device | str | None = None, precision: str = "fp32",
              fmt: str | None = None, allow_pickle: bool = False, allow_jit: bool = False,
-             act: str | None = None) -> torch.nn.Module:
+             act: str | None = None) -> CLIP | CLIPPO:
     """Loads a model from any supported checkpoint format (detected unless ``fmt`` is given).
 
     Args:
@@ -99,6 +105,7 @@ def load_any(path: str | Path, device: torch.device | str | None = None, precisi
         raise CheckpointError(f"unknown checkpoint format {fmt!r}; known formats: {', '.join(FORMATS)}")
     if fmt == "clipforge":
         return load_model(path, device, precision)
+    config: ModelConfig
     if fmt == "big_vision":
         from clipforge.checkpoints.big_vision import load_big_vision
 
@@ -142,11 +149,12 @@ def convert(src: str | Path, dst: str | Path, to: str = "clipforge", src_format:
     if to == "clipforge":
         from clipforge.checkpoints.native import save_pretrained
 
-        return save_pretrained(model, dst, _custom_vocab_tokenizer(src, model.config))
+        own = saved_vocabulary(src)  # keep a source's own vocabulary; otherwise the config rebuilds it
+        return save_pretrained(model, dst, build_text_processor(model.config, src) if own else None)
     if to == "hf":
         from clipforge.checkpoints.hf import save_hf
 
-        return save_hf(model, dst, _tokenizer_for(src, model.config))
+        return save_hf(model, dst, build_text_processor(model.config, src))
     if to == "open_clip":
         from clipforge.checkpoints.open_clip import save_open_clip
 
@@ -155,23 +163,3 @@ def convert(src: str | Path, dst: str | Path, to: str = "clipforge", src_format:
 
     save_big_vision(model, dst)
     return Path(dst)
-
-
-def _custom_vocab_tokenizer(src: str | Path, config: Any) -> Any:
-    """The BPE tokenizer of a source directory that carries its own vocabulary, else ``None``."""
-    vocab = sorted(Path(src).glob("*.txt.gz")) if Path(src).is_dir() else []
-    if getattr(config, "family", None) != "clip" or not vocab:
-        return None
-    from clipforge.text.bpe import BPETokenizer
-
-    return BPETokenizer(vocab_path=vocab[0], context_length=config.text.context_length)
-
-
-def _tokenizer_for(src: str | Path, config: Any) -> Any:
-    """The source's own vocabulary, or OpenAI's when the model's vocabulary size matches it; else ``None``."""
-    tokenizer = _custom_vocab_tokenizer(src, config)
-    if tokenizer is None and getattr(config, "family", None) == "clip":
-        from clipforge.text.bpe import BPETokenizer
-
-        tokenizer = BPETokenizer(context_length=config.text.context_length)
-    return tokenizer if tokenizer is not None and tokenizer.vocab_size == config.text.vocab_size else None

@@ -15,15 +15,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
 from clipforge.checkpoints.native import CheckpointError
 from clipforge.checkpoints.openai import _ratio, read_pickled_state_dict
-from clipforge.models.config import CLIPConfig, TextConfig, ViTConfig
+from clipforge.models.config import Activation, CLIPConfig, ModelConfig, TextConfig, ViTConfig
 
-ACTS_FROM_HF = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh"}
+if TYPE_CHECKING:
+    from clipforge.models.clip import CLIP
+    from clipforge.models.clippo import CLIPPO
+
+ACTS_FROM_HF: dict[str, Activation] = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh",
+                                       "gelu_new": "gelu_tanh"}
 ACTS_TO_HF = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh"}
 LEGACY_EOS = 2  # HF's pre-2023 configs: CLIPTextModel pools at the argmax, like OpenAI
 
@@ -65,7 +70,7 @@ def config_from_hf(hf: dict[str, Any], source: str = "config.json") -> CLIPConfi
         raise CheckpointError(f"{source}: missing HF config field {e.args[0]!r}") from None
 
 
-def hf_config(config: CLIPConfig) -> dict[str, Any]:
+def hf_config(config: ModelConfig) -> dict[str, Any]:
     """The ``config.json`` that makes ``transformers.CLIPModel`` build this model (see the module docstring)."""
     if not isinstance(config, CLIPConfig):
         raise CheckpointError(f"HF transformers' CLIPModel holds CLIP models only, not {config.family!r}")
@@ -105,7 +110,7 @@ def _block_pairs(src: str, dst: str) -> list[tuple[str, str]]:
 
 def _tower_pairs(config: CLIPConfig) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """(one-to-one name pairs, fused-attention pairs ``(hf prefix, clipforge prefix)``) for ``config``."""
-    v, t = config.vision, config.text
+    v, t = cast(ViTConfig, config.vision), config.text  # HF holds ViTs only: hf_config refuses a ResNet
     pairs = [("vision_model.embeddings.patch_embedding.weight", "visual.patch_embed.weight"),
              ("vision_model.embeddings.class_embedding", "visual.class_token"),
              ("vision_model.embeddings.position_embedding.weight", "visual.pos_embed"),
@@ -193,23 +198,25 @@ def load_hf(directory: str | Path, allow_pickle: bool = False) -> tuple[CLIPConf
     return config, from_hf_state_dict(state, config, str(directory))
 
 
-def save_hf(model: torch.nn.Module, directory: str | Path, text_processor: Any = None) -> Path:
+def save_hf(model: CLIP | CLIPPO, directory: str | Path, text_processor: Any = None) -> Path:
     """Writes ``config.json`` and ``model.safetensors`` that ``transformers.CLIPModel.from_pretrained`` loads.
 
     Args:
         model: A clipforge CLIP model with a ViT image tower.
         directory: Created if needed.
-        text_processor: Written too when it has ``save_hf(directory)`` (CLIPTokenizer files).
+        text_processor: Written too (CLIPTokenizer files) when it has ``save_hf(directory)`` and its vocabulary
+            size is the model's.
     """
     from safetensors.torch import save_file
 
-    config = model.config
-    hf = hf_config(config)
+    hf = hf_config(model.config)
+    config = cast(CLIPConfig, model.config)  # hf_config has refused every other family
     state = {k: v.detach().cpu().contiguous() for k, v in to_hf_state_dict(model.state_dict(), config).items()}
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
     (directory / "config.json").write_text(json.dumps(hf, indent=2) + "\n", encoding="utf-8")
-    if text_processor is not None and callable(getattr(text_processor, "save_hf", None)):
+    vocab_size = getattr(text_processor, "vocab_size", None)
+    if callable(getattr(text_processor, "save_hf", None)) and vocab_size == config.text.vocab_size:
         text_processor.save_hf(directory)
     return directory

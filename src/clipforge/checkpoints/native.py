@@ -11,7 +11,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from safetensors import SafetensorError
@@ -20,6 +20,11 @@ from safetensors.torch import load_file, save_file
 from clipforge.config import ConfigError, to_dict
 from clipforge.models.config import ModelConfig, model_config_from_dict
 from clipforge.models.factory import build_model
+from clipforge.text import TextProcessor
+
+if TYPE_CHECKING:
+    from clipforge.models.clip import CLIP
+    from clipforge.models.clippo import CLIPPO
 
 FORMAT_VERSION = 1
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
@@ -63,7 +68,8 @@ def check_native_dir(path: str | Path) -> None:
         raise FileNotFoundError(f"{Path(path) / WEIGHTS}: no weights file beside the clipforge config")
 
 
-def save_pretrained(model: torch.nn.Module, directory: str | Path, text_processor: Any = None) -> Path:
+def save_pretrained(model: torch.nn.Module, directory: str | Path, text_processor: TextProcessor | None = None
+                    ) -> Path:
     """Writes ``model`` (and a processor's own vocabulary, if any) as a model directory; files replaced atomically."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -71,7 +77,7 @@ def save_pretrained(model: torch.nn.Module, directory: str | Path, text_processo
     _atomic(directory / WEIGHTS, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
     config = {"clipforge_format": FORMAT_VERSION, "model": to_dict(model.config)}
     _atomic(directory / CONFIG, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n"))
-    if text_processor is not None and hasattr(text_processor, "save_pretrained"):
+    if text_processor is not None:
         text_processor.save_pretrained(directory)
     return directory
 
@@ -89,7 +95,7 @@ def _atomic(path: Path, write: Any) -> None:
             os.remove(tmp)
 
 
-def load_config(directory: str | Path) -> ModelConfig:
+def read_model_config(directory: str | Path) -> ModelConfig:
     """Reads and validates ``config.json`` of a model directory."""
     path = Path(directory) / CONFIG
     if not path.is_file():
@@ -133,7 +139,7 @@ def load_state_dict_into(model: torch.nn.Module, state: dict[str, torch.Tensor],
 
 
 def load_model(directory: str | Path, device: torch.device | str | None = None,
-               precision: str = "fp32") -> torch.nn.Module:
+               precision: str = "fp32") -> CLIP | CLIPPO:
     """Builds the model a directory describes and loads its weights (no pickle involved).
 
     Args:
@@ -143,7 +149,7 @@ def load_model(directory: str | Path, device: torch.device | str | None = None,
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
-    config = load_config(directory)
+    config = read_model_config(directory)
     weights = Path(directory) / WEIGHTS
     return model_from_state_dict(config, read_safetensors(weights), str(weights), device, precision)
 
@@ -164,7 +170,7 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def model_from_state_dict(config: ModelConfig, state: dict[str, torch.Tensor], source: str,
-                          device: torch.device | str | None = None, precision: str = "fp32") -> torch.nn.Module:
+                          device: torch.device | str | None = None, precision: str = "fp32") -> CLIP | CLIPPO:
     """Builds the model ``config`` describes and fills it with ``state`` (clipforge names), checked strictly.
 
     The model is built on the meta device, so no time goes into a random initialisation that is overwritten.
@@ -186,8 +192,9 @@ def model_from_state_dict(config: ModelConfig, state: dict[str, torch.Tensor], s
     return model.to(device=device, dtype=PRECISIONS[precision]).eval()
 
 
-def _restore_buffers(model: torch.nn.Module) -> None:
+def _restore_buffers(model: CLIP | CLIPPO) -> None:
     """Recomputes non-persistent buffers (not saved) that ``to_empty`` left uninitialised."""
     if hasattr(model, "mean") and hasattr(model.config, "mean"):
-        model.mean.copy_(torch.tensor(model.config.mean).view(1, 3, 1, 1))
-        model.std.copy_(torch.tensor(model.config.std).view(1, 3, 1, 1))
+        mean, std = cast(torch.Tensor, model.mean), cast(torch.Tensor, model.std)  # CLIPPO's normalisation buffers
+        mean.copy_(torch.tensor(model.config.mean).view(1, 3, 1, 1))
+        std.copy_(torch.tensor(model.config.std).view(1, 3, 1, 1))

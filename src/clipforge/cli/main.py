@@ -14,7 +14,7 @@ VERB_MODULES = [
     "clipforge.cli.classify",
     "clipforge.cli.convert",
     "clipforge.cli.data",
-    "clipforge.cli.vqa",
+    "clipforge.vqa.cli",
 ]
 
 
@@ -37,7 +37,12 @@ def _version() -> str:
 def main(argv: list[str] | None = None) -> int:
     """Runs the command line; bad input ends with a one-line error and exit status 2, not a traceback."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # KEY=VALUE overrides after an option (``a=1 --resume latest b=2``) belong to the overrides
+        if not isinstance(getattr(args, "overrides", None), list) or any("=" not in e or e.startswith("-")
+                                                                          for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="one sampling weight per shard source (data.urls 'a/{0..9}.tar::b/{0..3}.tar' with "
                         "--data-weights 3 1); the same as the override data.weights=[3,1]")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
-    p.add_argument("--threads", type=int, help="intra-op CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=positive_int, help="intra-op CPU threads (default: torch's choice)")
     p.set_defaults(func=train_command)
 
     p = sub.add_parser("quickstart", help="train a tiny model on the synthetic world (CPU, minutes) and print results")
@@ -40,23 +40,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help=f"the quickstart config (default: {QUICKSTART_CONFIG} of this checkout)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="default: cpu")
-    p.add_argument("--threads", type=int, help="intra-op CPU threads (default: the cores the data workers leave)")
+    p.add_argument("--threads", type=positive_int,
+                   help="intra-op CPU threads (default: the cores the data workers leave)")
     p.set_defaults(func=quickstart_command)
 
 
 def train_command(args: argparse.Namespace) -> int:
     """Validates the config (before any work), then trains; prints the final evaluation on rank 0."""
-    from clipforge.train import init_runtime, load_config, parse_overrides, shutdown, train
+    from clipforge.train import init_runtime, load_config, parse_overrides, prepare, shutdown, train
 
     overrides = parse_overrides(args.overrides)
     if args.data_weights:
         overrides["data.weights"] = args.data_weights
     config = load_config(args.config, overrides)
+    prepared = prepare(config)  # every check that reads files, before any work
     _set_threads(args.threads)
     runtime = init_runtime(args.device)
     try:
         config.check_world_size(runtime.world_size)
-        result = train(config, runtime, resume=args.resume)
+        result = train(config, runtime, resume=args.resume, prepared=prepared)
     finally:
         shutdown(runtime)
     if runtime.is_main:
@@ -71,7 +73,7 @@ def quickstart_command(args: argparse.Namespace) -> int:
 
     path = Path(args.config) if args.config else _find_quickstart_config(args.model)
     config = load_config(path, parse_overrides(args.overrides))
-    # On a small CPU, an oversubscribed OpenMP pool is many times slower than one thread per free core.
+    # One OpenMP thread per core the data workers leave free: an oversubscribed pool contends for the cores.
     _set_threads(args.threads or max(1, (os.cpu_count() or 1) - config.data.num_workers))
     runtime = init_runtime(args.device)
     print(f"quickstart: {config.model} on the synthetic world, {config.steps} steps of {config.batch_size} "
@@ -81,6 +83,17 @@ def quickstart_command(args: argparse.Namespace) -> int:
     print(f"wall time {result.wall_time:.0f} s; plots and metrics in {result.run_dir}: "
           "loss.png, zeroshot.png, similarity.png, metrics.jsonl")
     return 0
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number ≥ 1 (the error names what is allowed)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number ≥ 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number ≥ 1, got {value}")
+    return value
 
 
 def _set_threads(threads: int | None) -> None:

@@ -1,15 +1,45 @@
 """Turning strings into model input.
 
-One role, two implementations: the byte-level BPE tokenizer (CLIP) and the Unifont renderer (CLIPPO).
-Both are callables ``processor(texts) -> torch.Tensor`` built from the model's config, so no caller
-branches on the model family.
+One role, ``TextProcessor``, with two implementations: the byte-level BPE tokenizer (CLIP,
+``clipforge.text.bpe``) and the Unifont renderer (CLIPPO, ``clipforge.text.render``). ``build_text_processor``
+picks the one a model config asks for, so no caller branches on the model family.
 """
 
+from __future__ import annotations
+
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
+
+import torch
 
 
-def build_text_processor(config: Any, directory: str | Path | None = None) -> Any:
+@runtime_checkable
+class TextProcessor(Protocol):
+    """Strings in, model input out: what every text processor offers and a caller may rely on.
+
+    - ``processor(texts)`` takes one string or a sequence of them and returns a tensor whose first dimension is
+      the number of texts, ready for ``model.encode_text`` (BPE: int64 token ids ``(N, context_length)``;
+      renderer: uint8 pixels ``(N, 3, H, W)``). The same strings always give the same tensor.
+    - ``save_pretrained(directory)`` writes whatever files the processor needs to be rebuilt beside a saved model
+      (the BPE merges) and returns the file's path, or ``None`` when the model's config alone rebuilds it
+      (the renderer).
+    """
+
+    def __call__(self, texts: str | Sequence[str]) -> torch.Tensor: ...
+
+    def save_pretrained(self, directory: str | Path) -> Path | None: ...
+
+
+def saved_vocabulary(directory: str | Path | None) -> Path | None:
+    """The vocabulary file a saved model directory carries (``*.txt.gz``, BPE merges), or ``None``."""
+    if directory is None or not Path(directory).is_dir():
+        return None
+    candidates = sorted(Path(directory).glob("*.txt.gz"))
+    return candidates[0] if candidates else None
+
+
+def build_text_processor(config: Any, directory: str | Path | None = None) -> TextProcessor:
     """The text processor a model config asks for.
 
     Args:
@@ -25,8 +55,7 @@ def build_text_processor(config: Any, directory: str | Path | None = None) -> An
         return UnifontRenderer(RenderConfig.from_dict(render))
     from clipforge.text.bpe import BPETokenizer
 
-    vocab = None
-    if directory is not None:
-        candidates = sorted(Path(directory).glob("*.txt.gz"))
-        vocab = candidates[0] if candidates else None
-    return BPETokenizer(vocab_path=vocab, context_length=config.text.context_length)
+    return BPETokenizer(vocab_path=saved_vocabulary(directory), context_length=config.text.context_length)
+
+
+__all__ = ["TextProcessor", "build_text_processor", "saved_vocabulary"]

@@ -183,7 +183,8 @@ def bidi_levels(classes: list[int], rtl_paragraph: bool) -> list[int]:
         rtl_paragraph: Whether the paragraph direction is right to left.
     """
     base = _RTL if rtl_paragraph else _LTR
-    resolved, strong = [], base
+    resolved: list[int] = []
+    strong = base
     for c in classes:
         if c == _MARK:  # W1: a nonspacing mark takes the class of the character before it
             c = resolved[-1] if resolved else _NEUTRAL
@@ -441,6 +442,11 @@ class UnifontRenderer:
         grey = ink * self._ink_step + self.config.background  # uint8 arithmetic wraps
         return grey.expand(-1, 3, -1, -1).contiguous()
 
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Writes nothing: the renderer is rebuilt from the model's config (``render``), which every model
+        directory holds. Present so that the renderer fills the ``TextProcessor`` role."""
+        return None
+
     def _table(self, device: torch.device) -> torch.Tensor:
         """The glyph table as a tensor on ``device`` (copied once per device)."""
         key = str(device)
@@ -450,6 +456,5 @@ class UnifontRenderer:
 
 
 def _as_list(texts: str | bytes | Sequence[str]) -> list[str]:
-    if isinstance(texts, str | bytes):
-        texts = [texts]
-    return [t.decode("utf-8", "replace") if isinstance(t, bytes) else str(t) for t in texts]
+    items: Sequence[str | bytes] = [texts] if isinstance(texts, str | bytes) else texts
+    return [t.decode("utf-8", "replace") if isinstance(t, bytes) else str(t) for t in items]

@@ -19,11 +19,13 @@ from clipforge.train.config import (
 from clipforge.train.distributed import Runtime, init_runtime, shutdown
 from clipforge.train.loop import TrainResult, train
 from clipforge.train.loss import clip_loss, siglip_loss
+from clipforge.train.prepare import Prepared, prepare
 
 __all__ = [
     "CSVDataConfig",
     "EvalConfig",
     "OptimConfig",
+    "Prepared",
     "Runtime",
     "ScheduleConfig",
     "SyntheticDataConfig",
@@ -33,6 +35,7 @@ __all__ = [
     "init_runtime",
     "load_config",
     "parse_overrides",
+    "prepare",
     "save_config",
     "shutdown",
     "siglip_loss",

@@ -5,17 +5,23 @@ optimiser, schedule position, step, data position, every rank's RNG states and t
 tensors and plain Python values: it is read back with ``torch.load(weights_only=True)``, so a crafted file
 cannot run code when a run resumes from it. ``latest`` may only name a ``step_*.pt`` file in its own folder.
 Each file is written to a temporary name, fsynced and renamed into place (``os.replace`` is atomic on
-POSIX), and only then is ``latest`` (a one-line file naming it) replaced the same way; a process killed
-at any moment leaves either the previous checkpoint or the new one, never half of one.
+POSIX); then its size and SHA-256 go into ``step_<N>.json`` beside it, and only then is ``latest`` (a one-line
+file naming it) replaced the same way. A process killed at any moment leaves either the previous checkpoint or
+the new one, never half of one. Resuming verifies the checkpoint against its record; when ``latest`` names a
+missing, truncated or altered file, the newest intact checkpoint is used instead, with a warning. Temporary
+files of saves that were killed are removed when a run starts (``remove_stale_temp_files``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import pickle
 import random
 import re
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -65,41 +71,92 @@ def save_checkpoint(directory: str | Path, step: int, state: dict[str, Any], kee
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"step_{step:08d}.pt"
     _atomic_write(path, lambda f: torch.save(state, f))
+    record = json.dumps({"file": path.name, "size": path.stat().st_size, "sha256": _sha256(path)})
+    _atomic_write(path.with_suffix(".json"), lambda f: f.write(record.encode() + b"\n"))
     _atomic_write(directory / LATEST, lambda f: f.write(f"{path.name}\n".encode()))
     for old in sorted(directory.glob("step_*.pt"))[:-keep]:
         if old != path:
             old.unlink(missing_ok=True)
+            old.with_suffix(".json").unlink(missing_ok=True)
     return path
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_checkpoint(path: str | Path) -> str | None:
+    """Why the checkpoint at ``path`` is not intact (missing, or its size or SHA-256 differs from the record
+    written at save), or ``None`` when it is. A checkpoint without a record (written before records existed)
+    counts as intact when it is not empty; ``load_checkpoint`` still checks it can be read."""
+    path = Path(path)
+    if not path.is_file():
+        return "missing"
+    size = path.stat().st_size
+    try:
+        record = json.loads(path.with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return None if size else "empty"
+    if not isinstance(record, dict) or record.get("size") != size:
+        return f"{size} bytes, {record.get('size') if isinstance(record, dict) else '?'} recorded (truncated?)"
+    if record.get("sha256") != _sha256(path):
+        return "its SHA-256 differs from the one recorded at save (damaged)"
+    return None
+
+
+def remove_stale_temp_files(directory: str | Path) -> list[Path]:
+    """Deletes the temporary files that saves killed mid-write left in ``directory``; returns what it removed.
+
+    Call it only while no save can be running (at the start of a run, on rank 0)."""
+    directory = Path(directory)
+    stale = sorted(directory.glob(".*.tmp")) if directory.is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def resolve_checkpoint(spec: str | Path, directory: str | Path) -> Path | None:
     """The checkpoint ``spec`` names: ``latest`` (``None`` when there is none yet) or a path.
 
     ``latest`` must hold the bare name of a ``step_<N>.pt`` file in ``directory``: a pointer that leads
-    anywhere else (another folder, ``..``, an absolute path, a link out of the folder) is refused.
+    anywhere else (another folder, ``..``, an absolute path, a link out of the folder) is refused. When the
+    file it names is missing or fails ``verify_checkpoint`` (or ``latest`` itself is damaged), the newest
+    intact ``step_<N>.pt`` of the folder is used, with a warning naming what was wrong.
 
     Raises:
-        FileNotFoundError: ``spec`` is a path that does not exist, or ``latest`` names a missing file.
+        FileNotFoundError: ``spec`` is a path that does not exist, or no checkpoint of the folder is intact.
         CheckpointLoadError: ``latest`` points outside its checkpoint folder.
     """
     directory = Path(directory)
-    if str(spec) == LATEST:
-        pointer = directory / LATEST
-        if not pointer.is_file():
-            return None
-        name = pointer.read_text(errors="replace").strip()
-        target = directory / name
-        if not _STEP_FILE.fullmatch(name) or target.resolve().parent != directory.resolve():
-            raise CheckpointLoadError(f"{pointer}: must name a step_<N>.pt file in {directory}, got {name[:80]!r}")
-        if not target.is_file():
-            raise FileNotFoundError(f"{pointer} names {name}, which does not exist")
+    if str(spec) != LATEST:
+        path = Path(spec)
+        if path.is_dir():  # a checkpoint folder, or a run dir holding one
+            return resolve_checkpoint(LATEST, path if (path / LATEST).is_file() else path / "checkpoints")
+        if not path.is_file():
+            raise FileNotFoundError(f"no checkpoint at {path}")
+        return path
+    pointer = directory / LATEST
+    if not pointer.is_file():
+        return None
+    name = pointer.read_text(errors="replace").strip()
+    target = directory / name
+    if name and (not _STEP_FILE.fullmatch(name) or target.resolve().parent != directory.resolve()):
+        raise CheckpointLoadError(f"{pointer}: must name a step_<N>.pt file in {directory}, got {name[:80]!r}")
+    problem = verify_checkpoint(target) if name else "latest is empty"
+    if problem is None:
         return target
-    path = Path(spec)
-    if path.is_dir():  # a checkpoint folder, or a run dir holding one
-        return resolve_checkpoint(LATEST, path if (path / LATEST).is_file() else path / "checkpoints")
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    return path
+    for candidate in sorted(directory.glob("step_*.pt"), reverse=True):
+        if candidate != target and candidate.resolve().parent == directory.resolve() and \
+                verify_checkpoint(candidate) is None:
+            warnings.warn(f"{target}: {problem}; resuming from {candidate.name}, the newest intact checkpoint",
+                          stacklevel=2)
+            return candidate
+    raise FileNotFoundError(f"{pointer} names {name or 'nothing'} ({problem}) and {directory} holds no other intact "
+                            "checkpoint: start the run again without --resume, or give a checkpoint path")
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -10,12 +10,14 @@ it after start. Facts about the process (rank, device, world size) live in ``Run
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
 from clipforge.config import ConfigError, apply_overrides, from_dict, load_yaml, save_yaml, to_dict
 from clipforge.data.config import DataConfig, ShardsDataConfig, SyntheticDataConfig
+from clipforge.models.config import ModelConfig
+from clipforge.models.factory import build_config
+from clipforge.models.presets import list_presets
 
 
 @dataclass(frozen=True)
@@ -85,8 +87,6 @@ class TextPairsConfig:
             raise ConfigError(f"text_pairs.fraction must be in [0, 1), got {self.fraction}")
         if self.size <= 0:
             raise ConfigError(f"text_pairs.size must be positive, got {self.size}")
-        if self.fraction and self.path != "synthetic" and not Path(self.path).is_file():
-            raise ConfigError(f"text_pairs.path: no such file: {self.path}")
 
 
 @dataclass(frozen=True)
@@ -186,31 +186,45 @@ class TrainConfig:
             raise ConfigError(f"batch_size={self.batch_size} is not divisible by accum_steps={self.accum_steps}")
         if self.schedule.warmup_steps > self.steps:
             raise ConfigError(f"schedule.warmup_steps={self.schedule.warmup_steps} exceeds steps={self.steps}")
-        self.model_config()  # an unknown preset or a bad override fails here, before any work
-        if self.loss == "siglip" and self.model_config().init_logit_bias is None:
-            raise ConfigError("loss 'siglip' needs a model with a logit bias: set model_overrides.init_logit_bias "
-                              "(SigLIP: -10) and model_overrides.init_logit_scale (SigLIP: 2.302585)")
         if self.text_pairs.fraction:
-            if self.model_config().family != "clippo":
-                raise ConfigError("text_pairs need a CLIPPO model (both texts are rendered as images); "
-                                  f"{self.model!r} is a {self.model_config().family!r} model")
             if isinstance(self.data, ShardsDataConfig):
                 raise ConfigError("text_pairs mix into indexable sources (synthetic, tables, folders), not tar shards")
             if self.text_pairs.path == "synthetic" and not isinstance(self.data, SyntheticDataConfig):
                 raise ConfigError("text_pairs.path=synthetic draws from the synthetic world: give a corpus file "
                                   "for other data sources")
+        if self.starts_from_preset():  # a checkpoint's architecture is checked when ``prepare`` reads it
+            self.check_model(self.model_config())
 
-    def model_config(self) -> Any:
-        """The validated model config (preset or checkpoint, plus overrides)."""
-        from clipforge.models.factory import build_config
+    def starts_from_preset(self) -> bool:
+        """Whether ``model`` names a preset (fresh weights); otherwise it is a checkpoint path."""
+        return self.model in list_presets()
 
+    def model_config(self) -> ModelConfig:
+        """The validated model config of a preset start (preset plus overrides).
+
+        Raises:
+            ConfigError: a bad override, or ``model`` is not a preset: a checkpoint's config is read by
+                ``clipforge.train.prepare``, the one step that loads files.
+        """
+        if not self.starts_from_preset():
+            raise ConfigError(f"model: {self.model!r} is not a preset; a checkpoint's config comes from prepare()")
+        return self.with_overrides(self.model)
+
+    def with_overrides(self, base: str | ModelConfig) -> ModelConfig:
+        """``base`` (a preset name or a checkpoint's config) under ``model_overrides``, validated."""
         try:
-            base = checkpoint_config(self.model, self.allow_pickle) if is_checkpoint(self.model) else self.model
             return build_config(base, **self.model_overrides)
         except ConfigError as e:
             raise ConfigError(f"model: {e}") from None
-        except (ValueError, FileNotFoundError) as e:  # an unreadable checkpoint
-            raise ConfigError(f"model: {e}") from None
+
+    def check_model(self, model: ModelConfig) -> None:
+        """Raises ``ConfigError`` when the run's loss or text pairs do not fit the model it trains."""
+        if self.loss == "siglip" and model.init_logit_bias is None:
+            raise ConfigError("loss 'siglip' needs a model with a logit bias: set model_overrides.init_logit_bias "
+                              "(SigLIP: -10) and model_overrides.init_logit_scale (SigLIP: 2.302585)")
+        if self.text_pairs.fraction and model.family != "clippo":
+            raise ConfigError("text_pairs need a CLIPPO model (both texts are rendered as images); "
+                              f"{self.model!r} is a {model.family!r} model")
 
     def check_world_size(self, world_size: int) -> None:
         """Raises ``ConfigError`` unless the global batch splits evenly into ``world_size × accum_steps``."""
@@ -240,20 +254,3 @@ def config_to_dict(config: TrainConfig) -> dict[str, Any]:
 def save_config(config: TrainConfig, path: str | Path) -> None:
     """Writes the resolved config as YAML."""
     save_yaml(config, path)
-
-
-def is_checkpoint(model: str) -> bool:
-    """Whether ``model`` is an existing file or folder (a checkpoint to start from) rather than a preset name."""
-    return Path(model).exists()
-
-
-@lru_cache(maxsize=4)
-def checkpoint_config(path: str, allow_pickle: bool = False) -> Any:
-    """The model config of a checkpoint: read from ``config.json`` of a clipforge directory, else from the
-    weights' shapes (the foreign readers infer the architecture)."""
-    from clipforge.checkpoints import detect_format, load_any
-    from clipforge.checkpoints.native import load_config as load_model_config
-
-    if detect_format(path) == "clipforge":
-        return load_model_config(path)
-    return load_any(path, allow_pickle=allow_pickle).config

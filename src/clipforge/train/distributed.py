@@ -52,7 +52,12 @@ def init_runtime(device: str | None = None) -> Runtime:
 
     Args:
         device: ``cpu``, ``cuda`` or ``None`` (CUDA when available).
+
+    Raises:
+        ValueError: ``cuda`` is asked for on a machine where torch sees no CUDA device.
     """
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: torch sees no CUDA device here (use --device cpu, or a CUDA build of torch)")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     kind = device or ("cuda" if torch.cuda.is_available() else "cpu")

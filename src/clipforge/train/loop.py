@@ -19,11 +19,19 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-import clipforge
 from clipforge.checkpoints.native import load_state_dict_into
+from clipforge.config import to_dict
 from clipforge.data.config import SyntheticDataConfig
-from clipforge.train.checkpoint import load_checkpoint, resolve_checkpoint, rng_state, save_checkpoint, set_rng_state
-from clipforge.train.config import TrainConfig, config_to_dict, is_checkpoint, save_config
+from clipforge.models.factory import build_model as build_model_from_config
+from clipforge.train.checkpoint import (
+    load_checkpoint,
+    remove_stale_temp_files,
+    resolve_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from clipforge.train.config import TrainConfig, config_to_dict, save_config
 from clipforge.train.data import TrainData, world_config
 from clipforge.train.distributed import (
     Runtime,
@@ -38,6 +46,8 @@ from clipforge.train.gradcache import forward_backward
 from clipforge.train.loss import LOSSES
 from clipforge.train.metrics import MetricsLog, plot_loss, plot_similarity, plot_zeroshot, read_metrics
 from clipforge.train.optim import build_optimizer, lr_at, set_lr
+from clipforge.train.prepare import Prepared, prepare
+from clipforge.transforms import model_transforms
 
 
 @dataclass
@@ -68,19 +78,16 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
-def build_model(config: TrainConfig, device: torch.device) -> tuple[torch.nn.Module, Any]:
-    """The run's model and text processor: a preset at fresh initialisation, or a checkpoint's weights (with the
-    checkpoint's own vocabulary, if it carries one) under the config's overrides."""
-    if not is_checkpoint(config.model):
-        model = clipforge.create_model(config.model, device=device, **config.model_overrides)
-        return model, clipforge.get_text_processor(model)
-    loaded, _, text_processor = clipforge.load(config.model, allow_pickle=config.allow_pickle)
-    wanted = config.model_config()
-    if wanted != loaded.config:  # overrides that keep every shape (checked strictly when the weights go in)
-        model = clipforge.create_model(wanted)
-        load_state_dict_into(model, loaded.state_dict(), config.model)
-        loaded = model
-    return loaded.to(device).train(), text_processor
+def build_model(prepared: Prepared, device: torch.device, source: str) -> torch.nn.Module:
+    """The run's model: fresh weights for a preset, or the checkpoint's weights (read by ``prepare``) under the
+    config's overrides."""
+    if prepared.start is None:
+        return build_model_from_config(prepared.model_config, device)
+    model = prepared.start
+    if prepared.model_config != model.config:  # overrides that keep every shape (checked strictly when loaded)
+        model = build_model_from_config(prepared.model_config)
+        load_state_dict_into(model, prepared.start.state_dict(), source)
+    return model.to(device).train()
 
 
 def lock_tower(model: torch.nn.Module, lock: str) -> None:
@@ -92,26 +99,30 @@ def lock_tower(model: torch.nn.Module, lock: str) -> None:
     tower.eval()
 
 
-def train(config: TrainConfig, runtime: Runtime, resume: str | None = None) -> TrainResult:
+def train(config: TrainConfig, runtime: Runtime, resume: str | None = None,
+          prepared: Prepared | None = None) -> TrainResult:
     """Trains a model as ``config`` describes; rank 0 writes the run directory.
 
     Args:
         config: The validated run config.
         runtime: This process's rank, world size and device (``init_runtime()``).
         resume: ``latest`` (the run dir's newest checkpoint, if any) or a checkpoint path.
+        prepared: What ``prepare(config)`` read (the CLI runs it before the process group starts); run here
+            when not given.
 
     Returns:
         The run's summary.
     """
     start_time = time.perf_counter()
     config.check_world_size(runtime.world_size)
+    prepared = prepared if prepared is not None else prepare(config)
     device, run_dir = runtime.device, Path(config.output_dir)
     random.seed(config.seed)
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)
 
     # --- Model, optimiser, data. ---
-    model, text_processor = build_model(config, device)
+    model, text_processor = build_model(prepared, device, config.model), prepared.text_processor
     broadcast_parameters(model, runtime)
     torch.manual_seed(config.seed * 1009 + runtime.rank + 1)  # per-rank stream for random ops (patch dropout)
     if config.grad_checkpointing:
@@ -120,13 +131,15 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None) -> T
     trainable = [p for p in model.parameters() if p.requires_grad]
     o = config.optim
     optimizer = build_optimizer(model, o.lr, o.weight_decay, o.betas, o.eps, device, o.logit_scale_lr_mult)
-    train_tf, eval_tf = clipforge.transforms.model_transforms(model.config)
+    train_tf, eval_tf = model_transforms(model.config)
     image_size = model.config.vision.image_size
     data = TrainData(config.data, train_tf if config.data.augment else eval_tf, text_processor, config.batch_size,
                      config.seed, runtime, image_size, text_pairs=config.text_pairs)
 
     start_step, checkpoint_path = 0, None
     checkpoint_dir = run_dir / "checkpoints"
+    if runtime.is_main:
+        remove_stale_temp_files(checkpoint_dir)  # left by saves that were killed; no save is running now
     if resume is not None:
         checkpoint_path = resolve_checkpoint(resume, checkpoint_dir)
         if checkpoint_path is not None:
@@ -231,7 +244,7 @@ def _save(directory: Path, step: int, model: torch.nn.Module, optimizer: torch.o
             "data": {**data_state, "seed": config.seed},
             "rng": rngs,
             "config": config_to_dict(config),
-            "model_config": clipforge.config.to_dict(model.config),
+            "model_config": to_dict(model.config),
         }
         path = save_checkpoint(directory, step, state, keep=config.keep_checkpoints)
     barrier(runtime)

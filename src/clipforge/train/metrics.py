@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -62,8 +63,30 @@ class MetricsLog:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """Every record of a metrics JSONL file."""
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """Every record of a metrics JSONL file.
+
+    A torn last line (a run killed while appending it) is dropped with a warning; a damaged line elsewhere is an
+    error naming the file and line, since it means the file was changed by something other than a run.
+
+    Raises:
+        ValueError: a line other than the last is not a JSON object.
+    """
+    lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if isinstance(record, dict):
+            records.append(record)
+        elif number == len(lines):
+            warnings.warn(f"{path}: line {number} is torn (a run stopped while writing it); dropped", stacklevel=2)
+        else:
+            raise ValueError(f"{path}: line {number} is not a JSON object: {line[:80]!r}")
+    return records
 
 
 def _figure(width: float, height: float) -> Any:

@@ -1,0 +1,65 @@
+"""The one step before a run that touches the file system: ``prepare(config) -> Prepared``.
+
+A ``TrainConfig`` is inert data (built, printed and compared without I/O). ``prepare`` does every check that
+needs files, before any work and before a process group starts: the data source (paths, columns, shard
+globs), the text-pair corpus, and the starting checkpoint, which it reads once; the loop then trains from
+what it read instead of opening the checkpoint again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from clipforge.config import ConfigError
+from clipforge.models.config import ModelConfig
+from clipforge.models.presets import preset_hint
+from clipforge.text import TextProcessor, build_text_processor
+from clipforge.train.config import TrainConfig
+
+
+@dataclass
+class Prepared:
+    """What a run starts from, read once.
+
+    Attributes:
+        model_config: The architecture to train (the preset's or the checkpoint's, under ``model_overrides``).
+        text_processor: The model's text processor (a checkpoint's own vocabulary when it carries one).
+        start: The checkpoint's model with its weights, on the CPU; ``None`` for a preset (fresh weights).
+    """
+
+    model_config: ModelConfig
+    text_processor: TextProcessor
+    start: torch.nn.Module | None = None
+
+
+def prepare(config: TrainConfig) -> Prepared:
+    """Checks what ``config`` names on disk and reads the starting checkpoint once.
+
+    Raises:
+        ConfigError: a data path, table column, shard glob or corpus is missing, or ``model`` is neither a
+            preset nor a readable checkpoint (naming the field and what was expected).
+    """
+    from clipforge.data import check_source
+
+    check_source(config.data)
+    if config.text_pairs.fraction and config.text_pairs.path != "synthetic" and not Path(
+            config.text_pairs.path).is_file():
+        raise ConfigError(f"text_pairs.path: no such file: {config.text_pairs.path}")
+    if config.starts_from_preset():
+        model_config = config.model_config()
+        return Prepared(model_config, build_text_processor(model_config))
+    if not Path(config.model).exists():
+        raise ConfigError(f"model: unknown model {config.model!r}: no preset of that name and no checkpoint at "
+                          f"that path{preset_hint(config.model)}")
+    from clipforge.checkpoints import load_any  # the converters load lazily
+
+    try:
+        start = load_any(config.model, allow_pickle=config.allow_pickle)
+    except (ValueError, FileNotFoundError) as e:  # an unreadable checkpoint (CheckpointError is a ValueError)
+        raise ConfigError(f"model: {e}") from None
+    model_config = config.with_overrides(start.config)
+    config.check_model(model_config)
+    return Prepared(model_config, build_text_processor(model_config, config.model), start)
