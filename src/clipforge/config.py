@@ -20,11 +20,14 @@ import math
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import yaml
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")  # a dataclass
 
 class ConfigError(ValueError):
     """A config field is unknown, missing or of the wrong type or value."""
@@ -41,7 +44,7 @@ def _check_type(value: Any, annotation: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected one of {list(args)}, got {value!r}")
         return value
     if origin in (typing.Union, types.UnionType):
-        kinds = {_kind(a): a for a in args if dataclasses.is_dataclass(a)}
+        kinds = {_kind(a): a for a in args if isinstance(a, type) and dataclasses.is_dataclass(a)}
         if isinstance(value, dict) and len(kinds) > 1 and None not in kinds:  # a tagged union: dispatch on kind
             kind = value.get("kind", next(iter(kinds)))
             if kind not in kinds:
@@ -69,7 +72,7 @@ def _check_type(value: Any, annotation: Any, where: str) -> Any:
         if len(value) != len(args):
             raise ConfigError(f"{where}: expected {len(args)} items, got {len(value)}")
         return tuple(_check_type(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-    if dataclasses.is_dataclass(annotation):
+    if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
         if isinstance(value, annotation):
             return value
         if not isinstance(value, dict):
@@ -104,8 +107,9 @@ def shorten(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
 
 
-def _kind(cls: type) -> str | None:
-    kind = cls.__dataclass_fields__.get("kind")  # type: ignore[attr-defined]
+def _kind(cls: type[DataclassInstance]) -> object:
+    """The default of the dataclass's ``kind`` field (its tag in a tagged union), or ``None`` without one."""
+    kind = cls.__dataclass_fields__.get("kind")
     return kind.default if kind is not None else None
 
 

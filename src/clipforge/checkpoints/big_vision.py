@@ -11,13 +11,17 @@ from __future__ import annotations
 import math
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 import torch
 
 from clipforge.config import ConfigError
 from clipforge.models.config import CLIPPOConfig, ViTConfig
+
+if TYPE_CHECKING:
+    from clipforge.models.clip import CLIP
+    from clipforge.models.clippo import CLIPPO
 
 PREFIXES = ("params/img/", "img/", "opt/target/img/")
 
@@ -88,7 +92,8 @@ def config_from_arrays(arrays: dict[str, np.ndarray], path: str | Path = "<array
     if p + "head/kernel" not in arrays:
         raise BigVisionFormatError(f"{path}: missing {p}head/kernel (the projection to the embedding space)")
     embed_dim = get("head/kernel", 2).shape[1]
-    pool = "map" if p + "MAPHead_0/probe" in arrays else ("cls" if class_token else "mean")
+    pool: Literal["cls", "mean", "map"] = ("map" if p + "MAPHead_0/probe" in arrays
+                                           else "cls" if class_token else "mean")
     try:
         vision = ViTConfig(image_size=grid * patch, patch_size=patch, width=width, layers=layers, heads=heads,
                            mlp_ratio=_ratio(mlp, width), pool=pool, class_token=class_token, ln_pre=False,
@@ -107,7 +112,7 @@ def _ratio(hidden: int, width: int) -> float:
 def state_dict_from_arrays(arrays: dict[str, np.ndarray], config: CLIPPOConfig) -> dict[str, torch.Tensor]:
     """Maps flax arrays to clipforge's CLIPPO state dict (shapes follow ``config``)."""
     p = _prefix(arrays, "<arrays>")
-    v = config.vision
+    v = cast(ViTConfig, config.vision)  # big_vision's CLIPPO is a ViT (config_from_arrays builds one)
     t = lambda a: torch.from_numpy(np.array(a, dtype=np.float32))  # np.array keeps 0-d arrays 0-d
     sd: dict[str, torch.Tensor] = {
         "visual.patch_embed.weight": t(arrays[p + "embedding/kernel"].transpose(3, 2, 0, 1)),
@@ -181,7 +186,7 @@ def load_big_vision(path: str | Path) -> tuple[CLIPPOConfig, dict[str, torch.Ten
 def to_big_vision_arrays(state_dict: dict[str, torch.Tensor], config: CLIPPOConfig,
                          prefix: str = "params/") -> dict[str, np.ndarray]:
     """The inverse of ``state_dict_from_arrays``: clipforge CLIPPO weights → flattened flax arrays."""
-    v = config.vision
+    v = cast(ViTConfig, config.vision)  # big_vision's CLIPPO is a ViT (save_big_vision refuses a ResNet)
     heads, hd = v.heads, v.width // v.heads
     n = lambda k: state_dict[k].detach().float().cpu().numpy()
     img = prefix + "img/"
@@ -231,12 +236,14 @@ def to_big_vision_arrays(state_dict: dict[str, torch.Tensor], config: CLIPPOConf
     return out
 
 
-def save_big_vision(model: torch.nn.Module, path: str | Path) -> None:
+def save_big_vision(model: CLIP | CLIPPO, path: str | Path) -> None:
     """Writes a CLIPPO model as a big_vision ``.npz`` (``params/img/...`` and ``params/t``)."""
-    if getattr(model.config, "family", None) != "clippo":
+    config = model.config
+    if not isinstance(config, CLIPPOConfig):
         raise ValueError("only CLIPPO models can be exported to big_vision's CLIPPO layout")
-    if model.config.vision.kind != "vit":
+    if not isinstance(config.vision, ViTConfig):
         raise ValueError("big_vision's CLIPPO is a ViT; a CLIPPO model with a ResNet tower cannot be exported to it")
-    if model.config.vision.stem != "patch":
+    if config.vision.stem != "patch":
         raise ValueError("big_vision's ViT has a patch-embedding stem; a conv-stem model cannot be exported to it")
-    np.savez(path, **to_big_vision_arrays(model.state_dict(), model.config))
+    arrays = to_big_vision_arrays(model.state_dict(), config)
+    np.savez(path, **arrays)  # type: ignore[arg-type]  # numpy's stub: ** might fill savez's allow_pickle: bool

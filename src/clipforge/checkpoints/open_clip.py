@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -32,6 +32,10 @@ from clipforge.checkpoints.openai import (
 )
 from clipforge.config import replace, to_dict
 from clipforge.models.config import CLIPConfig, ResNetConfig
+
+if TYPE_CHECKING:
+    from clipforge.models.clip import CLIP
+    from clipforge.models.clippo import CLIPPO
 
 SAFETENSORS_NAME = "open_clip_model.safetensors"
 PICKLE_NAME = "open_clip_pytorch_model.bin"
@@ -177,7 +181,7 @@ def open_clip_model_cfg(config: CLIPConfig) -> dict[str, Any]:
     return cfg
 
 
-def to_open_clip_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def to_open_clip_state_dict(model: CLIP | CLIPPO) -> dict[str, torch.Tensor]:
     """The model's weights under open_clip's (OpenAI's) names."""
     config = model.config
     if not isinstance(config, CLIPConfig):
@@ -188,7 +192,7 @@ def to_open_clip_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return to_openai_keys(model.state_dict(), config)
 
 
-def save_open_clip(model: torch.nn.Module, path: str | Path) -> Path:
+def save_open_clip(model: CLIP | CLIPPO, path: str | Path) -> Path:
     """Writes the model as open_clip would load it.
 
     ``path`` ending in ``.safetensors`` or ``.bin``/``.pt``/``.pth`` is written as that one file (safetensors or
@@ -208,7 +212,7 @@ def save_open_clip(model: torch.nn.Module, path: str | Path) -> Path:
         return path
     if path.suffix != ".safetensors":
         path.mkdir(parents=True, exist_ok=True)
-        config = model.config
+        config = cast(CLIPConfig, model.config)  # to_open_clip_state_dict has refused every other family
         meta = {"model_cfg": open_clip_model_cfg(config),
                 "preprocess_cfg": {"mean": list(config.mean), "std": list(config.std),
                                    "resize_mode": "shortest" if config.image_resize == "shorter_crop" else "squash"}}

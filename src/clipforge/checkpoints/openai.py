@@ -19,7 +19,7 @@ import pickle
 import re
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -236,7 +236,7 @@ def config_from_openai_state_dict(state_dict: dict[str, torch.Tensor], act: str 
             heads=vision_heads or max(1, width // 64), mlp_ratio=_ratio(hidden, width),
             ln_pre="visual.ln_pre.weight" in sd)
     else:
-        stages = tuple(_count(sd, rf"visual\.layer{b}\.(\d+)\.") for b in (1, 2, 3, 4))
+        stages = cast(tuple[int, int, int, int], tuple(_count(sd, rf"visual\.layer{b}\.(\d+)\.") for b in (1, 2, 3, 4)))
         if 0 in stages:
             raise CheckpointError(f"{source}: neither 'visual.proj' (ViT) nor four 'visual.layerK' stages (ResNet)")
         width = _get(sd, "visual.layer1.0.conv1.weight", source).shape[0]

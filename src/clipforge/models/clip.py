@@ -15,10 +15,11 @@ from clipforge.models.vit import VisionTransformer
 
 
 class CLIPOutput(NamedTuple):
-    """What ``CLIP.forward`` returns: L2-normalised features and the (clamped, exponentiated) logit scale."""
+    """What ``CLIP.forward`` returns: L2-normalised features (``None`` for an input not given) and the (clamped,
+    exponentiated) logit scale."""
 
-    image_features: torch.Tensor
-    text_features: torch.Tensor
+    image_features: torch.Tensor | None
+    text_features: torch.Tensor | None
     logit_scale: torch.Tensor
     logit_bias: torch.Tensor | None
 
@@ -31,12 +32,13 @@ class ContrastiveModel(nn.Module):
     """
 
     visual: nn.Module
+    config: CLIPConfig | CLIPPOConfig
 
     def __init__(self, config: CLIPConfig | CLIPPOConfig):
         super().__init__()
         self.config = config
         self.logit_scale = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
-        self.logit_bias = None
+        self.logit_bias: nn.Parameter | None = None
         if config.init_logit_bias is not None:
             self.logit_bias = nn.Parameter(torch.tensor(float(config.init_logit_bias)))
 
@@ -52,7 +54,7 @@ class ContrastiveModel(nn.Module):
         """Recomputes each block's activations in the backward pass to save memory."""
         for module in self.modules():
             if hasattr(module, "grad_checkpointing"):
-                module.grad_checkpointing = enabled
+                module.grad_checkpointing = enabled  # type: ignore[assignment]  # torch's __getattr__: Tensor | Module
 
     def scale(self) -> torch.Tensor:
         """The logit scale as used: exp(logit_scale), clamped at exp(max_logit_scale)."""
@@ -78,6 +80,8 @@ class CLIP(ContrastiveModel):
     Args:
         config: The full model config (see ``CLIPConfig``).
     """
+
+    config: CLIPConfig
 
     def __init__(self, config: CLIPConfig):
         super().__init__(config)

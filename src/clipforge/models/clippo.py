@@ -20,6 +20,10 @@ class CLIPPO(ContrastiveModel):
         config: The model config (see ``CLIPPOConfig``).
     """
 
+    config: CLIPPOConfig
+    mean: torch.Tensor  # (1, 3, 1, 1) buffers, not saved: the config holds them
+    std: torch.Tensor
+
     def __init__(self, config: CLIPPOConfig):
         super().__init__(config)
         self.visual = image_tower(config)

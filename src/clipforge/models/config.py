@@ -16,6 +16,8 @@ from clipforge.config import ConfigError, check_positive, from_dict
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
+Activation = Literal["quick_gelu", "gelu", "gelu_tanh"]  # the MLP activation of every tower (``make_act``)
+
 
 @dataclass(frozen=True)
 class ViTConfig:
@@ -173,7 +175,7 @@ class CLIPConfig:
     embed_dim: int = 512
     vision: ViTConfig | ResNetConfig = field(default_factory=ViTConfig)
     text: TextConfig = field(default_factory=TextConfig)
-    act: Literal["quick_gelu", "gelu", "gelu_tanh"] = "quick_gelu"
+    act: Activation = "quick_gelu"
     norm_eps: float = 1e-5
     init_logit_scale: float = math.log(1 / 0.07)
     init_logit_bias: float | None = None
@@ -212,7 +214,7 @@ class CLIPPOConfig:
         image_size=224, patch_size=16, width=768, layers=12, heads=12, pool="map", class_token=False,
         ln_pre=False, patch_bias=True, proj_bias=True))
     render: dict[str, Any] = field(default_factory=dict)
-    act: Literal["quick_gelu", "gelu", "gelu_tanh"] = "gelu_tanh"
+    act: Activation = "gelu_tanh"
     norm_eps: float = 1e-6
     init_logit_scale: float = math.log(10.0)
     init_logit_bias: float | None = None

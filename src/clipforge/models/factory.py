@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -12,7 +13,8 @@ from clipforge.models.clippo import CLIPPO
 from clipforge.models.config import ModelConfig, model_config_from_dict
 from clipforge.models.presets import preset_config
 
-MODEL_CLASSES: dict[str, type[CLIP] | type[CLIPPO]] = {"clip": CLIP, "clippo": CLIPPO}
+# Each family's class takes that family's config, a pairing the type of a dict cannot express.
+MODEL_CLASSES: dict[str, Callable[..., CLIP | CLIPPO]] = {"clip": CLIP, "clippo": CLIPPO}
 
 
 def build_config(name_or_config: str | ModelConfig | dict[str, Any], **overrides: Any) -> ModelConfig:

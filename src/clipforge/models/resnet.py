@@ -8,6 +8,8 @@ head in place of global average pooling.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +18,7 @@ from torch import nn
 from clipforge.models.config import ResNetConfig
 
 
-def norm_layer(kind: str, channels: int) -> nn.Module:
+def norm_layer(kind: str, channels: int) -> nn.BatchNorm2d | nn.GroupNorm:
     """BatchNorm (OpenAI's), or GroupNorm with about 16 channels a group (at most 32 groups), which keeps no
     batch statistics: what a tower shared by two kinds of input (CLIPPO) needs."""
     if kind == "batch":
@@ -117,7 +119,7 @@ class ModifiedResNet(nn.Module):
         for proj in (self.attn_pool.q_proj, self.attn_pool.k_proj, self.attn_pool.v_proj, self.attn_pool.out_proj):
             nn.init.normal_(proj.weight, std=std)
         for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
-            for block in stage:
+            for block in cast(Iterable[Bottleneck], stage):
                 nn.init.zeros_(block.bn3.weight)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import cast
+
 import torch
 from torch import nn
 
 from clipforge.models.config import TextConfig
-from clipforge.models.layers import Transformer, make_act
+from clipforge.models.layers import Block, Transformer, make_act
 
 
 class TextTransformer(nn.Module):
@@ -36,7 +39,7 @@ class TextTransformer(nn.Module):
         nn.init.normal_(self.token_embed.weight, std=0.02)
         nn.init.normal_(self.pos_embed, std=0.01)
         attn_std, proj_std, fc_std = width**-0.5, width**-0.5 * (2 * layers) ** -0.5, (2 * width) ** -0.5
-        for block in self.transformer.blocks:
+        for block in cast(Iterable[Block], self.transformer.blocks):
             nn.init.normal_(block.attn.qkv.weight, std=attn_std)
             nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
             nn.init.normal_(block.mlp.fc.weight, std=fc_std)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from typing import cast
 
 import torch
 from torch import nn
@@ -27,7 +28,8 @@ class VisionTransformer(nn.Module):
         self.config = config
         width, scale = config.width, config.width**-0.5
         self.stem = conv_stem(config.patch_size, width, act) if config.stem == "conv" else None
-        in_channels, kernel = (self.stem[-2].out_channels, 1) if self.stem is not None else (3, config.patch_size)
+        last_conv = cast(nn.Conv2d, self.stem[-2]) if self.stem is not None else None  # an activation follows it
+        in_channels, kernel = (last_conv.out_channels, 1) if last_conv is not None else (3, config.patch_size)
         self.patch_embed = nn.Conv2d(in_channels, width, kernel, stride=kernel, bias=config.patch_bias)
         n_tokens = config.grid_size**2 + int(config.class_token)
         self.class_token = nn.Parameter(scale * torch.randn(width)) if config.class_token else None
@@ -35,7 +37,7 @@ class VisionTransformer(nn.Module):
         self.ln_pre = nn.LayerNorm(width, eps=norm_eps) if config.ln_pre else nn.Identity()
         self.transformer = Transformer(width, config.layers, config.heads, config.mlp_ratio, make_act(act),
                                        norm_eps=norm_eps)
-        self.attn_pool = None
+        self.attn_pool: MAPHead | None = None
         if config.pool == "map":
             self.attn_pool = MAPHead(width, config.heads, config.mlp_ratio, make_act(act), norm_eps)
         self.ln_post = nn.LayerNorm(width, eps=norm_eps)
@@ -72,7 +74,7 @@ class VisionTransformer(nn.Module):
             return self.ln_post(x[:, 0])
         if self.config.pool == "mean":
             return self.ln_post(x[:, int(self.config.class_token):]).mean(dim=1)
-        return self.attn_pool(self.ln_post(x))
+        return cast(MAPHead, self.attn_pool)(self.ln_post(x))  # pool == "map": __init__ built it
 
     def _drop_patches(self, x: torch.Tensor) -> torch.Tensor:
         """Patch dropout (FLIP): keep a random subset of patch tokens during training, class token kept."""

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from itertools import chain, pairwise
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import regex
@@ -119,7 +120,7 @@ class BPETokenizer:
 
     def __init__(self, vocab_path: str | os.PathLike | None = None, context_length: int = 77, truncate: bool = True,
                  num_merges: int | None = None):
-        self.vocab_path = Path(vocab_path) if vocab_path is not None else default_vocab_path()
+        self.vocab_path: Path | None = Path(vocab_path) if vocab_path is not None else default_vocab_path()
         merges = read_merges(self.vocab_path)
         if num_merges is None:
             num_merges = 49152 - 256 - 2 if self.vocab_path.name == VOCAB_FILE else len(merges)
@@ -206,7 +207,7 @@ class BPETokenizer:
         parts = list(map(self._bpe_cache.get, tokens))  # the pre-tokens of a new chunk are mostly known
         if None in parts:
             parts = [ids or self._bpe(token) for ids, token in zip(parts, tokens)]
-        ids = tuple(chain.from_iterable(parts))
+        ids = tuple(chain.from_iterable(cast("list[tuple[int, ...]]", parts)))  # every None is filled in
         if len(self._chunk_cache) < _CACHE_LIMIT:
             self._chunk_cache[chunk] = ids
         return ids
@@ -222,7 +223,7 @@ class BPETokenizer:
         get, miss = self._chunk_cache.get, self._chunk
         return list(chain.from_iterable([get(c) or miss(c) for c in self._chunks(text)]))
 
-    def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> torch.LongTensor:
+    def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> torch.Tensor:
         """Tokenises a text or a batch into a zero-padded LongTensor (N, context_length)."""
         if isinstance(texts, str):
             texts = [texts]

@@ -98,7 +98,7 @@ def _mojibake_anchors() -> tuple[re.Pattern[str], int] | None:
     same matches as a search of the whole text.
     """
     try:
-        from re import _parser
+        from re import _parser  # type: ignore[attr-defined]  # typeshed has no stub for this private module
     except ImportError:  # a Python without the private parser: use ftfy's own search
         return None
     if BADNESS_RE.flags & re.IGNORECASE:  # case folding could pair ASCII with non-ASCII characters

@@ -12,6 +12,7 @@ import importlib.resources
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -66,7 +67,10 @@ def load_unifont(path: str | None = None) -> GlyphTable:
     except (OSError, EOFError, UnicodeDecodeError, gzip.BadGzipFile) as e:
         raise ValueError(f"{p}: not a readable Unifont .hex file ({e})") from None
 
-    narrow_cp, narrow_hex, wide_cp, wide_hex = [], [], [], []
+    narrow_cp: list[int] = []
+    wide_cp: list[int] = []
+    narrow_hex: list[str] = []
+    wide_hex: list[str] = []
     for n, line in enumerate(lines, start=1):
         code, sep, hexbits = line.strip().partition(":")
         if not line.strip():
@@ -100,7 +104,8 @@ def load_unifont(path: str | None = None) -> GlyphTable:
         advance[cps] = width
 
     columns = np.ascontiguousarray(cells.transpose(0, 2, 1))  # (G, column, row)
-    inked = columns.any(axis=2)  # (G, 16): columns with ink
+    # (G, 16): columns with ink; numpy types a one-axis reduction as possibly a scalar, here it is 2-D
+    inked = cast(np.ndarray, columns.any(axis=2))
     has_ink = inked.any(axis=1)
     first_ink = np.where(has_ink, inked.argmax(axis=1), -1)
     last_ink = np.where(has_ink, CELL - 1 - inked[:, ::-1].argmax(axis=1), -1)
