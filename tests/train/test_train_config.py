@@ -87,7 +87,7 @@ def test_every_shipped_config_loads_and_states_its_command(path):
     header = path.read_text().split("\n\n")[0]
     assert "clipforge " in header or "torchrun" in header
     if "clipforge vqa" in header:  # a VQA fine-tuning config, read by its own loader
-        from clipforge.train.vqa import load_vqa_config
+        from clipforge.vqa.train import load_vqa_config
 
         assert load_vqa_config(path, {}).model
     else:
