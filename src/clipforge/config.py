@@ -263,13 +263,20 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     """Reads a YAML file holding a mapping (an empty file is an empty mapping).
 
     Raises:
-        FileNotFoundError: ``path`` does not exist.
-        ConfigError: the file is not valid YAML or not a mapping at the top level (naming the file).
+        FileNotFoundError: ``path`` does not exist (naming it).
+        ConfigError: the file is not valid YAML (a one-line message with the line and column), not UTF-8, or
+            not a mapping at the top level (naming the file).
     """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such config file")
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a UTF-8 text file") from None
     if not isinstance(data, dict):

@@ -39,14 +39,13 @@ class ViTConfig:
         proj_bias: A bias on the output projection (big_vision's ``head`` Dense has one; CLIP's has not).
         stem: ``patch`` (one strided convolution, as in every released ViT) or ``conv`` (a stack of 3×3
             stride-2 convolutions, channels doubling up to ``width / 2``, then a 1×1 projection: the
-            early-convolution stem of Xiao et al. 2021, far more sample-efficient for small models and
-            data; ``patch_size`` must then be a power of two ≥ 2). Checkpoint export to OpenAI,
+            early-convolution stem of Xiao et al. 2021, for small models and little data; ``patch_size`` must
+            then be a power of two ≥ 2). Checkpoint export to OpenAI,
             open_clip, HF and big_vision layouts needs ``patch``.
         init_gain: Multiplies the initial patch-embedding and transformer weight matrices (PyTorch's default
             initialisation at 1). Above 1 the fresh tower is more nonlinear and tells similar inputs further
-            apart: rendered captions, which all share the same glyph statistics, start 0.73 rather than 0.9
-            alike (mean cosine) in clippo-tiny at 4, which lets one-tower contrastive training start
-            instead of collapsing. Initialisation only: loaded weights are unaffected.
+            apart, such as rendered captions, which all share the same glyph statistics (why clippo-tiny uses 4:
+            docs/clippo.md). Initialisation only: loaded weights are unaffected.
     """
 
     kind: Literal["vit"] = "vit"

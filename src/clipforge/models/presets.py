@@ -112,6 +112,6 @@ register_preset("clippo-B/16", {"family": "clippo"})
 register_preset("clippo-tiny", _clippo_tiny({
     "kind": "vit", "image_size": 96, "patch_size": 16, "width": 192, "layers": 4, "heads": 3, "pool": "map",
     "class_token": False, "ln_pre": False, "patch_bias": True, "proj_bias": True, "init_gain": 4.0}))
-# Beyond the paper: the shared tower as OpenAI's modified ResNet, with GroupNorm (README, Training CLIPPO).
+# Beyond the paper: the shared tower as OpenAI's modified ResNet, with GroupNorm (docs/clippo.md).
 register_preset("clippo-tiny-rn", _clippo_tiny({
     "kind": "resnet", "image_size": 96, "layers": [1, 1, 1, 1], "width": 16, "heads": 8, "norm": "group"}))

@@ -97,9 +97,8 @@ def conv_stem(patch_size: int, width: int, act: str) -> nn.Sequential:
     output grid equals the patch grid and ``patch_embed`` becomes a 1×1 projection to ``width``. Each conv but
     the last is followed by a GroupNorm (8 groups where the channels allow): Xiao et al. normalise with
     BatchNorm, but batch statistics would differ between a one-tower model's image and text passes and
-    between training and evaluation; GroupNorm has neither problem. Supervised shape recognition in
-    clippo-tiny's world after 150 / 300 steps: 67.5 / 90.5 % with this stem, 53.5 / 86.0 % without its
-    GroupNorms, 23.5 / 43.5 % with patches (``benchmarks/stem.py``).
+    between training and evaluation; GroupNorm has neither problem. ``benchmarks/stem.py`` compares it with
+    patches (figures in docs/models.md).
     """
     n = patch_size.bit_length() - 1
     channels = [3] + [max(16, width >> (n - i)) for i in range(n)]

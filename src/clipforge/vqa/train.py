@@ -161,14 +161,7 @@ def load_vqa_config(path: str | Path | None = None, overrides: dict[str, Any] | 
         FileNotFoundError: ``path`` does not exist.
         ConfigError: The YAML is malformed or a field is wrong (the message names it, on one line).
     """
-    data: dict[str, Any] = {}
-    if path is not None:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"{path}: no such config file")
-        try:
-            data = load_yaml(path)
-        except ConfigError as e:  # YAML's parse errors span lines; a CLI error is one line
-            raise ConfigError(" ".join(str(e).split())) from None
+    data = load_yaml(path) if path is not None else {}
     return from_dict(VQATrainConfig, apply_overrides(data, overrides or {}), "config")
 
 
