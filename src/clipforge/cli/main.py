@@ -29,9 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from clipforge import __version__
+    from importlib.metadata import PackageNotFoundError, version
 
-    return __version__
+    try:
+        return version("clipforge")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:

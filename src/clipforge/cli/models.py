@@ -20,12 +20,12 @@ def list_models(args: argparse.Namespace) -> int:
     """Prints every preset, with parameter counts when asked."""
     import torch
 
-    import clipforge
+    from clipforge.api import create_model, list_models
 
-    for name in clipforge.list_models():
+    for name in list_models():
         if args.params:
             with torch.device("meta"):
-                n = sum(p.numel() for p in clipforge.create_model(name).parameters())
+                n = sum(p.numel() for p in create_model(name).parameters())
             print(f"{name:16s} {n:>15,d}")
         else:
             print(name)
@@ -37,10 +37,10 @@ def demo(args: argparse.Namespace) -> int:
     import torch
     from PIL import Image
 
-    import clipforge
+    from clipforge.api import create_model_and_transforms, get_text_processor
 
-    model, _, eval_tf = clipforge.create_model_and_transforms(args.model)
-    tokenizer = clipforge.get_text_processor(model)
+    model, _, eval_tf = create_model_and_transforms(args.model)
+    tokenizer = get_text_processor(model)
     colours = ["red", "green", "blue"]
     images = torch.stack([eval_tf(Image.new("RGB", (80, 80), c)) for c in colours])
     texts = tokenizer([f"a photo of a {c} square" for c in colours])
