@@ -27,6 +27,7 @@ LIMITS = DecodeLimits(max_pixels=100_000, min_side=8, max_aspect=20)
     (b"<html>404 not found</html>" * 20, "not_image"),
     (bytes(np.random.default_rng(1).integers(0, 256, 5000, dtype=np.uint8)), "not_image"),
     (encode(noise(64, 64))[:1500], "truncated"),
+    (encode(noise(64, 64))[:30], "truncated"),  # the header alone: PIL says "Truncated File Read"
     (png_bomb(100_000, 100_000), "too_large"),  # beyond PIL's own bomb limit
     (encode(noise(400, 300), "PNG"), "too_large"),  # a real image above this test's 100k-pixel limit
     (encode(noise(200, 8)), "bad_size"),  # aspect 25

@@ -32,7 +32,7 @@ def folder(tmp_path_factory):
         for i in range(3):
             solid(c, 24 + 8 * i).save(root / c / f"{i}.png")
     (root / "red" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    rows = ["path,caption"] + [f"{c}/{i}.png,a {c} square" for c in COLOURS for i in range(3)]
+    rows = ["filepath,caption"] + [f"{c}/{i}.png,a {c} square" for c in COLOURS for i in range(3)]
     rows += ["red/0.png,something red", "red/broken.jpg,broken"]
     (root / "captions.csv").write_text("\n".join(rows) + "\n")
     (root / "templates.txt").write_text("a photo of a {}.\na {} thing.\n")
@@ -94,8 +94,8 @@ def test_bad_input_gives_clear_errors(folder, tmp_path) -> None:
         run(["eval", "zeroshot", "--model", "no-such-model", "--data", str(folder)])
     with pytest.raises(FileNotFoundError, match="dataset not found"):
         run(["eval", "zeroshot", "--model", PRESET, "--data", str(tmp_path / "missing")])
-    with pytest.raises(ValueError, match="unknown column 'caption'"):
-        (tmp_path / "l.csv").write_text("path,label\nred/0.png,0\n")
+    with pytest.raises(ValueError, match=r"has no column\(s\) \['caption'\]"):
+        (tmp_path / "l.csv").write_text("filepath,label\nred/0.png,0\n")
         run(["eval", "retrieval", "--model", PRESET, "--data", str(tmp_path / "l.csv")])
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no images found"):

@@ -31,6 +31,7 @@ def test_image_folder_counts_and_skips(tmp_path) -> None:
     assert len(samples) == 9
     assert [s.label for s in samples] == [0] * 3 + [1] * 3 + [2] * 3
     assert len(ds.skipped) == 2 and {s.rsplit("/", 1)[-1] for s, _ in ds.skipped} == {"bad.png", "truncated.jpg"}
+    assert ds.skip_counts() == {"not_image": 1, "truncated": 1}  # training's reason names
     assert len(list(ds)) == 9 and len(ds.skipped) == 2  # a second pass does not double-count
 
 
@@ -56,15 +57,18 @@ def test_csv_labels_by_name_and_index(tmp_path) -> None:
     samples = list(ds)
     assert len(samples) == 9 and len(ds.skipped) == 2
     assert [s.label for s in samples[:3]] == [2, 2, 2]  # "red" is class 2 of the sorted names
-    (tmp_path / "by_index.csv").write_text("path,y\nred/0.png,1\ngreen/0.png,0\n")
+    (tmp_path / "by_index.csv").write_text("filepath,y\nred/0.png,1\ngreen/0.png,0\n")  # training's default column
     ds = CsvDataset(tmp_path / "by_index.csv", label_col="y", classes=["green", "red"])
     assert [s.label for s in ds] == [1, 0]
 
 
 def test_csv_unknown_column_names_the_columns(tmp_path) -> None:
     (tmp_path / "a.csv").write_text("path,label\nx.png,0\n")
-    with pytest.raises(ValueError, match=r"unknown column 'caption'.*\['path', 'label'\]"):
-        CsvDataset(tmp_path / "a.csv", caption_col="caption")
+    with pytest.raises(ValueError, match=r"has no column\(s\) \['caption'\]; its columns: \['path', 'label'\] "
+                                         r"\(set --image-key / --caption-key\)"):
+        CsvDataset(tmp_path / "a.csv", image_col="path", caption_col="caption")
+    with pytest.raises(ValueError, match=r"has no column\(s\) \['filepath'\]"):  # the default image column
+        CsvDataset(tmp_path / "a.csv", label_col="label")
     with pytest.raises(FileNotFoundError):
         CsvDataset(tmp_path / "b.csv", label_col="label")
 
@@ -113,7 +117,7 @@ def test_wds_classification_layout(tmp_path) -> None:
     assert isinstance(ds, WdsBenchmark)
     assert ds.classes == list(COLOURS) and ds.templates == ["a photo of a {c}.", "art of the {c}."]
     samples = list(ds)
-    assert len(samples) == 8 and len(ds.skipped) == 2
+    assert len(samples) == 8 and len(ds.skipped) == 2 and ds.skip_counts() == {"not_image": 2}
     assert all(COLOURS[s.label] == _dominant(s.image) for s in samples)
 
 
@@ -134,7 +138,7 @@ def test_wds_truncated_shard_is_counted_not_fatal(tmp_path) -> None:
     ds = WdsBenchmark(_wds(tmp_path / "wds", truncate_last=True))
     samples = list(ds)
     assert 4 <= len(samples) < 6  # shard 0 whole, shard 1 up to the damage
-    assert any("1.tar" in s and "Error" in r for s, r in ds.skipped)
+    assert any("1.tar" in s and r.startswith("shard_errors: ") and "Error" in r for s, r in ds.skipped)
 
 
 def test_wds_missing_shard_listed_in_nshards(tmp_path) -> None:

@@ -6,14 +6,21 @@ Example::
 
 Each label goes through the prompt template(s) (default ``"a photo of a {}."``; give ``--template`` again
 for an ensemble); the probabilities are a softmax of the model's scaled cosine similarities.
+
+Images decode as in training and evaluation (``clipforge.data.decode``): transparent ones are composited on
+white unless ``--alpha drop``; one outside the size limits (a decompression bomb, a 1-pixel-high banner) or
+unreadable is reported as skipped with the reason, and when no image can be read that is the error.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+from collections import Counter
 from pathlib import Path
 
 from clipforge.cli.eval import load_eval_model
+from clipforge.data.decode import ALPHA_RULES
 
 DEFAULT_TEMPLATE = "a photo of a {}."
 
@@ -32,6 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, default=5, help="labels shown per image (default: 5)")
     p.add_argument("--batch-size", type=int, default=32, help="images per batch (default: 32)")
     p.add_argument("--device", default=None, help="cpu, cuda … (default: cuda if available)")
+    p.add_argument("--alpha", choices=ALPHA_RULES, default="white",
+                   help="transparent images: composite on white (default), or drop the alpha channel "
+                        "(OpenAI's convert('RGB'))")
     p.set_defaults(func=classify)
 
 
@@ -54,18 +64,19 @@ def parse_labels(labels: str | None, labels_file: str | None) -> list[str]:
 
 
 def collect_images(paths: list[str]) -> list[Path]:
-    """Files as given, and the images inside folders (sorted).
+    """Files as given, and the images inside folders (recursively, sorted, hidden files skipped).
 
     Raises:
         FileNotFoundError: When a path does not exist.
         ValueError: When no image is found.
     """
-    from clipforge.eval.datasets import IMAGE_SUFFIXES
+    from clipforge.data.folders import CLASS_EXTENSIONS, list_images
 
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            files.extend(sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()))
+            with contextlib.suppress(FileNotFoundError):  # a folder without images: an error only if all are
+                files.extend(list_images(p, CLASS_EXTENSIONS))
         elif p.is_file():
             files.append(p)
         else:
@@ -79,7 +90,7 @@ def classify(args: argparse.Namespace) -> int:
     """Prints, for every image, the top-k labels with their probabilities."""
     import torch
 
-    from clipforge.eval.datasets import EvalDataset
+    from clipforge.data.decode import BadSample, DecodeLimits, read_image
     from clipforge.eval.zeroshot import build_classifier
 
     labels = parse_labels(args.labels, args.labels_file)
@@ -89,13 +100,16 @@ def classify(args: argparse.Namespace) -> int:
         raise ValueError(f"--top-k must be at least 1, got {args.top_k}")
     model, _, _ = load_eval_model(args.model, args.device)
     weights = build_classifier(model, labels, templates, use_cache=False)  # (D, L)
-    decoder = EvalDataset()
+    limits = DecodeLimits(alpha=args.alpha)
     k = min(args.top_k, len(labels))
-    n_read = 0
+    n_read, skipped = 0, []
     for start in range(0, len(files), args.batch_size):
-        batch = files[start:start + args.batch_size]
-        images = [decoder.decode(f, str(f)) for f in batch]
-        good = [(f, im) for f, im in zip(batch, images) if im is not None]
+        good, bad = [], []
+        for f in files[start:start + args.batch_size]:
+            try:
+                good.append((f, read_image(f, limits)))
+            except BadSample as e:
+                bad.append((f, e))
         n_read += len(good)
         if good:
             x = torch.stack([model.transform(im) for _, im in good])
@@ -105,9 +119,12 @@ def classify(args: argparse.Namespace) -> int:
                 print(f)
                 for prob, idx in zip(p, i):
                     print(f"  {prob:7.2%}  {labels[idx]}")
-        for source, reason in decoder.skipped:
-            print(f"{source}\n  skipped: {reason}")
-        decoder.skipped.clear()
+        for f, e in bad:
+            print(f"{f}\n  skipped: {e}")
+        skipped += bad
     if n_read == 0:
-        raise ValueError(f"none of the {len(files)} image(s) could be read")
+        if len(files) == 1:
+            raise ValueError(f"cannot read {files[0]}: {skipped[0][1]}")
+        reasons = ", ".join(f"{reason}: {n}" for reason, n in Counter(e.reason for _, e in skipped).items())
+        raise ValueError(f"none of the {len(files)} images could be read ({reasons})")
     return 0

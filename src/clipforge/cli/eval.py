@@ -4,11 +4,16 @@ Examples::
 
     clipforge eval zeroshot --model runs/x/final --data data/cifar10_wds --output results/cifar10.json
     clipforge eval zeroshot --model runs/x/final --data photos/ --classnames imagenet --templates imagenet
-    clipforge eval retrieval --model runs/x/final --data flickr_test.tsv --caption-col caption --output r.json
+    clipforge eval retrieval --model runs/x/final --data flickr_test.tsv --caption-key caption --output r.json
     clipforge eval linear-probe --model runs/x/final --train-data train/ --data test/ --k-shot 16
+    clipforge eval zeroshot --model openai.pt --data imagenet_val/ --alpha drop   # OpenAI's convert("RGB")
 
-``--data`` is an image folder (one sub-folder per class), a CSV/TSV file, or a folder in CLIP_benchmark's
-webdataset layout (``classnames.txt``, ``zeroshot_classification_templates.txt``, ``test/*.tar``).
+``--data`` is an image folder (one sub-folder per class), a table (CSV/TSV/parquet), or a folder in
+CLIP_benchmark's webdataset layout (``classnames.txt``, ``zeroshot_classification_templates.txt``,
+``test/*.tar``). A table's columns default to training's: ``filepath``, ``label``, ``caption``
+(``--image-key``, ``--label-key``, ``--caption-key``; the older spellings ``--image-col``, ``--label-col``,
+``--caption-col`` still work). Images decode as in training (``clipforge.data.decode``): transparent ones
+are composited on white unless ``--alpha drop``, and images outside the size limits are skipped and counted.
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from clipforge.data.decode import ALPHA_RULES
+from clipforge.data.tables import CAPTION_KEY, IMAGE_KEY
+
 DEFAULT_TEMPLATES = "imagenet"
 
 
@@ -32,7 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     zs = tasks.add_parser("zeroshot", help="zero-shot classification (top-1, top-5, mean per-class recall)")
     _common(zs)
-    zs.add_argument("--label-col", default=None, help="CSV column of labels (index or class name; default: label)")
+    zs.add_argument("--label-key", "--label-col", dest="label_key", default=None,
+                    help="table column of labels (index or class name; default: label)")
     zs.add_argument("--classnames", default=None,
                     help="class names: imagenet, cifar10, cifar100, or a .txt/.json file (default: the dataset's)")
     zs.add_argument("--templates", default=None,
@@ -45,7 +54,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     rt = tasks.add_parser("retrieval", help="image↔text retrieval Recall@K")
     _common(rt)
-    rt.add_argument("--caption-col", default="caption", help="CSV column of captions (default: caption)")
+    rt.add_argument("--caption-key", "--caption-col", dest="caption_key", default=CAPTION_KEY,
+                    help=f"table column of captions (default: {CAPTION_KEY})")
     rt.add_argument("--recall-k", default="1,5,10", help="comma-separated K values (default: 1,5,10)")
     rt.add_argument("--chunk", type=int, default=4096, help="block side of the streamed ranking (default: 4096)")
     rt.set_defaults(func=run_retrieval)
@@ -54,7 +64,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     _common(lp)
     lp.add_argument("--train-data", required=True, help="training set (same layouts as --data)")
     lp.add_argument("--train-split", default="train", help="shard sub-folder of a webdataset --train-data")
-    lp.add_argument("--label-col", default=None, help="CSV column of labels (default: label)")
+    lp.add_argument("--label-key", "--label-col", dest="label_key", default=None,
+                    help="table column of labels (default: label)")
     lp.add_argument("--backend", choices=("torch", "sklearn"), default="torch", help="solver (default: torch)")
     lp.add_argument("--k-shot", type=int, default=None, help="few-shot: k training images per class")
     lp.add_argument("--C", type=float, default=None, help="inverse L2 strength; skips the validation sweep")
@@ -67,11 +78,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="a saved model directory / checkpoint, or a preset name (random)")
-    p.add_argument("--data", required=True, help="image folder, CSV/TSV file, or CLIP_benchmark webdataset folder")
+    p.add_argument("--data", required=True,
+                   help="image folder, table (CSV/TSV/parquet), or CLIP_benchmark webdataset folder")
     p.add_argument("--output", default=None, help="result JSON path (CLIP_benchmark format)")
     p.add_argument("--dataset-name", default=None, help="name written to the results (default: the data path)")
     p.add_argument("--split", default="test", help="shard sub-folder of a webdataset --data (default: test)")
-    p.add_argument("--image-col", default="path", help="CSV column of image paths (default: path)")
+    p.add_argument("--image-key", "--image-col", dest="image_key", default=IMAGE_KEY,
+                   help=f"table column of image paths (default: {IMAGE_KEY})")
+    p.add_argument("--image-root", default=None, help="folder a table's image paths are relative to "
+                                                      "(default: the table's folder)")
+    p.add_argument("--alpha", choices=ALPHA_RULES, default="white",
+                   help="transparent images: composite on white (default), or drop the alpha channel "
+                        "(OpenAI's convert('RGB'), for reproducing published evaluations)")
     p.add_argument("--language", default="en", help="language recorded in the results (default: en)")
     p.add_argument("--batch-size", type=int, default=64, help="images per batch (default: 64)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda if available)")
@@ -87,16 +105,16 @@ def load_eval_model(spec: str, device: str | None = None) -> tuple[Any, str, str
     """
     import torch
 
-    import clipforge
+    from clipforge.api import create_model_and_transforms, get_text_processor, list_models, load
     from clipforge.eval.adapter import EvalModel, describe
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if os.path.exists(spec):
-        model, transform, processor = clipforge.load(spec, device=device)
+        model, transform, processor = load(spec, device=device)
         pretrained = str(spec)
-    elif spec in clipforge.list_models():
-        model, _, transform = clipforge.create_model_and_transforms(spec, device=device)
-        processor = clipforge.get_text_processor(model)
+    elif spec in list_models():
+        model, _, transform = create_model_and_transforms(spec, device=device)
+        processor = get_text_processor(model)
         pretrained = "random"
         print(f"note: {spec!r} is a preset name; evaluating randomly initialised weights", file=sys.stderr)
     else:
@@ -117,6 +135,15 @@ def _cache_root(args: argparse.Namespace) -> Path:
     return Path(args.cache_dir) if args.cache_dir else default_cache_dir().parent
 
 
+def _open(args: argparse.Namespace, data: str, split: str, **kwargs: Any) -> Any:
+    """``--data`` (or ``--train-data``) opened with the table, root and decoding flags."""
+    from clipforge.data.decode import DecodeLimits
+    from clipforge.eval.datasets import open_dataset
+
+    return open_dataset(data, image_col=args.image_key, split=split, image_root=args.image_root,
+                        limits=DecodeLimits(alpha=args.alpha), **kwargs)
+
+
 def _finish(args: argparse.Namespace, record: dict[str, Any]) -> None:
     from clipforge.eval.results import write_results
 
@@ -130,14 +157,13 @@ def _finish(args: argparse.Namespace, record: dict[str, Any]) -> None:
 
 def run_zeroshot(args: argparse.Namespace) -> int:
     """Zero-shot classification of ``--data``; writes the results and a confusion-matrix PNG."""
-    from clipforge.eval.datasets import ImageFolder, open_dataset
+    from clipforge.eval.datasets import ImageFolder
     from clipforge.eval.prompts import load_classnames, load_templates
     from clipforge.eval.results import result_record
     from clipforge.eval.zeroshot import evaluate_zeroshot, plot_confusion
 
     classnames = load_classnames(args.classnames) if args.classnames else None
-    dataset = open_dataset(args.data, image_col=args.image_col, label_col=args.label_col, classes=classnames,
-                           split=args.split)
+    dataset = _open(args, args.data, args.split, label_col=args.label_key, classes=classnames)
     if classnames is None:
         if not dataset.classes:
             raise ValueError(f"{args.data}: no class names; pass --classnames")
@@ -165,7 +191,6 @@ def run_zeroshot(args: argparse.Namespace) -> int:
 
 def run_retrieval(args: argparse.Namespace) -> int:
     """Image↔text Recall@K on a captioned ``--data``."""
-    from clipforge.eval.datasets import open_dataset
     from clipforge.eval.results import result_record
     from clipforge.eval.retrieval import evaluate_retrieval
 
@@ -173,8 +198,7 @@ def run_retrieval(args: argparse.Namespace) -> int:
         ks = tuple(int(k) for k in args.recall_k.split(","))
     except ValueError:
         raise ValueError(f"--recall-k: expected comma-separated integers, got {args.recall_k!r}") from None
-    dataset = open_dataset(args.data, image_col=args.image_col, caption_col=args.caption_col, split=args.split,
-                           task="retrieval")
+    dataset = _open(args, args.data, args.split, caption_col=args.caption_key, task="retrieval")
     model, name, pretrained = load_eval_model(args.model, args.device)
     result = evaluate_retrieval(model, dataset, args.batch_size, ks, args.chunk, progress=not args.no_progress)
     record = result_record(args.dataset_name or str(args.data), name, pretrained, "zeroshot_retrieval",
@@ -190,20 +214,18 @@ def _feature_cache(args: argparse.Namespace, model: Any, dataset: Any, data: str
     root = Path(args.feature_cache) if args.feature_cache else _cache_root(args) / "features"
     # The same data read the same way shares a cache file (a folder used as train and test is embedded once).
     split = split if isinstance(dataset, WdsBenchmark) else ""
-    ident = f"{os.path.abspath(data)}|{split}|{args.image_col}|{args.label_col}|{os.stat(data).st_mtime_ns}"
+    ident = (f"{os.path.abspath(data)}|{split}|{args.image_key}|{args.label_key}|{args.image_root}|alpha={args.alpha}"
+             f"|{os.stat(data).st_mtime_ns}")
     return root / f"{model.fingerprint()}-{hashlib.sha256(ident.encode()).hexdigest()[:16]}.npz"
 
 
 def run_linear_probe(args: argparse.Namespace) -> int:
     """Linear probe: features of ``--train-data`` and ``--data`` (cached), C swept on a validation split."""
-    from clipforge.eval.datasets import open_dataset
     from clipforge.eval.linear_probe import extract_features, linear_probe
     from clipforge.eval.results import result_record
 
-    train_ds = open_dataset(args.train_data, image_col=args.image_col, label_col=args.label_col,
-                            split=args.train_split)
-    test_ds = open_dataset(args.data, image_col=args.image_col, label_col=args.label_col, split=args.split,
-                           classes=train_ds.classes)
+    train_ds = _open(args, args.train_data, args.train_split, label_col=args.label_key)
+    test_ds = _open(args, args.data, args.split, label_col=args.label_key, classes=train_ds.classes)
     if train_ds.classes and test_ds.classes and train_ds.classes != test_ds.classes:
         raise ValueError(f"the classes of {args.train_data} and {args.data} differ "
                          f"({len(train_ds.classes)} vs {len(test_ds.classes)}); labels would not line up")

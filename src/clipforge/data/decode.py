@@ -123,7 +123,7 @@ def open_image(data: bytes, limits: DecodeLimits) -> Image.Image:
     except UnidentifiedImageError:
         raise BadSample("not_image", f"{len(data)} bytes of no known image format") from None
     except (OSError, ValueError, SyntaxError, struct.error, EOFError) as e:
-        raise BadSample("corrupt", f"{type(e).__name__}: {e}") from None
+        raise _failure(e) from None
     check_size(*image.size, limits)
     return image
 
@@ -153,10 +153,16 @@ def decode_image(data: bytes, limits: DecodeLimits, min_size: int | None = None)
         image = _reduce(image, min_size) if min_size is not None else image
         return image if image.mode == "RGB" else to_rgb(image, limits.alpha)
     except OSError as e:
-        reason = "truncated" if "truncated" in str(e) or "end of file" in str(e).lower() else "corrupt"
-        raise BadSample(reason, f"{type(e).__name__}: {e}") from None
+        raise _failure(e) from None
     except (ValueError, SyntaxError, EOFError, IndexError, struct.error, Image.DecompressionBombError) as e:
         raise BadSample("corrupt", f"{type(e).__name__}: {e}") from None
+
+
+def _failure(error: Exception) -> BadSample:
+    """``truncated`` when PIL's message says the data ended early, else ``corrupt``."""
+    message = str(error).lower()
+    cut_short = isinstance(error, OSError | EOFError) and ("truncated" in message or "end of file" in message)
+    return BadSample("truncated" if cut_short else "corrupt", f"{type(error).__name__}: {error}")
 
 
 def _reduce(image: Image.Image, min_size: int) -> Image.Image:

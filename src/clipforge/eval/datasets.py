@@ -1,14 +1,20 @@
-"""Evaluation datasets, streamed: an image folder, a CSV/TSV file, or CLIP_benchmark's webdataset layout.
+"""Evaluation datasets, streamed: a folder of class folders, a table (CSV/TSV/parquet), or CLIP_benchmark's
+webdataset layout.
 
-Each dataset is an iterable of :class:`Sample` (a decoded RGB image with a label or captions) that reads
-one image at a time, so a dataset never has to fit in memory. Images that fail to decode are skipped and
-recorded in ``dataset.skipped`` (``(source, reason)``), which every evaluation reports.
+Each dataset is an iterable of :class:`Sample` (a decoded RGB image with a label or captions) that reads one
+image at a time, so a dataset never has to fit in memory. The images come from ``clipforge.data``'s readers
+(``build_source``): the decoder, size limits and alpha rule of training (``DecodeLimits``; ``alpha="drop"``
+reproduces OpenAI's ``convert("RGB")``). A bad sample is skipped and recorded in ``dataset.skipped`` as
+``(source, "reason: detail")`` with the reasons of ``clipforge.data.decode`` (``not_image``, ``bad_size``,
+``no_caption``, ...; a damaged shard is ``shard_errors``), which every evaluation reports.
 
 Layouts:
 
 - **Image folder**: ``root/<class>/<image>``; classes are the sub-folder names, sorted.
-- **CSV/TSV**: a header row; an image column (paths relative to the file) and a label column (a class
-  index, or a class name) or a caption column (several rows of one image give it several captions).
+- **Table** (CSV/TSV with a header row, or parquet): an image column (default ``filepath``; paths relative to
+  the file, or to ``image_root``) and a label column (default ``label``; a class index or a class name) or a
+  caption column (default ``caption``; several rows of one image give it several captions). The defaults are
+  training's (``clipforge.data.tables``).
 - **CLIP_benchmark webdataset** (``clip_benchmark/datasets/builder.py::build_wds_dataset``)::
 
       root/classnames.txt                       one class name a line (classification)
@@ -20,23 +26,28 @@ Layouts:
 
 from __future__ import annotations
 
-import csv
-import io
 import os
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
 
-from clipforge.data.webdataset import ShardStats, expand_shards, iter_tar_samples
+from clipforge.data import build_source, check_source, source_config, source_kind
+from clipforge.data.config import FolderDataConfig, ShardsDataConfig
+from clipforge.data.decode import BadSample, DecodeLimits, broken_or, decode_text, sample_image_bytes
+from clipforge.data.folders import CLASS_EXTENSIONS
+from clipforge.data.tables import CAPTION_KEY, FORMATS, IMAGE_KEY, LABEL_KEY, table_format
+from clipforge.data.webdataset import ShardStats, expand_shards
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+IMAGE_SUFFIXES = CLASS_EXTENSIONS
 WDS_IMAGE_FIELDS = ("webp", "png", "jpg", "jpeg", "0.webp")
-
-# What PIL raises on truncated, corrupt or hostile files.
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError)
+# How ``clipforge eval`` names the data fields in its messages (the train config says ``data.image_key``).
+FLAG_NAMES = {"": "--data", "path": "--data", "image_key": "--image-key", "caption_key": "--caption-key",
+              "label_key": "--label-key", "image_root": "--image-root"}
 
 
 @dataclass
@@ -51,7 +62,7 @@ class Sample:
 
 @dataclass
 class EvalDataset:
-    """Common state of the readers below: class names, templates, and the record of skipped images."""
+    """Common state of the readers below: class names, templates, and the record of skipped samples."""
 
     classes: list[str] | None = None
     templates: list[str] | None = None
@@ -61,146 +72,154 @@ class EvalDataset:
     def __iter__(self) -> Iterator[Sample]:
         raise NotImplementedError
 
-    def decode(self, data: bytes | str | os.PathLike[str], source: str) -> Image.Image | None:
-        """Decodes an image file or bytes to RGB; on failure records ``source`` in ``skipped`` and returns None."""
-        try:
-            with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as im:
-                return im.convert("RGB")
-        except _DECODE_ERRORS as e:
-            self.skipped.append((source, f"{type(e).__name__}: {e}"))
-            return None
+    def skip(self, source: str, error: BadSample) -> None:
+        """Records a skipped sample as ``(source, "reason: detail")``."""
+        self.skipped.append((source, str(error)))
+
+    def skip_counts(self) -> Counter[str]:
+        """Skipped samples of the last pass by reason (the names of ``clipforge.data.decode``)."""
+        return Counter(reason.split(":", 1)[0] for _, reason in self.skipped)
 
 
 class ImageFolder(EvalDataset):
     """``root/<class>/<image>`` → labelled samples (classes: the sorted sub-folder names).
+
+    Args:
+        root: The folder of class folders.
+        limits: Image size limits and the alpha rule (``DecodeLimits()``: training's).
 
     Raises:
         FileNotFoundError: When ``root`` is missing.
         ValueError: When it has no class sub-folder or no image.
     """
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, limits: DecodeLimits | None = None):
         super().__init__()
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"image folder not found: {self.root}")
-        self.classes = sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
-        if not self.classes:
-            raise ValueError(f"{self.root}: no class sub-folders (expected {self.root}/<class>/<image>)")
-        if next(self._files(), None) is None:
-            raise ValueError(f"{self.root}: no images found (suffixes: {', '.join(IMAGE_SUFFIXES)})")
-
-    def _files(self) -> Iterator[tuple[Path, int]]:
-        for label, name in enumerate(self.classes):
-            for dirpath, dirnames, filenames in os.walk(self.root / name):
-                dirnames.sort()
-                for f in sorted(filenames):
-                    if f.lower().endswith(IMAGE_SUFFIXES) and not f.startswith("."):
-                        yield Path(dirpath) / f, label
+        config = FolderDataConfig(path=str(self.root), layout="classes", decode=limits or DecodeLimits())
+        self.source = build_source(config)
+        self.classes = list(self.source.classes)
 
     def __iter__(self) -> Iterator[Sample]:
         self.skipped.clear()
-        for path, label in self._files():
-            image = self.decode(path, str(path))
-            if image is not None:
-                yield Sample(image, label=label, source=str(path))
+        for i in range(len(self.source)):
+            try:
+                image, label = self.source[i]
+            except BadSample as e:
+                self.skip(self.source.source(i), e)
+                continue
+            yield Sample(image, label=label, source=self.source.source(i))
 
 
 class CsvDataset(EvalDataset):
-    """A CSV/TSV file of image paths with labels or captions, read row by row.
+    """A table (CSV, TSV or parquet) of images with labels or captions, read row by row.
 
     Args:
-        path: The file; ``.tsv`` (or ``.tab``) files are tab-separated, others comma-separated.
-        image_col: The column holding image paths (relative paths are taken from the file's folder,
-            or from ``image_root``).
+        path: The file; ``.tsv`` (or ``.tab``) files are tab-separated, ``.parquet`` files parquet, others CSV.
+        image_col: The column holding image paths (relative paths are taken from the file's folder, or from
+            ``image_root``).
         label_col: A column of class indices or class names (classification); exclusive with ``caption_col``.
         caption_col: A column of captions (retrieval); several rows of one image give it several captions.
         classes: Class names; a label that is a name is looked up here. When ``None`` and the labels are
             names, the classes are the sorted distinct names (one pass over the text, no image read).
         image_root: Folder that relative paths are resolved against.
+        limits: Image size limits and the alpha rule (``DecodeLimits()``: training's).
 
     Raises:
         FileNotFoundError: When the file is missing.
         ValueError: When a named column is not in the header (the message lists the columns).
     """
 
-    def __init__(self, path: str | Path, image_col: str = "path", label_col: str | None = None,
+    def __init__(self, path: str | Path, image_col: str = IMAGE_KEY, label_col: str | None = None,
                  caption_col: str | None = None, classes: list[str] | None = None,
-                 image_root: str | Path | None = None):
+                 image_root: str | Path | None = None, limits: DecodeLimits | None = None):
         super().__init__(classes=classes, task="retrieval" if caption_col else "classification")
         self.path = Path(path)
         if not self.path.is_file():
-            raise FileNotFoundError(f"CSV file not found: {self.path}")
+            raise FileNotFoundError(f"table not found: {self.path}")
         if (label_col is None) == (caption_col is None):
             raise ValueError("give exactly one of a label column or a caption column")
-        self.delimiter = "\t" if self.path.suffix.lower() in (".tsv", ".tab") else ","
-        self.image_col, self.label_col, self.caption_col = image_col, label_col, caption_col
-        self.image_root = Path(image_root) if image_root is not None else self.path.parent
-        with self._open() as f:
-            header = next(csv.reader(f, delimiter=self.delimiter), None)
-        if not header:
-            raise ValueError(f"{self.path}: empty file (expected a header row)")
-        for col in (image_col, label_col or caption_col):
-            if col not in header:
-                raise ValueError(f"{self.path}: unknown column {col!r}; the columns are {header}")
+        config = source_config(str(self.path), table_format(self.path), image_key=image_col,
+                               caption_key=caption_col or CAPTION_KEY, label_key=label_col or "",
+                               image_root=str(image_root or ""), decode=limits or DecodeLimits())
+        check_source(config, FLAG_NAMES)
+        self.table = build_source(config)
         if label_col is not None and self.classes is None:
             self.classes = self._infer_classes()
 
-    def _open(self) -> io.TextIOWrapper:
-        return open(self.path, newline="", encoding="utf-8")
-
-    def _rows(self) -> Iterator[dict[str, str]]:
-        with self._open() as f:
-            yield from csv.DictReader(f, delimiter=self.delimiter)
+    def _where(self, i: int) -> str:
+        return f"{self.path}:{i + 2}" if self.table.fmt != "parquet" else f"{self.path}: row {i}"
 
     def _infer_classes(self) -> list[str]:
-        values = {row[self.label_col].strip() for row in self._rows()}
+        values = {str(v).strip() for _, v in self.table.rows if v is not None and str(v).strip()}
         if not values:
             raise ValueError(f"{self.path}: no rows")
         if all(v.lstrip("-").isdigit() for v in values):
             return [str(i) for i in range(max(int(v) for v in values) + 1)]
         return sorted(values)
 
-    def _label(self, value: str, line: int) -> int:
-        value = value.strip()
+    def _label(self, i: int) -> int:
+        """Row ``i``'s class index.
+
+        Raises:
+            BadSample: ``no_caption`` (an empty label cell).
+            ValueError: A label outside the classes (the dataset does not fit them: not a sample to skip).
+        """
         assert self.classes is not None
+        value = self.table.rows[i][1]
+        value = "" if value is None else str(value).strip()
+        if not value:
+            raise BadSample("no_caption", f"{self._where(i)}: no label")
         if value.lstrip("-").isdigit():
             label = int(value)
             if not 0 <= label < len(self.classes):
-                raise ValueError(f"{self.path}:{line}: label {label} outside 0..{len(self.classes) - 1}")
+                raise ValueError(f"{self._where(i)}: label {label} outside 0..{len(self.classes) - 1}")
             return label
         try:
             return self.classes.index(value)
         except ValueError:
-            raise ValueError(f"{self.path}:{line}: unknown class name {value!r}") from None
+            raise ValueError(f"{self._where(i)}: unknown class name {value!r}") from None
 
     def __iter__(self) -> Iterator[Sample]:
         self.skipped.clear()
-        if self.label_col is not None:
-            for line, row in enumerate(self._rows(), start=2):
-                label = self._label(row[self.label_col], line)
-                image = self._load(row[self.image_col])
-                if image is not None:
-                    yield Sample(image, label=label, source=row[self.image_col])
+        if self.task == "classification":
+            for i in range(len(self.table)):
+                try:
+                    label = self._label(i)
+                    image = self.table.image(i)
+                except BadSample as e:
+                    self.skip(self.table.source(i), e)
+                    continue
+                yield Sample(image, label=label, source=self.table.source(i))
             return
         # Captions are grouped by image over the whole file (text only; images are still read one by one).
-        groups: dict[str, list[str]] = {}
-        for row in self._rows():
-            groups.setdefault(row[self.image_col], []).append(row[self.caption_col])
-        for path, captions in groups.items():
-            yield from self._caption_sample(path, captions)
+        groups: dict[Any, list[int]] = {}
+        for i, (ref, _) in enumerate(self.table.rows):
+            groups.setdefault(ref if isinstance(ref, str) else i, []).append(i)
+        for rows in groups.values():
+            captions = [caption for i in rows for caption in self._captions(i)]
+            source = self.table.source(rows[0])
+            try:
+                if not captions:
+                    raise BadSample("no_caption", "no usable caption")
+                image = self.table.image(rows[0])
+            except BadSample as e:
+                self.skip(source, e)
+                continue
+            yield Sample(image, captions=captions, source=source)
 
-    def _caption_sample(self, path: str, captions: list[str]) -> Iterator[Sample]:
-        image = self._load(path)
-        if image is not None:
-            yield Sample(image, captions=captions, source=path)
-
-    def _load(self, path: str) -> Image.Image | None:
-        full = Path(path) if os.path.isabs(path) else self.image_root / path
-        if not full.is_file():
-            self.skipped.append((path, "file not found"))
-            return None
-        return self.decode(full, path)
+    def _captions(self, i: int) -> list[str]:
+        """The captions of row ``i``'s cell; a bad cell is recorded as skipped and gives none."""
+        try:
+            caption = self.table.rows[i][1]
+            if caption is None:
+                raise BadSample("no_caption", "empty cell")
+            return decode_text(caption)
+        except BadSample as e:
+            self.skip(self._where(i), e)
+            return []
 
 
 class WdsBenchmark(EvalDataset):
@@ -209,12 +228,13 @@ class WdsBenchmark(EvalDataset):
     Args:
         root: The dataset folder.
         split: The sub-folder holding the shards (``test`` or ``train``).
+        limits: Image size limits and the alpha rule (``DecodeLimits()``: training's).
 
     Raises:
         FileNotFoundError: When ``root`` or its shards are missing.
     """
 
-    def __init__(self, root: str | Path, split: str = "test"):
+    def __init__(self, root: str | Path, split: str = "test", limits: DecodeLimits | None = None):
         super().__init__()
         self.root = Path(root)
         if not self.root.is_dir():
@@ -238,50 +258,56 @@ class WdsBenchmark(EvalDataset):
         templates = self.root / "zeroshot_classification_templates.txt"
         if templates.is_file():
             self.templates = _lines(templates)
+        config = ShardsDataConfig(urls=(tuple(self.shards),), image_fields=WDS_IMAGE_FIELDS, caption_field="txt",
+                                  decode=limits or DecodeLimits())
+        self.source = build_source(config)
         self.stats = ShardStats()
 
     def __iter__(self) -> Iterator[Sample]:
         self.skipped.clear()
-        self.stats = ShardStats()
-        for sample in iter_tar_samples(self.shards, self.stats):
+        for sample in self.source:
             source = f"{sample['__url__']}:{sample['__key__']}"
-            field_ = next((f for f in WDS_IMAGE_FIELDS if f in sample), None)
-            if field_ is None:
-                self.skipped.append((source, "no image field"))
-                continue
             try:
                 label, captions = self._target(sample)
-            except (KeyError, ValueError, UnicodeDecodeError) as e:
-                self.skipped.append((source, f"bad target: {e}"))
+                image = self.source.decode(sample_image_bytes(sample, WDS_IMAGE_FIELDS))
+            except BadSample as e:
+                self.skip(source, broken_or(sample, e))
                 continue
-            image = self.decode(sample[field_], source)
-            if image is not None:
-                yield Sample(image, label=label, captions=captions, source=source)
-        self.skipped.extend((url, reason) for url, reason in self.stats.bad_shards)
+            yield Sample(image, label=label, captions=captions, source=source)
+        self.stats = self.source.stats
+        self.skipped.extend((url, f"shard_errors: {reason}") for url, reason in self.stats.bad_shards)
 
     def _target(self, sample: dict[str, object]) -> tuple[int | None, list[str] | None]:
+        """The sample's class (``cls``) or captions (``txt``).
+
+        Raises:
+            BadSample: ``no_caption`` (neither field, or a blank one) or ``bad_text`` (not UTF-8, not an integer).
+        """
         if "cls" in sample:
-            return int(bytes(sample["cls"]).decode().strip()), None
+            value = decode_text(sample["cls"])[0]  # type: ignore[arg-type]
+            try:
+                return int(value), None
+            except ValueError:
+                raise BadSample("bad_text", f"cls {value!r} is not an integer") from None
         if "txt" in sample:
-            captions = [c.strip() for c in bytes(sample["txt"]).decode("utf-8").splitlines() if c.strip()]
-            if not captions:
-                raise ValueError("empty caption")
-            return None, captions
-        raise KeyError("no 'cls' or 'txt' field")
+            return None, decode_text(sample["txt"])  # type: ignore[arg-type]
+        raise BadSample("no_caption", "no 'cls' or 'txt' field")
 
 
 def _lines(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def open_dataset(path: str | Path, *, image_col: str = "path", label_col: str | None = None,
+def open_dataset(path: str | Path, *, image_col: str = IMAGE_KEY, label_col: str | None = None,
                  caption_col: str | None = None, classes: list[str] | None = None, split: str = "test",
-                 task: str = "classification") -> EvalDataset:
+                 task: str = "classification", image_root: str | Path | None = None,
+                 limits: DecodeLimits | None = None) -> EvalDataset:
     """Opens ``path`` as whichever layout it is.
 
     A folder with a ``split`` sub-folder of tars (or ``classnames.txt``) is a CLIP_benchmark webdataset;
-    another folder is an image folder; a ``.csv`` / ``.tsv`` file is a CSV dataset (``label_col`` defaults
-    to ``label`` for classification, ``caption_col`` to ``caption`` for retrieval).
+    otherwise the kind is ``clipforge.data.source_kind``'s: another folder is an image folder (one sub-folder
+    per class), a table file a :class:`CsvDataset` (``label_col`` defaults to ``label`` for classification,
+    ``caption_col`` to ``caption`` for retrieval).
 
     Raises:
         FileNotFoundError: When ``path`` does not exist.
@@ -290,15 +316,19 @@ def open_dataset(path: str | Path, *, image_col: str = "path", label_col: str | 
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"dataset not found: {path}")
-    if path.is_dir():
-        if (path / "classnames.txt").is_file() or ((path / split).is_dir() and any((path / split).glob("*.tar"))):
-            return WdsBenchmark(path, split)
-        return ImageFolder(path)
-    if path.suffix.lower() in (".csv", ".tsv", ".tab", ".txt"):
+    if path.is_dir() and ((path / "classnames.txt").is_file() or
+                          ((path / split).is_dir() and any((path / split).glob("*.tar")))):
+        return WdsBenchmark(path, split, limits)
+    kind = source_kind(str(path))
+    if kind == "folder":
+        return ImageFolder(path, limits)
+    if kind in FORMATS:
         if task == "retrieval":
-            return CsvDataset(path, image_col, caption_col=caption_col or "caption", classes=classes)
-        return CsvDataset(path, image_col, label_col=label_col or "label", classes=classes)
-    raise ValueError(f"{path}: not a folder, .csv or .tsv file")
+            return CsvDataset(path, image_col, caption_col=caption_col or CAPTION_KEY, classes=classes,
+                              image_root=image_root, limits=limits)
+        return CsvDataset(path, image_col, label_col=label_col or LABEL_KEY, classes=classes, image_root=image_root,
+                          limits=limits)
+    raise ValueError(f"{path}: tar shards outside CLIP_benchmark's layout (expected {path}/{split}/*.tar)")
 
 
 def iter_batches(samples: Iterable[Sample], transform: Callable[[Image.Image], torch.Tensor],
