@@ -56,6 +56,7 @@ def test_table_to_shards_counts_skips_and_resizes(tmp_path, capsys):
     assert [s["__key__"] for s in samples] == ["000000", "000001", "000002", "000003", "000010", "000011"]
     metas = [json.loads(s["json"]) for s in samples]
     assert [(m["width"], m["height"], m["original_width"]) for m in metas] == [(24, 29, 40)] * GOOD
+    assert [m["source"] for m in metas] == [f"{path}:{i}" for i in range(GOOD)]  # the table and its row
     assert "skipped 4" in capsys.readouterr().out
 
 
@@ -87,9 +88,22 @@ def test_folder_to_shards_keeps_original_bytes(tmp_path):
     (["data", "shards", "synthetic", "OUT", "--shard-size", "0"], "--shard-size and --workers must be positive"),
     (["data", "shards", "synthetic", "OUT", "--max-pixels", "0"], "max_pixels and min_side must be positive"),
     (["data", "stats", "no/{0..2}.tar"], "no tar shards found"),
+    (["data", "shards", "TABLE", "OUT", "--image-key", "path"],
+     "SRC: TABLE has no column(s) ['path', 'caption']; its columns: ['id', 'img', 'text'] "
+     "(set --image-key / --caption-key)"),
+    (["data", "shards", "TABLE", "OUT", "--from", "folder"], "SRC: a folder data source needs an existing folder"),
+    (["data", "shards", "SHARDS", "OUT"], "is tar shards already"),
+    (["data", "shards", "NOTES", "OUT"], "not a folder, a table (.csv, .txt, .tsv, .tab, .parquet, .pq) or a .tar"),
 ])
 def test_cli_errors_are_one_line(tmp_path, capsys, args, message):
-    args = [a.replace("OUT", str(tmp_path / "out")) for a in args]
+    from helpers.shards import write_good_shards
+
+    table, notes = write_table(tmp_path), tmp_path / "notes.json"
+    notes.write_text("{}")
+    write_good_shards(tmp_path / "shards", 1, 1)
+    paths = {"OUT": tmp_path / "out", "TABLE": table, "SHARDS": tmp_path / "shards", "NOTES": notes}
+    args = [str(paths.get(a, a)) for a in args]
+    message = message.replace("TABLE", str(table))
     assert main(args) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and err.startswith(f"clipforge {args[0]}: error:")

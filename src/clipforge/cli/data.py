@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any
 
 SOURCES = ("auto", "csv", "tsv", "parquet", "folder", "synthetic")
+# How this command names the data fields in its messages (the train config says ``data.image_key``).
+NAMES = {"": "SRC", "path": "SRC", "image_key": "--image-key", "caption_key": "--caption-key",
+         "image_root": "--image-root"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,7 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("src", metavar="SRC", help="a .csv/.tsv/.parquet table, a folder of images + .txt, or 'synthetic'")
     s.add_argument("out", metavar="OUT", help="output folder (gets 00000.tar, ... and stats.json)")
     s.add_argument("--shard-size", type=int, default=10_000, help="samples per shard (default: 10000)")
-    s.add_argument("--from", dest="kind", choices=SOURCES, default="auto", help="source kind (default: from SRC)")
+    s.add_argument("--from", dest="kind", choices=SOURCES, default="auto",
+                   help="source kind (default: from SRC, as clipforge.data.source_kind decides)")
     s.add_argument("--image-key", default="filepath", help="table column with the image path (default: filepath)")
     s.add_argument("--caption-key", default="caption", help="table column with the caption (default: caption)")
     s.add_argument("--image-root", default="", help="folder the table's image paths are relative to")
@@ -46,26 +49,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=stats_command)
 
 
-def source_kind(src: str, kind: str) -> str:
-    """The source kind of ``src``: ``kind`` unless ``auto``, else from the path.
-
-    Raises:
-        FileNotFoundError: ``src`` does not exist (and is not ``synthetic``).
-    """
-    if kind != "auto":
-        return kind
-    if src == "synthetic":
-        return "synthetic"
-    path = Path(src)
-    if path.is_dir():
-        return "folder"
-    if not path.is_file():
-        raise FileNotFoundError(f"no such file or folder: {src}")
-    from clipforge.data.tables import table_format
-
-    return table_format(path)
-
-
 def _limits(max_pixels: int | None) -> Any:
     from clipforge.data.decode import DecodeLimits
 
@@ -74,22 +57,20 @@ def _limits(max_pixels: int | None) -> Any:
 
 def shards_command(args: argparse.Namespace) -> int:
     """Writes the shards and prints the stats summary."""
+    from clipforge.data import build_source, check_source, source_config
     from clipforge.data.writer import write_shards
 
-    kind = source_kind(args.src, args.kind)
     limits = _limits(args.max_pixels)
-    if kind == "synthetic":
+    config = source_config(args.src, args.kind, image_key=args.image_key, caption_key=args.caption_key,
+                           image_root=args.image_root, decode=limits)
+    if config.kind == "synthetic":
         load, count = _synthetic_loader(args), args.count
-    elif kind == "folder":
-        from clipforge.data.folders import FolderPairs
-
-        pairs = FolderPairs(args.src, limits)
-        load, count = (lambda i: (*pairs.raw(i), {"source": str(pairs.files[i])})), len(pairs)
+    elif config.kind == "shards":
+        raise ValueError(f"{args.src} is tar shards already; give a table, a folder or 'synthetic'")
     else:
-        from clipforge.data.tables import TablePairs
-
-        table = TablePairs(args.src, args.image_key, args.caption_key, args.image_root, kind, limits)
-        load, count = (lambda i: (*table.raw(i), {"source": f"{args.src}:{i}"})), len(table)
+        check_source(config, NAMES)
+        pairs = build_source(config)
+        load, count = (lambda i: (*pairs.raw(i), {"source": pairs.source(i)})), len(pairs)
     if count <= 0:
         raise ValueError(f"{args.src}: nothing to write")
     stats = write_shards(load, count, args.out, args.shard_size, limits, args.resize, source=args.src,

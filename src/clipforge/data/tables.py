@@ -119,9 +119,8 @@ class TablePairs(torch.utils.data.Dataset):
         return decode_image(self.image_bytes(i), self.limits, self.min_size)
 
     def source(self, i: int) -> str:
-        """Where row ``i``'s image comes from: its path cell, else ``table:row``."""
-        ref = self.rows[i][0]
-        return ref if isinstance(ref, str) and ref else f"{self.name}:{i}"
+        """Row ``i`` as ``table:row`` (rows counted from 0, the header aside)."""
+        return f"{self.name}:{i}"
 
     def image_bytes(self, i: int) -> bytes:
         """The encoded image row ``i`` refers to: a path (read from disk), bytes, or a ``{bytes, path}`` struct.

@@ -149,6 +149,11 @@ class CsvDataset(EvalDataset):
         if label_col is not None and self.classes is None:
             self.classes = self._infer_classes()
 
+    def _source(self, i: int) -> str:
+        """Row ``i``'s image as the table names it (its path cell), else ``table:row``."""
+        ref = self.table.rows[i][0]
+        return ref if isinstance(ref, str) and ref else self.table.source(i)
+
     def _where(self, i: int) -> str:
         return f"{self.path}:{i + 2}" if self.table.fmt != "parquet" else f"{self.path}: row {i}"
 
@@ -190,9 +195,9 @@ class CsvDataset(EvalDataset):
                     label = self._label(i)
                     image = self.table.image(i)
                 except BadSample as e:
-                    self.skip(self.table.source(i), e)
+                    self.skip(self._source(i), e)
                     continue
-                yield Sample(image, label=label, source=self.table.source(i))
+                yield Sample(image, label=label, source=self._source(i))
             return
         # Captions are grouped by image over the whole file (text only; images are still read one by one).
         groups: dict[Any, list[int]] = {}
@@ -200,7 +205,7 @@ class CsvDataset(EvalDataset):
             groups.setdefault(ref if isinstance(ref, str) else i, []).append(i)
         for rows in groups.values():
             captions = [caption for i in rows for caption in self._captions(i)]
-            source = self.table.source(rows[0])
+            source = self._source(rows[0])
             try:
                 if not captions:
                     raise BadSample("no_caption", "no usable caption")
