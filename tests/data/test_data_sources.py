@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 from collections import Counter
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 
 from clipforge.config import ConfigError
 from clipforge.data import build_source, check_source
+from clipforge.data.config import FolderDataConfig, ShardsDataConfig
 from clipforge.data.decode import BadSample
 from clipforge.data.folders import FolderPairs
 from clipforge.data.tables import TablePairs
@@ -227,3 +229,60 @@ def test_contrast_start_reaches_the_batches_from_the_config():
     data = build({"data": {"kind": "synthetic", "train_size": 64, "contrast_group": 4, "contrast_start": 5,
                            "augment": False}}, 8)
     assert data.batches.group_start == 5
+
+
+def test_source_kind_is_decided_in_one_place(tmp_path):
+    from clipforge.data import source_config, source_kind
+    from clipforge.data.config import FolderDataConfig, ShardsDataConfig, TSVDataConfig
+    from helpers.shards import write_good_shards
+
+    write_good_shards(tmp_path / "shards", 2, 1)
+    (tmp_path / "photos").mkdir()
+    for name in ("a.csv", "a.txt", "a.tsv", "a.tab", "a.parquet", "a.pq", "a.tar", "a.json"):
+        (tmp_path / name).write_text("")
+    kinds = {name: source_kind(str(tmp_path / name)) for name in ("a.csv", "a.txt", "a.tsv", "a.tab", "a.parquet",
+                                                                   "a.pq", "a.tar", "photos", "shards")}
+    assert kinds == {"a.csv": "csv", "a.txt": "csv", "a.tsv": "tsv", "a.tab": "tsv", "a.parquet": "parquet",
+                     "a.pq": "parquet", "a.tar": "shards", "photos": "folder", "shards": "shards"}
+    assert source_kind("synthetic") == "synthetic"
+    assert source_kind(f"{tmp_path}/shards/{{00000..00001}}.tar") == source_kind(f"{tmp_path}/x/*.tar") == "shards"
+    with pytest.raises(ValueError, match="a.json: not a folder, a table"):
+        source_kind(str(tmp_path / "a.json"))
+    with pytest.raises(FileNotFoundError, match="no such file or folder"):
+        source_kind(str(tmp_path / "missing.csv"))
+    # Fields the kind lacks (a command line's table flags for a folder) are left out; the path lands in its field.
+    fields = {"image_key": "img", "layout": "classes"}
+    assert source_config(str(tmp_path / "photos"), **fields) == FolderDataConfig(path=str(tmp_path / "photos"),
+                                                                                 layout="classes")
+    assert source_config(str(tmp_path / "a.tab"), **fields) == TSVDataConfig(path=str(tmp_path / "a.tab"),
+                                                                             image_key="img")
+    assert source_config(str(tmp_path / "shards"), **fields) == ShardsDataConfig(urls=str(tmp_path / "shards"))
+    assert source_config(str(tmp_path / "a.json"), "csv").kind == "csv"  # an explicit kind wins
+
+
+def test_build_source_gives_each_kind_its_reader(tmp_path):
+    from clipforge.data.folders import ClassFolder
+    from clipforge.data.shards import ShardSource
+    from helpers.shards import write_good_shards
+
+    table = write_table(tmp_path / "table")
+    (tmp_path / "classes/red").mkdir(parents=True)
+    (tmp_path / "classes/red/0.png").write_bytes(image_bytes(0, fmt="PNG"))
+    (tmp_path / "classes/red/0.txt").write_text("a sidecar caption")
+    shards = write_good_shards(tmp_path / "shards", 2, 3)
+    config = load_config(None, {"data.kind": "csv", "data.path": str(table), "data.image_key": "img",
+                                "data.caption_key": "text"}).data
+    rows = build_source(config, image_size=32)
+    assert isinstance(rows, TablePairs) and rows.min_size == 39 and len(rows) == len(ROWS)  # crops: decode larger
+    labels = build_source(dataclasses.replace(config, label_key="id", augment=False), image_size=32)
+    assert labels.min_size == 32 and labels[0][1] == "0"  # the label column in place of the caption
+    folder = build_source(FolderDataConfig(path=str(tmp_path / "classes")))
+    assert isinstance(folder, FolderPairs) and folder[0][1] == b"a sidecar caption" and folder.min_size is None
+    classes = build_source(FolderDataConfig(path=str(tmp_path / "classes"), layout="classes"))
+    assert isinstance(classes, ClassFolder) and classes.classes == ["red"] and classes[0][1] == 0
+    stream = build_source(ShardsDataConfig(urls=str(tmp_path / "shards")))
+    assert isinstance(stream, ShardSource) and stream.sources == [shards]
+    assert [s["__key__"] for s in stream] == ["000000", "000001", "000002", "001000", "001001", "001002"]
+    assert stream.stats.samples == 6
+    world = build_source(load_config(None, {"data.train_size": 16}).data, image_size=32)
+    assert len(world) == 16 and world[0][0].size == (32, 32)

@@ -104,3 +104,36 @@ def test_bad_input_gives_clear_errors(folder, tmp_path) -> None:
         run(["classify", str(tmp_path / "nope.png"), "--labels", "a,b", "--model", PRESET])
     with pytest.raises(ValueError, match="repeated label"):
         run(["classify", str(folder / "red"), "--labels", "a,a", "--model", PRESET])
+
+
+def test_table_flags_old_and_new_spellings(folder, tmp_path) -> None:
+    """``--image-key/--label-key/--caption-key`` (training's names) and the older ``--image-col/--label-col/
+    --caption-col`` set the same columns; the defaults are training's (filepath, label, caption)."""
+    rows = ["img,y,text"] + [f"{folder}/{c}/{i}.png,{c},a {c} square" for c in COLOURS for i in range(3)]
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    for spelling in ("key", "col"):
+        out = tmp_path / f"zs_{spelling}.json"
+        assert run(["eval", "zeroshot", "--model", PRESET, "--data", str(tmp_path / "t.csv"), f"--image-{spelling}",
+                    "img", f"--label-{spelling}", "y", "--output", str(out), "--cache-dir", str(tmp_path / "c"),
+                    "--no-progress", "--device", "cpu"]) == 0
+        assert json.loads(out.read_text())["data"]["n_samples"] == 9
+        out = tmp_path / f"rt_{spelling}.json"
+        assert run(["eval", "retrieval", "--model", PRESET, "--data", str(tmp_path / "t.csv"), f"--image-{spelling}",
+                    "img", f"--caption-{spelling}", "text", "--output", str(out), "--no-progress",
+                    "--device", "cpu"]) == 0
+        assert json.loads(out.read_text())["n_texts"] == 9
+    parser = argparse.ArgumentParser()
+    eval_cli.register(parser.add_subparsers())
+    args = parser.parse_args(["eval", "retrieval", "--model", "m", "--data", "d"])
+    assert (args.image_key, args.caption_key, args.alpha) == ("filepath", "caption", "white")
+
+
+def test_bad_captions_in_an_eval_table_are_counted_not_fatal(folder, tmp_path) -> None:
+    from clipforge.eval.datasets import CsvDataset
+
+    (tmp_path / "c.csv").write_bytes(f"filepath,caption\n{folder}/red/0.png,caf\xe9 rouge\n".encode("latin-1")
+                                     + f"{folder}/red/0.png,red\n{folder}/blue/0.png,\n".encode())
+    ds = CsvDataset(tmp_path / "c.csv", caption_col="caption")
+    samples = list(ds)
+    assert [s.captions for s in samples] == [["red"]]  # the latin-1 caption and the blank one are skipped
+    assert ds.skip_counts() == {"bad_text": 1, "no_caption": 2}  # two bad cells, and blue/0.png left without any
