@@ -5,6 +5,10 @@ convert to RGB, scale to [0, 1], normalise with the model's mean/std. The order 
 (``clip/clip.py::_transform``) so released checkpoints see exactly the pixels they were evaluated on;
 it equals torchvision's ``Resize(BICUBIC) + CenterCrop + ToTensor + Normalize`` on PIL images.
 Train: a random resized crop (scale 0.9–1.0 as OpenCLIP) in place of resize + centre crop.
+
+clipforge's readers hand these transforms RGB images already (``clipforge.data.decode``: transparency
+composited on white, or dropped with ``alpha="drop"``); an image given here in another mode is converted
+with PIL's ``convert("RGB")``, as OpenAI's preprocessing does (alpha dropped).
 Both transforms are picklable classes, so DataLoader workers can use them.
 """
 
