@@ -119,8 +119,8 @@ def classify(args: argparse.Namespace) -> int:
                 print(f)
                 for prob, idx in zip(p, i):
                     print(f"  {prob:7.2%}  {labels[idx]}")
-        for f, e in bad:
-            print(f"{f}\n  skipped: {e}")
+        for path, problem in bad:
+            print(f"{path}\n  skipped: {problem}")
         skipped += bad
     if n_read == 0:
         if len(files) == 1:

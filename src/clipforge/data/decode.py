@@ -248,7 +248,7 @@ def sample_image_bytes(sample: Mapping[str, object], fields: Sequence[str] = IMA
     """
     for name in fields:
         if name in sample:
-            return bytes(sample[name])  # type: ignore[arg-type]
+            return bytes(sample[name])  # type: ignore[call-overload]
     raise BadSample("no_image", f"none of the fields {list(fields)}")
 
 

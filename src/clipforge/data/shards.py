@@ -306,7 +306,7 @@ def inspect_shards(urls: SourceSpec, limits: DecodeLimits | None = None, image_f
     """
     limits, stats = limits or DecodeLimits(), ShardStats()
     shards = [path for source in parse_sources(urls) for path in source]
-    usable, skipped, rng = 0, Counter(), random.Random(0)
+    usable, skipped, rng = 0, Counter[str](), random.Random(0)
     for sample in tqdm(iter_tar_samples(shards, stats), desc="samples", disable=not progress, dynamic_ncols=True):
         try:
             decode_pair(sample, limits, None, rng, image_fields, caption_field)
