@@ -52,15 +52,16 @@ def source_kind(path: str) -> str:
     p = Path(path)
     if p.is_dir():
         return "shards" if any(f.is_file() for f in p.glob("*.tar")) else "folder"
+    if p.is_file():
+        suffix = p.suffix.lower()
+        if suffix == ".tar":
+            return "shards"
+        if suffix in EXTENSIONS:
+            return EXTENSIONS[suffix]
+        raise ValueError(f"{path}: not a folder, a table ({', '.join(EXTENSIONS)}) or a .tar shard")
     if "::" in path or glob.has_magic(path) or ("{" in path and ".." in path):
         return "shards"
-    if not p.is_file():
-        raise FileNotFoundError(f"no such file or folder: {path}")
-    if p.suffix.lower() == ".tar":
-        return "shards"
-    if p.suffix.lower() in EXTENSIONS:
-        return EXTENSIONS[p.suffix.lower()]
-    raise ValueError(f"{path}: not a folder, a table ({', '.join(EXTENSIONS)}) or a .tar shard")
+    raise FileNotFoundError(f"no such file or folder: {path}")
 
 
 def source_config(path: str, kind: str = "auto", **fields: Any) -> DataConfig:
@@ -73,7 +74,9 @@ def source_config(path: str, kind: str = "auto", **fields: Any) -> DataConfig:
             a command line's table flags do no harm when the path is a folder.
 
     Raises:
-        FileNotFoundError, ValueError: as :func:`source_kind`; ``ConfigError`` for a bad field value.
+        FileNotFoundError: nothing exists at ``path`` (``auto``).
+        ValueError: a file of no known kind (``auto``), or an unknown ``kind``.
+        ConfigError: a field out of its range.
     """
     kind = source_kind(path) if kind == "auto" else kind
     if kind not in CONFIGS:
