@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from clipforge.config import ConfigError, to_dict
 from clipforge.models.config import ModelConfig, model_config_from_dict
 from clipforge.models.factory import build_model
-from clipforge.text import TextProcessor
+from clipforge.text import TextProcessor, check_text_config
 
 if TYPE_CHECKING:
     from clipforge.models.clip import CLIP
@@ -113,12 +113,9 @@ def read_model_config(directory: str | Path) -> ModelConfig:
         raise ValueError(f"{path}: written by a newer clipforge (format {version})")
     try:
         config = model_config_from_dict(data["model"], "model")
-        if config.family == "clippo":  # the renderer's fields are checked where it is built; check them now
-            from clipforge.text.render import RenderConfig
-
-            RenderConfig.from_dict({"image_size": config.vision.image_size, **config.render})
-    except ValueError as e:  # ConfigError and the renderer's ValueError
-        raise ConfigError(f"{path}: {'' if isinstance(e, ConfigError) else 'model.'}{e}") from None
+        check_text_config(config)  # the text processor's fields (the renderer's) are checked now, not at first use
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
     return config
 
 

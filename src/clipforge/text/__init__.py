@@ -39,6 +39,19 @@ def saved_vocabulary(directory: str | Path | None) -> Path | None:
     return candidates[0] if candidates else None
 
 
+def check_text_config(config: Any) -> None:
+    """Validates the text processor's part of a model config without building the processor (no font or
+    vocabulary is read).
+
+    Raises:
+        ConfigError: a field of the renderer's config (``render.<field>``) is unknown or out of range.
+    """
+    if config.family == "clippo":
+        from clipforge.text.render import RenderConfig
+
+        RenderConfig.from_dict({"image_size": config.vision.image_size, **config.render})
+
+
 def build_text_processor(config: Any, directory: str | Path | None = None) -> TextProcessor:
     """The text processor a model config asks for.
 
@@ -58,4 +71,4 @@ def build_text_processor(config: Any, directory: str | Path | None = None) -> Te
     return BPETokenizer(vocab_path=saved_vocabulary(directory), context_length=config.text.context_length)
 
 
-__all__ = ["TextProcessor", "build_text_processor", "saved_vocabulary"]
+__all__ = ["TextProcessor", "build_text_processor", "check_text_config", "saved_vocabulary"]

@@ -35,7 +35,7 @@ from __future__ import annotations
 import itertools
 import unicodedata
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -43,6 +43,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from clipforge.config import ConfigError, from_dict, to_dict
 from clipforge.text.unifont import BLANK, CELL, PLANE, GlyphTable, load_unifont
 
 MODES = ("big_vision", "improved")
@@ -77,34 +78,32 @@ class RenderConfig:
         def is_int(value: Any) -> bool:
             return isinstance(value, int) and not isinstance(value, bool)
 
+        # Checked here too, not only in ``from_dict``: the renderer is also built from keyword arguments.
         if self.mode not in MODES:
-            raise ValueError(f"render.mode: expected one of {MODES}, got {self.mode!r}")
+            raise ConfigError(f"render.mode: expected one of {MODES}, got {self.mode!r}")
         if not is_int(self.image_size) or self.image_size < CELL:
-            raise ValueError(f"render.image_size: expected an integer ≥ {CELL}, got {self.image_size!r}")
+            raise ConfigError(f"render.image_size: expected an integer ≥ {CELL}, got {self.image_size!r}")
         for name in ("background", "ink"):
             value = getattr(self, name)
             if not is_int(value) or not 0 <= value <= 255:
-                raise ValueError(f"render.{name}: expected an integer in 0..255, got {value!r}")
+                raise ConfigError(f"render.{name}: expected an integer in 0..255, got {value!r}")
         if not is_int(self.max_chars) or self.max_chars < 1:
-            raise ValueError(f"render.max_chars: expected a positive integer, got {self.max_chars!r}")
+            raise ConfigError(f"render.max_chars: expected a positive integer, got {self.max_chars!r}")
         for name in ("lower", "monospace"):
             if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"render.{name}: expected true/false, got {getattr(self, name)!r}")
+                raise ConfigError(f"render.{name}: expected true/false, got {getattr(self, name)!r}")
         if self.monospace and self.mode != "improved":
-            raise ValueError("render.monospace: only the 'improved' mode has a monospace layout")
+            raise ConfigError("render.monospace: only the 'improved' mode has a monospace layout")
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as a JSON-ready dict."""
-        return asdict(self)
+        return to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RenderConfig:
-        """Builds a config from a mapping; an unknown key is an error naming it."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"render: unknown field {unknown[0]!r}; known fields: {sorted(known)}")
-        return cls(**data)
+        """Builds a config from a mapping through the one config machinery (unknown keys and wrong types are
+        ``ConfigError``s naming ``render.<field>``)."""
+        return from_dict(cls, data, "render")
 
 
 @dataclass(frozen=True)
