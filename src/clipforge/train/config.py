@@ -1,8 +1,9 @@
 """The typed training config: dataclasses validated on load, saved in the run dir and in every checkpoint.
 
 A config is built from YAML plus dotted overrides (``optim.lr=1e-3 steps=200``) by ``load_config``;
-unknown keys, wrong types and impossible values (a missing data path, a batch the accumulation does
-not divide) are ``ConfigError``s raised before any work starts. The config is frozen: nothing mutates
+unknown keys, wrong types and impossible values (a batch the accumulation does not divide) are
+``ConfigError``s raised when it is built. What needs the file system (a missing data path, the starting
+checkpoint) is checked by ``clipforge.train.prepare``, before any work. The config is frozen: nothing mutates
 it after start. Facts about the process (rank, device, world size) live in ``Runtime``
 (``clipforge.train.distributed``), not here.
 """
