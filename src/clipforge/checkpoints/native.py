@@ -113,9 +113,12 @@ def read_model_config(directory: str | Path) -> ModelConfig:
         raise ValueError(f"{path}: written by a newer clipforge (format {version})")
     try:
         config = model_config_from_dict(data["model"], "model")
-        check_text_config(config)  # the text processor's fields (the renderer's) are checked now, not at first use
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
+    try:
+        check_text_config(config)  # the text processor's fields (the renderer's) are checked now, not at first use
+    except ConfigError as e:
+        raise ConfigError(f"{path}: model.{e}") from None
     return config
 
 
