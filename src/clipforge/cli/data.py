@@ -57,7 +57,7 @@ def _limits(max_pixels: int | None) -> Any:
 
 def shards_command(args: argparse.Namespace) -> int:
     """Writes the shards and prints the stats summary."""
-    from clipforge.data import build_source, check_source, source_config
+    from clipforge.data import build_source, source_config
     from clipforge.data.writer import write_shards
 
     limits = _limits(args.max_pixels)
@@ -68,8 +68,7 @@ def shards_command(args: argparse.Namespace) -> int:
     elif config.kind == "shards":
         raise ValueError(f"{args.src} is tar shards already; give a table, a folder or 'synthetic'")
     else:
-        check_source(config, NAMES)
-        pairs = build_source(config)
+        pairs = build_source(config, names=NAMES)
         load, count = (lambda i: (*pairs.raw(i), {"source": pairs.source(i)})), len(pairs)
     if count <= 0:
         raise ValueError(f"{args.src}: nothing to write")

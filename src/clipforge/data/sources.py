@@ -134,14 +134,15 @@ def is_labelled(config: DataConfig) -> bool:
     return bool(getattr(config, "label_key", "")) or getattr(config, "layout", "captions") == "classes"
 
 
-def build_source(config: DataConfig, image_size: int | None = None) -> Any:
-    """The reader of the data ``config`` names, after :func:`check_source`.
+def build_source(config: DataConfig, image_size: int | None = None, names: Mapping[str, str] | None = None) -> Any:
+    """The reader of the data ``config`` names, after :func:`check_source` (callers need not check first).
 
     Args:
         config: A data config.
         image_size: The model's input side. Images are then decoded at least this large (more for random
             crops: ``draft_size``) on their shorter side, reduced on decode where the format allows; ``None``
             decodes at full size (evaluation). The synthetic world renders at it unless its config names a size.
+        names: How :func:`check_source`'s messages call each field (a command line's flag names).
 
     Returns:
         Indexable ``(PIL image, caption or label)`` items for the synthetic world, tables and folders (items
@@ -150,7 +151,7 @@ def build_source(config: DataConfig, image_size: int | None = None) -> Any:
     Raises:
         ConfigError: from :func:`check_source`.
     """
-    check_source(config)
+    check_source(config, names)
     if isinstance(config, SyntheticDataConfig):
         from clipforge.data.synthetic import SyntheticWorld
 

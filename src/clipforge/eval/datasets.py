@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from clipforge.data import build_source, check_source, source_config, source_kind
+from clipforge.data import build_source, source_config, source_kind
 from clipforge.data.config import FolderDataConfig, ShardsDataConfig
 from clipforge.data.decode import BadSample, DecodeLimits, broken_or, decode_text, sample_image_bytes
 from clipforge.data.folders import CLASS_EXTENSIONS
@@ -144,8 +144,7 @@ class CsvDataset(EvalDataset):
         config = source_config(str(self.path), table_format(self.path), image_key=image_col,
                                caption_key=caption_col or CAPTION_KEY, label_key=label_col or "",
                                image_root=str(image_root or ""), decode=limits or DecodeLimits())
-        check_source(config, FLAG_NAMES)
-        self.table = build_source(config)
+        self.table = build_source(config, names=FLAG_NAMES)
         if label_col is not None and self.classes is None:
             self.classes = self._infer_classes()
 

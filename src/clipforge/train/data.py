@@ -39,7 +39,7 @@ import torch
 from PIL import Image
 
 from clipforge.config import ConfigError
-from clipforge.data import build_source, check_source
+from clipforge.data import build_source
 from clipforge.data.config import DataConfig, SyntheticDataConfig
 from clipforge.data.decode import BadSample, decode_image, decode_text, pick_caption
 from clipforge.data.device_decode import DeviceJPEGDecoder, device_decode_unavailable, jpeg_size
@@ -277,13 +277,12 @@ class TrainData:
 
     def __init__(self, config: DataConfig, transform: Callable, text_processor: Callable, batch_size: int,
                  seed: int, runtime: Runtime, image_size: int, text_pairs: TextPairsConfig | None = None):
-        check_source(config)  # a bad path, column or shard glob fails here, before any work
         if is_labelled(config):
             raise ConfigError("data: training needs captions; data.label_key and data.layout=classes name class "
                               "labels (for evaluation)")
         self.config, self.runtime, self.batch_size = config, runtime, batch_size
         self.batches: StepBatches | ShardBatches
-        source = build_source(config, image_size)
+        source = build_source(config, image_size)  # checks what config names on disk first, before any work
         if isinstance(source, ShardSource):
             self.batches = ShardBatches(source, transform, text_processor, batch_size, seed, runtime.rank,
                                         runtime.world_size)
