@@ -1,6 +1,7 @@
 # Two entry points that work on a fresh machine with only Python:
 #   make demo   – set up .venv and run the main job on the built-in synthetic data
 #   make test   – set up .venv-test (with the reference stacks for parity tests), lint, and run the tests
+#   make fuzz   – the fuzzing harness (tests/fuzz) with its long budget
 #   make lint   – ruff over src/tests/benchmarks and mypy over src/ (the checked packages: pyproject.toml)
 PYTHON ?= python3
 TORCH ?= torch==2.13.0
@@ -8,7 +9,7 @@ TORCH ?= torch==2.13.0
 TEST_TORCH ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-slow lint clean
+.PHONY: demo test test-slow lint fuzz clean
 
 .venv/.stamp: pyproject.toml
 	$(PYTHON) -m venv .venv
@@ -33,6 +34,9 @@ lint: .venv-test/.stamp
 
 test: lint
 	.venv-test/bin/python -m pytest -q $(PYTEST_ARGS)
+
+fuzz: .venv-test/.stamp
+	HYPOTHESIS_PROFILE=fuzz .venv-test/bin/python -m pytest -q tests/fuzz $(PYTEST_ARGS)
 
 test-slow: .venv-test/.stamp
 	.venv-test/bin/python -m pytest -q -m slow $(PYTEST_ARGS)
