@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as e:
+    except (ValueError, OSError) as e:  # bad input, a missing or unwritable file, a full disk
         print(f"clipforge {args.verb}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -32,16 +32,49 @@ LATEST = "latest"
 _STEP_FILE = re.compile(r"step_\d+\.pt")
 
 
+class CheckpointSaveError(OSError):
+    """A checkpoint could not be written (a full disk, a file-size limit, a read-only folder); the previous
+    checkpoint and ``latest`` are untouched."""
+
+
 class CheckpointLoadError(ValueError):
     """A training checkpoint cannot be read safely: damaged, foreign, or holding more than tensors and plain values."""
 
 
+class _RecordingFile:
+    """A binary file that remembers the first ``OSError`` its writes raised: ``torch.save`` reports a failed write
+    (a full disk) only as a ``RuntimeError`` about positions, which would hide the cause."""
+
+    def __init__(self, f: Any) -> None:
+        self.f, self.error = f, None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.f, name)
+
+
 def _atomic_write(path: Path, write: Any) -> None:
-    """Writes via ``write(file)`` to a temporary file beside ``path``, fsyncs, and renames it over ``path``."""
+    """Writes via ``write(file)`` to a temporary file beside ``path``, fsyncs, and renames it over ``path``.
+
+    Raises:
+        OSError: a write failed (the temporary file is removed; ``path`` is untouched).
+    """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            write(f)
+            recording = _RecordingFile(f)
+            try:
+                write(recording)
+            except Exception:
+                if recording.error is not None:
+                    raise recording.error from None
+                raise
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -66,14 +99,22 @@ def save_checkpoint(directory: str | Path, step: int, state: dict[str, Any], kee
 
     Returns:
         The checkpoint's path.
+
+    Raises:
+        CheckpointSaveError: the folder or a file could not be written (a full disk, a file-size limit).
     """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"step_{step:08d}.pt"
-    _atomic_write(path, lambda f: torch.save(state, f))
-    record = json.dumps({"file": path.name, "size": path.stat().st_size, "sha256": _sha256(path)})
-    _atomic_write(path.with_suffix(".json"), lambda f: f.write(record.encode() + b"\n"))
-    _atomic_write(directory / LATEST, lambda f: f.write(f"{path.name}\n".encode()))
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        _atomic_write(path, lambda f: torch.save(state, f))
+        record = json.dumps({"file": path.name, "size": path.stat().st_size, "sha256": _sha256(path)})
+        _atomic_write(path.with_suffix(".json"), lambda f: f.write(record.encode() + b"\n"))
+        _atomic_write(directory / LATEST, lambda f: f.write(f"{path.name}\n".encode()))
+    except OSError as e:  # nothing half-written stays: _atomic_write removed its temporary file
+        raise CheckpointSaveError(f"could not write the step-{step} checkpoint in {directory}: "
+                                  f"{e.strerror or e}; the previous checkpoint is intact: free space and resume "
+                                  "with --resume latest") from None
     for old in sorted(directory.glob("step_*.pt"))[:-keep]:
         if old != path:
             old.unlink(missing_ok=True)
