@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from clipforge.config import ConfigError, to_dict
 from clipforge.models.config import ModelConfig, model_config_from_dict
 from clipforge.models.factory import build_model
+from clipforge.models.size import check_model_size
 from clipforge.text import TextProcessor, check_text_config
 
 if TYPE_CHECKING:
@@ -151,6 +152,7 @@ def load_model(directory: str | Path, device: torch.device | str | None = None,
         raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
     config = read_model_config(directory)
     weights = Path(directory) / WEIGHTS
+    check_model_size(config, where=str(Path(directory) / CONFIG))  # before any weights are read
     return model_from_state_dict(config, read_safetensors(weights), str(weights), device, precision)
 
 
@@ -184,6 +186,7 @@ def model_from_state_dict(config: ModelConfig, state: dict[str, torch.Tensor], s
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    check_model_size(config, where=source)  # the meta build below skips it; ``to_empty`` then allocates
     with torch.device("meta"):
         model = build_model(config)
     model = model.to_empty(device="cpu")

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from clipforge.config import ConfigError, check_positive, from_dict
+from clipforge.config import ConfigError, check_positive, from_dict, shorten
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -229,7 +229,7 @@ class CLIPPOConfig:
             raise ConfigError("vision.norm: a CLIPPO ResNet needs 'group' (one tower runs images and rendered "
                               f"text, and BatchNorm's running statistics would mix both), got {self.vision.norm!r}")
         if self.render.get("image_size", self.vision.image_size) != self.vision.image_size:
-            raise ConfigError(f"render.image_size={self.render['image_size']} differs from "
+            raise ConfigError(f"render.image_size={shorten(self.render['image_size'])} differs from "
                               f"vision.image_size={self.vision.image_size}: rendered text must fit the ViT")
 
 
@@ -239,7 +239,9 @@ ModelConfig = CLIPConfig | CLIPPOConfig
 def model_config_from_dict(data: dict[str, Any], where: str = "model") -> ModelConfig:
     """Builds the config of the model family named by ``data['family']`` (default ``clip``)."""
     families: dict[str, type] = {"clip": CLIPConfig, "clippo": CLIPPOConfig}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__} {shorten(data)}")
     family = data.get("family", "clip")
-    if family not in families:
-        raise ConfigError(f"{where}.family: expected one of {list(families)}, got {family!r}")
+    if not isinstance(family, str) or family not in families:
+        raise ConfigError(f"{where}.family: expected one of {list(families)}, got {shorten(family)}")
     return from_dict(families[family], data, where)
