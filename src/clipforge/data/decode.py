@@ -5,15 +5,28 @@ Every way a sample can be bad maps to one *reason* (a short string: the key unde
 count it, and the first word of an evaluation's ``skipped`` entry)::
 
     empty        zero-byte image
-    not_image    bytes that are no image format PIL knows (HTML error pages, random bytes)
-    truncated    an image cut short (the file ends before the pixels do)
-    corrupt      any other decoding failure (broken headers, bad Huffman tables, ...)
-    too_large    more than ``max_pixels`` pixels: decompression bombs, absurd declared sizes
+    not_image    bytes that are no image of an accepted format (``DecodeLimits.formats``): HTML error pages,
+                 random bytes, a PSD, ICO, EPS or PDF, an SVG
+    truncated    an image of an accepted format cut short (the file ends before the header or the pixels do)
+    corrupt      the format is recognised (by PIL or by its signature) but the data is broken: a bad header
+                 (a PNG IHDR with a wrong CRC, a JPEG frame with no components), bad Huffman tables, and any
+                 other exception the decoder raises (its class and message are the detail)
+    too_large    more than ``max_pixels`` pixels (decompression bombs, absurd declared sizes), an encoded image
+                 over ``max_image_bytes``, or a caption or json sidecar over ``max_text_bytes`` /
+                 ``max_json_bytes``
     bad_size     a side below ``min_side`` or an aspect ratio beyond ``max_aspect``
     no_image     a sample without any image field, or a listed image file that does not exist
     no_caption   a missing, empty or blank caption (or class label)
-    bad_text     a caption that is not valid UTF-8, or a class label that is not an integer
+    bad_text     a caption that is not valid UTF-8, a class label that is not an integer, or a json sidecar
+                 nested deeper than ``max_json_depth``
     broken_member  an incomplete sample next to a damaged region of a tar shard
+    error        any other exception met while turning one sample into a model input (outside the decoder:
+                 a transform, a processor); its class and message are the detail. Counted and skipped like
+                 the rest, so one sample never ends a run, but it is a bug or an unforeseen input: report it.
+
+The decoder itself (:func:`decode_image`, :func:`decode_text`, :func:`sample_captions`, :func:`decode_pair`)
+raises nothing but ``BadSample`` for an ``Exception`` (``KeyboardInterrupt`` and ``SystemExit`` pass); the
+readers' loops catch every ``Exception`` at the sample boundary and count it (:func:`as_bad_sample`).
 
 Beside them, two tar-level events are counted that are not samples: ``shard_errors`` (a shard that cannot
 be opened or ends mid-member) and ``tar_holes`` (damaged regions skipped over to the next valid member).
@@ -37,7 +50,7 @@ import io
 import json
 import math
 import random
-import struct  # struct.error: some PIL plugins let it escape on malformed headers
+import re
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -47,9 +60,14 @@ from typing import Literal
 from PIL import Image, UnidentifiedImageError
 
 REASONS = ("empty", "not_image", "truncated", "corrupt", "too_large", "bad_size", "no_image", "no_caption",
-           "bad_text", "broken_member")
+           "bad_text", "broken_member", "error")
 IMAGE_FIELDS = ("jpg", "jpeg", "png", "webp")
 ALPHA_RULES = ("white", "drop")
+FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")  # what an image–text pipeline meets; PIL knows ~40 more
+_SIGNATURES = {"JPEG": (b"\xff\xd8\xff",), "PNG": (b"\x89PNG\r\n\x1a\n",), "GIF": (b"GIF87a", b"GIF89a"),
+               "TIFF": (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")}
+_BMP_HEADERS = (12, 16, 40, 52, 56, 64, 108, 124)  # the DIB header sizes a BMP can declare (offset 14)
+_BRACKETS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')  # a JSON string (skipped whole) or a bracket
 
 
 class BadSample(Exception):
@@ -65,35 +83,75 @@ class BadSample(Exception):
         self.reason = reason
 
 
+def as_bad_sample(error: Exception) -> BadSample:
+    """``error`` itself when it is a ``BadSample``, else an ``error`` one naming its class (the sample boundary:
+    whatever one sample raises is counted, never allowed to end a run)."""
+    if isinstance(error, BadSample):
+        return error
+    return BadSample("error", _describe(error))
+
+
+def _describe(error: BaseException, limit: int = 300) -> str:
+    """``"Class: message"``, the message cut to ``limit`` characters (a hostile input can make it huge)."""
+    message = str(error)
+    return f"{type(error).__name__}: {message[:limit]}{'…' if len(message) > limit else ''}"
+
+
 @dataclass(frozen=True)
 class DecodeLimits:
-    """What a decodable image may look like (anything else is skipped), and how it becomes RGB.
+    """What a decodable sample may look like (anything else is skipped and counted), and how it becomes RGB.
 
     Attributes:
-        max_pixels: Most pixels (width × height, read from the header before decoding). PIL's own
-            decompression-bomb limit is 89,478,485; web images above 64 Mpx are almost always junk.
-        min_side: Smallest width or height.
-        max_aspect: Largest ratio of the longer side to the shorter (banners, 1-pixel lines).
+        max_pixels: Most pixels (width × height, read from the header before decoding); beyond: ``too_large``.
+            PIL's own decompression-bomb limit is 89,478,485; web images above 64 Mpx are almost always junk.
+        min_side: Smallest width or height; below: ``bad_size``.
+        max_aspect: Largest ratio of the longer side to the shorter (banners, 1-pixel lines); beyond: ``bad_size``.
         alpha: ``white``: composite transparent images on white; ``drop``: discard the alpha channel
             (OpenAI's ``convert("RGB")``; see the module docstring).
+        formats: The image formats decoded (PIL's names); any other, even one PIL could open (PSD, ICO, EPS,
+            TGA, ...), is ``not_image``. Each extra format is extra parser surface for hostile bytes.
+        max_image_bytes: Largest encoded image (a file is checked before it is read); beyond: ``too_large``.
+        max_text_bytes: Largest caption field (a ``.txt`` sidecar, a table cell: bytes, or characters once
+            decoded); beyond: ``too_large``. Captions are cut to the model's context anyway.
+        max_json_bytes: Largest ``.json`` sidecar that is parsed for a caption; beyond: ``too_large``.
+        max_json_depth: Deepest nesting of ``[`` and ``{`` in a parsed ``.json`` sidecar; deeper: ``bad_text``
+            (checked by a scan before parsing, so no recursion limit is ever approached).
     """
 
     max_pixels: int = 64_000_000
     min_side: int = 8
     max_aspect: float = 20.0
     alpha: Literal["white", "drop"] = "white"
+    formats: tuple[str, ...] = FORMATS
+    max_image_bytes: int = 100_000_000
+    max_text_bytes: int = 65_536
+    max_json_bytes: int = 1_048_576
+    max_json_depth: int = 32
 
     def validate(self) -> DecodeLimits:
-        """Returns ``self``; raises ``ValueError`` unless max_pixels and min_side are positive, max_aspect >= 1
-        and alpha is ``white`` or ``drop``.
+        """Returns ``self``; raises ``ValueError`` unless the sizes are positive, max_aspect >= 1, alpha is
+        ``white`` or ``drop`` and ``formats`` names image formats PIL can open.
 
         (Not run on construction, so a config loader can turn the error into its own kind.)
         """
-        if self.max_pixels <= 0 or self.min_side <= 0 or self.max_aspect < 1:
+        if self.max_pixels <= 0 or self.min_side <= 0 or not self.max_aspect >= 1:
             raise ValueError(f"max_pixels and min_side must be positive, max_aspect >= 1; got {self}")
+        sizes = {"max_image_bytes": self.max_image_bytes, "max_text_bytes": self.max_text_bytes,
+                 "max_json_bytes": self.max_json_bytes, "max_json_depth": self.max_json_depth}
+        bad = [f"{k}={v}" for k, v in sizes.items() if v <= 0]
+        if bad:
+            raise ValueError(f"{', '.join(bad)}: must be positive")
         if self.alpha not in ALPHA_RULES:
             raise ValueError(f"alpha must be one of {ALPHA_RULES}, got {self.alpha!r}")
+        Image.init()
+        unknown = [f for f in self.formats if f not in Image.OPEN]
+        if unknown or not self.formats:
+            raise ValueError(f"formats: {unknown or 'none given'} not among the formats PIL opens "
+                             f"(e.g. {', '.join(FORMATS)})")
         return self
+
+
+DEFAULT_LIMITS = DecodeLimits()
 
 
 def check_size(width: int, height: int, limits: DecodeLimits) -> None:
@@ -106,26 +164,62 @@ def check_size(width: int, height: int, limits: DecodeLimits) -> None:
         raise BadSample("bad_size", f"{width}x{height} has an aspect ratio beyond {limits.max_aspect}")
 
 
+def sniff_format(data: bytes) -> str | None:
+    """The format whose signature ``data`` starts with, among :data:`FORMATS` (``None``: none of them)."""
+    for fmt, signatures in _SIGNATURES.items():
+        if data.startswith(signatures):
+            return fmt
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    if data[:2] == b"BM" and len(data) >= 18 and int.from_bytes(data[14:18], "little") in _BMP_HEADERS:
+        return "BMP"
+    return None
+
+
 def open_image(data: bytes, limits: DecodeLimits) -> Image.Image:
     """Parses an image's header (no pixels decoded yet) and checks its size against ``limits``.
 
+    Only ``limits.formats`` are tried. Bytes that PIL cannot identify but that begin with the signature of an
+    accepted format are that format with a broken header: ``corrupt`` (or ``truncated``), not ``not_image``.
+
     Raises:
-        BadSample: ``empty``, ``not_image``, ``too_large``, ``bad_size`` or ``corrupt``.
+        BadSample: ``empty``, ``not_image``, ``too_large``, ``bad_size``, ``truncated`` or ``corrupt``.
     """
     if not data:
         raise BadSample("empty")
+    if len(data) > limits.max_image_bytes:
+        raise BadSample("too_large", f"{len(data)} bytes exceed max_image_bytes={limits.max_image_bytes}")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides
-            image = Image.open(io.BytesIO(data))
+            warnings.simplefilter("ignore")  # our own limits decide (bombs); plugins' warnings are noise here
+            image = Image.open(io.BytesIO(data), formats=limits.formats)
+        width, height = image.size
     except Image.DecompressionBombError as e:
         raise BadSample("too_large", str(e)) from None
     except UnidentifiedImageError:
-        raise BadSample("not_image", f"{len(data)} bytes of no known image format") from None
-    except (OSError, ValueError, SyntaxError, struct.error, EOFError) as e:
+        raise _unidentified(data, limits) from None
+    except MemoryError:
+        raise BadSample("too_large", "MemoryError while reading the header") from None
+    except Exception as e:  # a plugin's parser meeting hostile bytes: struct.error, TypeError, ...
         raise _failure(e) from None
-    check_size(*image.size, limits)
+    check_size(width, height, limits)
     return image
+
+
+def _unidentified(data: bytes, limits: DecodeLimits) -> BadSample:
+    """Why PIL could not identify ``data``: ``not_image``, or, when it carries an accepted format's signature,
+    what that format's parser says (``truncated``/``corrupt``: a recognised format with a broken header)."""
+    fmt = sniff_format(data)
+    if fmt is None or fmt not in limits.formats:
+        return BadSample("not_image", f"{len(data)} bytes of no accepted image format ({', '.join(limits.formats)})")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            Image.OPEN[fmt][0](io.BytesIO(data), "")  # the plugin itself, for its error message
+    except Exception as e:
+        failure = _failure(e)
+        return BadSample(failure.reason, f"{fmt} header: {failure.args[0].split(': ', 1)[-1]}")
+    return BadSample("corrupt", f"{fmt} signature but no readable {fmt} header")
 
 
 def decode_image(data: bytes, limits: DecodeLimits, min_size: int | None = None) -> Image.Image:
@@ -136,33 +230,37 @@ def decode_image(data: bytes, limits: DecodeLimits, min_size: int | None = None)
 
     Args:
         data: The encoded image.
-        limits: Size limits, checked on the header before any pixel is decoded.
+        limits: Size limits and accepted formats, checked on the header before any pixel is decoded.
         min_size: The smallest shorter side the caller needs; ``None`` decodes at full size.
 
     Returns:
         The decoded RGB image.
 
     Raises:
-        BadSample: With the reason (see the module docstring).
+        BadSample: With the reason (see the module docstring); never another ``Exception``.
     """
     image = open_image(data, limits)
     try:
-        if min_size is not None and image.format == "JPEG":
-            image.draft("RGB", (min_size, min_size))  # both sides stay >= min_size
-        image.load()
-        image = _reduce(image, min_size) if min_size is not None else image
-        return image if image.mode == "RGB" else to_rgb(image, limits.alpha)
-    except OSError as e:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if min_size is not None and image.format == "JPEG":
+                image.draft("RGB", (min_size, min_size))  # both sides stay >= min_size
+            image.load()
+            image = _reduce(image, min_size) if min_size is not None else image
+            return image if image.mode == "RGB" else to_rgb(image, limits.alpha)
+    except (Image.DecompressionBombError, MemoryError) as e:
+        raise BadSample("too_large", _describe(e)) from None
+    except Exception as e:  # every decoder failure is the sample's, never the run's
         raise _failure(e) from None
-    except (ValueError, SyntaxError, EOFError, IndexError, struct.error, Image.DecompressionBombError) as e:
-        raise BadSample("corrupt", f"{type(e).__name__}: {e}") from None
 
 
 def _failure(error: Exception) -> BadSample:
-    """``truncated`` when PIL's message says the data ended early, else ``corrupt``."""
+    """``truncated`` when the data ended early (PIL's message says so, or a header read ran out of bytes), else
+    ``corrupt``; the detail names the exception's class."""
     message = str(error).lower()
-    cut_short = isinstance(error, OSError | EOFError) and ("truncated" in message or "end of file" in message)
-    return BadSample("truncated" if cut_short else "corrupt", f"{type(error).__name__}: {error}")
+    cut_short = (isinstance(error, EOFError) or "unpack requires a buffer" in message
+                 or (isinstance(error, OSError) and ("truncated" in message or "end of file" in message)))
+    return BadSample("truncated" if cut_short else "corrupt", _describe(error))
 
 
 def _reduce(image: Image.Image, min_size: int) -> Image.Image:
@@ -175,14 +273,27 @@ def read_image(path: str | Path, limits: DecodeLimits, min_size: int | None = No
     """Reads and decodes an image file (see :func:`decode_image`).
 
     Raises:
-        BadSample: ``no_image`` when the file cannot be read (missing, a folder, unreadable), else as
-            :func:`decode_image`.
+        BadSample: ``no_image`` when the file cannot be read (missing, a folder, unreadable), ``too_large`` when
+            it is over ``limits.max_image_bytes`` (checked before reading), else as :func:`decode_image`.
+    """
+    return decode_image(read_bytes(path, limits.max_image_bytes, "no_image"), limits, min_size)
+
+
+def read_bytes(path: str | Path, limit: int, missing: str = "no_image") -> bytes:
+    """The bytes of the file at ``path``, refused (``too_large``) before reading when over ``limit`` bytes.
+
+    Raises:
+        BadSample: ``missing`` (the reason) when the file cannot be read (missing, a folder, unreadable, an
+            unencodable name), ``too_large`` when it is bigger than ``limit``.
     """
     try:
-        data = Path(path).read_bytes()
-    except (OSError, UnicodeEncodeError) as e:  # missing, a folder, unreadable, an unencodable name
-        raise BadSample("no_image", f"cannot read {path}: {type(e).__name__}") from None
-    return decode_image(data, limits, min_size)
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)  # never more than the limit in memory, whatever the file claims
+    except (OSError, UnicodeEncodeError, ValueError) as e:  # ValueError: a NUL in the name
+        raise BadSample(missing, f"cannot read {path}: {type(e).__name__}") from None
+    if len(data) > limit:
+        raise BadSample("too_large", f"{path} is over {limit} bytes")
+    return data
 
 
 def to_rgb(image: Image.Image, alpha: str = "white") -> Image.Image:
@@ -196,15 +307,20 @@ def to_rgb(image: Image.Image, alpha: str = "white") -> Image.Image:
     return image.convert("RGB")
 
 
-def decode_text(data: bytes | str) -> list[str]:
+def decode_text(data: bytes | str, limits: DecodeLimits = DEFAULT_LIMITS) -> list[str]:
     """The captions in a caption field: its non-blank lines, stripped (several lines = several captions).
 
     Raises:
-        BadSample: ``bad_text`` (not UTF-8, or undecodable bytes carried in a ``str``) or ``no_caption``.
+        BadSample: ``too_large`` (over ``limits.max_text_bytes``), ``bad_text`` (not text, not UTF-8, or
+            undecodable bytes carried in a ``str``) or ``no_caption``.
     """
-    if isinstance(data, bytes):
+    if not isinstance(data, bytes | bytearray | memoryview | str):
+        raise BadSample("bad_text", f"a caption field of type {type(data).__name__}")
+    if len(data) > limits.max_text_bytes:
+        raise BadSample("too_large", f"a caption of {len(data)} bytes (max_text_bytes={limits.max_text_bytes})")
+    if not isinstance(data, str):
         try:
-            data = data.decode("utf-8")
+            data = bytes(data).decode("utf-8")
         except UnicodeDecodeError as e:
             raise BadSample("bad_text", str(e)) from None
     try:
@@ -217,26 +333,51 @@ def decode_text(data: bytes | str) -> list[str]:
     return captions
 
 
-def sample_captions(sample: Mapping[str, object], caption_field: str = "txt") -> list[str]:
+def json_depth(data: bytes, stop: int) -> int:
+    """The deepest nesting of ``[``/``{`` in JSON text ``data`` (brackets inside strings not counted); the scan
+    ends as soon as the depth passes ``stop`` (so a hostile sidecar costs one linear pass at most)."""
+    depth = deepest = 0
+    for match in _BRACKETS.finditer(data):
+        token = match.group()
+        if token in (b"[", b"{"):
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > stop:
+                break
+        elif token in (b"]", b"}"):
+            depth -= 1
+    return deepest
+
+
+def sample_captions(sample: Mapping[str, object], caption_field: str = "txt",
+                    limits: DecodeLimits = DEFAULT_LIMITS) -> list[str]:
     """A tar sample's captions: the lines of ``caption_field``, else a ``captions`` list or ``caption`` in its json.
 
+    The json is parsed only when there is no caption field, and only within ``limits`` (``max_json_bytes``,
+    ``max_json_depth``); a json that is no JSON object counts as no caption.
+
     Raises:
-        BadSample: ``no_caption`` or ``bad_text``.
+        BadSample: ``no_caption``, ``bad_text`` (as :func:`decode_text`, or json nested too deep) or ``too_large``.
     """
     if caption_field in sample:
-        return decode_text(sample[caption_field])  # type: ignore[arg-type]
+        return decode_text(sample[caption_field], limits)  # type: ignore[arg-type]
     meta = sample.get("json")
     if isinstance(meta, bytes | str):
+        raw = meta.encode("utf-8", "surrogatepass") if isinstance(meta, str) else meta
+        if len(raw) > limits.max_json_bytes:
+            raise BadSample("too_large", f"a json sidecar of {len(raw)} bytes (max_json_bytes={limits.max_json_bytes})")
+        if json_depth(raw, limits.max_json_depth) > limits.max_json_depth:
+            raise BadSample("bad_text", f"a json sidecar nested deeper than max_json_depth={limits.max_json_depth}")
         try:
-            record = json.loads(meta)
-        except (ValueError, UnicodeDecodeError):
+            record = json.loads(raw)
+        except (ValueError, RecursionError):  # not JSON, not UTF-8 (UnicodeDecodeError is a ValueError)
             record = None
         if isinstance(record, dict):
             value = record.get("captions", record.get("caption"))
             if isinstance(value, list) and all(isinstance(v, str) for v in value):
-                return decode_text("\n".join(value))
+                return decode_text("\n".join(value), limits)
             if isinstance(value, str):
-                return decode_text(value)
+                return decode_text(value, limits)
     raise BadSample("no_caption", f"no {caption_field!r} field and no caption in json")
 
 
@@ -244,11 +385,14 @@ def sample_image_bytes(sample: Mapping[str, object], fields: Sequence[str] = IMA
     """The bytes of a tar sample's first present image field.
 
     Raises:
-        BadSample: ``no_image``.
+        BadSample: ``no_image``, or ``not_image`` for a field that holds no bytes.
     """
     for name in fields:
         if name in sample:
-            return bytes(sample[name])  # type: ignore[call-overload]
+            value = sample[name]
+            if not isinstance(value, bytes | bytearray | memoryview):
+                raise BadSample("not_image", f"field {name!r} holds a {type(value).__name__}, not bytes")
+            return bytes(value)
     raise BadSample("no_image", f"none of the fields {list(fields)}")
 
 
@@ -258,7 +402,7 @@ def pick_caption(captions: Sequence[str], rng: random.Random) -> str:
 
 
 def sample_parts(sample: Mapping[str, object], image_fields: Sequence[str] = IMAGE_FIELDS,
-                 caption_field: str = "txt") -> tuple[bytes, list[str]]:
+                 caption_field: str = "txt", limits: DecodeLimits = DEFAULT_LIMITS) -> tuple[bytes, list[str]]:
     """A tar sample's encoded image and captions, undecoded; an incomplete sample flagged ``__broken__``
     (next to tar damage) is ``broken_member`` rather than ``no_caption``/``no_image``.
 
@@ -268,7 +412,7 @@ def sample_parts(sample: Mapping[str, object], image_fields: Sequence[str] = IMA
         BadSample: With the reason.
     """
     try:
-        captions = sample_captions(sample, caption_field)
+        captions = sample_captions(sample, caption_field, limits)
         return sample_image_bytes(sample, image_fields), captions
     except BadSample as e:
         raise broken_or(sample, e) from None
@@ -289,7 +433,7 @@ def decode_pair(sample: Mapping[str, object], limits: DecodeLimits, min_size: in
     Raises:
         BadSample: With the reason.
     """
-    data, captions = sample_parts(sample, image_fields, caption_field)
+    data, captions = sample_parts(sample, image_fields, caption_field, limits)
     return decode_image(data, limits, min_size), pick_caption(captions, rng)
 
 

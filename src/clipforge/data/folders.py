@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from clipforge.data.decode import BadSample, DecodeLimits, decode_image, read_image
+from clipforge.data.decode import BadSample, DecodeLimits, decode_image, read_bytes, read_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 CLASS_EXTENSIONS = (*IMAGE_EXTENSIONS, ".bmp", ".gif", ".tif", ".tiff")  # evaluation sets (ImageNet's) hold these too
@@ -69,17 +69,18 @@ class FolderPairs(torch.utils.data.Dataset):
         """Pair ``i`` undecoded: ``(encoded image, sidecar bytes)``.
 
         Raises:
-            BadSample: ``no_caption`` when the sidecar is missing.
+            BadSample: ``no_caption`` when the sidecar is missing, ``no_image`` when the image went missing,
+                ``too_large`` for a sidecar over ``max_text_bytes`` or an image over ``max_image_bytes`` (refused
+                before reading).
         """
         file = self.files[i]
         try:
-            caption = file.with_suffix(".txt").read_bytes()
-        except OSError:
+            caption = read_bytes(file.with_suffix(".txt"), self.limits.max_text_bytes, "no_caption")
+        except BadSample as e:
+            if e.reason != "no_caption":
+                raise
             raise BadSample("no_caption", f"no readable {file.with_suffix('.txt').name} beside {file}") from None
-        try:
-            return file.read_bytes(), caption
-        except OSError as e:  # removed or unreadable since the folder was listed
-            raise BadSample("no_image", f"cannot read {file}: {type(e).__name__}") from None
+        return read_bytes(file, self.limits.max_image_bytes), caption  # no_image: removed since it was listed
 
 
 class ClassFolder(torch.utils.data.Dataset):

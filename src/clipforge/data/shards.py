@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm import tqdm
 
-from clipforge.data.decode import IMAGE_FIELDS, BadSample, DecodeLimits, decode_image, decode_pair, sample_parts
+from clipforge.data.decode import IMAGE_FIELDS, DecodeLimits, as_bad_sample, decode_image, decode_pair, sample_parts
 from clipforge.data.webdataset import Sample, ShardStats, expand_shards, iter_shard, iter_tar_samples
 
 if TYPE_CHECKING:
@@ -107,7 +107,7 @@ class ShardSource:
 
     def parts(self, sample: Sample) -> tuple[bytes, list[str]]:
         """A sample's encoded image and captions (:func:`sample_parts` with the config's fields)."""
-        return sample_parts(sample, self.config.image_fields, self.config.caption_field)
+        return sample_parts(sample, self.config.image_fields, self.config.caption_field, self.config.decode)
 
     def decode(self, data: bytes) -> Image.Image:
         """An encoded image decoded under the config's limits (:func:`decode_image`)."""
@@ -311,7 +311,7 @@ def inspect_shards(urls: SourceSpec, limits: DecodeLimits | None = None, image_f
         try:
             decode_pair(sample, limits, None, rng, image_fields, caption_field)
             usable += 1
-        except BadSample as e:
-            skipped[e.reason] += 1
+        except Exception as e:  # the sample boundary: counted by reason (``error`` for the unforeseen)
+            skipped[as_bad_sample(e).reason] += 1
     return {"shards": len(shards), "samples": stats.samples, "usable": usable, "skipped": dict(sorted(skipped.items())),
             "bad_shards": [list(b) for b in stats.bad_shards], "damaged_regions": stats.damaged_regions}

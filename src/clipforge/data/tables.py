@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from clipforge.data.decode import BadSample, DecodeLimits, decode_image
+from clipforge.data.decode import BadSample, DecodeLimits, decode_image, read_bytes
 
 FORMATS = ("csv", "tsv", "parquet")
 EXTENSIONS = {".csv": "csv", ".txt": "csv", ".tsv": "tsv", ".tab": "tsv", ".parquet": "parquet", ".pq": "parquet"}
@@ -126,7 +126,8 @@ class TablePairs(torch.utils.data.Dataset):
         """The encoded image row ``i`` refers to: a path (read from disk), bytes, or a ``{bytes, path}`` struct.
 
         Raises:
-            BadSample: ``no_image`` (no such file, an unreadable one, an empty cell).
+            BadSample: ``no_image`` (no such file, an unreadable one, an empty cell), ``too_large`` (a file over
+                ``max_image_bytes``, refused before it is read).
         """
         ref = self.rows[i][0]
         if isinstance(ref, dict):
@@ -135,8 +136,7 @@ class TablePairs(torch.utils.data.Dataset):
             return bytes(ref)
         if not isinstance(ref, str) or not ref:
             raise BadSample("no_image", f"row {i}: no image")
-        file = self.root / ref
         try:
-            return file.read_bytes()
-        except (OSError, UnicodeEncodeError) as e:  # missing, a folder, unreadable, an unencodable name
-            raise BadSample("no_image", f"row {i}: cannot read {file}: {type(e).__name__}") from None
+            return read_bytes(self.root / ref, self.limits.max_image_bytes)
+        except BadSample as e:  # missing, a folder, unreadable, an unencodable name; over max_image_bytes
+            raise BadSample(e.reason, f"row {i}: {e.args[0].split(': ', 1)[-1]}") from None

@@ -104,40 +104,52 @@ def iter_shard(shard: str | os.PathLike[str], stats: ShardStats | None = None, f
     where the previous member ended: the sample in progress and the one after the hole are flagged
     ``"__broken__": True`` and ``stats.damaged_regions`` counts the hole. A shard that cannot be opened or
     ends mid-member is recorded in ``stats.bad_shards``; samples read before the damage are kept (the
-    one cut short flagged broken). Members without a field (no dot) and hidden files (``._*``, macOS
-    resource forks) are ignored.
+    one cut short flagged broken). Members that are not regular files (folders, links), without a field
+    (no dot) and hidden files (``._*``, macOS resource forks) are ignored.
+
+    A sample ends where the key changes or a field repeats (``a.jpg a.txt a.jpg`` is two samples ``a``), decided
+    on member names alone, so the samples are the same whether their bytes are read or skipped.
 
     Args:
         shard: Path of a tar file.
         stats: Filled in while iterating, if given.
         fields: Only keep these fields; all when ``None``.
-        skip: Pass over the first ``skip`` samples without reading their bytes (resuming mid-shard).
+        skip: Pass over the first ``skip`` samples without reading their bytes (resuming mid-shard). What a
+            reader that gave those samples had already counted (the shard, holes and errors met up to the
+            first member of sample ``skip``) is not counted again, so a resumed stream's counts equal an
+            uninterrupted one's.
     """
     stats = stats if stats is not None else ShardStats()
     url = os.fspath(shard)
     current: Sample | None = None
+    names: set[str] = set()  # the fields of ``current`` by name, kept or not (``fields``, ``skip``)
     index, after_hole, expected, members = -1, False, 0, 0
+
+    def counted() -> bool:  # whether an event met now was counted by the reader that gave the first ``skip``
+        return skip > 0 and index < skip
+
     try:
         with tarfile.open(url, mode="r|*", ignore_zeros=True) as tar:
-            stats.shards += 1
+            stats.shards += skip == 0
             for member in tar:
                 members += 1
                 hole = member.offset != expected
                 expected = member.offset_data + -(-member.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
                 if hole:
-                    stats.damaged_regions += 1
+                    stats.damaged_regions += not counted()
                     if current is not None:
                         current["__broken__"] = True
                     after_hole = True
                 key, ext = split_key(member.name)
                 if not member.isfile() or not ext or Path(member.name).name.startswith("._"):
                     continue
-                if current is None or current["__key__"] != key or ext in current:
+                if current is None or current["__key__"] != key or ext in names:
                     if current is not None and index >= skip:
                         stats.samples += 1
                         yield current
                     index += 1
-                    current = {"__key__": key, "__url__": url}
+                    current, names = {"__key__": key, "__url__": url}, set()
+                names.add(ext)
                 if after_hole:
                     current["__broken__"], after_hole = True, False
                 if index >= skip and (fields is None or ext in fields):
@@ -147,7 +159,8 @@ def iter_shard(shard: str | os.PathLike[str], stats: ShardStats | None = None, f
         if not members:
             raise tarfile.ReadError("no valid tar member")
     except (tarfile.TarError, OSError, EOFError) as e:
-        stats.bad_shards.append((url, f"{type(e).__name__}: {e}"))
+        if not counted():
+            stats.bad_shards.append((url, f"{type(e).__name__}: {e}"))
         if current is not None:
             current["__broken__"] = True
     if current is not None and index >= skip:

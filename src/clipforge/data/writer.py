@@ -26,7 +26,7 @@ from typing import Any
 from PIL import Image
 from tqdm import tqdm
 
-from clipforge.data.decode import BadSample, DecodeLimits, check_size, decode_image, decode_text
+from clipforge.data.decode import DecodeLimits, as_bad_sample, check_size, decode_image, decode_text
 from clipforge.data.webdataset import write_tar_shard
 
 # (encoded image or PIL image, caption text, extra json fields); may raise BadSample.
@@ -53,14 +53,14 @@ def prepare_sample(raw: RawPair, limits: DecodeLimits, resize: int | None) -> di
         BadSample: the image or caption is unusable.
     """
     image_or_bytes, caption_text, extra = raw
-    captions = decode_text(caption_text)
+    captions = decode_text(caption_text, limits)
     if isinstance(image_or_bytes, Image.Image):
         image, data, fmt = image_or_bytes, None, None
         check_size(*image.size, limits)
     else:
         data = image_or_bytes
         image = decode_image(data, limits)  # full decode: a truncated or corrupt image is caught here
-        fmt = Image.open(io.BytesIO(data)).format
+        fmt = Image.open(io.BytesIO(data), formats=limits.formats).format
     original = image.size
     if resize is not None and min(image.size) > resize:
         scale = resize / min(image.size)
@@ -147,8 +147,8 @@ def _write_shard(shard: int) -> dict[str, Any]:
     for i in inputs:
         try:
             sample = prepare_sample(load(i), limits, resize)
-        except BadSample as e:
-            skipped[e.reason] += 1
+        except Exception as e:  # the sample boundary: counted by reason (``error`` for the unforeseen)
+            skipped[as_bad_sample(e).reason] += 1
             continue
         key = f"{shard:05d}{i - first:0{digits}d}"
         sample["__key__"], sample["json"] = key, json.dumps({"key": key, **sample["json"]}, ensure_ascii=False)

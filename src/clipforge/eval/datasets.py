@@ -38,7 +38,7 @@ from PIL import Image
 
 from clipforge.data import build_source, source_config, source_kind
 from clipforge.data.config import FolderDataConfig, ShardsDataConfig
-from clipforge.data.decode import BadSample, DecodeLimits, broken_or, decode_text, sample_image_bytes
+from clipforge.data.decode import BadSample, DecodeLimits, as_bad_sample, broken_or, decode_text, sample_image_bytes
 from clipforge.data.folders import CLASS_EXTENSIONS
 from clipforge.data.tables import CAPTION_KEY, FORMATS, IMAGE_KEY, LABEL_KEY, table_format
 from clipforge.data.webdataset import ShardStats, expand_shards
@@ -72,9 +72,10 @@ class EvalDataset:
     def __iter__(self) -> Iterator[Sample]:
         raise NotImplementedError
 
-    def skip(self, source: str, error: BadSample) -> None:
-        """Records a skipped sample as ``(source, "reason: detail")``."""
-        self.skipped.append((source, str(error)))
+    def skip(self, source: str, error: Exception) -> None:
+        """Records a skipped sample as ``(source, "reason: detail")`` (any exception but a ``BadSample`` is an
+        ``error``: the sample boundary, where one bad sample never ends an evaluation)."""
+        self.skipped.append((source, str(as_bad_sample(error))))
 
     def skip_counts(self) -> Counter[str]:
         """Skipped samples of the last pass by reason (the names of ``clipforge.data.decode``)."""
@@ -107,7 +108,7 @@ class ImageFolder(EvalDataset):
         for i in range(len(self.source)):
             try:
                 image, label = self.source[i]
-            except BadSample as e:
+            except Exception as e:  # the sample boundary (``skip``)
                 self.skip(self.source.source(i), e)
                 continue
             yield Sample(image, label=label, source=self.source.source(i))
@@ -191,9 +192,13 @@ class CsvDataset(EvalDataset):
         if self.task == "classification":
             for i in range(len(self.table)):
                 try:
-                    label = self._label(i)
-                    image = self.table.image(i)
+                    label = self._label(i)  # a label outside the classes is the dataset's misfit: raised
                 except BadSample as e:
+                    self.skip(self._source(i), e)
+                    continue
+                try:
+                    image = self.table.image(i)
+                except Exception as e:  # the sample boundary (``skip``)
                     self.skip(self._source(i), e)
                     continue
                 yield Sample(image, label=label, source=self._source(i))
@@ -209,7 +214,7 @@ class CsvDataset(EvalDataset):
                 if not captions:
                     raise BadSample("no_caption", "no usable caption")
                 image = self.table.image(rows[0])
-            except BadSample as e:
+            except Exception as e:  # the sample boundary (``skip``)
                 self.skip(source, e)
                 continue
             yield Sample(image, captions=captions, source=source)
@@ -220,7 +225,7 @@ class CsvDataset(EvalDataset):
             caption = self.table.rows[i][1]
             if caption is None:
                 raise BadSample("no_caption", "empty cell")
-            return decode_text(caption)
+            return decode_text(caption, self.table.limits)
         except BadSample as e:
             self.skip(self._where(i), e)
             return []
@@ -274,8 +279,8 @@ class WdsBenchmark(EvalDataset):
             try:
                 label, captions = self._target(sample)
                 image = self.source.decode(sample_image_bytes(sample, WDS_IMAGE_FIELDS))
-            except BadSample as e:
-                self.skip(source, broken_or(sample, e))
+            except Exception as e:  # the sample boundary (``skip``)
+                self.skip(source, broken_or(sample, as_bad_sample(e)))
                 continue
             yield Sample(image, label=label, captions=captions, source=source)
         self.stats = self.source.stats
@@ -285,16 +290,17 @@ class WdsBenchmark(EvalDataset):
         """The sample's class (``cls``) or captions (``txt``).
 
         Raises:
-            BadSample: ``no_caption`` (neither field, or a blank one) or ``bad_text`` (not UTF-8, not an integer).
+            BadSample: ``no_caption`` (neither field, or a blank one), ``bad_text`` (not UTF-8, not an integer) or
+                ``too_large`` (a field over ``max_text_bytes``).
         """
         if "cls" in sample:
-            value = decode_text(sample["cls"])[0]  # type: ignore[arg-type]
+            value = decode_text(sample["cls"], self.source.config.decode)[0]  # type: ignore[arg-type]
             try:
                 return int(value), None
             except ValueError:
                 raise BadSample("bad_text", f"cls {value!r} is not an integer") from None
         if "txt" in sample:
-            return None, decode_text(sample["txt"])  # type: ignore[arg-type]
+            return None, decode_text(sample["txt"], self.source.config.decode)  # type: ignore[arg-type]
         raise BadSample("no_caption", "no 'cls' or 'txt' field")
 
 

@@ -41,7 +41,7 @@ from PIL import Image
 from clipforge.config import ConfigError
 from clipforge.data import build_source
 from clipforge.data.config import DataConfig, SyntheticDataConfig
-from clipforge.data.decode import BadSample, decode_image, decode_text, pick_caption
+from clipforge.data.decode import DEFAULT_LIMITS, as_bad_sample, decode_image, decode_text, pick_caption
 from clipforge.data.device_decode import DeviceJPEGDecoder, device_decode_unavailable, jpeg_size
 from clipforge.data.shards import ShardSource, check_readers, warn
 from clipforge.data.sources import is_labelled
@@ -140,14 +140,18 @@ class StepBatches(torch.utils.data.Dataset):
         g, member = divmod(p, group)  # sources may declare groups of consecutive items to keep together
         groups = n // group
         index = int(_order(self.seed, g // groups, groups)[g % groups]) * group + member
+        limits, last = getattr(self.source, "limits", DEFAULT_LIMITS), ""
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
                 image, text = self.source[index]
-                return image, pick_caption(decode_text(text), rng)
-            except BadSample as e:
-                skipped[e.reason] += 1
+                return image, pick_caption(decode_text(text, limits), rng)
+            except Exception as e:  # the sample boundary: whatever one sample raises is counted (reason ``error``)
+                bad = as_bad_sample(e)
+                skipped[bad.reason] += 1
+                last = str(bad)
                 index = int(np.random.default_rng([self.seed, p, attempt]).integers(n))
-        raise RuntimeError(f"{MAX_ATTEMPTS} samples in a row were unusable (at position {p}): {dict(skipped)}")
+        raise RuntimeError(f"{MAX_ATTEMPTS} samples in a row were unusable (at position {p}): {dict(skipped)}; "
+                           f"the last: {last}")
 
 
 @lru_cache(maxsize=2)
@@ -219,11 +223,13 @@ class ShardBatches(torch.utils.data.IterableDataset):
                 else:
                     image = self.source.decode(data)
                     image = self.transform(image, rng) if c.augment else self.transform(image)
-            except BadSample as e:
-                skipped[e.reason] += 1
+            except Exception as e:  # the sample boundary: whatever one sample raises is counted (reason ``error``)
+                bad = as_bad_sample(e)
+                skipped[bad.reason] += 1
                 bad_in_a_row += 1
                 if bad_in_a_row >= MAX_BAD_IN_A_ROW:
-                    raise RuntimeError(f"{bad_in_a_row} shard samples in a row unusable: {dict(skipped)}") from None
+                    raise RuntimeError(f"{bad_in_a_row} shard samples in a row unusable: {dict(skipped)}; "
+                                       f"the last: {bad}") from None
                 continue
             bad_in_a_row = 0
             images.append(image)
