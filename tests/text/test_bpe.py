@@ -17,7 +17,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from clipforge.text import cleanup
-from clipforge.text.bpe import _ASCII_PATTERN, PATTERN, BPETokenizer, clean, get_default_tokenizer
+from clipforge.text.bpe import (
+    _ASCII_PATTERN,
+    MAX_CHARS,
+    PATTERN,
+    BPETokenizer,
+    clean,
+    get_default_tokenizer,
+    merges_are_ordered,
+)
 from clipforge.text.bpe_train import train_bpe
 
 PIECES = [
@@ -161,12 +169,12 @@ def test_fix_text_and_clean_equal_ftfy_on_edge_text(text: str) -> None:
 
 def test_fix_text_known_answers_both_paths() -> None:
     """Mojibake goes to ftfy itself; entities, quotes, widths and line breaks are fixed by ftfy's steps here."""
-    before = cleanup._ftfy_fix_text.cache_info().misses
+    before = cleanup._ftfy_fix_text_cached.cache_info().misses
     assert cleanup.fix_text("caf\u00c3\u00a9 \u00e2\u20ac\u2122") == "caf\u00e9 '"
-    assert cleanup._ftfy_fix_text.cache_info().misses == before + 1
+    assert cleanup._ftfy_fix_text_cached.cache_info().misses == before + 1
     assert cleanup.fix_text("\u201cit\u2019s\u201d &amp; \ufb01ne\uff01\r\nok") == '"it\'s" & fine!\nok'
     assert cleanup.fix_text("a &lt;b&gt;\n<i>&amp;</i>\n&amp;") == "a <b>\n<i>&amp;</i>\n&amp;"  # "<": entities kept
-    assert cleanup._ftfy_fix_text.cache_info().misses == before + 1
+    assert cleanup._ftfy_fix_text_cached.cache_info().misses == before + 1
 
 
 def test_clean_equals_openai_steps() -> None:
@@ -306,3 +314,120 @@ def test_trained_vocab_loads_in_hf(tmp_path: Path) -> None:
     hf = transformers.CLIPTokenizer.from_pretrained(tmp_path)
     for text in training_corpus()[:200]:
         assert hf(text)["input_ids"] == [tok.sot_token_id, *tok.encode(text), tok.eot_token_id], text
+
+
+# --- bounded work per caption (issue #17, class 3) -----------------------------------------------------------
+
+
+def long_captions(n: int, seed: int = 0) -> list[str]:
+    """Captions up to ``MAX_CHARS`` characters: long space-free runs of letters, digits and symbols, many words,
+    long whitespace runs, and mixtures with the corpus pieces."""
+    rng = random.Random(seed)
+    out = ["a" * 3000, "ab" * 1500, "é" * 2000, "東" * 2000, "😀" * 1000, "x" * MAX_CHARS, " " * 5000 + "dog"]
+    while len(out) < n:
+        kind = rng.random()
+        if kind < 0.4:
+            alphabet = rng.choice([string.ascii_letters, "aeiou", "ab", "thequickbrownfox", "éèàçñüßøå", "ΑΒΓδεζ"])
+            out.append("".join(rng.choice(alphabet) for _ in range(rng.randint(50, 3000))))
+        elif kind < 0.7:
+            out.append(" ".join(rng.choice(PIECES) for _ in range(rng.randint(200, 900)))[:MAX_CHARS])
+        else:
+            word = "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(40, 1500)))
+            out.append(rng.choice(PIECES) + " " * rng.randint(0, 3000) + word + " " + rng.choice(PIECES))
+    return out
+
+
+def test_captions_that_fit_get_open_clip_ids(open_clip_tokenizer) -> None:
+    """Every caption of at most ``max_chars`` characters keeps open_clip's ids, long runs and all (open_clip's own
+    loop is quadratic in a run's length, so the runs stay in the thousands here)."""
+    texts = long_captions(120)
+    assert all(len(t) <= MAX_CHARS for t in texts)
+    assert_same_ids(texts, open_clip_tokenizer)
+    assert_same_ids(texts, open_clip_tokenizer, context_length=16)
+    tok = BPETokenizer(truncate=False)
+    for text in texts[:10]:  # not truncating, every id is still counted
+        assert len(tok.encode(text)) == len(open_clip_tokenizer.encode(text)), text[:40]
+
+
+def test_merges_are_ordered_and_heap_merge_equals_openai_loop() -> None:
+    tok = get_default_tokenizer()
+    assert merges_are_ordered(tok.merges) and tok._ordered
+    assert merges_are_ordered(train_bpe(training_corpus(), vocab_size=600).merges)
+    assert not merges_are_ordered([("a", "b"), ("c", "ab")][::-1])  # "ab" used before it is made
+    rng = random.Random(3)
+    for _ in range(1500):
+        alphabet = rng.choice(["ab", "abc", "aeiou", string.ascii_lowercase, "é東😀a", "xyzq1!.", "\u00e9e"])
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 400)))
+        symbols = "".join(tok.byte_encoder[b] for b in text.encode())
+        word = [*symbols[:-1], symbols[-1] + "</w>"]
+        assert tok._bpe_heap(list(word)) == tok._bpe_loop(list(word)), text
+
+
+def test_unordered_merges_use_openai_loop() -> None:
+    """Merges out of order (a part used before a merge makes it) keep OpenAI's loop, whose result they define."""
+    merges = [("c", "ab</w>"), ("a", "b</w>"), ("x", "x")]
+    tok = BPETokenizer.from_merges(merges)
+    assert not tok._ordered
+    assert [tok.decoder[i] for i in tok.encode("cab")] == ["cab</w>"]  # rank 1 makes the rank-0 pair
+    assert [tok.decoder[i] for i in tok.encode("x" * 100)] == ["xx"] * 49 + ["x", "x</w>"]
+
+
+class WorkCounter:
+    """Counts the symbols the BPE merge functions of one tokenizer are given, and the chunks it tokenises."""
+
+    def __init__(self, tok: BPETokenizer, monkeypatch: pytest.MonkeyPatch):
+        self.symbols = self.chunks = 0
+        for name in ("_bpe_heap", "_bpe_loop"):
+            merge = getattr(tok, name)
+
+            def counted(word: list[str], merge=merge) -> list[str]:
+                self.symbols += len(word)
+                return merge(word)
+
+            monkeypatch.setattr(tok, name, counted)
+        chunk = tok._chunk
+
+        def counted_chunk(text: str) -> tuple[int, ...]:
+            self.chunks += 1
+            return chunk(text)
+
+        monkeypatch.setattr(tok, "_chunk", counted_chunk)
+
+
+def test_a_100k_letter_word_costs_bounded_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 73-second caption of issue #17: only ``max_chars`` characters reach the BPE, and a run that long is
+    merged by the priority queue, not the quadratic loop."""
+    tok = BPETokenizer()
+    work = WorkCounter(tok, monkeypatch)
+    word = "".join(random.Random(0).choice(string.ascii_lowercase) for _ in range(100_000))
+    ids = tok([word, "é" * 100_000])
+    assert work.symbols <= MAX_CHARS + 2 * MAX_CHARS  # one byte per letter, two per "é"
+    assert ids.shape == (2, 77) and (ids[:, -1] == tok.eot_token_id).all()
+    assert torch.equal(ids, BPETokenizer()([word[:MAX_CHARS], "é" * MAX_CHARS]))
+    fresh = BPETokenizer()
+    monkeypatch.setattr(fresh, "_bpe_loop", lambda w: pytest.fail(f"quadratic loop on {len(w)} symbols"))
+    fresh(["q" * 100_000])  # one run of MAX_CHARS letters: the priority queue only
+
+
+def test_tokenising_stops_once_the_context_is_full(monkeypatch: pytest.MonkeyPatch) -> None:
+    """100,000 distinct words: with truncation only the chunks that can reach the context are tokenised."""
+    tok = BPETokenizer()
+    work = WorkCounter(tok, monkeypatch)
+    words = [f"w{i}x" for i in range(100_000)]
+    ids = tok(" ".join(words))  # cut to MAX_CHARS characters, then 76 chunks give more than 75 ids
+    assert work.chunks <= 76
+    assert torch.equal(ids, BPETokenizer()(" ".join(words[:200])))
+    assert torch.equal(tok(["a b c", " ".join(words)]), BPETokenizer()(["a b c", " ".join(words[:200])]))
+
+
+def test_max_chars_cuts_before_anything_else(monkeypatch: pytest.MonkeyPatch) -> None:
+    tok = BPETokenizer(max_chars=10, truncate=False)
+    assert tok.encode("a photo of a cat") == tok.encode("a photo of")
+    assert torch.equal(tok(["a photo of a cat"]), tok(["a photo of"]))
+    seen = []
+    monkeypatch.setattr("clipforge.text.bpe.clean", lambda t: seen.append(t) or clean(t))
+    tok.encode("caf\u00e9 " * 1000)
+    assert seen == ["caf\u00e9 " * 2]  # clean-up sees the cut text only
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="max_chars must be a whole number"):
+            BPETokenizer(max_chars=bad)

@@ -11,11 +11,24 @@ Speed comes from exact shortcuts, each proven by the parity tests against open_c
   and those are cached per chunk (``"dog,"`` -> ids of ``dog`` and ``,``): a cache hit skips the regex
   and the BPE entirely;
 - all rows' ids go into one flat list, then into the padded int64 array with one vectorised gather.
+
+Bounded work per caption (hostile or broken captions cannot stall a data loader):
+- a caption is cut to its first ``max_chars`` characters (default ``MAX_CHARS``, 8,192) before any other work, so
+  cleaning, pre-tokenisation and BPE never see more; a caption of at most ``max_chars`` characters gets exactly
+  open_clip's ids, a longer one the ids of its first ``max_chars`` characters;
+- with truncation on, a caption's chunks are tokenised only until more than ``context_length - 2`` ids are known:
+  every later id would be cut anyway (exact, whatever the caption);
+- a pre-token of more than ``_HEAP_MIN`` symbols is merged with a priority queue (``_bpe_heap``), O(n log n)
+  instead of OpenAI's O(n²) loop and with the same result (see ``merges_are_ordered``), so one space-free run of
+  ``max_chars`` letters costs milliseconds, not seconds;
+- the caches remember only chunks and pre-tokens of at most ``_CACHE_MAX_KEY`` characters, so their memory is
+  bounded by entry count × key length whatever the data.
 """
 
 from __future__ import annotations
 
 import gzip
+import heapq
 import importlib.resources
 import json
 import os
@@ -43,6 +56,9 @@ PATTERN = regex.compile(r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p
 # stdlib engine is faster than ``regex`` and the parity tests prove the two agree on such text.
 _ASCII_PATTERN = re.compile(r"""'s|'t|'re|'ve|'m|'ll|'d|[a-z]+|[0-9]|[^ a-z0-9]+""")
 _CACHE_LIMIT = 500_000  # entries per cache; past it new words are still tokenised, just not remembered
+_CACHE_MAX_KEY = 64  # characters of a cached chunk or pre-token at most: the caches hold ≤ 500k × 64 characters
+MAX_CHARS = 8192  # default characters of a caption that are read; the rest is cut before any other work
+_HEAP_MIN = 48  # symbols of a pre-token from which the priority-queue merge (O(n log n)) beats OpenAI's loop
 _NO_MERGE = 1 << 62  # rank of a pair that is not a merge (an int: compares faster than float("inf"))
 
 
@@ -58,6 +74,24 @@ def bytes_to_unicode() -> dict[int, str]:
             cs.append(256 + n)
             n += 1
     return dict(zip(bs, map(chr, cs)))
+
+
+def merges_are_ordered(merges: Sequence[tuple[str, str]]) -> bool:
+    """True if every merge's two parts are byte symbols or tokens made by earlier merges (OpenAI's and
+    ``train_bpe``'s files are).
+
+    Then a merge creates only pairs of higher rank than itself, so OpenAI's loop (merge every occurrence of the
+    lowest-ranked pair present, left to right, repeat) is the same as merging pairs one at a time in order of
+    (rank, position), which a priority queue does in O(n log n).
+    """
+    base = set(bytes_to_unicode().values())
+    base |= {s + "</w>" for s in base}
+    made: set[str] = set()
+    for first, second in merges:
+        if not ((first in base or first in made) and (second in base or second in made)):
+            return False
+        made.add(first + second)
+    return True
 
 
 def default_vocab_path() -> Path:
@@ -110,35 +144,43 @@ class BPETokenizer:
     ``truncate=False`` an over-long text raises ``ValueError`` naming its index, token count and the
     context length, as OpenAI's ``clip.tokenize`` does without ``truncate=True``.
 
+    Length limit: only the first ``max_chars`` characters of a text are read (cut before clean-up); a text of
+    at most ``max_chars`` characters gets exactly open_clip's ids. See the module docstring for the other bounds.
+
     Args:
         vocab_path: A gzipped merges file; default: OpenAI's (49,408 tokens).
         context_length: Tokens per text, start and end tokens included.
         truncate: See above.
         num_merges: How many merges of the file to use; default: all for a custom file, 48,894 for
             OpenAI's (its file lists more merges than the released vocabulary uses).
+        max_chars: Characters of a text read at most (default ``MAX_CHARS``, 8,192).
     """
 
     def __init__(self, vocab_path: str | os.PathLike | None = None, context_length: int = 77, truncate: bool = True,
-                 num_merges: int | None = None):
+                 num_merges: int | None = None, max_chars: int = MAX_CHARS):
         self.vocab_path: Path | None = Path(vocab_path) if vocab_path is not None else default_vocab_path()
         merges = read_merges(self.vocab_path)
         if num_merges is None:
             num_merges = 49152 - 256 - 2 if self.vocab_path.name == VOCAB_FILE else len(merges)
-        self._build(merges[:num_merges], context_length, truncate)
+        self._build(merges[:num_merges], context_length, truncate, max_chars)
 
     @classmethod
     def from_merges(cls, merges: Iterable[tuple[str, str]], context_length: int = 77,
-                    truncate: bool = True) -> BPETokenizer:
+                    truncate: bool = True, max_chars: int = MAX_CHARS) -> BPETokenizer:
         """A tokenizer from merges in memory (e.g. learnt by ``train_bpe``), in rank order."""
         tokenizer = cls.__new__(cls)
         tokenizer.vocab_path = None
-        tokenizer._build(list(merges), context_length, truncate)
+        tokenizer._build(list(merges), context_length, truncate, max_chars)
         return tokenizer
 
-    def _build(self, merges: list[tuple[str, str]], context_length: int, truncate: bool) -> None:
+    def _build(self, merges: list[tuple[str, str]], context_length: int, truncate: bool, max_chars: int) -> None:
         """Vocabulary: 256 byte symbols, the same with ``</w>``, one token per merge, then start/end of text."""
         if context_length < 2:
             raise ValueError(f"context_length must be at least 2 (start and end of text), got {context_length}")
+        if isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars < 1:
+            raise ValueError(f"max_chars must be a whole number ≥ 1, got {max_chars!r}")
+        self.max_chars = max_chars
+        self._ordered = merges_are_ordered(merges)
         self.merges = merges
         byte_symbols = list(bytes_to_unicode().values())
         vocab = byte_symbols + [s + "</w>" for s in byte_symbols] + ["".join(m) for m in merges] + [SOT, EOT]
@@ -179,6 +221,14 @@ class BPETokenizer:
         adjacent pair merged everywhere (left to right) until no pair is a merge."""
         symbols = "".join(map(self.byte_encoder.__getitem__, token.encode("utf-8")))
         word = [*symbols[:-1], symbols[-1] + "</w>"]
+        word = self._bpe_heap(word) if len(word) >= _HEAP_MIN and self._ordered else self._bpe_loop(word)
+        ids = tuple(map(self.encoder.__getitem__, word))
+        if len(self._bpe_cache) < _CACHE_LIMIT and len(token) <= _CACHE_MAX_KEY:
+            self._bpe_cache[token] = ids
+        return ids
+
+    def _bpe_loop(self, word: list[str]) -> list[str]:
+        """OpenAI's loop: O(len(word)) per merged pair, fastest for the short words captions are made of."""
         ranks, merges = self.ranks, self.merges
         while len(word) > 1:
             pair_ranks = [ranks.get(pair, _NO_MERGE) for pair in pairwise(word)]
@@ -195,10 +245,41 @@ class BPETokenizer:
                     merged.append(word[i])
                     i += 1
             word = merged
-        ids = tuple(map(self.encoder.__getitem__, word))
-        if len(self._bpe_cache) < _CACHE_LIMIT:
-            self._bpe_cache[token] = ids
-        return ids
+        return word
+
+    def _bpe_heap(self, word: list[str]) -> list[str]:
+        """The same merges as ``_bpe_loop``, one pair at a time in order of (rank, position): O(n log n).
+
+        Exact when ``merges_are_ordered``: all occurrences of a rank are merged left to right before any higher
+        rank, a pair whose left symbol was taken by the merge before it (``a a a``) is skipped as OpenAI's loop
+        skips it, and every pair a merge creates has a higher rank than that merge.
+        """
+        ranks = self.ranks
+        symbols: list[str | None] = list(word)
+        n = len(symbols)
+        nxt = list(range(1, n + 1))  # index of the next live symbol (n: none)
+        prv = list(range(-1, n - 1))  # index of the previous live symbol (-1: none)
+        heap = [(rank, i) for i, pair in enumerate(pairwise(word)) if (rank := ranks.get(pair)) is not None]
+        heapq.heapify(heap)
+        pop, push = heapq.heappop, heapq.heappush
+        while heap:
+            rank, i = pop(heap)
+            j = nxt[i]
+            left = symbols[i]
+            if left is None or j >= n or ranks.get((left, cast(str, symbols[j]))) != rank:
+                continue  # stale: a symbol of this pair has been merged since it was queued
+            symbols[i] = merged = left + cast(str, symbols[j])
+            symbols[j] = None
+            after = nxt[j]
+            nxt[i] = after
+            if after < n:
+                prv[after] = i
+                if (r := ranks.get((merged, cast(str, symbols[after])))) is not None:
+                    push(heap, (r, i))
+            before = prv[i]
+            if before >= 0 and (r := ranks.get((cast(str, symbols[before]), merged))) is not None:
+                push(heap, (r, before))
+        return [s for s in symbols if s is not None]
 
     def _chunk(self, chunk: str) -> tuple[int, ...]:
         """Ids of one space-free chunk of cleaned text, cached (the caller has already missed the cache)."""
@@ -208,18 +289,21 @@ class BPETokenizer:
         if None in parts:
             parts = [ids or self._bpe(token) for ids, token in zip(parts, tokens)]
         ids = tuple(chain.from_iterable(cast("list[tuple[int, ...]]", parts)))  # every None is filled in
-        if len(self._chunk_cache) < _CACHE_LIMIT:
+        if len(self._chunk_cache) < _CACHE_LIMIT and len(chunk) <= _CACHE_MAX_KEY:
             self._chunk_cache[chunk] = ids
         return ids
 
     def _chunks(self, text: str) -> list[str]:
-        """Cleaned text split on its (single) spaces; no pre-token spans a space, so chunks tokenise alone."""
+        """Cleaned text split on its (single) spaces; no pre-token spans a space, so chunks tokenise alone.
+
+        Only the first ``max_chars`` characters are read: the cut comes before any other work."""
+        text = text[: self.max_chars]
         if is_plain_ascii(text):
             return text.lower().split()  # clean() minus work that cannot change the chunks
         return clean(text).split()
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of one text, without start/end tokens."""
+        """Token ids of one text (its first ``max_chars`` characters), without start/end tokens."""
         get, miss = self._chunk_cache.get, self._chunk
         return list(chain.from_iterable([get(c) or miss(c) for c in self._chunks(text)]))
 
@@ -237,9 +321,15 @@ class BPETokenizer:
         ends = [0]  # len(flat) after each text
         extend, end = flat.extend, ends.append
         get, miss = self._chunk_cache.get, self._chunk
+        # Truncating, ids past the first n_ctx - 2 are cut, so a text's chunks stop once there are more than that
+        # (one more than fits marks the text as cut). Not truncating, every id is counted for the error message.
+        enough = n_ctx - 2 if self.truncate else 1 << 62
         for text in texts:
+            stop = len(flat) + enough
             for chunk in self._chunks(text):
                 extend(get(chunk) or miss(chunk))
+                if len(flat) > stop:
+                    break
             end(len(flat))
         ids, offsets = np.array(flat, dtype=np.int64), np.array(ends, dtype=np.int64)
         return torch.from_numpy(self._pack(ids, offsets, n_ctx))

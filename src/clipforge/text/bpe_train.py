@@ -15,7 +15,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from itertools import pairwise
 
-from clipforge.text.bpe import EOT, PATTERN, SOT, BPETokenizer, bytes_to_unicode, clean
+from clipforge.text.bpe import EOT, MAX_CHARS, PATTERN, SOT, BPETokenizer, bytes_to_unicode, clean
 
 BASE_VOCAB_SIZE = 2 * 256 + 2  # byte symbols, the same with </w>, start and end of text
 
@@ -24,8 +24,8 @@ def _word_counts(texts: Iterable[str]) -> Counter[tuple[str, ...]]:
     """Distinct pre-tokens as symbol tuples (bytes mapped to unicode, ``</w>`` on the last), with their counts."""
     byte_encoder = bytes_to_unicode()
     raw: Counter[str] = Counter()
-    for text in texts:
-        raw.update(PATTERN.findall(clean(text)))
+    for text in texts:  # cut as the tokenizer cuts (its default ``max_chars``): training sees what encoding sees
+        raw.update(PATTERN.findall(clean(text[:MAX_CHARS])))
     words: Counter[tuple[str, ...]] = Counter()
     for token, count in raw.items():
         symbols = [byte_encoder[b] for b in token.encode("utf-8")]

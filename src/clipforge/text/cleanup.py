@@ -159,10 +159,19 @@ def _fix_segment(text: str, unescape_html: bool) -> str | None:
             return text
 
 
+_CACHE_MAX_TEXT = 512  # characters of a text ``_ftfy_fix_text`` remembers at most: ≤ 65,536 × 512 characters held
+
+
 @lru_cache(maxsize=1 << 16)
-def _ftfy_fix_text(text: str) -> str:
-    """ftfy itself, for text with mojibake; cached, as such captions are few and often repeated."""
+def _ftfy_fix_text_cached(text: str) -> str:
     return ftfy.fix_text(text)
+
+
+def _ftfy_fix_text(text: str) -> str:
+    """ftfy itself, for text with mojibake; cached up to ``_CACHE_MAX_TEXT`` characters, as such captions are few
+    and often repeated (longer ones are not, so the cache's memory stays bounded)."""
+    return _ftfy_fix_text_cached(text) if len(text) <= _CACHE_MAX_TEXT else ftfy.fix_text(text)
+
 
 
 def fix_text(text: str) -> str:

@@ -6,7 +6,8 @@ Two modes (``RenderConfig.mode``):
 big_vision's ``render_unifont`` (``big_vision/pp/proj/clippo/pp_ops.py``) pixel for pixel:
 
 - lower-casing touches ASCII letters only (TensorFlow's ``strings.lower``);
-- at most ``max_chars`` (768) characters are rendered;
+- at most ``max_chars`` (768) characters are rendered; the rest is cut before any other work (bytes are cut to
+  ``4 * max_chars`` before they are decoded), so the work per text is bounded whatever its length;
 - each glyph is a 16×16 cell (8-wide glyphs fill the left half), trimmed to the columns from one before
   its first inked column (not below 0) through its last inked column, widened to the right to at least
   4 columns (never past the cell); a glyph without ink, or a character the font lacks, is 4 blank columns;
@@ -398,7 +399,7 @@ class UnifontRenderer:
 
     def render(self, texts: str | Sequence[str]) -> np.ndarray:
         """Texts → uint8 (N, H, W, 3) images, painted with numpy."""
-        texts = _as_list(texts)
+        texts = _as_list(texts, self.config.max_chars)
         lay = self.layout(texts)
         size, n = self.config.image_size, len(texts)
         glyph_of_column = np.repeat(np.arange(len(lay.width)), lay.width)
@@ -419,7 +420,7 @@ class UnifontRenderer:
 
     def __call__(self, texts: str | Sequence[str], device: torch.device | str | None = None) -> torch.Tensor:
         """Texts → uint8 tensor (N, 3, H, W), the model's text input, painted with torch on ``device``."""
-        texts = _as_list(texts)
+        texts = _as_list(texts, self.config.max_chars)
         device = torch.device(device if device is not None else "cpu")
         lay = self.layout(texts)
         table = self._table(device)
@@ -454,6 +455,10 @@ class UnifontRenderer:
         return self._tables[key]
 
 
-def _as_list(texts: str | bytes | Sequence[str]) -> list[str]:
+def _as_list(texts: str | bytes | Sequence[str], max_chars: int) -> list[str]:
+    """Texts as strings of at most ``max_chars`` characters, cut before any other work: bytes are cut to
+    ``4 * max_chars`` (a UTF-8 character has at most 4) before they are decoded, so a huge byte string costs
+    nothing, and the first ``max_chars`` characters are the same as decoding it whole would give."""
     items: Sequence[str | bytes] = [texts] if isinstance(texts, str | bytes) else texts
-    return [t.decode("utf-8", "replace") if isinstance(t, bytes) else str(t) for t in items]
+    return [(t[: 4 * max_chars].decode("utf-8", "replace") if isinstance(t, bytes) else str(t))[:max_chars]
+            for t in items]
