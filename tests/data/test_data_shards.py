@@ -243,3 +243,51 @@ def test_cli_data_weights_flag_sets_the_source_weights(tmp_path, capsys):
     urls = f"data.urls={tmp_path}/a/{{00000..00001}}.tar::{tmp_path}/b/{{00000..00001}}.tar"
     assert main(["train", "data.kind=shards", urls, "--data-weights", "3"]) == 2
     assert "data.weights: 1 weight(s) for 2 source(s)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("stop", [3, 5])
+def test_resume_is_exact_on_shards_with_repeated_keys_and_holes(tmp_path, stop):
+    """Keys that repeat (``k.jpg k.txt k.jpg k.txt``) stay two samples when a resumed reader skips over them
+    unread, and holes, bad samples and a cut-short shard met before the stop are not counted again."""
+    from helpers.shards import write_repeating_key_shards
+
+    write_repeating_key_shards(tmp_path, shards=6, per_shard=9)
+    config = {"batch_size": 4, "workers": 2, "interleave": 2}
+    reference = train_data(str(tmp_path), **config)
+    expected = consumed_keys(reference, 0, 12)
+    assert sum(len(b) for b in expected) == 48 == 6 * 8  # one epoch: 6 shards × 8 usable samples (one is bad)
+    assert len({k for b in expected for k in b}) == 6 * 5  # repeated keys are separate samples of the stream
+    assert reference.skipped["tar_holes"] == 6 and reference.skipped["shard_errors"] == 1
+
+    first = train_data(str(tmp_path), **config)
+    assert consumed_keys(first, 0, stop) == expected[:stop]
+    saved = torch.load(_roundtrip(first.state(stop), tmp_path), weights_only=False)
+    assert any(taken for p in saved["ranks"][0]["positions"].values() for _, taken in p["sources"][0]["open"])
+    resumed = train_data(str(tmp_path), **config)
+    resumed.restore(saved)
+    assert consumed_keys(resumed, stop, 12) == expected[stop:]
+    assert (resumed.used, resumed.skipped) == (reference.used, reference.skipped)
+    assert resumed.metrics() == reference.metrics()
+
+
+def test_a_skipping_reader_gives_the_samples_and_counts_of_a_reading_one(tmp_path):
+    """``iter_shard(skip=n)`` continues a reader that gave ``n`` samples: together they give the samples and the
+    counts (samples, shards, holes, errors) of one uninterrupted reader, for every ``n``."""
+    from itertools import islice
+
+    from helpers.shards import write_repeating_key_shards
+
+    write_repeating_key_shards(tmp_path, shards=2, per_shard=9)
+    for path in sorted(tmp_path.glob("*.tar")):
+        whole_stats = ShardStats()
+        whole = list(iter_shard(path, whole_stats))
+        assert len(whole) == 9 and whole_stats.damaged_regions == 1
+        for n in range(len(whole) + 1):
+            before, after = ShardStats(), ShardStats()
+            head = list(islice(iter_shard(path, before), n))  # the interrupted reader, stopped after n samples
+            rest = list(iter_shard(path, after, skip=n))
+            assert [(s["__key__"], sorted(s)) for s in rest] == [(s["__key__"], sorted(s)) for s in whole[n:]]
+            assert head + rest == whole
+            assert (before.samples + after.samples, before.shards + after.shards) == (9, 1)
+            assert before.damaged_regions + after.damaged_regions == whole_stats.damaged_regions, n
+            assert before.bad_shards + after.bad_shards == whole_stats.bad_shards, n

@@ -114,3 +114,31 @@ def write_damaged_shards(folder: Path, shards: int = 8, goods: int = 8) -> Count
     expected["shard_errors"] += 1  # ... and its last sample is still whole enough (jpg + txt) to use
     return expected
 
+
+
+def write_repeating_key_shards(folder: Path, shards: int = 6, per_shard: int = 9) -> None:
+    """Shards whose keys repeat (consecutively: ``k.jpg k.txt k.jpg k.txt``; and apart: ``a … b … a``), with a
+    bad sample, a damaged header (a hole) in each shard and the last shard cut short inside its last member.
+
+    Every shard's first and last samples are good and whole; a reader must keep each repetition its own sample.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    for s in range(shards):
+        samples = []
+        for i in range(per_shard):
+            key = f"r{s:02d}{i:03d}"
+            if i % 3 == 2:
+                key = samples[-1]["__key__"]  # the previous key again, right after it
+            elif i == 7:
+                key = samples[1]["__key__"]  # an earlier key again, further on
+            sample = good(key, s * 100 + i)
+            if i == 4:
+                sample = bad_sample(("not_image", "bad_text", "empty")[s % 3], key, s * 100 + i)
+            samples.append(sample)
+        samples[3]["json"] = json.dumps({"key": samples[3]["__key__"], "hole": True})
+        path = folder / f"{s:05d}.tar"
+        write_tar_shard(path, samples)
+        _corrupt_header(path, f"{samples[3]['__key__']}.json")  # a unique member name: samples 3 and 4 broken
+    path = folder / f"{shards - 1:05d}.tar"
+    data = path.read_bytes()
+    path.write_bytes(data[:data.rfind(f"{samples[-1]['__key__']}.json".encode() + b"\x00") + 512 + 5])
