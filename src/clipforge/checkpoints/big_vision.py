@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 import numpy as np
 import torch
 
-from clipforge.config import ConfigError
+from clipforge.checkpoints.containers import check_zip
+from clipforge.checkpoints.native import CheckpointError
+from clipforge.config import ConfigError, shorten
 from clipforge.models.config import CLIPPOConfig, ViTConfig
 
 if TYPE_CHECKING:
@@ -49,10 +51,35 @@ def read_npz(path: str | Path) -> dict[str, np.ndarray]:
         raise BigVisionFormatError(f"{path}: not a readable .npz checkpoint (not a zip archive: truncated or "
                                    "not an .npz file)")
     try:
+        with zipfile.ZipFile(path) as zf:
+            check_zip(zf, path)  # a zip bomb is refused from the directory, before anything is inflated
+            for info in zf.infolist():
+                if info.filename.endswith(".npy"):  # numpy returns other members as bytes
+                    _check_npy_member(zf, info, path)
         with np.load(path, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
+    except CheckpointError as e:
+        raise BigVisionFormatError(str(e)) from None
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
-        raise BigVisionFormatError(f"{path}: not a readable .npz checkpoint ({e})") from None
+        raise BigVisionFormatError(f"{path}: not a readable .npz checkpoint ({str(e)[:200]})") from None
+    except Exception as e:  # a damaged archive fails in many ways inside zipfile and numpy
+        raise BigVisionFormatError(f"{path}: not a readable .npz checkpoint ({type(e).__name__}: "
+                                   f"{str(e)[:200]})") from None
+
+
+def _check_npy_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> None:
+    """Refuses an ``.npy`` member whose header declares more data than the member holds, before numpy allocates
+    the array its header describes."""
+    with zf.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        if version not in ((1, 0), (2, 0)):
+            raise CheckpointError(f"{path}: member {info.filename[:200]!r} is .npy version {version}, not 1.0 or 2.0")
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(f)
+        needed = math.prod(shape) * dtype.itemsize
+        if needed > info.file_size - f.tell():
+            raise CheckpointError(f"{path}: member {info.filename[:200]!r} declares an array of shape "
+                                  f"{shorten(shape)} ({needed:,} bytes); the member holds {info.file_size:,}")
 
 
 def _prefix(arrays: dict[str, np.ndarray], path: str | Path) -> str:

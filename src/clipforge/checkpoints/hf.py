@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
-from clipforge.checkpoints.native import CheckpointError
+from clipforge.checkpoints.native import CheckpointError, read_safetensors
 from clipforge.checkpoints.openai import _ratio, read_pickled_state_dict
-from clipforge.models.config import Activation, CLIPConfig, ModelConfig, TextConfig, ViTConfig
+from clipforge.config import ConfigError, from_dict, read_config_text, shorten
+from clipforge.models.config import Activation, CLIPConfig, ModelConfig, ViTConfig
 
 if TYPE_CHECKING:
     from clipforge.models.clip import CLIP
@@ -39,8 +40,8 @@ def is_hf_dir(path: str | Path) -> bool:
     if not config.is_file():
         return False
     try:
-        data = json.loads(config.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+        data = json.loads(read_config_text(config))
+    except (ValueError, RecursionError, OSError):  # ConfigError (too large, not UTF-8) is a ValueError
         return False
     return isinstance(data, dict) and data.get("model_type") == "clip"
 
@@ -49,25 +50,44 @@ def config_from_hf(hf: dict[str, Any], source: str = "config.json") -> CLIPConfi
     """A clipforge config from an HF ``CLIPConfig`` mapping (``config.json``)."""
     try:
         t, v = hf["text_config"], hf["vision_config"]
+        if not isinstance(t, dict) or not isinstance(v, dict):
+            raise CheckpointError(f"{source}: text_config and vision_config must be objects")
         acts = {t.get("hidden_act", "quick_gelu"), v.get("hidden_act", "quick_gelu")}
         if len(acts) > 1 or not acts <= set(ACTS_FROM_HF):
-            raise CheckpointError(f"{source}: hidden_act {sorted(acts)} is not supported; clipforge needs one of "
-                                  f"{sorted(ACTS_FROM_HF)} for both towers")
+            raise CheckpointError(f"{source}: hidden_act {shorten(sorted(map(str, acts)))} is not supported; "
+                                  f"clipforge needs one of {sorted(ACTS_FROM_HF)} for both towers")
         eps = {t.get("layer_norm_eps", 1e-5), v.get("layer_norm_eps", 1e-5)}
         if len(eps) > 1:
-            raise CheckpointError(f"{source}: the towers' layer_norm_eps differ ({sorted(eps)})")
+            raise CheckpointError(f"{source}: the towers' layer_norm_eps differ ({shorten(sorted(map(str, eps)))})")
         vocab, eos = t.get("vocab_size", 49408), t.get("eos_token_id", LEGACY_EOS)
-        eot = None if eos in (LEGACY_EOS, vocab - 1) else eos
-        text = TextConfig(vocab_size=vocab, context_length=t.get("max_position_embeddings", 77),
-                          width=t["hidden_size"], layers=t["num_hidden_layers"], heads=t["num_attention_heads"],
-                          mlp_ratio=_ratio(t["intermediate_size"], t["hidden_size"]), eot_token_id=eot)
-        vision = ViTConfig(image_size=v["image_size"], patch_size=v["patch_size"], width=v["hidden_size"],
-                           layers=v["num_hidden_layers"], heads=v["num_attention_heads"],
-                           mlp_ratio=_ratio(v["intermediate_size"], v["hidden_size"]))
-        return CLIPConfig(embed_dim=hf.get("projection_dim", 512), vision=vision, text=text,
-                          act=ACTS_FROM_HF[acts.pop()], norm_eps=eps.pop())
+        eot = None if eos == LEGACY_EOS or (isinstance(vocab, int) and eos == vocab - 1) else eos
+        data = {  # checked field by field by the config machinery, like any other outside config
+            "embed_dim": hf.get("projection_dim", 512), "act": ACTS_FROM_HF[acts.pop()], "norm_eps": eps.pop(),
+            "text": {"vocab_size": vocab, "context_length": t.get("max_position_embeddings", 77),
+                     "width": t["hidden_size"], "layers": t["num_hidden_layers"], "heads": t["num_attention_heads"],
+                     "mlp_ratio": _hf_ratio(t, source, "text_config"), "eot_token_id": eot},
+            "vision": {"kind": "vit", "image_size": v["image_size"], "patch_size": v["patch_size"],
+                       "width": v["hidden_size"], "layers": v["num_hidden_layers"],
+                       "heads": v["num_attention_heads"], "mlp_ratio": _hf_ratio(v, source, "vision_config")},
+        }
     except KeyError as e:
-        raise CheckpointError(f"{source}: missing HF config field {e.args[0]!r}") from None
+        raise CheckpointError(f"{source}: missing HF config field {shorten(e.args[0])}") from None
+    except TypeError as e:  # an unhashable activation or epsilon
+        raise CheckpointError(f"{source}: hidden_act and layer_norm_eps must be a string and a number ({e})"
+                              ) from None
+    try:
+        return from_dict(CLIPConfig, data, "config")
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def _hf_ratio(tower: dict[str, Any], source: str, where: str) -> float:
+    """``intermediate_size / hidden_size`` as clipforge's ``mlp_ratio``, both checked to be positive integers."""
+    sizes = (tower["intermediate_size"], tower["hidden_size"])
+    if not all(isinstance(n, int) and not isinstance(n, bool) and 0 < n <= 2**31 for n in sizes):
+        raise CheckpointError(f"{source}: {where}.intermediate_size and hidden_size must be positive integers, got "
+                              f"{shorten(sizes)}")
+    return _ratio(*sizes)
 
 
 def hf_config(config: ModelConfig) -> dict[str, Any]:
@@ -174,17 +194,30 @@ def to_hf_state_dict(state: dict[str, torch.Tensor], config: CLIPConfig) -> dict
 
 def read_hf_weights(directory: Path, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
     """The tensors of an HF model directory: ``model.safetensors`` (possibly sharded) or ``pytorch_model.bin``."""
-    from safetensors.torch import load_file
-
     if (directory / "model.safetensors").is_file():
-        return load_file(str(directory / "model.safetensors"))
+        return read_safetensors(directory / "model.safetensors")
     index = directory / "model.safetensors.index.json"
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
-        return {k: v for shard in shards for k, v in load_file(str(directory / shard)).items()}
+        return {k: v for shard in _shards(index) for k, v in read_safetensors(directory / shard).items()}
     if (directory / "pytorch_model.bin").is_file():
         return read_pickled_state_dict(directory / "pytorch_model.bin", allow_pickle)
     raise FileNotFoundError(f"{directory}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
+
+
+def _shards(index: Path) -> list[str]:
+    """The shard files a ``model.safetensors.index.json`` names (plain names in the same directory)."""
+    try:
+        data = json.loads(read_config_text(index))
+    except (ValueError, RecursionError) as e:
+        raise CheckpointError(f"{index}: not a readable index ({type(e).__name__}: {str(e)[:200]})") from None
+    names = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(names, dict) or not all(isinstance(n, str) for n in names.values()):
+        raise CheckpointError(f"{index}: expected an object with a 'weight_map' of tensor names to shard files")
+    shards = sorted(set(names.values()))
+    bad = [n for n in shards if Path(n).name != n or n in ("", ".", "..")]
+    if bad:
+        raise CheckpointError(f"{index}: shard {bad[0][:200]!r} is not a file name in the model directory")
+    return shards
 
 
 def load_hf(directory: str | Path, allow_pickle: bool = False) -> tuple[CLIPConfig, dict[str, torch.Tensor]]:
@@ -192,7 +225,7 @@ def load_hf(directory: str | Path, allow_pickle: bool = False) -> tuple[CLIPConf
     directory = Path(directory)
     if not is_hf_dir(directory):
         raise CheckpointError(f"{directory}: not an HF CLIP directory (needs config.json with model_type 'clip')")
-    hf = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    hf = json.loads(read_config_text(directory / "config.json"))  # is_hf_dir parsed it already
     config = config_from_hf(hf, str(directory / "config.json"))
     state = read_hf_weights(directory, allow_pickle)
     return config, from_hf_state_dict(state, config, str(directory))

@@ -17,7 +17,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from clipforge.config import ConfigError, to_dict
+from clipforge.config import ConfigError, read_config_text, shorten, to_dict
 from clipforge.models.config import ModelConfig, model_config_from_dict
 from clipforge.models.factory import build_model
 from clipforge.models.size import check_model_size
@@ -42,8 +42,8 @@ def is_native_dir(path: str | Path) -> bool:
     if not ((path / WEIGHTS).is_file() and (path / CONFIG).is_file()):
         return False
     try:
-        data = json.loads((path / CONFIG).read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+        data = json.loads(read_config_text(path / CONFIG))
+    except (ValueError, RecursionError, OSError):  # ConfigError (too large, not UTF-8) is a ValueError
         return False
     return isinstance(data, dict) and "clipforge_format" in data
 
@@ -62,9 +62,11 @@ def check_native_dir(path: str | Path) -> None:
     if not config.is_file():
         return
     try:
-        data = json.loads(config.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{config}: not valid JSON ({e})") from None
+        data = json.loads(read_config_text(config))
+    except ConfigError as e:
+        raise CheckpointError(str(e)) from None
+    except (ValueError, RecursionError) as e:
+        raise CheckpointError(f"{config}: not valid JSON ({type(e).__name__}: {str(e)[:200]})") from None
     if isinstance(data, dict) and "clipforge_format" in data and not (Path(path) / WEIGHTS).is_file():
         raise FileNotFoundError(f"{Path(path) / WEIGHTS}: no weights file beside the clipforge config")
 
@@ -102,14 +104,16 @@ def read_model_config(directory: str | Path) -> ModelConfig:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no model config (is {directory} a clipforge model directory?)")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
+        data = json.loads(read_config_text(path))
+    except ConfigError:
+        raise
+    except (ValueError, RecursionError) as e:
+        raise ValueError(f"{path}: not valid JSON ({type(e).__name__}: {str(e)[:200]})") from None
     if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
         raise ValueError(f"{path}: expected an object with a 'model' config")
     version = data.get("clipforge_format", FORMAT_VERSION)
     if isinstance(version, bool) or not isinstance(version, int):
-        raise ConfigError(f"{path}: clipforge_format: expected an integer, got {version!r}")
+        raise ConfigError(f"{path}: clipforge_format: expected an integer, got {shorten(version)}")
     if version > FORMAT_VERSION:
         raise ValueError(f"{path}: written by a newer clipforge (format {version})")
     try:
@@ -156,15 +160,20 @@ def load_model(directory: str | Path, device: torch.device | str | None = None,
     return model_from_state_dict(config, read_safetensors(weights), str(weights), device, precision)
 
 
-def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    """The tensors of a safetensors file.
+def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, its header checked first (``containers.safetensors_header``).
 
     Raises:
         FileNotFoundError: No such file.
-        CheckpointError: The file is not readable safetensors (truncated, corrupt), naming it.
+        CheckpointError: The file is not readable safetensors (truncated, corrupt, a header that lies about its
+            tensors: duplicate keys, offsets outside the data, sizes that do not match the shapes), naming it.
     """
+    from clipforge.checkpoints.containers import safetensors_header
+
+    path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no weights file")
+    safetensors_header(path)
     try:
         return load_file(path)
     except (SafetensorError, OSError) as e:

@@ -19,18 +19,18 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeGuard, cast
 
 import torch
 
-from clipforge.checkpoints.native import CheckpointError
+from clipforge.checkpoints.native import CheckpointError, read_safetensors
 from clipforge.checkpoints.openai import (
     config_from_openai_state_dict,
     from_openai_keys,
     read_pickled_state_dict,
     to_openai_keys,
 )
-from clipforge.config import replace, to_dict
+from clipforge.config import read_config_text, replace, shorten, to_dict
 from clipforge.models.config import CLIPConfig, ResNetConfig
 
 if TYPE_CHECKING:
@@ -63,16 +63,7 @@ def read_state_dict(path: str | Path, allow_pickle: bool = False) -> dict[str, t
         allow_pickle: Allow ``torch.load(weights_only=True)`` on a pickled file.
     """
     path = find_weights(path)
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            state = load_file(str(path))
-        except (SafetensorError, OSError) as e:
-            raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
-    else:
-        state = read_pickled_state_dict(path, allow_pickle)
+    state = read_safetensors(path) if path.suffix == ".safetensors" else read_pickled_state_dict(path, allow_pickle)
     if state and all(k.startswith("module.") for k in state):
         state = {k.removeprefix("module."): v for k, v in state.items()}
     return state
@@ -85,9 +76,9 @@ def read_open_clip_config(path: str | Path) -> dict[str, Any] | None:
     if not candidate.is_file():
         return None
     try:
-        data = json.loads(candidate.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{candidate}: not valid JSON ({e})") from None
+        data = json.loads(read_config_text(candidate))
+    except (ValueError, RecursionError) as e:  # ConfigError (too large, not UTF-8) is a ValueError
+        raise CheckpointError(f"{candidate}: not valid JSON ({type(e).__name__}: {str(e)[:200]})") from None
     cfg = data.get("model_cfg", data) if isinstance(data, dict) else None
     if not isinstance(cfg, dict):
         raise CheckpointError(f"{candidate}: expected an object with 'model_cfg'")
@@ -126,13 +117,19 @@ def config_from_state_dict(state: dict[str, torch.Tensor], act: str | None = Non
     """
     cfg = open_clip_cfg or {}
     vision_cfg, text_cfg = cfg.get("vision_cfg", {}), cfg.get("text_cfg", {})
+    if not isinstance(vision_cfg, dict) or not isinstance(text_cfg, dict):
+        raise CheckpointError(f"{source}: model_cfg.vision_cfg and model_cfg.text_cfg must be objects")
     width, head_width = vision_cfg.get("width"), vision_cfg.get("head_width", 64)
     resnet = "visual.proj" not in state
     vision_heads = None
-    if isinstance(width, int):
+    if _positive_int(width) and _positive_int(head_width):
         vision_heads = width * 32 // head_width if resnet else width // head_width
-    config = config_from_openai_state_dict(state, act="gelu", source=source, vision_heads=vision_heads,
-                                           text_heads=text_cfg.get("heads"))
+    text_heads = text_cfg.get("heads")
+    if text_heads is not None and not _positive_int(text_heads):
+        raise CheckpointError(f"{source}: model_cfg.text_cfg.heads: expected a positive integer, got "
+                              f"{shorten(text_heads)}")
+    config = config_from_openai_state_dict(state, act="gelu", source=source, vision_heads=vision_heads or None,
+                                           text_heads=text_heads)
     preset = matching_preset(config)
     if preset is not None and not cfg:  # no config file: a known shape also tells the heads (ViT-H/14: 16 of 80)
         config = preset
@@ -144,6 +141,10 @@ def config_from_state_dict(state: dict[str, torch.Tensor], act: str | None = Non
                       "model's shape. Pass act= (--act) or put an open_clip_config.json beside the file to be sure.",
                       stacklevel=2)
     return replace(config, {"act": act})
+
+
+def _positive_int(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def load_open_clip(path: str | Path, allow_pickle: bool = False,

@@ -15,6 +15,7 @@ The architecture is inferred from tensor shapes exactly as OpenAI's ``clip/model
 from __future__ import annotations
 
 import io
+import math
 import pickle
 import re
 import zipfile
@@ -23,7 +24,9 @@ from typing import Any, cast
 
 import torch
 
-from clipforge.checkpoints.native import CheckpointError
+from clipforge.checkpoints.containers import check_member, check_zip
+from clipforge.checkpoints.native import CheckpointError, read_safetensors
+from clipforge.config import shorten
 from clipforge.models.config import CLIPConfig, ResNetConfig, TextConfig, ViTConfig
 
 # Tensors OpenAI's and open_clip's state dicts carry that are not weights (attributes or derived buffers).
@@ -49,10 +52,8 @@ class _Recorded:
         self.state = state
 
 
-def _rebuild_tensor(storage: torch.Tensor, offset: int, size: tuple[int, ...], stride: tuple[int, ...],
-                    requires_grad: bool = False, hooks: Any = None, metadata: Any = None) -> torch.Tensor:
-    """torch._utils._rebuild_tensor_v2 over a flat tensor standing in for the storage."""
-    return storage.as_strided(size, stride, offset)
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 class _TorchScriptUnpickler(pickle.Unpickler):
@@ -62,7 +63,31 @@ class _TorchScriptUnpickler(pickle.Unpickler):
         super().__init__(io.BytesIO(data))
         self.archive, self.prefix, self.path = archive, prefix, path
         self.storages: dict[str, torch.Tensor] = {}
+        self.keys: dict[int, str] = {}  # id(storage) → its archive key, to name it in errors
         self.classes: dict[str, type] = {}
+
+    def rebuild_tensor(self, storage: Any, offset: Any, size: Any, stride: Any, *args: Any) -> torch.Tensor:
+        """torch._utils._rebuild_tensor_v2 over a flat tensor standing in for the storage, the view checked:
+        every element it addresses lies inside the storage."""
+        key = self.keys.get(id(storage))
+        if key is None:
+            raise CheckpointError(f"{self.path}: a tensor is rebuilt from something that is not a storage")
+        if not (isinstance(size, tuple | list) and isinstance(stride, tuple | list) and _is_count(offset)
+                and all(map(_is_count, size)) and all(map(_is_count, stride)) and len(size) == len(stride)):
+            raise CheckpointError(f"{self.path}: storage data/{key}: a view with offset {shorten(offset)}, size "
+                                  f"{shorten(size)} and stride {shorten(stride)} is not a valid tensor view")
+        n = storage.numel()
+        last = offset + sum((d - 1) * s for d, s in zip(size, stride, strict=True))  # the last element addressed
+        if (math.prod(size) and last >= n) or offset > n:
+            raise CheckpointError(f"{self.path}: storage data/{key}: a view of size {shorten(size)} at offset "
+                                  f"{offset:,} with stride {shorten(stride)} reaches element {last:,}; the storage "
+                                  f"holds {n:,}")
+        try:
+            return storage.as_strided(size, stride, offset)
+        except RuntimeError as e:  # sizes beyond int64
+            raise CheckpointError(f"{self.path}: storage data/{key}: not a valid view ({shorten(str(e), 200)})"
+                                  ) from None
+        return storage.as_strided(size, stride, offset)
 
     def find_class(self, module: str, name: str) -> Any:
         if module.startswith("__torch__"):  # a scripted module or class: record its state, run nothing
@@ -71,7 +96,7 @@ class _TorchScriptUnpickler(pickle.Unpickler):
                 self.classes[qualified] = type(name, (_Recorded,), {"__module__": "clipforge.checkpoints.recorded"})
             return self.classes[qualified]
         if (module, name) in (("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_tensor")):
-            return _rebuild_tensor
+            return self.rebuild_tensor
         if (module, name) == ("torch._utils", "_rebuild_parameter"):
             return lambda data, requires_grad, hooks: data
         if (module, name) == ("collections", "OrderedDict"):
@@ -86,17 +111,20 @@ class _TorchScriptUnpickler(pickle.Unpickler):
                               "(only tensors are read; pass allow_jit=True to run the archive with torch.jit.load)")
 
     def persistent_load(self, pid: Any) -> torch.Tensor:
-        kind, storage_type, key, _location, numel = pid
-        if kind != "storage" or storage_type not in _STORAGE_DTYPES:
-            raise CheckpointError(f"{self.path}: unsupported persistent id {pid!r}")
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and isinstance(pid[1], str)
+                and pid[1] in _STORAGE_DTYPES and isinstance(pid[2], str) and _is_count(pid[4])):
+            raise CheckpointError(f"{self.path}: unsupported persistent id {shorten(pid)}")
+        _, storage_type, key, _location, numel = pid
         if key not in self.storages:
             dtype = _STORAGE_DTYPES[storage_type]
-            raw = bytearray(self.archive.read(f"{self.prefix}data/{key}"))
+            name = f"{self.prefix}data/{key}"
+            # The declared size is checked before anything is inflated: the pickle's element count against
+            # the member's size in the zip directory.
+            check_member(self.archive, name, numel * dtype.itemsize, self.path)
+            raw = bytearray(self.archive.read(name))
             flat = torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype)
-            if flat.numel() != numel:
-                raise CheckpointError(f"{self.path}: storage data/{key} holds {flat.numel()} elements, "
-                                      f"expected {numel}")
             self.storages[key] = flat
+            self.keys[id(flat)] = key
         return self.storages[key]
 
 
@@ -119,13 +147,19 @@ def read_torchscript(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     try:
         with zipfile.ZipFile(path) as zf:
+            check_zip(zf, path)  # a zip bomb is refused from the directory, before anything is inflated
             pkl = next((n for n in zf.namelist() if n.endswith("/data.pkl") and n.count("/") == 1), None)
             if pkl is None:
                 raise CheckpointError(f"{path}: no '<name>/data.pkl' in the archive; not a TorchScript file")
             prefix = pkl[: -len("data.pkl")]
             root = _TorchScriptUnpickler(zf.read(pkl), zf, prefix, path).load()
+    except CheckpointError:
+        raise
     except (zipfile.BadZipFile, pickle.UnpicklingError, EOFError, KeyError) as e:
-        raise CheckpointError(f"{path}: not a readable TorchScript archive ({e})") from None
+        raise CheckpointError(f"{path}: not a readable TorchScript archive ({shorten(str(e), 200)})") from None
+    except Exception as e:  # a damaged pickle fails in many ways (TypeError, IndexError, struct.error, …)
+        raise CheckpointError(f"{path}: not a readable TorchScript archive ({type(e).__name__}: "
+                              f"{shorten(str(e), 200)})") from None
     if not isinstance(root, _Recorded):
         raise CheckpointError(f"{path}: the archive's root object is {type(root).__name__}, not a module")
     state_dict: dict[str, torch.Tensor] = {}
@@ -158,9 +192,7 @@ def read_openai_file(path: str | Path, allow_pickle: bool = False, allow_jit: bo
             return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
         return read_torchscript(path)
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
+        return read_safetensors(path)
     return read_pickled_state_dict(path, allow_pickle)
 
 
