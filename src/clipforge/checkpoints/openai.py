@@ -53,7 +53,8 @@ class _Recorded:
 
 
 def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    """A non-negative integer that fits torch's int64 sizes."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
 
 
 class _TorchScriptUnpickler(pickle.Unpickler):
@@ -84,9 +85,8 @@ class _TorchScriptUnpickler(pickle.Unpickler):
                                   f"holds {n:,}")
         try:
             return storage.as_strided(size, stride, offset)
-        except RuntimeError as e:  # sizes beyond int64
-            raise CheckpointError(f"{self.path}: storage data/{key}: not a valid view ({shorten(str(e), 200)})"
-                                  ) from None
+        except (RuntimeError, TypeError) as e:  # sizes whose product overflows int64
+            raise CheckpointError(f"{self.path}: storage data/{key}: not a valid view ({_first_line(e)})") from None
         return storage.as_strided(size, stride, offset)
 
     def find_class(self, module: str, name: str) -> Any:
@@ -128,6 +128,11 @@ class _TorchScriptUnpickler(pickle.Unpickler):
         return self.storages[key]
 
 
+def _first_line(error: BaseException) -> str:
+    lines = str(error).splitlines()
+    return lines[0][:200] if lines else ""
+
+
 def is_torchscript(path: str | Path) -> bool:
     """Whether ``path`` is a TorchScript archive (a zip with ``data.pkl`` and ``constants.pkl``)."""
     try:
@@ -156,10 +161,10 @@ def read_torchscript(path: str | Path) -> dict[str, torch.Tensor]:
     except CheckpointError:
         raise
     except (zipfile.BadZipFile, pickle.UnpicklingError, EOFError, KeyError) as e:
-        raise CheckpointError(f"{path}: not a readable TorchScript archive ({shorten(str(e), 200)})") from None
+        raise CheckpointError(f"{path}: not a readable TorchScript archive ({_first_line(e)})") from None
     except Exception as e:  # a damaged pickle fails in many ways (TypeError, IndexError, struct.error, …)
         raise CheckpointError(f"{path}: not a readable TorchScript archive ({type(e).__name__}: "
-                              f"{shorten(str(e), 200)})") from None
+                              f"{_first_line(e)})") from None
     if not isinstance(root, _Recorded):
         raise CheckpointError(f"{path}: the archive's root object is {type(root).__name__}, not a module")
     state_dict: dict[str, torch.Tensor] = {}
