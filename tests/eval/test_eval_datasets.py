@@ -31,7 +31,7 @@ def test_image_folder_counts_and_skips(tmp_path) -> None:
     assert len(samples) == 9
     assert [s.label for s in samples] == [0] * 3 + [1] * 3 + [2] * 3
     assert len(ds.skipped) == 2 and {s.rsplit("/", 1)[-1] for s, _ in ds.skipped} == {"bad.png", "truncated.jpg"}
-    assert ds.skip_counts() == {"not_image": 1, "truncated": 1}  # training's reason names
+    assert ds.skip_counts() == {"corrupt": 1, "truncated": 1}  # training's reason names (a PNG signature: corrupt)
     assert len(list(ds)) == 9 and len(ds.skipped) == 2  # a second pass does not double-count
 
 
@@ -117,7 +117,7 @@ def test_wds_classification_layout(tmp_path) -> None:
     assert isinstance(ds, WdsBenchmark)
     assert ds.classes == list(COLOURS) and ds.templates == ["a photo of a {c}.", "art of the {c}."]
     samples = list(ds)
-    assert len(samples) == 8 and len(ds.skipped) == 2 and ds.skip_counts() == {"not_image": 2}
+    assert len(samples) == 8 and len(ds.skipped) == 2 and ds.skip_counts() == {"corrupt": 2}  # JPEG signature + junk
     assert all(COLOURS[s.label] == _dominant(s.image) for s in samples)
 
 

@@ -19,6 +19,7 @@ import contextlib
 from collections import Counter
 from pathlib import Path
 
+from clipforge.cli.args import ACTIVATIONS, positive_int, verb_parser
 from clipforge.cli.eval import load_eval_model
 from clipforge.data.decode import ALPHA_RULES
 
@@ -27,7 +28,7 @@ DEFAULT_TEMPLATE = "a photo of a {}."
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Adds the ``classify`` verb."""
-    p = sub.add_parser("classify", help="zero-shot classify images against a list of labels",
+    p = verb_parser(sub, "classify", help="zero-shot classify images against a list of labels",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
     labels = p.add_mutually_exclusive_group(required=True)
@@ -36,9 +37,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="a saved model directory / checkpoint, or a preset name (random)")
     p.add_argument("--template", action="append", default=None,
                    help=f"prompt template with {{}} for the label (repeatable; default: {DEFAULT_TEMPLATE!r})")
-    p.add_argument("--top-k", type=int, default=5, help="labels shown per image (default: 5)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per batch (default: 32)")
+    p.add_argument("--top-k", type=positive_int, default=5, help="labels shown per image, ≥ 1 (default: 5)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="images per batch, ≥ 1 (default: 32)")
     p.add_argument("--device", default=None, help="cpu, cuda … (default: cuda if available)")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="allow reading a pickled .bin/.pt checkpoint as --model (torch.load with weights_only=True)")
+    p.add_argument("--act", choices=ACTIVATIONS, default=None,
+                   help="MLP activation of an OpenAI/open_clip --model (their files do not record it; see convert)")
     p.add_argument("--alpha", choices=ALPHA_RULES, default="white",
                    help="transparent images: composite on white (default), or drop the alpha channel "
                         "(OpenAI's convert('RGB'))")
@@ -96,9 +101,7 @@ def classify(args: argparse.Namespace) -> int:
     labels = parse_labels(args.labels, args.labels_file)
     files = collect_images(args.images)
     templates = args.template or [DEFAULT_TEMPLATE]
-    if args.top_k < 1:
-        raise ValueError(f"--top-k must be at least 1, got {args.top_k}")
-    model, _, _ = load_eval_model(args.model, args.device)
+    model, _, _ = load_eval_model(args.model, args.device, args.allow_pickle, args.act)
     weights = build_classifier(model, labels, templates, use_cache=False)  # (D, L)
     limits = DecodeLimits(alpha=args.alpha)
     k = min(args.top_k, len(labels))

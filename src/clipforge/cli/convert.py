@@ -6,19 +6,26 @@ Examples::
     clipforge convert open_clip_pytorch_model.bin out --to clipforge --allow-pickle --act gelu
     clipforge convert runs/tiny/model hf-tiny --to hf                # then transformers.CLIPModel.from_pretrained
     clipforge convert runs/tiny/model tiny.safetensors --to open_clip
+
+DST must not exist yet (an empty folder is fine): an existing file or a folder with files in it is refused unless
+``--overwrite`` is given, which replaces what the conversion writes (other files in a folder stay) and is not atomic.
+DST is never SRC itself, nor a folder SRC lies in, with or without ``--overwrite``: the input would be destroyed.
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from clipforge.checkpoints import EXPORT_FORMATS, FORMATS
+from clipforge.cli.args import ACTIVATIONS, verb_parser
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Adds the ``convert`` verb."""
-    p = sub.add_parser("convert", help="convert a checkpoint between clipforge, OpenAI, open_clip, HF and big_vision",
-                       description="Reads SRC (format detected unless --from names it), writes DST in --to's format.")
+    p = verb_parser(sub, "convert", help="convert a checkpoint between clipforge, OpenAI, open_clip, HF and big_vision",
+                       description="Reads SRC (format detected unless --from names it), writes DST in --to's format. "
+                                   "DST must not exist unless --overwrite is given.")
     p.add_argument("src", help="checkpoint file or directory to read")
     p.add_argument("dst", help="file or directory to write")
     p.add_argument("--to", required=True, choices=EXPORT_FORMATS, help="output format")
@@ -28,16 +35,35 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="allow reading pickled .bin/.pt files (torch.load with weights_only=True)")
     p.add_argument("--allow-jit", action="store_true",
                    help="read TorchScript archives with torch.jit.load, which runs the code inside them")
-    p.add_argument("--act", choices=("quick_gelu", "gelu", "gelu_tanh"), default=None,
+    p.add_argument("--act", choices=ACTIVATIONS, default=None,
                    help="MLP activation of an OpenAI/open_clip input (their files do not record it; OpenAI: "
                         "quick_gelu; open_clip: from open_clip_config.json, else guessed from the shape)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing DST (not atomic; never allowed onto SRC itself)")
     p.set_defaults(func=run)
+
+
+def check_destination(src: str, dst: str, overwrite: bool) -> None:
+    """Refuses a DST that would destroy SRC, or that exists (a file, or a folder with files) without ``overwrite``.
+
+    Raises:
+        ValueError: Naming DST and what to do.
+    """
+    source, target = Path(src).resolve(), Path(dst).resolve()
+    if target == source or target in source.parents:
+        raise ValueError(f"DST {dst!r} is SRC or a folder holding it; converting would overwrite the input")
+    if target.is_dir() and not any(target.iterdir()):
+        return
+    if target.exists() and not overwrite:
+        kind = "a folder with files" if target.is_dir() else "a file"
+        raise ValueError(f"DST {dst!r} exists ({kind}); pass --overwrite to replace it, or choose a new path")
 
 
 def run(args: argparse.Namespace) -> int:
     """Converts ``args.src`` to ``args.dst`` and prints what was written."""
     from clipforge.checkpoints import convert
 
+    check_destination(args.src, args.dst, args.overwrite)
     written = convert(args.src, args.dst, to=args.to, src_format=args.src_format, allow_pickle=args.allow_pickle,
                       allow_jit=args.allow_jit, act=args.act)
     print(f"wrote {written} ({args.to})")

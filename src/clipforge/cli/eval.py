@@ -26,15 +26,25 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from clipforge.cli.args import (
+    ACTIVATIONS,
+    non_negative_int,
+    positive_int,
+    real_number,
+    verb_parser,
+    whole_number,
+    whole_numbers,
+)
 from clipforge.data.decode import ALPHA_RULES
 from clipforge.data.tables import CAPTION_KEY, IMAGE_KEY
 
 DEFAULT_TEMPLATES = "imagenet"
+MAX_CHUNK = 65_536  # --chunk at most: a streamed ranking block is chunk² floats, 16 GiB at this bound
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Adds the ``eval`` verb with its ``zeroshot``, ``retrieval`` and ``linear-probe`` tasks."""
-    p = sub.add_parser("eval", help="evaluate a model: zero-shot classification, retrieval, linear probe",
+    p = verb_parser(sub, "eval", help="evaluate a model: zero-shot classification, retrieval, linear probe",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     tasks = p.add_subparsers(dest="task", metavar="TASK", required=True)
 
@@ -56,8 +66,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     _common(rt)
     rt.add_argument("--caption-key", "--caption-col", dest="caption_key", default=CAPTION_KEY,
                     help=f"table column of captions (default: {CAPTION_KEY})")
-    rt.add_argument("--recall-k", default="1,5,10", help="comma-separated K values (default: 1,5,10)")
-    rt.add_argument("--chunk", type=int, default=4096, help="block side of the streamed ranking (default: 4096)")
+    rt.add_argument("--recall-k", type=whole_numbers(1), default="1,5,10",
+                    help="comma-separated K values, each ≥ 1 (default: 1,5,10)")
+    rt.add_argument("--chunk", type=whole_number(1, MAX_CHUNK), default=4096,
+                    help=f"block side of the streamed ranking, 1..{MAX_CHUNK} (default: 4096)")
     rt.set_defaults(func=run_retrieval)
 
     lp = tasks.add_parser("linear-probe", help="logistic regression on frozen image features")
@@ -67,10 +79,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     lp.add_argument("--label-key", "--label-col", dest="label_key", default=None,
                     help="table column of labels (default: label)")
     lp.add_argument("--backend", choices=("torch", "sklearn"), default="torch", help="solver (default: torch)")
-    lp.add_argument("--k-shot", type=int, default=None, help="few-shot: k training images per class")
-    lp.add_argument("--C", type=float, default=None, help="inverse L2 strength; skips the validation sweep")
-    lp.add_argument("--val-fraction", type=float, default=0.2, help="share of train held out to choose C")
-    lp.add_argument("--seed", type=int, default=0, help="seed of the few-shot draw and validation split")
+    lp.add_argument("--k-shot", type=positive_int, default=None, help="few-shot: k ≥ 1 training images per class")
+    lp.add_argument("--C", type=real_number(0), default=None,
+                    help="inverse L2 strength, > 0; skips the validation sweep")
+    lp.add_argument("--val-fraction", type=real_number(0, 1), default=0.2,
+                    help="share of train held out to choose C, in (0, 1) (default: 0.2)")
+    lp.add_argument("--seed", type=non_negative_int, default=0,
+                    help="seed of the few-shot draw and validation split, ≥ 0 (default: 0)")
     lp.add_argument("--feature-cache", default=None, metavar="DIR",
                     help="where extracted features are cached (default: <cache-dir>/features)")
     lp.set_defaults(func=run_linear_probe)
@@ -91,14 +106,22 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="transparent images: composite on white (default), or drop the alpha channel "
                         "(OpenAI's convert('RGB'), for reproducing published evaluations)")
     p.add_argument("--language", default="en", help="language recorded in the results (default: en)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per batch (default: 64)")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per batch, ≥ 1 (default: 64)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda if available)")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="allow reading a pickled .bin/.pt checkpoint as --model (torch.load with weights_only=True)")
+    p.add_argument("--act", choices=ACTIVATIONS, default=None,
+                   help="MLP activation of an OpenAI/open_clip --model (their files do not record it; see convert)")
     p.add_argument("--cache-dir", default=None, help="cache root (default: $CLIPFORGE_CACHE or ~/.cache/clipforge)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
-def load_eval_model(spec: str, device: str | None = None) -> tuple[Any, str, str]:
+def load_eval_model(spec: str, device: str | None = None, allow_pickle: bool = False,
+                    act: str | None = None) -> tuple[Any, str, str]:
     """Opens ``spec`` (a saved model path, else a preset name) as ``(EvalModel, model name, pretrained)``.
+
+    ``allow_pickle`` lets ``spec`` be a pickled checkpoint (read with ``torch.load(weights_only=True)``); ``act`` is
+    the MLP activation of an OpenAI/open_clip checkpoint (see ``clipforge.checkpoints.load_any``).
 
     Raises:
         FileNotFoundError: When ``spec`` is neither an existing path nor a preset.
@@ -110,7 +133,8 @@ def load_eval_model(spec: str, device: str | None = None) -> tuple[Any, str, str
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if os.path.exists(spec):
-        model, transform, processor = load(spec, device=device)
+        extra = {"act": act} if act else {}  # a clipforge model directory records its activation
+        model, transform, processor = load(spec, device=device, allow_pickle=allow_pickle, **extra)
         pretrained = str(spec)
     elif spec in list_models():
         model, _, transform = create_model_and_transforms(spec, device=device)
@@ -163,6 +187,7 @@ def run_zeroshot(args: argparse.Namespace) -> int:
     from clipforge.eval.zeroshot import evaluate_zeroshot, plot_confusion
 
     classnames = load_classnames(args.classnames) if args.classnames else None
+    given_templates = load_templates(args.templates) if args.templates else None  # read before any other work
     dataset = _open(args, args.data, args.split, label_col=args.label_key, classes=classnames)
     if classnames is None:
         if not dataset.classes:
@@ -172,9 +197,8 @@ def run_zeroshot(args: argparse.Namespace) -> int:
             else list(dataset.classes)
     elif dataset.classes is not None and len(dataset.classes) != len(classnames):
         raise ValueError(f"--classnames gives {len(classnames)} classes but {args.data} has {len(dataset.classes)}")
-    templates = load_templates(args.templates) if args.templates else (dataset.templates or
-                                                                       load_templates(DEFAULT_TEMPLATES))
-    model, name, pretrained = load_eval_model(args.model, args.device)
+    templates = given_templates or dataset.templates or load_templates(DEFAULT_TEMPLATES)
+    model, name, pretrained = load_eval_model(args.model, args.device, args.allow_pickle, args.act)
     result = evaluate_zeroshot(model, dataset, classnames, templates, args.batch_size,
                                cache_dir=_cache_root(args) / "zeroshot", use_cache=not args.no_classifier_cache,
                                progress=not args.no_progress)
@@ -194,12 +218,9 @@ def run_retrieval(args: argparse.Namespace) -> int:
     from clipforge.eval.results import result_record
     from clipforge.eval.retrieval import evaluate_retrieval
 
-    try:
-        ks = tuple(int(k) for k in args.recall_k.split(","))
-    except ValueError:
-        raise ValueError(f"--recall-k: expected comma-separated integers, got {args.recall_k!r}") from None
+    ks = args.recall_k  # a tuple of whole numbers ≥ 1 (its argparse type)
     dataset = _open(args, args.data, args.split, caption_col=args.caption_key, task="retrieval")
-    model, name, pretrained = load_eval_model(args.model, args.device)
+    model, name, pretrained = load_eval_model(args.model, args.device, args.allow_pickle, args.act)
     result = evaluate_retrieval(model, dataset, args.batch_size, ks, args.chunk, progress=not args.no_progress)
     record = result_record(args.dataset_name or str(args.data), name, pretrained, "zeroshot_retrieval",
                            result.metrics, args.language, result.n_images, result.skipped,
@@ -229,7 +250,7 @@ def run_linear_probe(args: argparse.Namespace) -> int:
     if train_ds.classes and test_ds.classes and train_ds.classes != test_ds.classes:
         raise ValueError(f"the classes of {args.train_data} and {args.data} differ "
                          f"({len(train_ds.classes)} vs {len(test_ds.classes)}); labels would not line up")
-    model, name, pretrained = load_eval_model(args.model, args.device)
+    model, name, pretrained = load_eval_model(args.model, args.device, args.allow_pickle, args.act)
     progress = not args.no_progress
     train_cache = _feature_cache(args, model, train_ds, args.train_data, args.train_split)
     test_cache = _feature_cache(args, model, test_ds, args.data, args.split)

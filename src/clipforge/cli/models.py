@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 
+from clipforge.cli.args import verb_parser
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Adds the ``models`` and ``demo`` verbs."""
-    p = sub.add_parser("models", help="list the registered model presets")
+    p = verb_parser(sub, "models", help="list the registered model presets")
     p.add_argument("--params", action="store_true", help="also count each preset's parameters (meta device)")
     p.set_defaults(func=list_models)
 
-    p = sub.add_parser("demo", help="build a model and embed a few synthetic images and captions")
+    p = verb_parser(sub, "demo", help="build a model and embed a few synthetic images and captions")
     p.add_argument("--model", default="tiny-vit", help="preset name (default: tiny-vit)")
     p.set_defaults(func=demo)
 

@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 
 BUILTIN = ("imagenet", "cifar10", "cifar100")
+MAX_LIST_BYTES = 16 << 20  # a class-name, template or label file is at most 16 MiB (ImageNet's 1,000 names: 14 KB)
 
 
 def _read_builtin(filename: str) -> list[str]:
@@ -52,14 +53,25 @@ def read_lines(path: str | Path, what: str = "lines") -> list[str]:
 
     Raises:
         FileNotFoundError: When the file does not exist (the message names ``what`` and the built-ins).
-        ValueError: When the file is empty or its JSON is not a list of strings.
+        ValueError: When the file is larger than ``MAX_LIST_BYTES``, is not UTF-8 text, is empty, or its JSON is
+            not a list of strings; the message names the file.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} file not found: {path} (built-in sets: {', '.join(BUILTIN)})")
-    text = path.read_text(encoding="utf-8")
+    with path.open("rb") as f:
+        data = f.read(MAX_LIST_BYTES + 1)
+    if len(data) > MAX_LIST_BYTES:
+        raise ValueError(f"{path}: a {what} file must be at most {MAX_LIST_BYTES >> 20} MiB")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not a UTF-8 text file of {what} (byte {e.start}: {e.reason})") from None
     if path.suffix == ".json":
-        items = json.loads(text)
+        try:
+            items = json.loads(text)
+        except (json.JSONDecodeError, RecursionError) as e:
+            raise ValueError(f"{path}: not valid JSON ({type(e).__name__}: {str(e)[:200]})") from None
         if not isinstance(items, list) or not all(isinstance(x, str) for x in items):
             raise ValueError(f"{path}: expected a JSON list of strings")
     else:
