@@ -27,6 +27,9 @@ from clipforge.data.decode import BadSample, DecodeLimits, decode_image, read_by
 FORMATS = ("csv", "tsv", "parquet")
 EXTENSIONS = {".csv": "csv", ".txt": "csv", ".tsv": "tsv", ".tab": "tsv", ".parquet": "parquet", ".pq": "parquet"}
 IMAGE_KEY, CAPTION_KEY, LABEL_KEY = "filepath", "caption", "label"
+# The csv module refuses a cell over 128 KiB by failing the whole file; a huge cell is one bad row (its caption
+# ``too_large`` under ``DecodeLimits.max_text_bytes``), so the reader allows cells up to this many characters.
+CSV_FIELD_LIMIT = 1 << 26
 
 
 def table_format(path: str | Path, kind: str | None = None) -> str:
@@ -66,6 +69,7 @@ def read_table(path: str | Path, fmt: str, columns: tuple[str, str]) -> list[tup
 
         data = pq.read_table(path, columns=list(columns)).to_pydict()
         return list(zip(*(data[c] for c in columns)))
+    csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
     with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
         return [(row.get(columns[0]), row.get(columns[1]))
                 for row in csv.DictReader(f, delimiter="\t" if fmt == "tsv" else ",")]
