@@ -292,3 +292,15 @@ def test_any_unicode_renders(text: str, size: int, mode: str, monospace: bool, l
     assert image.shape == (2, size, size, 3) and image.dtype == np.uint8
     assert set(np.unique(image).tolist()) <= {BG, INK}
     assert np.array_equal(r([text, text[::-1]]).permute(0, 2, 3, 1).numpy(), image)
+
+
+@pytest.mark.parametrize("mode", ["big_vision", "improved"])
+def test_long_text_and_bytes_are_cut_before_any_work(mode: str) -> None:
+    """Issue #17: a text of millions of characters (or bytes) costs what its first ``max_chars`` characters cost;
+    bytes are cut to 4 × max_chars before decoding, which gives the same characters as decoding them whole."""
+    r = renderer(64, mode=mode, max_chars=40)
+    text = "ab€😀 \u05e9" * 1_000_000
+    assert np.array_equal(r.render(text), r.render(text[:40]))
+    data = text.encode("utf-8")
+    assert np.array_equal(r.render([data]), r.render([data.decode("utf-8")[:40]]))
+    assert torch.equal(r([data, text]), r([text[:40], text[:40]]))
