@@ -37,7 +37,7 @@ def is_big_vision_npz(path: str | Path) -> bool:
     try:
         with zipfile.ZipFile(path) as zf:
             names = {n.removesuffix(".npy") for n in zf.namelist()}
-    except (zipfile.BadZipFile, OSError):
+    except Exception:  # a damaged zip fails in many ways (BadZipFile, UnicodeDecodeError, ValueError, …)
         return False
     return any(f"{p}embedding/kernel" in names for p in PREFIXES)
 

@@ -138,7 +138,7 @@ def is_torchscript(path: str | Path) -> bool:
     try:
         with zipfile.ZipFile(path) as zf:
             names = zf.namelist()
-    except (zipfile.BadZipFile, OSError):
+    except Exception:  # a damaged zip fails in many ways (BadZipFile, UnicodeDecodeError, ValueError, …)
         return False
     return any(n.endswith("/data.pkl") for n in names) and any(n.endswith("constants.pkl") for n in names)
 
