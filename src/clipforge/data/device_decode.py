@@ -123,12 +123,12 @@ class DeviceJPEGDecoder:
             return []
         try:
             return list(self._decode(raw, mode=self._rgb, device=self.device))
-        except RuntimeError:
+        except Exception:  # one broken image fails the batched call: retry one by one (the sample boundary)
             out: list[torch.Tensor | None] = []
             for data in raw:
                 try:
                     out.append(self._decode(data, mode=self._rgb, device=self.device))
-                except RuntimeError:
+                except Exception:
                     out.append(None)
             return out
 
