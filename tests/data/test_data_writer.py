@@ -85,8 +85,8 @@ def test_folder_to_shards_keeps_original_bytes(tmp_path):
 
 @pytest.mark.parametrize(("args", "message"), [
     (["data", "shards", "no/such.csv", "OUT"], "no such file or folder: no/such.csv"),
-    (["data", "shards", "synthetic", "OUT", "--shard-size", "0"], "--shard-size and --workers must be positive"),
-    (["data", "shards", "synthetic", "OUT", "--max-pixels", "0"], "max_pixels and min_side must be positive"),
+    (["data", "shards", "synthetic", "OUT", "--shard-size", "0"], "argument --shard-size: expected a whole number ≥ 1"),
+    (["data", "shards", "synthetic", "OUT", "--max-pixels", "0"], "argument --max-pixels: expected a whole number ≥ 1"),
     (["data", "stats", "no/{0..2}.tar"], "no tar shards found"),
     (["data", "shards", "TABLE", "OUT", "--image-key", "path"],
      "SRC: TABLE has no column(s) ['path', 'caption']; its columns: ['id', 'img', 'text'] "
@@ -104,9 +104,14 @@ def test_cli_errors_are_one_line(tmp_path, capsys, args, message):
     paths = {"OUT": tmp_path / "out", "TABLE": table, "SHARDS": tmp_path / "shards", "NOTES": notes}
     args = [str(paths.get(a, a)) for a in args]
     message = message.replace("TABLE", str(table))
-    assert main(args) == 2
+    try:
+        status = main(args)
+    except SystemExit as e:  # flags are checked by argparse, which exits with the status itself
+        status = e.code
+    assert status == 2
     err = capsys.readouterr().err
-    assert message in err and err.count("\n") == 1 and err.startswith(f"clipforge {args[0]}: error:")
+    assert message in err and err.count("\n") == 1 and err.startswith(f"clipforge {args[0]}")
+    assert ": error: " in err
 
 
 def test_writer_refuses_to_mix_with_existing_shards(tmp_path, capsys):
@@ -143,3 +148,14 @@ def test_written_shards_train_and_resume_exactly(tmp_path, one_thread):
     assert a["data"]["ranks"][0]["used"] == 48
     for name, value in a["model"].items():
         assert (value - b["model"][name]).abs().max().item() <= 1e-6, name
+
+
+def test_the_writer_itself_refuses_sizes_the_cli_cannot_pass(tmp_path):
+    """The command line refuses them first (argparse); the API keeps its own check."""
+    from clipforge.data.decode import DecodeLimits
+    from clipforge.data.writer import write_shards
+
+    with pytest.raises(ValueError, match="--shard-size and --workers must be positive"):
+        write_shards(lambda i: (b"", "", {}), 1, tmp_path / "out", shard_size=0)
+    with pytest.raises(ValueError, match="max_pixels and min_side must be positive"):
+        DecodeLimits(max_pixels=0).validate()
