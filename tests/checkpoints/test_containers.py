@@ -165,8 +165,8 @@ def f32(shape: list[int], begin: int, end: int) -> dict[str, Any]:
 
 
 LIES = [
-    ("duplicate key", safetensors_bytes(None, bytes(16), b'{"w": ' + json.dumps(f32([2], 0, 8)).encode()
-                                        + b', "w": ' + json.dumps(f32([2], 8, 16)).encode() + b"}"),
+    ("duplicate key", safetensors_bytes(None, bytes(8), b'{"w": ' + json.dumps(f32([2], 0, 8)).encode()
+                                        + b', "w": ' + json.dumps(f32([2], 0, 8)).encode() + b"}"),
      "the key 'w' appears twice"),
     ("offsets beyond the file", safetensors_bytes({"w": f32([250], 0, 1000)}, bytes(8)),
      "the tensors declare 1,000 bytes of data; the file holds 8 after its header"),
