@@ -6,6 +6,8 @@ import argparse
 import importlib
 import sys
 
+from clipforge.cli.args import OneLineParser
+
 # Each module exposes ``register(subparsers)``, which adds its verb(s) with ``set_defaults(func=...)``.
 VERB_MODULES = [
     "clipforge.cli.models",
@@ -20,7 +22,7 @@ VERB_MODULES = [
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser, with every verb registered."""
-    parser = argparse.ArgumentParser(prog="clipforge", description="Train, evaluate and use CLIP-family models.")
+    parser = OneLineParser(prog="clipforge", description="Train, evaluate and use CLIP-family models.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     for name in VERB_MODULES:

@@ -18,6 +18,8 @@ import os
 import sys
 from pathlib import Path
 
+from clipforge.cli.args import positive_int
+
 QUICKSTART_CONFIG = "configs/quickstart.yaml"
 
 
@@ -83,17 +85,6 @@ def quickstart_command(args: argparse.Namespace) -> int:
     print(f"wall time {result.wall_time:.0f} s; plots and metrics in {result.run_dir}: "
           "loss.png, zeroshot.png, similarity.png, metrics.jsonl")
     return 0
-
-
-def positive_int(text: str) -> int:
-    """An argparse type: a whole number ≥ 1 (the error names what is allowed)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number ≥ 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number ≥ 1, got {value}")
-    return value
 
 
 def _set_threads(threads: int | None) -> None:
