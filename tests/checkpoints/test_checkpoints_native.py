@@ -77,3 +77,57 @@ def test_big_vision_npz_loads_through_clipforge_load(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="CLIPPO model with a ResNet tower cannot be exported"):
         save_big_vision(clipforge.create_model("clippo-tiny-rn"), tmp_path / "rn.npz")
     assert not (tmp_path / "rn.npz").exists()
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("vision.layers", 10**9, "parameters, over the limit"),
+    ("text.vocab_size", 10**12, "text token embedding"),
+    ("vision.image_size", 64 * 2000, "parameters, over the limit"),
+    ("vision.width", 2**64, "out of range"),
+    ("vision.kind", ["vit"], "vision.kind: expected one of"),
+])
+def test_a_model_directory_whose_config_allocates_the_world_is_refused_before_its_weights_are_read(
+        tmp_path: Path, field: str, value: object, message: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import clipforge.checkpoints.native as native
+
+    save_pretrained(clipforge.create_model("tiny-vit"), tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    section, name = field.split(".")
+    config["model"][section][name] = value
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+
+    def never(path: Path) -> None:
+        raise AssertionError("the weights were read")
+
+    monkeypatch.setattr(native, "read_safetensors", never)
+    with pytest.raises(clipforge.ConfigError, match=rf"config.json: .*{message}"):
+        load_any(tmp_path / "m")
+
+
+def test_an_oversized_config_file_is_refused_unread(tmp_path: Path) -> None:
+    from clipforge.config import MAX_FILE_BYTES
+
+    save_pretrained(clipforge.create_model("tiny-vit"), tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    config["padding"] = "x" * MAX_FILE_BYTES
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="config.json: .* bytes, more than a config file may hold"):
+        load_model(tmp_path / "m")
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"num_hidden_layers": 10**9}, "parameters, over the limit"),
+    ({"num_attention_heads": "twelve"}, "config.vision.heads: expected an integer, got str"),
+    ({"hidden_size": 1.5}, "intermediate_size and hidden_size must be positive integers"),
+    ({"hidden_act": ["gelu"]}, "hidden_act"),
+    ({"image_size": 2**70}, "out of range"),
+])
+def test_a_hostile_hf_config_is_a_config_error(tmp_path: Path, change: dict, message: str) -> None:
+    from clipforge.checkpoints.hf import save_hf
+
+    save_hf(clipforge.create_model("tiny-vit"), tmp_path / "hf")
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    config["vision_config"].update(change)
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=message):
+        load_any(tmp_path / "hf")

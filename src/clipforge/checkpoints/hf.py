@@ -23,6 +23,7 @@ from clipforge.checkpoints.native import CheckpointError, read_safetensors
 from clipforge.checkpoints.openai import _ratio, read_pickled_state_dict
 from clipforge.config import ConfigError, from_dict, read_config_text, shorten
 from clipforge.models.config import Activation, CLIPConfig, ModelConfig, ViTConfig
+from clipforge.models.size import check_model_size
 
 if TYPE_CHECKING:
     from clipforge.models.clip import CLIP
@@ -227,6 +228,7 @@ def load_hf(directory: str | Path, allow_pickle: bool = False) -> tuple[CLIPConf
         raise CheckpointError(f"{directory}: not an HF CLIP directory (needs config.json with model_type 'clip')")
     hf = json.loads(read_config_text(directory / "config.json"))  # is_hf_dir parsed it already
     config = config_from_hf(hf, str(directory / "config.json"))
+    check_model_size(config, where=str(directory / "config.json"))  # before reading weights or renaming keys
     state = read_hf_weights(directory, allow_pickle)
     return config, from_hf_state_dict(state, config, str(directory))
 
