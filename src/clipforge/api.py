@@ -32,6 +32,11 @@ def create_model(name: str | ModelConfig | dict[str, Any], device: torch.device 
         device: Where to put the model.
         **overrides: Config fields to change, e.g. ``embed_dim=256`` or ``vision={"layers": 6}``; an
             unknown or misspelled field is an error naming it.
+
+    Raises:
+        ConfigError: a bad field, or a model beyond the size limits, checked before anything is allocated
+            (``clipforge.models.size``: 10 billion parameters, 4 GiB of activations per sample; raised with
+            ``CLIPFORGE_MAX_PARAMS`` / ``CLIPFORGE_MAX_ACTIVATION_BYTES``; not applied on the meta device).
     """
     return build_model(build_config(name, **overrides), device)
 
