@@ -3,7 +3,8 @@ full disk, resumes to exactly the uninterrupted run's weights (≤ 1e-6), or ref
 
 Each scenario runs ``clipforge train`` in fresh processes: one that dies (SIGKILL from outside at a seeded
 moment, or from inside a checkpoint save through tests/helpers/faults.py, or a file-size limit standing in for a
-full disk), then ``--resume latest`` until the run is done. Synthetic data and tar shards.
+full disk), then ``--resume latest`` until the run is done. Synthetic data, tar shards, and tar shards in which
+consecutive samples share a key.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from clipforge.data.webdataset import write_tar_shard
 from clipforge.train.checkpoint import load_checkpoint
-from helpers.shards import write_good_shards
+from helpers.shards import good, write_good_shards
 
 HELPERS = Path(__file__).parents[1] / "helpers"
 STEPS = 12
@@ -58,13 +60,25 @@ def _resume_to_the_end(run: Path, data: list[str], cwd: Path) -> None:
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
 
 
-@pytest.fixture(scope="module", params=["synthetic", "shards"])
+def _shards_with_repeated_keys(folder: Path) -> None:
+    """Four shards in which some consecutive samples share a key (and one key comes back later in its shard)."""
+    folder.mkdir(parents=True)
+    for s in range(4):
+        samples = [good(f"{s:03d}{i // 2 if i < 8 else i:03d}", s * 100 + i) for i in range(20)]
+        samples.append(good(f"{s:03d}000", s * 100 + 99))
+        write_tar_shard(folder / f"{s:05d}.tar", samples)
+
+
+@pytest.fixture(scope="module", params=["synthetic", "shards", "shards_repeated_keys"])
 def setting(request, tmp_path_factory):
     """The data overrides and the uninterrupted run's final weights, per data kind."""
     root = tmp_path_factory.mktemp(request.param)
     data = []
-    if request.param == "shards":
-        write_good_shards(root / "shards", shards=4, per_shard=20)
+    if request.param.startswith("shards"):
+        if request.param == "shards":
+            write_good_shards(root / "shards", shards=4, per_shard=20)
+        else:
+            _shards_with_repeated_keys(root / "shards")
         data = ["data.kind=shards", f"data.urls={root / 'shards'}"]
     reference = _clipforge(_args(root / "reference", data), root)
     assert reference.returncode == 0, reference.stderr[-2000:]
