@@ -411,6 +411,10 @@ def sample_parts(sample: Mapping[str, object], image_fields: Sequence[str] = IMA
     Raises:
         BadSample: With the reason.
     """
+    oversized = sample.get("__oversized__")
+    if isinstance(oversized, dict) and oversized:
+        ext, size = next(iter(oversized.items()))
+        raise BadSample("too_large", f"{sample.get('__key__')}: member .{ext} of {size:,} bytes was not read")
     try:
         captions = sample_captions(sample, caption_field, limits)
         return sample_image_bytes(sample, image_fields), captions

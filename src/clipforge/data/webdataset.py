@@ -79,6 +79,9 @@ def split_key(member_name: str) -> tuple[str, str]:
     return (os.path.join(directory, stem) if directory else stem), (ext.lower() if dot else "")
 
 
+MAX_MEMBER_BYTES = 256 * 1024 * 1024  # a tar member larger than this is never read into memory
+
+
 def iter_tar_samples(shards: Iterable[str | os.PathLike[str]], stats: ShardStats | None = None,
                      fields: set[str] | None = None) -> Iterator[Sample]:
     """Streams samples (``{"__key__", "__url__", field: bytes, ...}``) from tar shards in order.
@@ -106,6 +109,9 @@ def iter_shard(shard: str | os.PathLike[str], stats: ShardStats | None = None, f
     ends mid-member is recorded in ``stats.bad_shards``; samples read before the damage are kept (the
     one cut short flagged broken). Members that are not regular files (folders, links), without a field
     (no dot) and hidden files (``._*``, macOS resource forks) are ignored.
+
+    A member over ``MAX_MEMBER_BYTES`` is not read: its size goes into the sample's ``"__oversized__"`` entry
+    (``{field: bytes}``), which decoding counts as ``too_large``, so one huge member costs no memory.
 
     A sample ends where the key changes or a field repeats (``a.jpg a.txt a.jpg`` is two samples ``a``), decided
     on member names alone, so the samples are the same whether their bytes are read or skipped.
@@ -153,6 +159,9 @@ def iter_shard(shard: str | os.PathLike[str], stats: ShardStats | None = None, f
                 if after_hole:
                     current["__broken__"], after_hole = True, False
                 if index >= skip and (fields is None or ext in fields):
+                    if member.size > MAX_MEMBER_BYTES:  # never held in memory: the sample is too_large
+                        current.setdefault("__oversized__", {})[ext] = member.size
+                        continue
                     handle = tar.extractfile(member)
                     data = handle.read() if handle is not None else b""  # a member cut short raises: absent
                     current[ext] = data
