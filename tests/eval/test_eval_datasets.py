@@ -169,3 +169,12 @@ def test_iter_batches_streams(tmp_path) -> None:
     ds = ImageFolder(write_folder(tmp_path / "imgs"))
     sizes = [len(metas) for _, metas in iter_batches(ds, lambda im: torch.zeros(3, 2, 2), 4)]
     assert sizes == [4, 4, 1]
+
+
+def test_one_stray_numeric_label_cannot_build_a_huge_classifier(tmp_path) -> None:
+    write_folder(tmp_path)
+    (tmp_path / "labels.csv").write_text("filepath,label\nred/0.png,0\ngreen/0.png,1\nblue/0.png,999999\n")
+    with pytest.raises(ValueError, match="numeric label 999999 implies 1,000,000 classes.*--classnames"):
+        CsvDataset(tmp_path / "labels.csv", label_col="label")
+    (tmp_path / "small.csv").write_text("filepath,label\nred/0.png,0\ngreen/0.png,2\n")
+    assert CsvDataset(tmp_path / "small.csv", label_col="label").classes == ["0", "1", "2"]

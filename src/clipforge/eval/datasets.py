@@ -50,6 +50,9 @@ FLAG_NAMES = {"": "--data", "path": "--data", "image_key": "--image-key", "capti
               "label_key": "--label-key", "image_root": "--image-root"}
 
 
+MAX_INFERRED_CLASSES = 100_000  # numeric labels imply classes 0..max; more than this needs --classnames
+
+
 @dataclass
 class Sample:
     """One decoded image with its label (classification) or captions (retrieval)."""
@@ -162,7 +165,11 @@ class CsvDataset(EvalDataset):
         if not values:
             raise ValueError(f"{self.path}: no rows")
         if all(v.lstrip("-").isdigit() for v in values):
-            return [str(i) for i in range(max(int(v) for v in values) + 1)]
+            top = max(int(v) for v in values)
+            if top >= MAX_INFERRED_CLASSES:  # one stray label would otherwise build a classifier of that size
+                raise ValueError(f"{self.path}: numeric label {top} implies {top + 1:,} classes (more than "
+                                 f"{MAX_INFERRED_CLASSES:,}); pass --classnames to name them")
+            return [str(i) for i in range(top + 1)]
         return sorted(values)
 
     def _label(self, i: int) -> int:
