@@ -44,7 +44,7 @@ def test_parameter_count_is_exact_for_every_preset(name: str) -> None:
         model = clipforge.create_model(name)
     assert parameter_count(model.config) == n_params(model)
     check_model_size(model.config)  # every preset, ViT-bigG/14 included, is within the default limits
-    assert activation_bytes(model.config) < 100 * 2**20
+    assert activation_bytes(model.config) < 256 * 2**20  # SigLIP 2 So400m/16 at 512 px: 1,024 tokens, 104 MiB
 
 
 @pytest.mark.parametrize(("name", "overrides"), SHAPES)

@@ -37,7 +37,7 @@ def test_every_preset_builds(name: str) -> None:
         model = clipforge.create_model(name)
     if name in REFERENCE_PARAMS:
         assert n_params(model) == REFERENCE_PARAMS[name]
-    if name.startswith("clippo"):
+    if name.startswith("clippo") or name.lower().startswith("siglip"):
         expected_act = "gelu_tanh"
     elif name.startswith(("ViT-H", "ViT-g", "ViT-bigG", "tiny")) or "gelu" in name:
         expected_act = "gelu"
@@ -66,7 +66,11 @@ def test_tiny_forward_backward_every_parameter_gets_gradient(name: str) -> None:
     out = model(images, text)
     logits = out.logit_scale * out.image_features @ out.text_features.T
     labels = torch.arange(4)
-    loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+    if out.logit_bias is not None:  # SigLIP: the sigmoid loss, which the bias enters (a softmax ignores it)
+        signs = 2 * torch.eye(4) - 1
+        loss = -F.logsigmoid(signs * (logits + out.logit_bias)).sum() / 4
+    else:
+        loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
     loss.backward()
     assert torch.isfinite(loss)
     for pname, p in model.named_parameters():

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipforge.models.config import CLIPConfig, CLIPPOConfig, ViTConfig
+from clipforge.models.config import CLIPConfig, CLIPPOConfig, SigLIPConfig, ViTConfig
 from clipforge.models.resnet import ModifiedResNet
 from clipforge.models.text import TextTransformer
 from clipforge.models.vit import VisionTransformer
@@ -32,9 +32,9 @@ class ContrastiveModel(nn.Module):
     """
 
     visual: nn.Module
-    config: CLIPConfig | CLIPPOConfig
+    config: CLIPConfig | CLIPPOConfig | SigLIPConfig
 
-    def __init__(self, config: CLIPConfig | CLIPPOConfig):
+    def __init__(self, config: CLIPConfig | CLIPPOConfig | SigLIPConfig):
         super().__init__()
         self.config = config
         self.logit_scale = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
@@ -57,7 +57,9 @@ class ContrastiveModel(nn.Module):
                 module.grad_checkpointing = enabled  # type: ignore[assignment]  # torch's __getattr__: Tensor | Module
 
     def scale(self) -> torch.Tensor:
-        """The logit scale as used: exp(logit_scale), clamped at exp(max_logit_scale)."""
+        """The logit scale as used: exp(logit_scale), clamped at exp(max_logit_scale) unless that is ``None``."""
+        if self.config.max_logit_scale is None:
+            return self.logit_scale.exp()
         return self.logit_scale.clamp(max=self.config.max_logit_scale).exp()
 
     def forward(self, images: torch.Tensor | None = None, text: torch.Tensor | None = None) -> CLIPOutput:
@@ -67,10 +69,10 @@ class ContrastiveModel(nn.Module):
         return CLIPOutput(image_features, text_features, self.scale(), self.logit_bias)
 
 
-def image_tower(config: CLIPConfig | CLIPPOConfig) -> nn.Module:
+def image_tower(config: CLIPConfig | CLIPPOConfig | SigLIPConfig) -> nn.Module:
     """The image tower its config's ``vision.kind`` names: a ViT or OpenAI's modified ResNet."""
     if isinstance(config.vision, ViTConfig):
-        return VisionTransformer(config.vision, config.embed_dim, config.act, config.norm_eps)
+        return VisionTransformer(config.vision, config.embed_dim, config.vision.act or config.act, config.norm_eps)
     return ModifiedResNet(config.vision, config.embed_dim)
 
 
@@ -81,12 +83,12 @@ class CLIP(ContrastiveModel):
         config: The full model config (see ``CLIPConfig``).
     """
 
-    config: CLIPConfig
+    config: CLIPConfig | SigLIPConfig
 
-    def __init__(self, config: CLIPConfig):
+    def __init__(self, config: CLIPConfig | SigLIPConfig):
         super().__init__(config)
         self.visual = image_tower(config)
-        self.text = TextTransformer(config.text, config.embed_dim, config.act, config.norm_eps)
+        self.text = TextTransformer(config.text, config.embed_dim, config.text.act or config.act, config.norm_eps)
 
     def encode_text(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """Embeds token ids (B, T) → (B, embed_dim), optionally L2-normalised."""

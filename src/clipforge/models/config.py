@@ -17,6 +17,7 @@ OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 Activation = Literal["quick_gelu", "gelu", "gelu_tanh"]  # the MLP activation of every tower (``make_act``)
+Scoring = Literal["softmax", "sigmoid"]  # how zero-shot logits become probabilities
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,9 @@ class ViTConfig:
 
     Attributes:
         image_size: Input side in pixels (square).
-        patch_size: Patch side in pixels; ``image_size`` must be a multiple of it.
+        patch_size: Patch side in pixels. With the ``patch`` stem a remainder of ``image_size`` is cut off, as the
+            strided convolution of every released ViT does (SigLIP So400m/14 at 384 px: 27 × 27 patches of 14 px,
+            the last 6 pixel rows and columns unseen); the ``conv`` stem needs a multiple.
         width: Residual stream width.
         layers: Number of residual attention blocks.
         heads: Attention heads; must divide ``width``.
@@ -37,11 +40,15 @@ class ViTConfig:
         patch_bias: Bias in the patch-embedding convolution (CLIP: no; big_vision: yes).
         patch_dropout: Fraction of patch tokens dropped at training time (FLIP, Li et al. 2022).
         proj_bias: A bias on the output projection (big_vision's ``head`` Dense has one; CLIP's has not).
+        proj: Whether a linear projection to ``embed_dim`` follows the pooling (CLIP: yes). SigLIP's image tower has
+            none: its MAP head's output is the embedding, so the model's ``embed_dim`` must equal ``width``.
         stem: ``patch`` (one strided convolution, as in every released ViT) or ``conv`` (a stack of 3×3
             stride-2 convolutions, channels doubling up to ``width / 2``, then a 1×1 projection: the
             early-convolution stem of Xiao et al. 2021, for small models and little data; ``patch_size`` must
             then be a power of two ≥ 2). Checkpoint export to OpenAI,
             open_clip, HF and big_vision layouts needs ``patch``.
+        act: This tower's MLP activation when it differs from the model's ``act`` (``None``: the model's). OpenCLIP's
+            SigLIP 2 B/16, for one, runs a timm image tower with exact GELU beside a tanh-GELU text tower.
         init_gain: Multiplies the initial patch-embedding and transformer weight matrices (PyTorch's default
             initialisation at 1). Above 1 the fresh tower is more nonlinear and tells similar inputs further
             apart, such as rendered captions, which all share the same glyph statistics (why clippo-tiny uses 4:
@@ -61,13 +68,15 @@ class ViTConfig:
     patch_bias: bool = False
     patch_dropout: float = 0.0
     proj_bias: bool = False
+    proj: bool = True
     stem: Literal["patch", "conv"] = "patch"
+    act: Activation | None = None
     init_gain: float = 1.0
 
     def __post_init__(self) -> None:
         check_positive("vision", image_size=self.image_size, patch_size=self.patch_size, width=self.width,
                   layers=self.layers, heads=self.heads, mlp_ratio=self.mlp_ratio, init_gain=self.init_gain)
-        if self.image_size % self.patch_size:
+        if self.image_size < self.patch_size or (self.stem == "conv" and self.image_size % self.patch_size):
             raise ConfigError(f"vision.image_size={self.image_size} is not a multiple of patch_size={self.patch_size}")
         if self.width % self.heads:
             raise ConfigError(f"vision.width={self.width} is not divisible by heads={self.heads}")
@@ -75,6 +84,8 @@ class ViTConfig:
             raise ConfigError("vision.pool='cls' needs class_token=True")
         if not 0.0 <= self.patch_dropout < 1.0:
             raise ConfigError(f"vision.patch_dropout must be in [0, 1), got {self.patch_dropout}")
+        if self.proj_bias and not self.proj:
+            raise ConfigError("vision.proj_bias=True needs proj=True (there is no projection to add a bias to)")
         if self.stem == "conv" and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
             raise ConfigError(f"vision.stem='conv' needs a power-of-two patch_size ≥ 2, got {self.patch_size}")
 
@@ -119,7 +130,7 @@ class ResNetConfig:
 
 @dataclass(frozen=True)
 class TextConfig:
-    """The causal text transformer of CLIP.
+    """The text transformer: CLIP's causal one, or SigLIP's bidirectional one pooled at the last position.
 
     Attributes:
         vocab_size: Token embedding rows (OpenAI BPE: 49,408).
@@ -131,7 +142,12 @@ class TextConfig:
         eot_token_id: The pooling rule. ``None`` is OpenAI's rule: features are taken at the position
             of the highest token id, which is end-of-text in OpenAI's vocabulary. A custom vocabulary
             whose end-of-text token is not the highest id must set its id here; features are then
-            taken at the first occurrence of that id.
+            taken at the first occurrence of that id. Used when ``pool == "eot"``.
+        causal: Causal self-attention (CLIP) or bidirectional (SigLIP: every token sees the whole padded text).
+        pool: ``eot`` (features at the end-of-text token, CLIP) or ``last`` (at the last position of the padded
+            sequence, SigLIP: the texts are always padded to ``context_length``).
+        proj_bias: A bias on the output projection (SigLIP's text ``head`` is a Linear with bias; CLIP's has none).
+        act: This tower's MLP activation when it differs from the model's ``act`` (``None``: the model's).
     """
 
     vocab_size: int = 49408
@@ -141,6 +157,10 @@ class TextConfig:
     heads: int = 8
     mlp_ratio: float = 4.0
     eot_token_id: int | None = None
+    causal: bool = True
+    pool: Literal["eot", "last"] = "eot"
+    proj_bias: bool = False
+    act: Activation | None = None
 
     def __post_init__(self) -> None:
         check_positive("text", vocab_size=self.vocab_size, context_length=self.context_length, width=self.width,
@@ -169,6 +189,8 @@ class CLIPConfig:
         std: Per-channel std used to normalise images.
         image_resize: ``shorter_crop`` (resize the shorter side, centre crop: OpenAI) or ``squash`` (resize
             both sides to the model's size: big_vision).
+        scoring: How zero-shot scores become probabilities: ``softmax`` over the labels (a model trained with
+            CLIP's loss) or ``sigmoid`` per label (one trained with SigLIP's loss: each label judged on its own).
     """
 
     embed_dim: int = 512
@@ -182,6 +204,7 @@ class CLIPConfig:
     mean: tuple[float, float, float] = OPENAI_MEAN
     std: tuple[float, float, float] = OPENAI_STD
     image_resize: Literal["shorter_crop", "squash"] = "shorter_crop"
+    scoring: Scoring = "softmax"
     family: Literal["clip"] = "clip"
 
     def __post_init__(self) -> None:
@@ -203,7 +226,7 @@ class CLIPPOConfig:
             statistics would mix the image and the text pass.
         render: The text renderer's config; saved with the model so it is always served with the
             renderer it was trained with.
-        act, norm_eps, init_logit_scale, init_logit_bias, max_logit_scale, mean, std, image_resize:
+        act, norm_eps, init_logit_scale, init_logit_bias, max_logit_scale, mean, std, image_resize, scoring:
             As in ``CLIPConfig``; defaults follow big_vision (tanh-GELU, eps 1e-6, temperature 10,
             pixels scaled to [-1, 1], images squashed to the model's size).
     """
@@ -221,6 +244,7 @@ class CLIPPOConfig:
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     image_resize: Literal["shorter_crop", "squash"] = "squash"
+    scoring: Scoring = "softmax"
     family: Literal["clippo"] = "clippo"
 
     def __post_init__(self) -> None:
@@ -233,12 +257,68 @@ class CLIPPOConfig:
                               f"vision.image_size={self.vision.image_size}: rendered text must fit the ViT")
 
 
-ModelConfig = CLIPConfig | CLIPPOConfig
+def _siglip_vision() -> ViTConfig:
+    return ViTConfig(image_size=224, patch_size=16, width=768, layers=12, heads=12, pool="map", class_token=False,
+                     ln_pre=False, patch_bias=True, proj=False)
+
+
+def _siglip_text() -> TextConfig:
+    return TextConfig(vocab_size=32000, context_length=64, width=768, layers=12, heads=12, causal=False, pool="last",
+                      proj_bias=True)
+
+
+@dataclass(frozen=True)
+class SigLIPConfig:
+    """SigLIP (Zhai et al. 2023) and SigLIP 2 (Tschannen et al. 2025): two towers trained with the sigmoid loss.
+
+    The released architecture: a ViT with no class token, no pre-norm and a MAP head whose output is the embedding
+    (no projection), and a bidirectional text transformer pooled at the last position with a linear head (with
+    bias); LayerNorm eps 1e-6, tanh-GELU, a learnable logit scale (init log 10, not clamped) and bias (init −10).
+
+    Attributes:
+        embed_dim: The shared embedding dimension: the image tower's width (its MAP head has no projection).
+        vision: The image tower.
+        text: The text tower (defaults: SigLIP's 32k SentencePiece vocabulary, 64 tokens).
+        tokenizer: The text processor's settings: ``{"kind": "sentencepiece", ...}`` (the fields of
+            ``clipforge.text.sentencepiece.SentencePieceConfig``: SigLIP's tokenizer, or SigLIP 2's Gemma one with
+            ``style: gemma``; the model file travels with the model directory) or ``{"kind": "bpe"}`` (OpenAI's
+            byte-level BPE, for models trained from scratch without a SentencePiece vocabulary).
+        act, norm_eps, init_logit_scale, init_logit_bias, mean, std, image_resize, scoring: As in ``CLIPConfig``;
+            the defaults are SigLIP's (images squashed to the model's size, pixels scaled to [-1, 1], sigmoid scores).
+        max_logit_scale: Clamp of the logit scale; ``None`` (SigLIP) leaves it unclamped.
+    """
+
+    embed_dim: int = 768
+    vision: ViTConfig = field(default_factory=_siglip_vision)
+    text: TextConfig = field(default_factory=_siglip_text)
+    tokenizer: dict[str, Any] = field(default_factory=lambda: {"kind": "sentencepiece", "style": "siglip"})
+    act: Activation = "gelu_tanh"
+    norm_eps: float = 1e-6
+    init_logit_scale: float = math.log(10.0)
+    init_logit_bias: float | None = -10.0
+    max_logit_scale: float | None = None
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    image_resize: Literal["shorter_crop", "squash"] = "squash"
+    scoring: Scoring = "sigmoid"
+    family: Literal["siglip"] = "siglip"
+
+    def __post_init__(self) -> None:
+        check_positive("", embed_dim=self.embed_dim, norm_eps=self.norm_eps)
+        if not self.vision.proj and self.embed_dim != self.vision.width:
+            raise ConfigError(f"embed_dim={self.embed_dim} must equal vision.width={self.vision.width}: the image "
+                              "tower has no projection (vision.proj=False)")
+        kind = self.tokenizer.get("kind")
+        if kind not in ("sentencepiece", "bpe"):
+            raise ConfigError(f"tokenizer.kind: expected 'sentencepiece' or 'bpe', got {shorten(kind)}")
+
+
+ModelConfig = CLIPConfig | CLIPPOConfig | SigLIPConfig
 
 
 def model_config_from_dict(data: dict[str, Any], where: str = "model") -> ModelConfig:
     """Builds the config of the model family named by ``data['family']`` (default ``clip``)."""
-    families: dict[str, type] = {"clip": CLIPConfig, "clippo": CLIPPOConfig}
+    families: dict[str, type] = {"clip": CLIPConfig, "clippo": CLIPPOConfig, "siglip": SigLIPConfig}
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__} {shorten(data)}")
     family = data.get("family", "clip")

@@ -12,10 +12,11 @@ from clipforge.models.clip import CLIP
 from clipforge.models.clippo import CLIPPO
 from clipforge.models.config import ModelConfig, model_config_from_dict
 from clipforge.models.presets import preset_config
+from clipforge.models.siglip import SigLIP
 from clipforge.models.size import check_model_size
 
 # Each family's class takes that family's config, a pairing the type of a dict cannot express.
-MODEL_CLASSES: dict[str, Callable[..., CLIP | CLIPPO]] = {"clip": CLIP, "clippo": CLIPPO}
+MODEL_CLASSES: dict[str, Callable[..., CLIP | CLIPPO]] = {"clip": CLIP, "clippo": CLIPPO, "siglip": SigLIP}
 
 
 def build_config(name_or_config: str | ModelConfig | dict[str, Any], **overrides: Any) -> ModelConfig:

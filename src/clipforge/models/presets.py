@@ -115,3 +115,50 @@ register_preset("clippo-tiny", _clippo_tiny({
 # Beyond the paper: the shared tower as OpenAI's modified ResNet, with GroupNorm (docs/clippo.md).
 register_preset("clippo-tiny-rn", _clippo_tiny({
     "kind": "resnet", "image_size": 96, "layers": [1, 1, 1, 1], "width": 16, "heads": 8, "norm": "group"}))
+
+
+# SigLIP (Zhai et al. 2023) and SigLIP 2 (Tschannen et al. 2025) as released (google/siglip-*, google/siglip2-*): no
+# class token, a MAP head without projection, a bidirectional text tower pooled at the last token. Shapes follow the
+# released configs; tests/models/test_siglip_presets.py counts parameters against transformers' and OpenCLIP's builds.
+def _siglip(image: int, patch: int, width: int, layers: int, heads: int, mlp_ratio: float = 4.0, *,
+            version: int = 1, context: int = 64, text: tuple[int, int, int, float] | None = None) -> dict[str, Any]:
+    text_width, text_layers, text_heads, text_ratio = text or (width, layers, heads, mlp_ratio)
+    tokenizer = {"kind": "sentencepiece", "style": "siglip"} if version == 1 else {"kind": "sentencepiece",
+                                                                                  "style": "gemma"}
+    return {
+        "family": "siglip",
+        "embed_dim": width,
+        "vision": {"kind": "vit", "image_size": image, "patch_size": patch, "width": width, "layers": layers,
+                   "heads": heads, "mlp_ratio": mlp_ratio, "pool": "map", "class_token": False, "ln_pre": False,
+                   "patch_bias": True, "proj": False},
+        "text": {"vocab_size": 32000 if version == 1 else 256000, "context_length": context, "width": text_width,
+                 "layers": text_layers, "heads": text_heads, "mlp_ratio": text_ratio, "causal": False,
+                 "pool": "last", "proj_bias": True},
+        "tokenizer": tokenizer,
+    }
+
+
+SO400M = (1152, 27, 16, 3.7362)  # width, layers, heads, MLP ratio (4304 = int(1152 × 3.7362)): shape-optimised
+for size in (224, 256, 384, 512):
+    register_preset("SigLIP-B/16" + ("" if size == 224 else f"-{size}"), _siglip(size, 16, 768, 12, 12))
+    register_preset("SigLIP2-B/16" + ("" if size == 224 else f"-{size}"), _siglip(size, 16, 768, 12, 12, version=2))
+for size in (256, 384):
+    register_preset(f"SigLIP-L/16-{size}", _siglip(size, 16, 1024, 24, 16))
+for size in (256, 384, 512):
+    register_preset(f"SigLIP2-L/16-{size}", _siglip(size, 16, 1024, 24, 16, version=2))
+    register_preset(f"SigLIP2-So400m/16-{size}", _siglip(size, 16, *SO400M, version=2))
+register_preset("SigLIP-So400m/14", _siglip(224, 14, *SO400M, context=16))  # released with 16 text positions
+register_preset("SigLIP-So400m/14-384", _siglip(384, 14, *SO400M))
+register_preset("SigLIP2-So400m/14", _siglip(224, 14, *SO400M, version=2))
+register_preset("SigLIP2-So400m/14-384", _siglip(384, 14, *SO400M, version=2))
+for size in (256, 384):  # giant-opt: a 1536-wide image tower beside the So400m text tower, projected to 1536
+    register_preset(f"SigLIP2-g/16-{size}", _siglip(size, 16, 1536, 40, 16, version=2, text=SO400M))
+# A tiny SigLIP for a CPU (OpenAI's BPE: no SentencePiece vocabulary is needed to train it from scratch).
+register_preset("siglip-tiny", {
+    "family": "siglip", "embed_dim": 128,
+    "vision": {"kind": "vit", "image_size": 64, "patch_size": 8, "width": 128, "layers": 4, "heads": 4, "pool": "map",
+               "class_token": False, "ln_pre": False, "patch_bias": True, "proj": False},
+    "text": {"width": 128, "heads": 4, "layers": 4, "context_length": 32, "causal": False, "pool": "last",
+             "proj_bias": True},
+    "tokenizer": {"kind": "bpe"},
+})

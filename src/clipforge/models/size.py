@@ -25,7 +25,7 @@ import math
 import os
 
 from clipforge.config import ConfigError
-from clipforge.models.config import ModelConfig, ResNetConfig, TextConfig, ViTConfig
+from clipforge.models.config import CLIPPOConfig, ModelConfig, ResNetConfig, TextConfig, ViTConfig
 
 MAX_PARAMS = 10_000_000_000
 MAX_ACTIVATION_BYTES = 4 * 2**30
@@ -74,8 +74,11 @@ def _vit_params(v: ViTConfig, embed_dim: int) -> Terms:
     if v.pool == "map":
         terms.append(("vision MAP head (vision.width)", w + (w * w + w) + (2 * w * w + 2 * w) + (w * w + w) + 2 * w
                       + (w * hidden + hidden) + (hidden * w + w)))
-    terms.append(("vision projection (vision.width × embed_dim)",
-                  2 * w + w * embed_dim + (embed_dim if v.proj_bias else 0)))
+    if v.proj:
+        terms.append(("vision projection (vision.width × embed_dim)",
+                      2 * w + w * embed_dim + (embed_dim if v.proj_bias else 0)))
+    else:
+        terms.append(("vision final norm (vision.width)", 2 * w))
     return terms
 
 
@@ -105,7 +108,7 @@ def _text_params(t: TextConfig, embed_dim: int) -> Terms:
     return [("text token embedding (text.vocab_size × text.width)", t.vocab_size * w),
             ("text positions (text.context_length × text.width)", t.context_length * w),
             ("text blocks (text.layers × text.width² × text.mlp_ratio)", t.layers * _block(w, hidden)),
-            ("text projection (text.width × embed_dim)", 2 * w + w * embed_dim)]
+            ("text projection (text.width × embed_dim)", 2 * w + w * embed_dim + (embed_dim if t.proj_bias else 0))]
 
 
 def parameter_terms(config: ModelConfig) -> Terms:
@@ -113,7 +116,7 @@ def parameter_terms(config: ModelConfig) -> Terms:
     vision = config.vision
     terms = (_vit_params(vision, config.embed_dim) if isinstance(vision, ViTConfig)
              else _resnet_params(vision, config.embed_dim))
-    if config.family == "clip":
+    if not isinstance(config, CLIPPOConfig):  # CLIPPO has no text tower
         terms += _text_params(config.text, config.embed_dim)
     terms.append(("logit scale and bias", 1 + int(config.init_logit_bias is not None)))
     return terms
@@ -146,7 +149,7 @@ def activation_terms(config: ModelConfig) -> Terms:
     else:  # the stem's last conv runs at half resolution with the full stem width; later stages are no larger
         terms.append(("vision stem (vision.width × (vision.image_size / 2)²)",
                       3 * v.width * (v.image_size // 2) ** 2 * FLOAT_BYTES))
-    if config.family == "clip":
+    if not isinstance(config, CLIPPOConfig):
         t: TextConfig = config.text
         block = _transformer_activations(t.context_length, t.width, t.heads, _hidden(t.width, t.mlp_ratio, "text"))
         terms.append(("text blocks (text.heads × text.context_length² attention scores "

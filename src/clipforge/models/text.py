@@ -13,7 +13,10 @@ from clipforge.models.layers import Block, Transformer, make_act
 
 
 class TextTransformer(nn.Module):
-    """Token + positional embeddings → causal blocks → ``ln_final`` → EOT pooling → projection.
+    """Token + positional embeddings → blocks → ``ln_final`` → pooling → projection.
+
+    CLIP: causal blocks, features at the end-of-text token, a bias-free projection. SigLIP: bidirectional blocks,
+    features at the last position of the padded text, a projection with bias (``TextConfig.causal/pool/proj_bias``).
 
     Args:
         config: The tower's shape and pooling rule.
@@ -28,9 +31,10 @@ class TextTransformer(nn.Module):
         self.token_embed = nn.Embedding(config.vocab_size, config.width)
         self.pos_embed = nn.Parameter(torch.empty(config.context_length, config.width))
         self.transformer = Transformer(config.width, config.layers, config.heads, config.mlp_ratio, make_act(act),
-                                       causal=True, norm_eps=norm_eps)
+                                       causal=config.causal, norm_eps=norm_eps)
         self.ln_final = nn.LayerNorm(config.width, eps=norm_eps)
         self.proj = nn.Parameter(torch.empty(config.width, embed_dim))
+        self.proj_bias = nn.Parameter(torch.zeros(embed_dim)) if config.proj_bias else None
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -54,8 +58,12 @@ class TextTransformer(nn.Module):
         x = self.token_embed(tokens) + self.pos_embed[:T]  # (B, T, width)
         x = self.transformer(x)
         x = self.ln_final(x)
-        x = x[torch.arange(x.shape[0], device=x.device), self.eot_positions(tokens)]  # (B, width)
-        return x @ self.proj
+        if self.config.pool == "last":
+            x = x[:, -1]  # (B, width)
+        else:
+            x = x[torch.arange(x.shape[0], device=x.device), self.eot_positions(tokens)]  # (B, width)
+        x = x @ self.proj
+        return x + self.proj_bias if self.proj_bias is not None else x
 
     def eot_positions(self, tokens: torch.Tensor) -> torch.Tensor:
         """Where each sequence's features are read: see ``TextConfig.eot_token_id``."""

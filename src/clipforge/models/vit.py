@@ -14,7 +14,7 @@ from clipforge.models.layers import MAPHead, Transformer, make_act
 
 
 class VisionTransformer(nn.Module):
-    """Patch embedding → [class token] + positions → ``ln_pre`` → blocks → pool → ``ln_post`` → projection.
+    """Patch embedding → [class token] + positions → ``ln_pre`` → blocks → pool → ``ln_post`` → [projection].
 
     Args:
         config: The tower's shape.
@@ -41,7 +41,7 @@ class VisionTransformer(nn.Module):
         if config.pool == "map":
             self.attn_pool = MAPHead(width, config.heads, config.mlp_ratio, make_act(act), norm_eps)
         self.ln_post = nn.LayerNorm(width, eps=norm_eps)
-        self.proj = nn.Parameter(scale * torch.randn(width, embed_dim))
+        self.proj = nn.Parameter(scale * torch.randn(width, embed_dim)) if config.proj else None
         self.proj_bias = nn.Parameter(torch.zeros(embed_dim)) if config.proj_bias else None
         if config.init_gain != 1.0:
             with torch.no_grad():
@@ -61,7 +61,10 @@ class VisionTransformer(nn.Module):
         x = self._drop_patches(x)
         x = self.ln_pre(x)
         x = self.transformer(x)
-        x = self.pool(x) @ self.proj
+        x = self.pool(x)
+        if self.proj is None:
+            return x  # SigLIP: the MAP head's output is the embedding
+        x = x @ self.proj
         return x + self.proj_bias if self.proj_bias is not None else x
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:

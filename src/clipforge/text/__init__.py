@@ -68,6 +68,11 @@ def build_text_processor(config: Any, directory: str | Path | None = None) -> Te
         return UnifontRenderer(RenderConfig.from_dict(render))
     from clipforge.text.bpe import BPETokenizer
 
+    if config.family == "siglip" and config.tokenizer.get("kind") == "sentencepiece":
+        from clipforge.text.sentencepiece import SentencePieceTokenizer
+
+        return SentencePieceTokenizer.from_model_config(config, directory)
+
     return BPETokenizer(vocab_path=saved_vocabulary(directory), context_length=config.text.context_length)
 
 
