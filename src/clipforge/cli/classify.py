@@ -5,7 +5,9 @@ Example::
     clipforge classify photo.jpg more/ --labels "a cat,a dog,a car" --model runs/x/final --top-k 3
 
 Each label goes through the prompt template(s) (default ``"a photo of a {}."``; give ``--template`` again
-for an ensemble); the probabilities are a softmax of the model's scaled cosine similarities.
+for an ensemble, or ``--templates`` a built-in set such as ``siglip``: "This is a photo of {}."). The probabilities
+follow the model's scoring: a softmax over the labels for CLIP (they sum to one), a sigmoid of each label's logit for
+SigLIP (each label judged on its own: several may be likely, or none).
 
 Images decode as in training and evaluation (``clipforge.data.decode``): transparent ones are composited on
 white unless ``--alpha drop``; one outside the size limits (a decompression bomb, a 1-pixel-high banner) or
@@ -35,8 +37,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     labels.add_argument("--labels", help='comma-separated labels, e.g. "cat,dog,car"')
     labels.add_argument("--labels-file", help="a file of labels, one a line (or a JSON list)")
     p.add_argument("--model", required=True, help="a saved model directory / checkpoint, or a preset name (random)")
-    p.add_argument("--template", action="append", default=None,
-                   help=f"prompt template with {{}} for the label (repeatable; default: {DEFAULT_TEMPLATE!r})")
+    prompts = p.add_mutually_exclusive_group()
+    prompts.add_argument("--template", action="append", default=None,
+                         help=f"prompt template with {{}} for the label (repeatable; default: {DEFAULT_TEMPLATE!r})")
+    prompts.add_argument("--templates", default=None,
+                         help="a built-in template set (imagenet, cifar10, cifar100, siglip) or a file of templates")
     p.add_argument("--top-k", type=positive_int, default=5, help="labels shown per image, ≥ 1 (default: 5)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="images per batch, ≥ 1 (default: 32)")
     p.add_argument("--device", default=None, help="cpu, cuda … (default: cuda if available)")
@@ -100,7 +105,9 @@ def classify(args: argparse.Namespace) -> int:
 
     labels = parse_labels(args.labels, args.labels_file)
     files = collect_images(args.images)
-    templates = args.template or [DEFAULT_TEMPLATE]
+    from clipforge.eval.prompts import load_templates
+
+    templates = load_templates(args.templates) if args.templates else args.template or [DEFAULT_TEMPLATE]
     model, _, _ = load_eval_model(args.model, args.device, args.allow_pickle, args.act)
     weights = build_classifier(model, labels, templates, use_cache=False)  # (D, L)
     limits = DecodeLimits(alpha=args.alpha)
@@ -116,7 +123,7 @@ def classify(args: argparse.Namespace) -> int:
         n_read += len(good)
         if good:
             x = torch.stack([model.transform(im) for _, im in good])
-            probs = (model.logit_scale() * model.encode_images(x) @ weights).softmax(dim=-1)  # (B, L)
+            probs = model.probabilities(model.encode_images(x) @ weights)  # (B, L)
             top = probs.topk(k, dim=-1)
             for (f, _), p, i in zip(good, top.values.tolist(), top.indices.tolist()):
                 print(f)

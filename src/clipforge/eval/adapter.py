@@ -61,8 +61,31 @@ class EvalModel:
         return torch.cat(out).cpu()
 
     def logit_scale(self) -> float:
-        """The multiplier applied to cosine similarities before a softmax: ``exp(logit_scale)``, at most 100."""
+        """The multiplier applied to cosine similarities: the model's ``scale()`` (CLIP: ``exp(logit_scale)`` clamped
+        at 100; SigLIP: unclamped), or ``exp(logit_scale)`` at most 100 for a module without ``scale()``."""
+        scale = getattr(self.model, "scale", None)
+        if callable(scale):
+            return float(scale().detach().float())
         return float(self.model.logit_scale.detach().float().exp().clamp(max=100.0))
+
+    def logit_bias(self) -> float:
+        """The bias added to scaled similarities (SigLIP's learned one), 0 for a model without one."""
+        bias = getattr(self.model, "logit_bias", None)
+        return float(bias.detach().float()) if isinstance(bias, torch.Tensor) else 0.0
+
+    @property
+    def scoring(self) -> str:
+        """``softmax`` or ``sigmoid``: the model config's ``scoring`` (``softmax`` when it has none)."""
+        return str(getattr(getattr(self.model, "config", None), "scoring", "softmax"))
+
+    def probabilities(self, similarities: torch.Tensor) -> torch.Tensor:
+        """Label probabilities from cosine similarities (N, L), by the model's ``scoring``.
+
+        ``softmax``: over the labels, summing to one (CLIP). ``sigmoid``: ``σ(scale · cos + bias)`` for each label on
+        its own (SigLIP: several labels may be likely, or none; they do not sum to one).
+        """
+        logits = self.logit_scale() * similarities.float() + self.logit_bias()
+        return logits.sigmoid() if self.scoring == "sigmoid" else logits.softmax(dim=-1)
 
     def fingerprint(self) -> str:
         """A short hash identifying the weights (see :func:`model_fingerprint`); computed once."""

@@ -5,6 +5,8 @@ Built-in sets (``load_classnames(name)`` / ``load_templates(name)``):
 - ``imagenet``: OpenAI's 1,000 cleaned ImageNet class names and the CLIP paper's 80 templates
   (openai/CLIP ``notebooks/Prompt_Engineering_for_ImageNet.ipynb``).
 - ``cifar10`` / ``cifar100``: class names and 18 templates from openai/CLIP ``data/prompts.md``.
+- ``siglip`` (templates only): SigLIP's prompt style, ``"This is a photo of {}."``: the template of transformers'
+  zero-shot image classification pipeline, which its SigLIP documentation asks for to reproduce the released results.
 
 A template holds ``{}`` (or ``{c}``, CLIP_benchmark's spelling) where the class name goes.
 """
@@ -16,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 
 BUILTIN = ("imagenet", "cifar10", "cifar100")
+TEMPLATE_SETS = (*BUILTIN, "siglip")  # the built-in template sets: every class-name set's, and SigLIP's prompt style
 MAX_LIST_BYTES = 16 << 20  # a class-name, template or label file is at most 16 MiB (ImageNet's 1,000 names: 14 KB)
 
 
@@ -38,8 +41,9 @@ def load_classnames(name_or_path: str | Path) -> list[str]:
 
 
 def load_templates(name_or_path: str | Path) -> list[str]:
-    """Prompt templates of a built-in set or from a ``.txt`` / ``.json`` file (see :func:`load_classnames`)."""
-    if str(name_or_path) in BUILTIN:
+    """Prompt templates of a built-in set (``TEMPLATE_SETS``) or from a ``.txt`` / ``.json`` file (see
+    :func:`load_classnames`)."""
+    if str(name_or_path) in TEMPLATE_SETS:
         return _read_builtin(f"{name_or_path}_templates.json")
     templates = read_lines(name_or_path, "templates")
     bad = [t for t in templates if "{}" not in t and "{c}" not in t]
