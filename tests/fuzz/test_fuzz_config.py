@@ -203,7 +203,8 @@ def test_the_bounds_name_the_field_and_cut_the_value() -> None:
         parse_overrides(["a=2001-02-30"])
     with pytest.raises(ConfigError, match="field names are strings, got int 1"):
         from_dict(CLIPConfig, {1: 2})
-    with pytest.raises(ConfigError, match=r"model.family: expected one of \['clip', 'clippo', 'siglip'\], got \['clip'\]"):
+    with pytest.raises(ConfigError,
+                       match=r"model.family: expected one of \['clip', 'clippo', 'siglip'\], got \['clip'\]"):
         model_config_from_dict({"family": ["clip"]})
 
 
