@@ -6,7 +6,9 @@ Formats (``FORMATS``) and where each lives:
 - ``openai``: OpenAI's released ``.pt`` TorchScript archives, read without running them (``openai.py``).
 - ``open_clip``: ``open_clip_model.safetensors`` / ``open_clip_pytorch_model.bin`` / training ``.pt`` files,
   or a hub-style directory holding them (``open_clip.py``).
-- ``hf``: a ``transformers.CLIPModel`` directory (``hf.py``).
+- ``hf``: a ``transformers`` model directory, by its ``config.json``'s ``model_type``: ``clip`` (``CLIPModel``,
+  ``hf.py``), ``siglip`` (``SiglipModel``: SigLIP, SigLIP 2 at fixed resolution; ``hf_siglip.py``) or ``siglip2``
+  (``Siglip2Model``: SigLIP 2 NaFlex; ``hf_siglip2.py``).
 - ``big_vision``: a CLIPPO ``.npz`` (``big_vision.py``).
 
 Nothing is unpickled unless the caller passes ``allow_pickle=True`` (and then only tensors are rebuilt);
@@ -16,7 +18,7 @@ TorchScript code runs only with ``allow_jit=True``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 
@@ -43,7 +45,7 @@ def detect_format(path: str | Path) -> str:
     covers OpenAI's plain state dicts) without being opened.
     """
     from clipforge.checkpoints.big_vision import is_big_vision_npz
-    from clipforge.checkpoints.hf import is_hf_dir
+    from clipforge.checkpoints.hf import HF_MODEL_TYPES, hf_model_type
     from clipforge.checkpoints.native import check_native_dir, is_native_dir
     from clipforge.checkpoints.open_clip import PICKLE_NAME, SAFETENSORS_NAME
     from clipforge.checkpoints.openai import is_torchscript
@@ -54,10 +56,13 @@ def detect_format(path: str | Path) -> str:
     if path.is_dir():
         if is_native_dir(path):
             return "clipforge"
-        if is_hf_dir(path):
+        model_type = hf_model_type(path)
+        if model_type in HF_MODEL_TYPES:
             return "hf"
         if (path / SAFETENSORS_NAME).is_file() or (path / PICKLE_NAME).is_file():
             return "open_clip"
+        if model_type is not None:
+            raise _unsupported_hf(path, model_type)
         check_native_dir(path)  # a damaged clipforge directory: say what is wrong with it
     elif is_big_vision_npz(path) or path.suffix == ".npz":  # a damaged .npz gets the reader's precise error
         return "big_vision"
@@ -71,6 +76,54 @@ def detect_format(path: str | Path) -> str:
         return "open_clip"
     raise CheckpointError(f"{path}: unknown checkpoint format; known formats: {', '.join(FORMATS)} "
                           "(name one with fmt=... / --from)")
+
+
+def _unsupported_hf(path: Path, model_type: str) -> CheckpointError:
+    from clipforge.checkpoints.hf import HF_MODEL_TYPES
+
+    return CheckpointError(f"{path / 'config.json'}: HF model_type {model_type!r} is not one clipforge reads; it "
+                           f"reads {', '.join(HF_MODEL_TYPES)}")
+
+
+def _load_hf(path: str | Path, allow_pickle: bool) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """(config, clipforge state dict) of an HF directory, read by the converter of its ``model_type``."""
+    from clipforge.checkpoints.hf import hf_model_type
+
+    model_type = hf_model_type(path)
+    if model_type == "clip":
+        from clipforge.checkpoints.hf import load_hf
+
+        return load_hf(path, allow_pickle=allow_pickle)
+    if model_type == "siglip":
+        from clipforge.checkpoints.hf_siglip import load_hf_siglip
+
+        return load_hf_siglip(path, allow_pickle=allow_pickle)
+    if model_type == "siglip2":
+        from clipforge.checkpoints.hf_siglip2 import load_hf_siglip2
+
+        return cast("tuple[ModelConfig, dict[str, torch.Tensor]]", load_hf_siglip2(path, allow_pickle=allow_pickle))
+    if model_type is None:
+        raise CheckpointError(f"{path}: not an HF model directory (needs a config.json with a model_type)")
+    raise _unsupported_hf(Path(path), model_type)
+
+
+def _save_hf(model: CLIP | CLIPPO, dst: str | Path, src: str | Path) -> Path:
+    """Writes the HF directory of the model's family: ``CLIPModel``, ``SiglipModel``, or ``Siglip2Model`` (NaFlex)."""
+    if model.config.family != "siglip":
+        from clipforge.checkpoints.hf import save_hf
+
+        return save_hf(model, dst, build_text_processor(model.config, src))
+    try:
+        processor = build_text_processor(model.config, src if Path(src).is_dir() else None)
+    except FileNotFoundError:  # no SentencePiece file beside the source: the model is written without tokenizer
+        processor = None
+    if getattr(model.config.vision, "naflex", False):  # SigLIP 2 NaFlex: HF's Siglip2Model
+        from clipforge.checkpoints.hf_siglip2 import save_hf_siglip2
+
+        return cast(Path, save_hf_siglip2(model, dst, processor))
+    from clipforge.checkpoints.hf_siglip import save_hf_siglip
+
+    return save_hf_siglip(model, dst, processor)
 
 
 def _safetensors_keys(path: Path) -> set[str]:
@@ -119,9 +172,7 @@ def load_any(path: str | Path, device: torch.device | str | None = None, precisi
 
         config, state = load_open_clip(path, allow_pickle=allow_pickle, act=act)
     else:
-        from clipforge.checkpoints.hf import load_hf
-
-        config, state = load_hf(path, allow_pickle=allow_pickle)
+        config, state = _load_hf(path, allow_pickle)
     return model_from_state_dict(config, state, str(path), device, precision)
 
 
@@ -149,12 +200,10 @@ def convert(src: str | Path, dst: str | Path, to: str = "clipforge", src_format:
     if to == "clipforge":
         from clipforge.checkpoints.native import save_pretrained
 
-        own = saved_vocabulary(src)  # keep a source's own vocabulary; otherwise the config rebuilds it
+        own = saved_vocabulary(src) or _saved_sentencepiece(model.config, src)  # keep a source's own vocabulary
         return save_pretrained(model, dst, build_text_processor(model.config, src) if own else None)
     if to == "hf":
-        from clipforge.checkpoints.hf import save_hf
-
-        return save_hf(model, dst, build_text_processor(model.config, src))
+        return _save_hf(model, dst, src)
     if to == "open_clip":
         from clipforge.checkpoints.open_clip import save_open_clip
 
@@ -163,3 +212,12 @@ def convert(src: str | Path, dst: str | Path, to: str = "clipforge", src_format:
 
     save_big_vision(model, dst)
     return Path(dst)
+
+
+def _saved_sentencepiece(config: ModelConfig, src: str | Path) -> Path | None:
+    """The SentencePiece model file a SigLIP source directory carries (``spiece.model``/``tokenizer.model``)."""
+    if config.family != "siglip" or config.tokenizer.get("kind") != "sentencepiece":
+        return None
+    from clipforge.text.sentencepiece import saved_sentencepiece
+
+    return saved_sentencepiece(src)

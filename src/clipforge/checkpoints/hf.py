@@ -35,16 +35,28 @@ ACTS_TO_HF = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_tanh": "gelu_pyt
 LEGACY_EOS = 2  # HF's pre-2023 configs: CLIPTextModel pools at the argmax, like OpenAI
 
 
-def is_hf_dir(path: str | Path) -> bool:
-    """Whether ``path`` is a directory with an HF ``config.json`` of model type ``clip``."""
+HF_MODEL_TYPES = ("clip", "siglip", "siglip2")  # hf.py, hf_siglip.py, hf_siglip2.py
+
+
+def hf_model_type(path: str | Path) -> str | None:
+    """The ``model_type`` of the HF ``config.json`` in directory ``path`` (a non-string value as its ``repr``), or
+    ``None`` when there is no readable JSON object with one (not an HF model directory)."""
     config = Path(path) / "config.json"
     if not config.is_file():
-        return False
+        return None
     try:
         data = json.loads(read_config_text(config))
     except (ValueError, RecursionError, OSError):  # ConfigError (too large, not UTF-8) is a ValueError
-        return False
-    return isinstance(data, dict) and data.get("model_type") == "clip"
+        return None
+    if not isinstance(data, dict) or "model_type" not in data or "clipforge_format" in data:
+        return None
+    model_type = data["model_type"]
+    return model_type if isinstance(model_type, str) else shorten(model_type)
+
+
+def is_hf_dir(path: str | Path) -> bool:
+    """Whether ``path`` is an HF model directory of a type clipforge reads (``HF_MODEL_TYPES``)."""
+    return hf_model_type(path) in HF_MODEL_TYPES
 
 
 def config_from_hf(hf: dict[str, Any], source: str = "config.json") -> CLIPConfig:
@@ -224,9 +236,9 @@ def _shards(index: Path) -> list[str]:
 def load_hf(directory: str | Path, allow_pickle: bool = False) -> tuple[CLIPConfig, dict[str, torch.Tensor]]:
     """Reads an HF ``CLIPModel`` directory into (config, clipforge state dict)."""
     directory = Path(directory)
-    if not is_hf_dir(directory):
+    if hf_model_type(directory) != "clip":
         raise CheckpointError(f"{directory}: not an HF CLIP directory (needs config.json with model_type 'clip')")
-    hf = json.loads(read_config_text(directory / "config.json"))  # is_hf_dir parsed it already
+    hf = json.loads(read_config_text(directory / "config.json"))  # hf_model_type parsed it already
     config = config_from_hf(hf, str(directory / "config.json"))
     check_model_size(config, where=str(directory / "config.json"))  # before reading weights or renaming keys
     state = read_hf_weights(directory, allow_pickle)
