@@ -17,18 +17,18 @@ appended unless the last kept id already is ``</s>``; padding (right) is ``</s>`
 ``add_eos_token=True``, ``padding_side="right"``; ``<pad>``=0, ``<eos>``=1, ``<bos>``=2, ``<unk>``=3). The
 model's unknown, control and user-defined pieces and the special tokens are split out of the raw text
 (leftmost-longest); each other part is lower-cased when ``lower`` (per character, as ``tokenizers``' ``Lowercase``:
-no final-sigma rule, Unicode 17 case tables) and BPE-encoded with no dummy prefix. The encoder is the file's model
-rewritten (``bpe_as_transformers``) so SentencePiece merges as the ``tokenizers`` BPE transformers builds from the
-file. No ``<bos>``; truncation keeps ``context_length - 1`` ids and ``<eos>`` always follows (big_vision's
-``eos="sticky"``); padding (right) is ``<pad>``, so ``""`` gives ``[1, 0, 0, ...]``.
+no final-sigma rule, the Unicode 17 tables of tokenizers 0.23) and BPE-encoded with no dummy prefix. The encoder is
+the file's model rewritten (``bpe_as_transformers``) so SentencePiece merges as the ``tokenizers`` BPE transformers
+builds from the file. No ``<bos>``; truncation keeps ``context_length - 1`` ids and ``<eos>`` always follows
+(big_vision's ``eos="sticky"``); padding (right) is ``<pad>``, so ``""`` gives ``[1, 0, 0, ...]``.
 
 Lower-casing in SigLIP 2: the models were trained on lower-cased text (model cards; big_vision lower-cases before
 its Gemma tokenizer), but the released processors did not lower-case (``convert_siglip2_to_hf.py`` built a plain
-``GemmaTokenizerFast(add_bos_token=False, add_eos_token=True, padding_side="right")``). Since transformers 5,
-``AutoTokenizer`` gives the NaFlex checkpoints (``model_type`` ``siglip2``) a lower-casing ``Siglip2Tokenizer``;
-the fixed-resolution ones (``google/siglip2-base-patch16-224`` …, ``model_type`` ``siglip``) still get
-``GemmaTokenizer``. ``lower=True`` (default) gives ``Siglip2Tokenizer``'s ids, ``lower=False`` ``GemmaTokenizer``'s.
-Both processors are used with ``padding="max_length", max_length=64`` (``Siglip2Processor``'s defaults).
+``GemmaTokenizerFast(add_bos_token=False, add_eos_token=True, padding_side="right")``). In transformers 5.24 (since
+PR #43101) ``AutoTokenizer`` gives the NaFlex checkpoints (``model_type`` ``siglip2``) a lower-casing
+``Siglip2Tokenizer``; the fixed-resolution ones (``google/siglip2-base-patch16-224`` …, ``model_type`` ``siglip``)
+still get ``GemmaTokenizer``. ``lower=True`` (default) gives ``Siglip2Tokenizer``'s ids, ``lower=False``
+``GemmaTokenizer``'s. Both are used with ``padding="max_length", max_length=64`` (``Siglip2Processor``'s defaults).
 
 open_clip (``HFTokenizer(clean="canonicalize")`` in its SigLIP and SigLIP 2 configs) differs: it runs ftfy and
 HTML unescaping first, turns ``_`` into a space before removing punctuation, and removes punctuation for SigLIP 2
@@ -185,6 +185,8 @@ BPE = 2  # TrainerSpec.ModelType (1 unigram, the default; 3 word; 4 char)
 
 
 def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    if pos < len(data) and data[pos] < 0x80:  # one byte: tags, piece lengths, types
+        return data[pos], pos + 1
     value = shift = 0
     while pos < len(data) and shift < 64:
         value, pos, shift = value | (data[pos] & 0x7F) << shift, pos + 1, shift + 7
@@ -220,23 +222,28 @@ def _fields(data: bytes) -> Iterable[tuple[int, int | bytes, bytes]]:
         yield tag >> 3, value, data[start:pos]
 
 
-def _last_int(message: bytes, number: int, default: int) -> int:
-    """The last varint of field ``number`` (protobuf: the last one wins), or ``default``."""
-    values = [value for field, value, _ in _fields(message) if field == number and isinstance(value, int)]
-    return values[-1] if values else default
+def _type_and_rest(message: bytes) -> tuple[int, bytes]:
+    """Field 3 as a varint (the last one wins; ``SentencePiece.type`` and ``TrainerSpec.model_type`` both default
+    to 1) and the message's bytes without fields 2 and 3."""
+    kind, rest = 1, bytearray()
+    for field, value, raw in _fields(message):
+        if field == 3 and isinstance(value, int):
+            kind = value
+        elif field not in (2, 3):
+            rest += raw
+    return kind, bytes(rest)
 
 
 def piece_types(model: bytes) -> list[int]:
     """Every piece's ``SentencePiece.Type`` in a serialized ``ModelProto`` (sentencepiece's Python API cannot
     tell user-defined pieces)."""
-    return [_last_int(piece, 3, NORMAL) for number, piece, _ in _fields(model)
-            if number == 1 and isinstance(piece, bytes)]
+    return [_type_and_rest(piece)[0] for number, piece, _ in _fields(model) if number == 1 and isinstance(piece, bytes)]
 
 
 def model_type(model: bytes) -> int:
     """``TrainerSpec.model_type`` of a serialized ``ModelProto``."""
     specs = [spec for number, spec, _ in _fields(model) if number == 2 and isinstance(spec, bytes)]
-    return _last_int(specs[-1], 3, 1) if specs else 1
+    return _type_and_rest(specs[-1])[0] if specs else 1
 
 
 # GemmaTokenizer ignores the file's normaliser: identity, no dummy prefix, whitespace kept, spaces escaped to ▁.
@@ -252,18 +259,16 @@ def bpe_as_transformers(model: bytes) -> bytes:
     after escaping or lower-casing, longest first, and never emit unused ones), piece ``i`` scores ``-i``
     (user-defined runs like ``▁▁`` merge first, pair by pair), and the normaliser is ``_GEMMA_NORMALIZER``.
     """
-    out, index = bytearray(), 0
+    out = bytearray(b"\x1a" + _varint_bytes(len(_GEMMA_NORMALIZER)) + _GEMMA_NORMALIZER)  # field 3: normaliser
+    index = 0
     for number, value, raw in _fields(model):
-        if number == 3:  # ModelProto.normalizer_spec
-            out += b"\x1a" + _varint_bytes(len(_GEMMA_NORMALIZER)) + _GEMMA_NORMALIZER
-        elif number == 1 and isinstance(value, bytes):  # ModelProto.pieces
-            kind = _last_int(value, 3, NORMAL)
-            body = b"".join(r for field, _, r in _fields(value) if field not in (2, 3))  # the piece string
+        if number == 1 and isinstance(value, bytes):  # ModelProto.pieces
+            kind, body = _type_and_rest(value)  # body: the piece string
             body += b"\x15" + struct.pack("<f", -float(index))  # field 2 (fixed32): score
             body += b"\x18" + _varint_bytes(NORMAL if kind in (USER_DEFINED, UNUSED) else kind)  # field 3: type
             out += b"\x0a" + _varint_bytes(len(body)) + body
             index += 1
-        else:
+        elif number != 3:  # the file's normaliser is replaced
             out += raw
     return bytes(out)
 
