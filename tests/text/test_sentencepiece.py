@@ -8,6 +8,7 @@ import string
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -103,12 +104,11 @@ def test_siglip_matches_siglip_tokenizer(models, texts, model, lower) -> None:
 
 @pytest.mark.parametrize("lower", [False, True])
 def test_gemma_matches_gemma_and_siglip2_tokenizers(models, texts, lower) -> None:
-    transformers = pytest.importorskip("transformers")
-    if lower:
-        from transformers.models.siglip2.tokenization_siglip2 import Siglip2Tokenizer as reference_class
-    else:
-        reference_class = transformers.GemmaTokenizer
-    hf = reference_class.from_pretrained(models["gemma"].parent)
+    pytest.importorskip("transformers")
+    from transformers import GemmaTokenizer
+    from transformers.models.siglip2.tokenization_siglip2 import Siglip2Tokenizer
+
+    hf = (Siglip2Tokenizer if lower else GemmaTokenizer).from_pretrained(models["gemma"].parent)
     assert (hf.add_bos_token, hf.add_eos_token, hf.padding_side) == (False, True, "right")
     ref = reference(hf, texts)
     mine = SentencePieceTokenizer(models["gemma"], SentencePieceConfig(style="gemma", lower=lower))(texts)
@@ -178,7 +178,7 @@ def test_one_string_max_chars_and_bad_text(models) -> None:
 def test_save_pretrained_round_trip(models, texts, tmp_path) -> None:
     for style in ("siglip", "gemma"):
         path = models[style]
-        config = SentencePieceConfig(style=style)  # type: ignore[arg-type]
+        config = SentencePieceConfig.from_dict({"style": style})
         tok = SentencePieceTokenizer(path, config)
         saved = tok.save_pretrained(tmp_path / style)
         assert saved == tmp_path / style / path.name and saved.read_bytes() == path.read_bytes()
@@ -194,9 +194,11 @@ def test_config() -> None:
     config = SentencePieceConfig.from_dict({"style": "gemma", "context_length": 64, "lower": False})
     assert config.model_file == "tokenizer.model" and SentencePieceConfig().model_file == "spiece.model"
     assert SentencePieceConfig.from_dict(config.to_dict()) == config
-    for bad, field in [({"stile": "gemma"}, "did you mean 'style'"), ({"style": "t5"}, "sentencepiece.style"),
-                       ({"lower": "yes"}, "sentencepiece.lower"), ({"context_length": 0}, "context_length"),
-                       ({"file": "../spiece.model"}, "sentencepiece.file"), ({"max_chars": 0}, "max_chars")]:
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"stile": "gemma"}, "did you mean 'style'"), ({"style": "t5"}, "sentencepiece.style"),
+        ({"lower": "yes"}, "sentencepiece.lower"), ({"context_length": 0}, "context_length"),
+        ({"file": "../spiece.model"}, "sentencepiece.file"), ({"max_chars": 0}, "max_chars")]
+    for bad, field in cases:
         with pytest.raises(ConfigError, match=field):
             SentencePieceConfig.from_dict(bad)
 
@@ -214,7 +216,7 @@ def test_bad_model_files(models, tmp_path) -> None:
         path.write_bytes(content)
         for style in ("siglip", "gemma"):
             with pytest.raises(ValueError, match=f"not a SentencePiece model: .*{name}.model"):
-                SentencePieceTokenizer(path, SentencePieceConfig(style=style))  # type: ignore[arg-type]
+                SentencePieceTokenizer(path, SentencePieceConfig.from_dict({"style": style}))
     with pytest.raises(ValueError, match="unigram.*'gemma' style expects a BPE model"):
         SentencePieceTokenizer(models["siglip"], SentencePieceConfig(style="gemma"))
     with pytest.raises(ValueError, match="no '</s>' piece"):
