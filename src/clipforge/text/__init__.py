@@ -1,7 +1,8 @@
 """Turning strings into model input.
 
-One role, ``TextProcessor``, with two implementations: the byte-level BPE tokenizer (CLIP,
-``clipforge.text.bpe``) and the Unifont renderer (CLIPPO, ``clipforge.text.render``). ``build_text_processor``
+One role, ``TextProcessor``, with three implementations: the byte-level BPE tokenizer (CLIP,
+``clipforge.text.bpe``), SentencePiece (SigLIP and SigLIP 2, ``clipforge.text.sentencepiece``) and the Unifont
+renderer (CLIPPO, ``clipforge.text.render``). ``build_text_processor``
 picks the one a model config asks for, so no caller branches on the model family.
 """
 
@@ -50,6 +51,28 @@ def check_text_config(config: Any) -> None:
         from clipforge.text.render import RenderConfig
 
         RenderConfig.from_dict({"image_size": config.vision.image_size, **config.render})
+    elif config.family == "siglip" and config.tokenizer.get("kind") == "sentencepiece":
+        _sentencepiece_config(config)
+
+
+def _sentencepiece_config(config: Any) -> Any:
+    """The ``SentencePieceConfig`` a SigLIP model config's ``tokenizer`` mapping describes, at the model's context."""
+    from clipforge.text.sentencepiece import SentencePieceConfig
+
+    fields = {k: v for k, v in config.tokenizer.items() if k != "kind"}
+    return SentencePieceConfig.from_dict({"context_length": config.text.context_length, **fields})
+
+
+def _sentencepiece(config: Any, directory: str | Path | None) -> TextProcessor:
+    """SigLIP's SentencePiece tokenizer, from the model file a saved model directory carries."""
+    from clipforge.text.sentencepiece import SentencePieceTokenizer
+
+    sp_config = _sentencepiece_config(config)
+    if directory is None or not Path(directory).is_dir():
+        raise FileNotFoundError(f"this SigLIP model's tokenizer is a SentencePiece model ({sp_config.model_file}), "
+                                "which travels with the model directory: load the model with clipforge.load(directory "
+                                "or hub name), or pass get_text_processor(model, directory)")
+    return SentencePieceTokenizer.from_directory(directory, sp_config)
 
 
 def build_text_processor(config: Any, directory: str | Path | None = None) -> TextProcessor:
@@ -58,8 +81,13 @@ def build_text_processor(config: Any, directory: str | Path | None = None) -> Te
     Args:
         config: A model config. ``family == "clip"`` gets the BPE tokenizer with the model's context
             length (and the vocabulary saved in ``directory``, if any, else OpenAI's); ``"clippo"`` gets
-            the Unifont renderer configured by ``config.render`` at the model's image size.
+            the Unifont renderer configured by ``config.render`` at the model's image size; ``"siglip"`` gets what
+            ``config.tokenizer`` names: SentencePiece (the model file in ``directory``) or the BPE tokenizer.
         directory: A saved model directory that may carry its own vocabulary.
+
+    Raises:
+        FileNotFoundError: a SentencePiece model is asked for and ``directory`` does not hold it.
+        ValueError: the SentencePiece file is not a SentencePiece model.
     """
     if config.family == "clippo":
         from clipforge.text.render import RenderConfig, UnifontRenderer
@@ -69,9 +97,7 @@ def build_text_processor(config: Any, directory: str | Path | None = None) -> Te
     from clipforge.text.bpe import BPETokenizer
 
     if config.family == "siglip" and config.tokenizer.get("kind") == "sentencepiece":
-        from clipforge.text.sentencepiece import SentencePieceTokenizer
-
-        return SentencePieceTokenizer.from_model_config(config, directory)
+        return _sentencepiece(config, directory)
 
     return BPETokenizer(vocab_path=saved_vocabulary(directory), context_length=config.text.context_length)
 
