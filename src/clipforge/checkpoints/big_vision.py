@@ -1,9 +1,13 @@
-"""big_vision CLIPPO checkpoints (``.npz`` of flattened flax parameters) ↔ clipforge CLIPPO.
+"""big_vision checkpoints (``.npz`` of flattened flax parameters) ↔ clipforge: CLIPPO here, SigLIP beside it.
 
 big_vision's one-tower CLIPPO keeps its ViT under ``img/`` (``params/img/`` in a training checkpoint)
 and the log-temperature as ``t``. Flax kernels are (in, out) and attention kernels are split per head:
 query/key/value (width, heads, head_dim), out (heads, head_dim, width); the patch embedding is HWIO.
 The architecture is read off the tensor shapes; the renderer defaults to big_vision's pixel rules.
+
+A file that also holds a text tower (``txt/Embed_0/embedding``) is a two-towers SigLIP model, read and written by
+``big_vision_siglip.py`` with the ViT and transformer-block mappings of this module. Blocks saved with
+``scan=True`` (one ``encoderblock`` whose arrays carry a leading layer axis) are unstacked on reading.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import torch
 from clipforge.checkpoints.containers import check_zip
 from clipforge.checkpoints.native import CheckpointError
 from clipforge.config import ConfigError, shorten
-from clipforge.models.config import CLIPPOConfig, ViTConfig
+from clipforge.models.config import CLIPPOConfig, SigLIPConfig, ViTConfig
 
 if TYPE_CHECKING:
     from clipforge.models.clip import CLIP
@@ -29,7 +33,7 @@ PREFIXES = ("params/img/", "img/", "opt/target/img/")
 
 
 class BigVisionFormatError(ValueError):
-    """The file is not a readable big_vision CLIPPO checkpoint."""
+    """The file is not a readable big_vision CLIPPO or SigLIP checkpoint."""
 
 
 def is_big_vision_npz(path: str | Path) -> bool:
@@ -89,9 +93,32 @@ def _prefix(arrays: dict[str, np.ndarray], path: str | Path) -> str:
     raise BigVisionFormatError(f"{path}: no big_vision ViT found (expected a key like 'params/img/embedding/kernel')")
 
 
-def config_from_arrays(arrays: dict[str, np.ndarray], path: str | Path = "<arrays>") -> CLIPPOConfig:
-    """Infers the CLIPPO config from tensor shapes."""
-    p = _prefix(arrays, path)
+def unscan(arrays: dict[str, np.ndarray], path: str | Path = "<arrays>") -> dict[str, np.ndarray]:
+    """Unstacks blocks saved with ``scan=True``: ``.../encoderblock/X`` of shape (depth, ...) becomes
+    ``.../encoderblock_{i}/X`` (big_vision's ``Encoder`` names them so without scan)."""
+    depths: dict[str, set[int]] = {}
+    for key, array in arrays.items():
+        if "/encoderblock/" in key:
+            depths.setdefault(key.split("/encoderblock/", 1)[0], set()).add(array.shape[0] if array.ndim else 0)
+    for stack, found in depths.items():
+        if len(found) > 1 or 0 in found:
+            raise BigVisionFormatError(f"{path}: the scanned blocks of {stack}/encoderblock/ disagree on their layer "
+                                       f"count (first axes {sorted(found)})")
+    out = {}
+    for key, array in arrays.items():
+        if "/encoderblock/" not in key:
+            out[key] = array
+            continue
+        stack, rest = key.split("/encoderblock/", 1)
+        for i in range(array.shape[0]):
+            out[f"{stack}/encoderblock_{i}/{rest}"] = array[i]
+    return out
+
+
+def vit_fields_from_arrays(arrays: dict[str, np.ndarray], p: str, path: str | Path,
+                           head_required: bool = True) -> tuple[dict[str, Any], int | None]:
+    """The ``ViTConfig`` fields a big_vision ViT under prefix ``p`` has, and its head's output size (``None``: no
+    ``head``, as in SigLIP, whose MAP output is the embedding)."""
 
     def get(key: str, ndim: int) -> np.ndarray:
         if p + key not in arrays:
@@ -101,31 +128,50 @@ def config_from_arrays(arrays: dict[str, np.ndarray], path: str | Path = "<array
             raise BigVisionFormatError(f"{path}: {p + key} has shape {array.shape}, expected {ndim} non-empty axes")
         return array
 
-    patch, _, in_ch, width = get("embedding/kernel", 4).shape
-    if in_ch != 3:
-        raise BigVisionFormatError(f"{path}: {p}embedding/kernel has {in_ch} input channels, expected 3")
+    patch, patch_w, in_ch, width = get("embedding/kernel", 4).shape
+    if in_ch != 3 or patch_w != patch:
+        raise BigVisionFormatError(f"{path}: {p}embedding/kernel has shape {(patch, patch_w, in_ch, width)}, "
+                                   "expected square patches of 3 channels")
     class_token = p + "cls" in arrays
     n_pos = get("pos_embedding", 3).shape[-2] - int(class_token)
     grid = math.isqrt(n_pos)
     if grid * grid != n_pos:
         raise BigVisionFormatError(f"{path}: {p}pos_embedding has {n_pos} patch positions, not a square grid")
-    layers = 0
-    while f"{p}Transformer/encoderblock_{layers}/LayerNorm_0/scale" in arrays:
-        layers += 1
-    if layers == 0:
-        raise BigVisionFormatError(f"{path}: no '{p}Transformer/encoderblock_N' blocks found")
-    heads = get("Transformer/encoderblock_0/MultiHeadDotProductAttention_0/query/kernel", 3).shape[1]
-    mlp = get("Transformer/encoderblock_0/MlpBlock_0/Dense_0/kernel", 2).shape[1]
-    if p + "head/kernel" not in arrays:
+    layers, heads, mlp = encoder_shape(arrays, p + "Transformer/", path)
+    if head_required and p + "head/kernel" not in arrays:
         raise BigVisionFormatError(f"{path}: missing {p}head/kernel (the projection to the embedding space)")
-    embed_dim = get("head/kernel", 2).shape[1]
+    embed_dim = get("head/kernel", 2).shape[1] if p + "head/kernel" in arrays else None
     pool: Literal["cls", "mean", "map"] = ("map" if p + "MAPHead_0/probe" in arrays
                                            else "cls" if class_token else "mean")
+    fields = {"image_size": grid * patch, "patch_size": patch, "width": width, "layers": layers, "heads": heads,
+              "mlp_ratio": _ratio(mlp, width), "pool": pool, "class_token": class_token, "ln_pre": False,
+              "patch_bias": True, "proj": embed_dim is not None, "proj_bias": embed_dim is not None}
+    return fields, embed_dim
+
+
+def encoder_shape(arrays: dict[str, np.ndarray], p: str, path: str | Path) -> tuple[int, int, int]:
+    """(layers, heads, MLP width) of the ``encoderblock_N`` stack under ``p`` (``.../Transformer/``)."""
+    layers = 0
+    while f"{p}encoderblock_{layers}/LayerNorm_0/scale" in arrays:
+        layers += 1
+    if layers == 0:
+        raise BigVisionFormatError(f"{path}: no '{p}encoderblock_N' blocks found")
+    for key, ndim in (("MultiHeadDotProductAttention_0/query/kernel", 3), ("MlpBlock_0/Dense_0/kernel", 2)):
+        name = f"{p}encoderblock_0/{key}"
+        if name not in arrays:
+            raise BigVisionFormatError(f"{path}: missing {name!r}")
+        if arrays[name].ndim != ndim or 0 in arrays[name].shape:
+            raise BigVisionFormatError(f"{path}: {name} has shape {arrays[name].shape}, expected {ndim} non-empty "
+                                       "axes")
+    query = arrays[f"{p}encoderblock_0/MultiHeadDotProductAttention_0/query/kernel"]
+    return layers, query.shape[1], arrays[f"{p}encoderblock_0/MlpBlock_0/Dense_0/kernel"].shape[1]
+
+
+def config_from_arrays(arrays: dict[str, np.ndarray], path: str | Path = "<arrays>") -> CLIPPOConfig:
+    """Infers the CLIPPO config from tensor shapes."""
+    fields, embed_dim = vit_fields_from_arrays(arrays, _prefix(arrays, path), path)
     try:
-        vision = ViTConfig(image_size=grid * patch, patch_size=patch, width=width, layers=layers, heads=heads,
-                           mlp_ratio=_ratio(mlp, width), pool=pool, class_token=class_token, ln_pre=False,
-                           patch_bias=True, proj_bias=True)
-        return CLIPPOConfig(embed_dim=embed_dim, vision=vision, render={"mode": "big_vision"})
+        return CLIPPOConfig(embed_dim=cast(int, embed_dim), vision=ViTConfig(**fields), render={"mode": "big_vision"})
     except ConfigError as e:  # shapes that no ViT has, e.g. a width the head count does not divide
         raise BigVisionFormatError(f"{path}: the tensor shapes describe no valid ViT ({e})") from None
 
@@ -136,29 +182,26 @@ def _ratio(hidden: int, width: int) -> float:
     return ratio if int(width * ratio) == hidden else (hidden + 0.5) / width
 
 
-def state_dict_from_arrays(arrays: dict[str, np.ndarray], config: CLIPPOConfig) -> dict[str, torch.Tensor]:
-    """Maps flax arrays to clipforge's CLIPPO state dict (shapes follow ``config``)."""
-    p = _prefix(arrays, "<arrays>")
-    v = cast(ViTConfig, config.vision)  # big_vision's CLIPPO is a ViT (config_from_arrays builds one)
-    t = lambda a: torch.from_numpy(np.array(a, dtype=np.float32))  # np.array keeps 0-d arrays 0-d
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.array(a, dtype=np.float32))  # np.array keeps 0-d arrays 0-d
+
+
+def vit_state_from_arrays(arrays: dict[str, np.ndarray], p: str, v: ViTConfig) -> dict[str, torch.Tensor]:
+    """The image tower's tensors (``visual.*``) from a big_vision ViT under prefix ``p``."""
+    t = _tensor
     sd: dict[str, torch.Tensor] = {
         "visual.patch_embed.weight": t(arrays[p + "embedding/kernel"].transpose(3, 2, 0, 1)),
         "visual.patch_embed.bias": t(arrays[p + "embedding/bias"]),
         "visual.pos_embed": t(arrays[p + "pos_embedding"].reshape(-1, v.width)),
         "visual.ln_post.weight": t(arrays[p + "Transformer/encoder_norm/scale"]),
         "visual.ln_post.bias": t(arrays[p + "Transformer/encoder_norm/bias"]),
-        "visual.proj": t(arrays[p + "head/kernel"]),
-        "visual.proj_bias": t(arrays[p + "head/bias"]),
     }
+    if v.proj:
+        sd["visual.proj"] = t(arrays[p + "head/kernel"])
+        sd["visual.proj_bias"] = t(arrays[p + "head/bias"])
     if v.class_token:
         sd["visual.class_token"] = t(arrays[p + "cls"].reshape(-1))
-    for i in range(v.layers):
-        src, dst = f"{p}Transformer/encoderblock_{i}/", f"visual.transformer.blocks.{i}."
-        sd |= _norm(arrays, t, src + "LayerNorm_0/", dst + "ln_1.")
-        sd |= _norm(arrays, t, src + "LayerNorm_1/", dst + "ln_2.")
-        sd |= _attention(arrays, t, src + "MultiHeadDotProductAttention_0/", dst + "attn.", ("query", "key", "value"),
-                         "qkv")
-        sd |= _mlp(arrays, t, src + "MlpBlock_0/", dst + "mlp.")
+    sd |= encoder_from_arrays(arrays, p + "Transformer/", "visual.transformer.", v.layers)
     if v.pool == "map":
         src, dst = f"{p}MAPHead_0/", "visual.attn_pool."
         sd[dst + "probe"] = t(arrays[src + "probe"].reshape(1, 1, v.width))
@@ -167,8 +210,29 @@ def state_dict_from_arrays(arrays: dict[str, np.ndarray], config: CLIPPOConfig) 
         sd |= _attention(arrays, t, mha, dst, ("key", "value"), "kv")
         sd |= _norm(arrays, t, src + "LayerNorm_0/", dst + "norm.")
         sd |= _mlp(arrays, t, src + "MlpBlock_0/", dst + "mlp.")
+    return sd
+
+
+def encoder_from_arrays(arrays: dict[str, np.ndarray], src: str, dst: str, layers: int) -> dict[str, torch.Tensor]:
+    """big_vision ``Encoder`` blocks (``{src}encoderblock_N/``) → clipforge blocks (``{dst}blocks.N.``)."""
+    t = _tensor
+    sd: dict[str, torch.Tensor] = {}
+    for i in range(layers):
+        block, out = f"{src}encoderblock_{i}/", f"{dst}blocks.{i}."
+        sd |= _norm(arrays, t, block + "LayerNorm_0/", out + "ln_1.")
+        sd |= _norm(arrays, t, block + "LayerNorm_1/", out + "ln_2.")
+        sd |= _attention(arrays, t, block + "MultiHeadDotProductAttention_0/", out + "attn.",
+                         ("query", "key", "value"), "qkv")
+        sd |= _mlp(arrays, t, block + "MlpBlock_0/", out + "mlp.")
+    return sd
+
+
+def state_dict_from_arrays(arrays: dict[str, np.ndarray], config: CLIPPOConfig) -> dict[str, torch.Tensor]:
+    """Maps flax arrays to clipforge's CLIPPO state dict (shapes follow ``config``)."""
+    p = _prefix(arrays, "<arrays>")
+    sd = vit_state_from_arrays(arrays, p, cast(ViTConfig, config.vision))  # big_vision's CLIPPO is a ViT
     temperature = next((arrays[k] for k in ("params/t", "t", "opt/target/t") if k in arrays), None)
-    sd["logit_scale"] = t(np.asarray(temperature).reshape(())) if temperature is not None else torch.tensor(
+    sd["logit_scale"] = _tensor(np.asarray(temperature).reshape(())) if temperature is not None else torch.tensor(
         config.init_logit_scale)
     return sd
 
@@ -197,12 +261,22 @@ def _attention(a: dict[str, np.ndarray], t: Any, src: str, dst: str, names: tupl
     return sd
 
 
-def load_big_vision(path: str | Path) -> tuple[CLIPPOConfig, dict[str, torch.Tensor]]:
-    """Reads a big_vision CLIPPO ``.npz`` into (config, clipforge state dict)."""
-    arrays = read_npz(path)
-    config = config_from_arrays(arrays, path)
+def load_big_vision(path: str | Path) -> tuple[CLIPPOConfig | SigLIPConfig, dict[str, torch.Tensor]]:
+    """Reads a big_vision ``.npz`` into (config, clipforge state dict): a CLIPPO ViT, or a two-towers SigLIP model
+    when the file has a text tower (``txt/``)."""
+    arrays = unscan(read_npz(path), path)
+    p = _prefix(arrays, path)
+    config: CLIPPOConfig | SigLIPConfig
+    if p.removesuffix("img/") + "txt/Embed_0/embedding" in arrays:
+        from clipforge.checkpoints.big_vision_siglip import siglip_config_from_arrays, siglip_state_from_arrays
+
+        config = siglip_config_from_arrays(arrays, p, path)
+        read = lambda: siglip_state_from_arrays(arrays, p, config)
+    else:
+        config = config_from_arrays(arrays, path)
+        read = lambda: state_dict_from_arrays(arrays, config)
     try:
-        return config, state_dict_from_arrays(arrays, config)
+        return config, read()
     except KeyError as e:
         raise BigVisionFormatError(f"{path}: missing {e.args[0]!r}") from None
     except (ValueError, IndexError) as e:  # a tensor whose size does not fit the shapes read off the others
@@ -210,67 +284,112 @@ def load_big_vision(path: str | Path) -> tuple[CLIPPOConfig, dict[str, torch.Ten
                                    f"(width {config.vision.width}, {config.vision.heads} heads): {e}") from None
 
 
-def to_big_vision_arrays(state_dict: dict[str, torch.Tensor], config: CLIPPOConfig,
-                         prefix: str = "params/") -> dict[str, np.ndarray]:
-    """The inverse of ``state_dict_from_arrays``: clipforge CLIPPO weights → flattened flax arrays."""
-    v = cast(ViTConfig, config.vision)  # big_vision's CLIPPO is a ViT (save_big_vision refuses a ResNet)
-    heads, hd = v.heads, v.width // v.heads
-    n = lambda k: state_dict[k].detach().float().cpu().numpy()
-    img = prefix + "img/"
+Numpy = Any  # a callable: clipforge key → float32 numpy array
+
+
+def vit_to_arrays(n: Numpy, v: ViTConfig, img: str) -> dict[str, np.ndarray]:
+    """The inverse of ``vit_state_from_arrays``: an image tower's weights (``n(key)``) → arrays under ``img``.
+
+    A missing patch or head bias is written as zeros (big_vision's Dense and Conv always have one)."""
+    width = v.width
     out: dict[str, np.ndarray] = {
         img + "embedding/kernel": n("visual.patch_embed.weight").transpose(2, 3, 1, 0),
-        img + "embedding/bias": n("visual.patch_embed.bias"),
+        img + "embedding/bias": n("visual.patch_embed.bias") if v.patch_bias else np.zeros(width, np.float32),
         img + "pos_embedding": n("visual.pos_embed")[None],
         img + "Transformer/encoder_norm/scale": n("visual.ln_post.weight"),
         img + "Transformer/encoder_norm/bias": n("visual.ln_post.bias"),
-        img + "head/kernel": n("visual.proj"),
-        img + "head/bias": n("visual.proj_bias"),
-        prefix + "t": n("logit_scale").reshape(()),
     }
+    if v.proj:
+        out[img + "head/kernel"] = proj = n("visual.proj")
+        out[img + "head/bias"] = n("visual.proj_bias") if v.proj_bias else np.zeros(proj.shape[1], np.float32)
     if v.class_token:
         out[img + "cls"] = n("visual.class_token")[None, None]
-
-    def attention(src: str, dst: str, names: tuple[str, ...], fused: str, with_out: bool = True) -> None:
-        w, b = n(f"{src}{fused}.weight"), n(f"{src}{fused}.bias")
-        for i, name in enumerate(names):
-            rows = slice(i * v.width, (i + 1) * v.width)
-            out[f"{dst}{name}/kernel"] = w[rows].T.reshape(v.width, heads, hd)
-            out[f"{dst}{name}/bias"] = b[rows].reshape(heads, hd)
-        if with_out:
-            out[dst + "out/kernel"] = n(src + "out_proj.weight").T.reshape(heads, hd, v.width)
-            out[dst + "out/bias"] = n(src + "out_proj.bias")
-
-    def norm(src: str, dst: str) -> None:
-        out[dst + "scale"], out[dst + "bias"] = n(src + "weight"), n(src + "bias")
-
-    def mlp(src: str, dst: str) -> None:
-        out[dst + "Dense_0/kernel"], out[dst + "Dense_0/bias"] = n(src + "fc.weight").T, n(src + "fc.bias")
-        out[dst + "Dense_1/kernel"], out[dst + "Dense_1/bias"] = n(src + "proj.weight").T, n(src + "proj.bias")
-
-    for i in range(v.layers):
-        src, dst = f"visual.transformer.blocks.{i}.", f"{img}Transformer/encoderblock_{i}/"
-        norm(src + "ln_1.", dst + "LayerNorm_0/")
-        norm(src + "ln_2.", dst + "LayerNorm_1/")
-        attention(src + "attn.", dst + "MultiHeadDotProductAttention_0/", ("query", "key", "value"), "qkv")
-        mlp(src + "mlp.", dst + "MlpBlock_0/")
+    out |= encoder_to_arrays(n, "visual.transformer.", img + "Transformer/", v.layers, width, v.heads)
     if v.pool == "map":
         src, dst = "visual.attn_pool.", f"{img}MAPHead_0/"
+        mha = dst + "MultiHeadDotProductAttention_0/"
         out[dst + "probe"] = n(src + "probe")
-        attention(src, dst + "MultiHeadDotProductAttention_0/", ("query",), "q", with_out=False)
-        attention(src, dst + "MultiHeadDotProductAttention_0/", ("key", "value"), "kv")
-        norm(src + "norm.", dst + "LayerNorm_0/")
-        mlp(src + "mlp.", dst + "MlpBlock_0/")
+        out |= _attention_to(n, src, mha, ("query",), "q", width, v.heads, with_out=False)
+        out |= _attention_to(n, src, mha, ("key", "value"), "kv", width, v.heads)
+        out[dst + "LayerNorm_0/scale"], out[dst + "LayerNorm_0/bias"] = n(src + "norm.weight"), n(src + "norm.bias")
+        out |= _mlp_to(n, src + "mlp.", dst + "MlpBlock_0/")
     return out
 
 
-def save_big_vision(model: CLIP | CLIPPO, path: str | Path) -> None:
-    """Writes a CLIPPO model as a big_vision ``.npz`` (``params/img/...`` and ``params/t``)."""
-    config = model.config
-    if not isinstance(config, CLIPPOConfig):
-        raise ValueError("only CLIPPO models can be exported to big_vision's CLIPPO layout")
-    if not isinstance(config.vision, ViTConfig):
-        raise ValueError("big_vision's CLIPPO is a ViT; a CLIPPO model with a ResNet tower cannot be exported to it")
-    if config.vision.stem != "patch":
+def encoder_to_arrays(n: Numpy, src: str, dst: str, layers: int, width: int, heads: int) -> dict[str, np.ndarray]:
+    """The inverse of ``encoder_from_arrays``."""
+    out: dict[str, np.ndarray] = {}
+    for i in range(layers):
+        block, to = f"{src}blocks.{i}.", f"{dst}encoderblock_{i}/"
+        for ln, name in (("ln_1.", "LayerNorm_0/"), ("ln_2.", "LayerNorm_1/")):
+            out[to + name + "scale"], out[to + name + "bias"] = n(block + ln + "weight"), n(block + ln + "bias")
+        out |= _attention_to(n, block + "attn.", to + "MultiHeadDotProductAttention_0/", ("query", "key", "value"),
+                             "qkv", width, heads)
+        out |= _mlp_to(n, block + "mlp.", to + "MlpBlock_0/")
+    return out
+
+
+def _attention_to(n: Numpy, src: str, dst: str, names: tuple[str, ...], fused: str, width: int, heads: int,
+                  with_out: bool = True) -> dict[str, np.ndarray]:
+    out, hd = {}, width // heads
+    w, b = n(f"{src}{fused}.weight"), n(f"{src}{fused}.bias")
+    for i, name in enumerate(names):
+        rows = slice(i * width, (i + 1) * width)
+        out[f"{dst}{name}/kernel"] = w[rows].T.reshape(width, heads, hd)
+        out[f"{dst}{name}/bias"] = b[rows].reshape(heads, hd)
+    if with_out:
+        out[dst + "out/kernel"] = n(src + "out_proj.weight").T.reshape(heads, hd, width)
+        out[dst + "out/bias"] = n(src + "out_proj.bias")
+    return out
+
+
+def _mlp_to(n: Numpy, src: str, dst: str) -> dict[str, np.ndarray]:
+    return {dst + "Dense_0/kernel": n(src + "fc.weight").T, dst + "Dense_0/bias": n(src + "fc.bias"),
+            dst + "Dense_1/kernel": n(src + "proj.weight").T, dst + "Dense_1/bias": n(src + "proj.bias")}
+
+
+def numpy_getter(state_dict: dict[str, torch.Tensor]) -> Numpy:
+    """``n(key)``: the float32 numpy copy of one tensor of ``state_dict``."""
+    return lambda key: state_dict[key].detach().float().cpu().numpy()
+
+
+def to_big_vision_arrays(state_dict: dict[str, torch.Tensor], config: CLIPPOConfig,
+                         prefix: str = "params/") -> dict[str, np.ndarray]:
+    """The inverse of ``state_dict_from_arrays``: clipforge CLIPPO weights → flattened flax arrays."""
+    n = numpy_getter(state_dict)
+    out = vit_to_arrays(n, cast(ViTConfig, config.vision), prefix + "img/")  # save_big_vision refuses a ResNet
+    out[prefix + "t"] = n("logit_scale").reshape(())
+    return out
+
+
+def check_exportable_vit(vision: Any, family: str) -> ViTConfig:
+    """The ViT tower of a model to export, or a ``ValueError`` saying why big_vision's ViT cannot hold it."""
+    if not isinstance(vision, ViTConfig):
+        raise ValueError(f"big_vision's {family} is a ViT; a {family} model with a ResNet tower cannot be exported "
+                         "to it")
+    if vision.stem != "patch":
         raise ValueError("big_vision's ViT has a patch-embedding stem; a conv-stem model cannot be exported to it")
-    arrays = to_big_vision_arrays(model.state_dict(), config)
+    if vision.ln_pre:
+        raise ValueError("big_vision's ViT has no LayerNorm before its blocks; a model with vision.ln_pre=True "
+                         "cannot be exported to it")
+    if getattr(vision, "naflex", False):
+        raise ValueError("a NaFlex image tower (vision.naflex=True) has big_vision's naflex_vit layout, not its ViT's; "
+                         "it cannot be exported to this one")
+    return vision
+
+
+def save_big_vision(model: CLIP | CLIPPO, path: str | Path) -> None:
+    """Writes a CLIPPO model (``params/img/...``, ``params/t``) or a SigLIP model (``params/img/...``,
+    ``params/txt/...``, ``params/t``, ``params/b``) as a big_vision ``.npz``."""
+    config = model.config
+    if isinstance(config, SigLIPConfig):
+        from clipforge.checkpoints.big_vision_siglip import siglip_to_big_vision_arrays
+
+        arrays = siglip_to_big_vision_arrays(model.state_dict(), config)
+    elif isinstance(config, CLIPPOConfig):
+        check_exportable_vit(config.vision, "CLIPPO")
+        arrays = to_big_vision_arrays(model.state_dict(), config)
+    else:
+        raise ValueError("only CLIPPO and SigLIP models can be exported to big_vision's layouts; this is a "
+                         f"{config.family!r} model")
     np.savez(path, **arrays)  # type: ignore[arg-type]  # numpy's stub: ** might fill savez's allow_pickle: bool

@@ -2,6 +2,7 @@
 
 open_clip's ``CLIP`` keeps OpenAI's key layout (see ``openai.py``), so the tensors map by name. Training
 checkpoints wrap the weights as ``{"state_dict": ...}`` with ``module.`` prefixes (DDP); both are removed.
+OpenCLIP's SigLIP models (``CustomTextCLIP`` with a timm image tower) are read by ``open_clip_siglip.py``.
 
 What the tensors do not say:
 
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeGuard, cast
 import torch
 
 from clipforge.checkpoints.native import CheckpointError, read_safetensors
+from clipforge.checkpoints.open_clip_siglip import is_open_clip_siglip, load_open_clip_siglip
 from clipforge.checkpoints.openai import (
     config_from_openai_state_dict,
     from_openai_keys,
@@ -31,7 +33,7 @@ from clipforge.checkpoints.openai import (
     to_openai_keys,
 )
 from clipforge.config import read_config_text, replace, shorten, to_dict
-from clipforge.models.config import CLIPConfig, ResNetConfig
+from clipforge.models.config import CLIPConfig, ResNetConfig, SigLIPConfig
 
 if TYPE_CHECKING:
     from clipforge.models.clip import CLIP
@@ -69,8 +71,11 @@ def read_state_dict(path: str | Path, allow_pickle: bool = False) -> dict[str, t
     return state
 
 
-def read_open_clip_config(path: str | Path) -> dict[str, Any] | None:
-    """``model_cfg`` of the ``open_clip_config.json`` beside (or inside) ``path``, if there is one."""
+def read_open_clip_json(path: str | Path) -> dict[str, Any] | None:
+    """The whole ``open_clip_config.json`` beside (or inside) ``path`` (``model_cfg``, ``preprocess_cfg``), if any.
+
+    A file that is a bare model config (no ``model_cfg`` key) is returned wrapped as ``{"model_cfg": ...}``.
+    """
     path = Path(path)
     candidate = (path if path.is_dir() else path.parent) / CONFIG_NAME
     if not candidate.is_file():
@@ -79,10 +84,17 @@ def read_open_clip_config(path: str | Path) -> dict[str, Any] | None:
         data = json.loads(read_config_text(candidate))
     except (ValueError, RecursionError) as e:  # ConfigError (too large, not UTF-8) is a ValueError
         raise CheckpointError(f"{candidate}: not valid JSON ({type(e).__name__}: {str(e)[:200]})") from None
-    cfg = data.get("model_cfg", data) if isinstance(data, dict) else None
-    if not isinstance(cfg, dict):
+    if isinstance(data, dict) and "model_cfg" not in data:
+        data = {"model_cfg": data}
+    if not isinstance(data, dict) or not isinstance(data["model_cfg"], dict):
         raise CheckpointError(f"{candidate}: expected an object with 'model_cfg'")
-    return cfg
+    return data
+
+
+def read_open_clip_config(path: str | Path) -> dict[str, Any] | None:
+    """``model_cfg`` of the ``open_clip_config.json`` beside (or inside) ``path``, if there is one."""
+    data = read_open_clip_json(path)
+    return data["model_cfg"] if data is not None else None
 
 
 def matching_preset(config: CLIPConfig) -> CLIPConfig | None:
@@ -148,17 +160,23 @@ def _positive_int(value: Any) -> TypeGuard[int]:
 
 
 def load_open_clip(path: str | Path, allow_pickle: bool = False,
-                   act: str | None = None) -> tuple[CLIPConfig, dict[str, torch.Tensor]]:
+                   act: str | None = None) -> tuple[CLIPConfig | SigLIPConfig, dict[str, torch.Tensor]]:
     """Reads an open_clip checkpoint (file or hub-style directory) into (config, clipforge state dict).
+
+    A CLIP (OpenAI layout) gives a ``CLIPConfig``; OpenCLIP's SigLIP (a timm image tower under ``visual.trunk.``
+    and a ``text.`` tower) a ``SigLIPConfig`` (``open_clip_siglip.py``).
 
     Args:
         path: ``open_clip_model.safetensors``, ``open_clip_pytorch_model.bin``, a training ``.pt``, or a
             directory holding one of the first two (and perhaps ``open_clip_config.json``).
         allow_pickle: Allow reading pickled files (``torch.load(weights_only=True)``).
-        act: The MLP activation; see the module docstring for what happens without it.
+        act: The MLP activation (both towers of a SigLIP model); see the module docstrings for what happens
+            without it.
     """
     weights = find_weights(path)
     state = read_state_dict(weights, allow_pickle)
+    if is_open_clip_siglip(state):  # a CustomTextCLIP with a timm image tower: OpenCLIP's SigLIP
+        return load_open_clip_siglip(state, read_open_clip_json(path), act, str(weights), weights.parent)
     cfg = read_open_clip_config(path)
     config = config_from_state_dict(state, act, cfg, str(weights))
     return config, from_openai_keys(state, config, str(weights))
