@@ -24,7 +24,8 @@ timm = pytest.importorskip("timm")
 from timm.models import register_model  # noqa: E402
 from timm.models.vision_transformer import VisionTransformer  # noqa: E402
 
-from clipforge.checkpoints import detect_format, load_any  # noqa: E402
+import clipforge  # noqa: E402
+from clipforge.checkpoints import convert, detect_format, load_any  # noqa: E402
 from clipforge.checkpoints.native import CheckpointError  # noqa: E402
 from clipforge.checkpoints.open_clip import load_open_clip  # noqa: E402
 from clipforge.checkpoints.open_clip_siglip import timm_vision_facts  # noqa: E402
@@ -136,6 +137,30 @@ def test_tokenizer_is_recorded_by_vocabulary_and_file(tmp_path: Path) -> None:
     (directory / "tokenizer.model").write_bytes(b"placeholder")  # only its name is looked at here
     config, _ = load_open_clip(directory)
     assert config.tokenizer == {"kind": "sentencepiece", "style": "siglip", "file": "tokenizer.model"}
+
+
+def test_clipforge_load_reads_the_directory_and_its_sentencepiece_model(tmp_path: Path) -> None:
+    """``clipforge.load`` of a hub directory with ``spiece.model``: the model, its squash transform and SigLIP's
+    tokenizer from that file; ``convert`` to clipforge's format carries the file along."""
+    sentencepiece = pytest.importorskip("sentencepiece")
+    from helpers.spm import train_spm
+
+    spiece = train_spm(tmp_path / "m", "siglip")
+    cfg = copy.deepcopy(TINY["siglip"])
+    cfg["text_cfg"]["vocab_size"] = sentencepiece.SentencePieceProcessor(model_file=str(spiece)).get_piece_size()
+    reference = reference_model(cfg)
+    directory = save_hub_dir(reference, cfg, tmp_path / "m")
+    model, _, tokenizer = clipforge.load(directory)
+    tokens = tokenizer(["a photo of a cat", "Two dogs, playing!"])
+    assert tokens.shape == (2, TEXT["context_length"]) and int(tokens[0, -1]) == 1  # padded with </s>
+    with torch.no_grad():
+        assert (model.encode_text(tokens) - reference.encode_text(tokens)).abs().max() <= TOL
+    out = convert(directory, tmp_path / "native", to="clipforge")
+    assert (out / "spiece.model").read_bytes() == spiece.read_bytes()
+    again, _, again_tokenizer = clipforge.load(out)
+    assert torch.equal(again_tokenizer(["a photo of a cat"]), tokens[:1])
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, again.state_dict()[key]), key
 
 
 def test_a_bare_weights_file_is_read_with_announced_guesses(tmp_path: Path) -> None:
