@@ -149,6 +149,13 @@ class TrainConfig:
         lock: LiT-style locking: the named tower is frozen (no gradient, eval mode).
         loss: ``clip`` (softmax InfoNCE) or ``siglip`` (sigmoid; the model needs a logit bias).
         local_loss: Distributed: each rank's loss over its own rows against all columns (OpenCLIP's local loss).
+        siglip_exchange: How a distributed SigLIP run shows each rank the other ranks' texts. ``gather``
+            all-gathers the features (with ``local_loss`` or not, as for CLIP). ``ring`` passes the text
+            features around the ring, one block per neighbour step (big_vision's chunked loss, open_clip's
+            ``SigLipLoss``): each rank's loss is its own rows against every column, as with ``local_loss``
+            (which it implies), but no rank holds more than one (local × local) block of logits and nothing
+            is gathered. The gradients are the same; GradCache (``accum_steps`` > 1) and ``lock`` work with
+            both. Only with ``loss: siglip``; a world of one ignores it.
         plots: Write PNG plots into the run dir at the end.
         text_pairs: CLIPPO only: text/text pairs mixed into each batch.
     """
@@ -174,6 +181,7 @@ class TrainConfig:
     lock: Literal["none", "image", "text"] = "none"
     loss: Literal["clip", "siglip"] = "clip"
     local_loss: bool = False
+    siglip_exchange: Literal["gather", "ring"] = "gather"
     plots: bool = True
     text_pairs: TextPairsConfig = field(default_factory=TextPairsConfig)
 
@@ -187,6 +195,9 @@ class TrainConfig:
             raise ConfigError(f"batch_size={self.batch_size} is not divisible by accum_steps={self.accum_steps}")
         if self.schedule.warmup_steps > self.steps:
             raise ConfigError(f"schedule.warmup_steps={self.schedule.warmup_steps} exceeds steps={self.steps}")
+        if self.siglip_exchange == "ring" and self.loss != "siglip":
+            raise ConfigError(f"siglip_exchange=ring passes SigLIP's text blocks around the ring: it needs "
+                              f"loss: siglip (got loss: {self.loss}); the softmax of clip needs the gather")
         if self.text_pairs.fraction:
             if isinstance(self.data, ShardsDataConfig):
                 raise ConfigError("text_pairs mix into indexable sources (synthetic, tables, folders), not tar shards")

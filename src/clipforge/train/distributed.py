@@ -1,4 +1,4 @@
-"""Everything that crosses processes: the ``Runtime`` facts, feature gathering with gradient, gradient averaging.
+"""Everything that crosses processes: the ``Runtime`` facts, feature exchange with gradient, gradient averaging.
 
 Launch with ``torchrun --nproc_per_node=N -m clipforge.cli.main train ...``: torchrun sets ``RANK``,
 ``WORLD_SIZE``, ``LOCAL_RANK`` and the rendezvous address, and ``init_runtime`` joins the group
@@ -9,6 +9,9 @@ Data parallelism is explicit rather than hidden in ``DistributedDataParallel``: 
 with gradient (so the loss sees the global batch), and after the backward pass ``all_reduce_gradients``
 averages the gradients once per optimiser step. That is correct for gradient caching and for locked
 towers alike, where DDP's reducer would need ``no_sync`` juggling.
+
+SigLIP can skip the gather: ``ring_shift`` passes a block of features to the right neighbour (and receives
+the left one's), so a rank sees every other rank's texts one block at a time (``siglip_ring_loss``).
 """
 
 from __future__ import annotations
@@ -88,11 +91,52 @@ def gather_features(features: torch.Tensor, runtime: Runtime) -> torch.Tensor:
     return torch.cat(dist_fn.all_gather(features), dim=0)
 
 
+def _send_receive(tensor: torch.Tensor, to_rank: int, from_rank: int) -> torch.Tensor:
+    """Sends ``tensor`` to ``to_rank`` and returns the same-shaped tensor that ``from_rank`` sends here."""
+    tensor = tensor.contiguous()
+    received = torch.empty_like(tensor)
+    ops = [dist.P2POp(dist.isend, tensor, to_rank), dist.P2POp(dist.irecv, received, from_rank)]
+    for request in dist.batch_isend_irecv(ops):
+        request.wait()
+    return received
+
+
+class _RingShift(torch.autograd.Function):
+    """One step around the ring: forward sends to ``to_rank`` and receives from ``from_rank``; backward sends
+    the received tensor's gradient back to its sender, ``from_rank``, and receives this rank's from ``to_rank``."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, tensor: torch.Tensor, to_rank: int,
+                from_rank: int) -> torch.Tensor:
+        ctx.to_rank, ctx.from_rank = to_rank, from_rank  # type: ignore[attr-defined]
+        return _send_receive(tensor, to_rank, from_rank)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        return _send_receive(grad, ctx.from_rank, ctx.to_rank), None, None  # type: ignore[attr-defined]
+
+
+def ring_shift(tensor: torch.Tensor, runtime: Runtime) -> torch.Tensor:
+    """The left neighbour's ``tensor`` (rank − 1, cyclically), differentiable; this rank's goes to rank + 1.
+
+    Every rank must call it, in the same order, with tensors of one shape and dtype (a point-to-point
+    exchange with both neighbours at once, ``dist.batch_isend_irecv``). The backward pass runs the ring the
+    other way: the gradient of the received block goes back to the rank that sent it, so ``k`` successive
+    shifts deliver to each rank the gradient of everything computed from its block ``k`` ranks away.
+    Only the default process group (the one ``init_runtime`` joins) is used.
+    """
+    if not runtime.distributed:
+        return tensor
+    right, left = (runtime.rank + 1) % runtime.world_size, (runtime.rank - 1) % runtime.world_size
+    return _RingShift.apply(tensor, right, left)
+
+
 def all_reduce_gradients(parameters: list[torch.nn.Parameter], runtime: Runtime) -> None:
     """Averages gradients across ranks in one flat all-reduce per dtype (a no-op for one process).
 
-    Each rank's loss is the global loss (or, with the local loss, its share of it) and the gather's
-    backward has already summed the feature gradients, so the average is the global batch's gradient.
+    Each rank's loss is the global loss (or, with the local loss or SigLIP's ring, its share of it) and the
+    gather's (or the ring's) backward has already summed the feature gradients, so the average is the global
+    batch's gradient.
     """
     if not runtime.distributed:
         return

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from clipforge.train.distributed import Runtime, gather_features
+from clipforge.train.loss import siglip_loss, siglip_ring_loss
 
 LossFn = Callable[..., torch.Tensor]
 
@@ -31,14 +32,22 @@ def encode(model: nn.Module, images: torch.Tensor, texts: torch.Tensor, lock: st
 
 
 def global_loss(image_features: torch.Tensor, text_features: torch.Tensor, model: nn.Module, loss_fn: LossFn,
-                runtime: Runtime, local_loss: bool) -> torch.Tensor:
-    """The loss of this rank's features against the global batch's (gathered with gradient).
+                runtime: Runtime, local_loss: bool, exchange: str = "gather") -> torch.Tensor:
+    """The loss of this rank's features against the global batch's (gathered with gradient, or passed around a ring).
 
     Without ``local_loss`` every rank computes the full global loss (all rows, all columns); with it,
     its own rows against all columns, labels offset by ``rank × local batch`` (OpenCLIP's local loss).
+    ``exchange="ring"`` (``loss_fn`` must be ``siglip_loss``) is SigLIP's local loss without a gather:
+    ``siglip_ring_loss``.
     """
-    all_images, all_texts = gather_features(image_features, runtime), gather_features(text_features, runtime)
     scale, bias = model.scale(), model.logit_bias
+    if exchange == "ring":
+        if loss_fn is not siglip_loss:
+            raise ValueError(f"exchange='ring' is SigLIP's exchange: loss_fn must be siglip_loss, got {loss_fn}")
+        return siglip_ring_loss(image_features, text_features, scale, bias, runtime)
+    if exchange != "gather":
+        raise ValueError(f"exchange: expected 'gather' or 'ring', got {exchange!r}")
+    all_images, all_texts = gather_features(image_features, runtime), gather_features(text_features, runtime)
     if local_loss and runtime.distributed:
         return loss_fn(image_features, text_features, scale, bias, image_columns=all_images, text_columns=all_texts,
                        offset=runtime.rank * image_features.shape[0])
@@ -46,8 +55,8 @@ def global_loss(image_features: torch.Tensor, text_features: torch.Tensor, model
 
 
 def forward_backward(model: nn.Module, images: torch.Tensor, texts: torch.Tensor, loss_fn: LossFn, runtime: Runtime,
-                     *, accum_steps: int = 1, local_loss: bool = False, lock: str = "none",
-                     autocast: torch.dtype | None = None) -> torch.Tensor:
+                     *, accum_steps: int = 1, local_loss: bool = False, exchange: str = "gather",
+                     lock: str = "none", autocast: torch.dtype | None = None) -> torch.Tensor:
     """Computes the step's loss and accumulates its gradients into ``.grad`` (no optimiser step, no all-reduce).
 
     Args:
@@ -58,6 +67,7 @@ def forward_backward(model: nn.Module, images: torch.Tensor, texts: torch.Tensor
         runtime: Rank and world size, for the gather.
         accum_steps: Micro-batches; 1 is a plain step, more uses gradient caching.
         local_loss: See ``global_loss``.
+        exchange: ``gather`` or ``ring`` (SigLIP only): see ``global_loss``.
         lock: ``none``, ``image`` or ``text``: the tower that gets no gradient.
         autocast: The autocast dtype (``None``: full precision).
 
@@ -68,7 +78,7 @@ def forward_backward(model: nn.Module, images: torch.Tensor, texts: torch.Tensor
     if accum_steps == 1:
         with amp():
             image_features, text_features = encode(model, images, texts, lock)
-            loss = global_loss(image_features, text_features, model, loss_fn, runtime, local_loss)
+            loss = global_loss(image_features, text_features, model, loss_fn, runtime, local_loss, exchange)
         loss.backward()
         return loss.detach()
 
@@ -81,7 +91,7 @@ def forward_backward(model: nn.Module, images: torch.Tensor, texts: torch.Tensor
     image_cache = torch.cat([c[0] for c in cached]).requires_grad_(lock != "image")
     text_cache = torch.cat([c[1] for c in cached]).requires_grad_(lock != "text")
     with amp():  # (2) the loss on the cached features; gradients flow to the cache and the logit scale/bias
-        loss = global_loss(image_cache, text_cache, model, loss_fn, runtime, local_loss)
+        loss = global_loss(image_cache, text_cache, model, loss_fn, runtime, local_loss, exchange)
     loss.backward()
     sizes = [len(c[0]) for c in cached]
     image_grads = image_cache.grad.split(sizes) if image_cache.grad is not None else [None] * len(chunks)

@@ -183,7 +183,8 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None,
         set_lr(optimizer, lr)
         images, texts = images.to(device, non_blocking=True), texts.to(device, non_blocking=True)
         loss = forward_backward(model, images, texts, loss_fn, runtime, accum_steps=accum,
-                                local_loss=config.local_loss, lock=config.lock, autocast=amp)
+                                local_loss=config.local_loss, exchange=config.siglip_exchange, lock=config.lock,
+                                autocast=amp)
         all_reduce_gradients(trainable, runtime)
         if o.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(trainable, o.grad_clip)

@@ -4,12 +4,21 @@ Neither function gathers anything: in a distributed run the caller passes its lo
 globally gathered columns (``clipforge.train.distributed.gather_features``) and an ``offset`` that says
 where the local rows sit in the global batch (``rank * local_batch``). With ``offset=0`` and the same
 tensors as rows and columns these are the ordinary single-process losses.
+
+``siglip_ring_loss`` is SigLIP's distributed loss without the gather: the sigmoid loss is a sum over
+pairs, so it splits into blocks; the text blocks travel around the ring (``ring_shift``, the one place
+that talks to other processes) and each block is scored by ``siglip_loss``.
 """
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from clipforge.train.distributed import Runtime, ring_shift
 
 
 def clip_loss(
@@ -57,6 +66,7 @@ def siglip_loss(
     image_columns: torch.Tensor | None = None,
     text_columns: torch.Tensor | None = None,
     offset: int = 0,
+    negatives_only: bool = False,
 ) -> torch.Tensor:
     """SigLIP's pairwise sigmoid loss (Zhai et al. 2023, Algorithm 1): each image–text pair is a binary task.
 
@@ -72,6 +82,8 @@ def siglip_loss(
         image_columns: Ignored.
         text_columns: (M, D) text features to contrast the image rows against; default ``text_features``.
         offset: Column of row 0's positive pair.
+        negatives_only: No positive pair among the columns (every sign −1; ``offset`` is ignored): the
+            blocks of another rank's texts in ``siglip_ring_loss``.
 
     Returns:
         The scalar loss: the sum over columns, averaged over the N rows.
@@ -83,8 +95,68 @@ def siglip_loss(
         logits = logits + logit_bias
     n, m = logits.shape
     signs = -torch.ones(n, m, device=logits.device, dtype=torch.float32)
-    signs[torch.arange(n, device=logits.device), torch.arange(offset, offset + n, device=logits.device)] = 1.0
+    if not negatives_only:
+        signs[torch.arange(n, device=logits.device), torch.arange(offset, offset + n, device=logits.device)] = 1.0
     return -F.logsigmoid(signs * logits.float()).sum() / n
+
+
+def siglip_ring_loss(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    logit_scale: torch.Tensor,
+    logit_bias: torch.Tensor | None,
+    runtime: Runtime,
+) -> torch.Tensor:
+    """This rank's SigLIP loss against the global batch, the texts passed around the ring (big_vision's chunked
+    sigmoid loss; open_clip's ``SigLipLoss(dist_impl="shift")``).
+
+    The rank scores its images against its own texts (the positives on the diagonal), then ``world_size − 1``
+    times sends the text block it holds to the right neighbour, receives the left one's and scores its images
+    against it with every sign −1. The loss is the sum over the blocks divided by the LOCAL batch n::
+
+        L_r = (1/n) Σ_{i on rank r} Σ_{j in the global batch} −log σ(z_ij · (scale · cos_ij + bias))
+
+    which is ``siglip_loss(image_r, text_r, text_columns=all_texts, offset=r·n)``, the local loss of the
+    gather. The single-process loss over the global batch of N = world_size · n pairs divides the same
+    double sum by N, so when every rank holds n pairs it is the mean over ranks of the L_r, and the training
+    loop gets its gradient: each rank backpropagates its own L_r, the ring's backward brings every rank the
+    gradient of Σ_r L_r with respect to its text features (its image features appear in its L_r only), and
+    ``all_reduce_gradients`` divides the sum by the world size. Likewise ``all_reduce_mean`` of the
+    L_r is the global loss that is logged.
+
+    Memory: no rank builds more than one (n, n) block of logits at a time, in the forward pass and, as each
+    block is recomputed in the backward pass (``torch.utils.checkpoint``), in the backward pass too; no
+    (N, N) or (n, N) logits and no all-gather. What the backward pass keeps are the received text blocks
+    (world_size · n · D values, as many as a gather of the texts would hold, but received one block at a
+    time).
+
+    Args:
+        image_features: (n, D) this rank's L2-normalised image features.
+        text_features: (n, D) this rank's L2-normalised text features of the same pairs; every rank must hold
+            the same n (the blocks travel as fixed-size messages).
+        logit_scale: The exponentiated temperature.
+        logit_bias: The learned bias; ``None`` means 0.
+        runtime: Rank and world size; every rank of the default process group must call this together.
+
+    Returns:
+        The scalar loss of this rank (the single-process ``siglip_loss`` in a world of one).
+    """
+    block_loss = functools.partial(_checkpointed_block, image_features, logit_scale=logit_scale,
+                                   logit_bias=logit_bias)
+    loss = block_loss(text_features, negatives_only=False)
+    block = text_features
+    for _ in range(runtime.world_size - 1):
+        block = ring_shift(block, runtime)  # (n, D): the texts of rank − k after k shifts
+        loss = loss + block_loss(block, negatives_only=True)
+    return loss
+
+
+def _checkpointed_block(image_features: torch.Tensor, text_block: torch.Tensor, *, logit_scale: torch.Tensor,
+                        logit_bias: torch.Tensor | None, negatives_only: bool) -> torch.Tensor:
+    """``siglip_loss`` of the image rows against one text block, its (n, n) logits recomputed in the backward
+    pass rather than kept (so the ring holds one block's logits at a time)."""
+    loss = functools.partial(siglip_loss, negatives_only=negatives_only)
+    return checkpoint(loss, image_features, text_block, logit_scale, logit_bias, use_reentrant=False)
 
 
 LOSSES = {"clip": clip_loss, "siglip": siglip_loss}
