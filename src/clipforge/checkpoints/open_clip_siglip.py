@@ -57,8 +57,8 @@ UNSUPPORTED_TEXT = ("embed_cls", "use_pad_mask", "ls_init_value", "qk_norm", "sc
 
 
 def is_open_clip_siglip(state: dict[str, torch.Tensor]) -> bool:
-    """Whether open_clip tensors are a ``CustomTextCLIP`` with a timm image tower (OpenCLIP's SigLIP layout)."""
-    return any(k.startswith(TRUNK) for k in state) or "text.token_embedding.weight" in state
+    """Whether open_clip tensors have a timm image tower (OpenCLIP's SigLIP layout, a ``CustomTextCLIP``)."""
+    return any(k.startswith(TRUNK) for k in state)
 
 
 def _get(state: dict[str, torch.Tensor], key: str, ndim: int, source: str) -> torch.Tensor:
@@ -322,6 +322,9 @@ def key_pairs(config: SigLIPConfig) -> list[tuple[str, str]]:
 def siglip_state(state: dict[str, torch.Tensor], config: SigLIPConfig, source: str) -> dict[str, torch.Tensor]:
     """OpenCLIP SigLIP tensors → clipforge's SigLIP state dict; a missing or left-over key is an error naming it."""
     state = dict(state)
+    for name in ("logit_scale", "logit_bias"):  # (1,) in a model built with nonscalar_logit_scale
+        if name in state and state[name].numel() == 1:
+            state[name] = state[name].reshape(())
     out: dict[str, torch.Tensor] = {"visual.pos_embed": state.pop(TRUNK + "pos_embed")[0]}  # (1, N, C) → (N, C)
     if config.vision.proj:
         out["visual.proj"] = state.pop("visual.head.proj.weight").T  # Linear (out, in) → (in, out)
