@@ -294,7 +294,7 @@ def tokenizer_settings(directory: str | Path, vocab_size: int) -> dict[str, Any]
     directory = Path(directory)
     settings = _json_object(directory / "tokenizer_config.json") or {}
     name = settings.get("tokenizer_class")
-    if name is not None and name not in TOKENIZER_STYLES:
+    if name is not None and (not isinstance(name, str) or name not in TOKENIZER_STYLES):
         raise CheckpointError(f"{directory / 'tokenizer_config.json'}: tokenizer_class {shorten(name)} is not one "
                               f"clipforge has; it reads {', '.join(TOKENIZER_STYLES)}")
     if name is not None:
@@ -349,9 +349,11 @@ def save_hf_siglip(model: CLIP | CLIPPO, directory: str | Path, text_processor: 
     """
     from safetensors.torch import save_file
 
+    hf_siglip_config(model.config)  # refuses what SiglipModel cannot hold, before anything else
     config = cast(SigLIPConfig, model.config)
     style = _style(text_processor, config)
-    hf = hf_siglip_config(config, style or "siglip")
+    ids_style = style or config.tokenizer.get("style")  # without tokenizer files, the ids the config's style has
+    hf = hf_siglip_config(config, ids_style if ids_style in HF_TOKEN_IDS else "siglip")
     state = dict(model.state_dict())
     if config.max_logit_scale is not None:
         state["logit_scale"] = state["logit_scale"].clamp(max=config.max_logit_scale)
