@@ -92,7 +92,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="a saved model directory / checkpoint, or a preset name (random)")
+    p.add_argument("--model", required=True,
+                   help="a saved model directory / checkpoint, hf-hub:ORG/REPO[@REV], a model name with --pretrained "
+                        "(or NAME:TAG), or a preset / OpenCLIP name alone (random weights)")
+    p.add_argument("--pretrained", default=None, metavar="TAG",
+                   help="OpenCLIP's pretrained tag of --model, e.g. laion2b_s34b_b79k (weights from the Hugging Face "
+                        "Hub cache; see docs/checkpoints.md)")
     p.add_argument("--data", required=True,
                    help="image folder, table (CSV/TSV/parquet), or CLIP_benchmark webdataset folder")
     p.add_argument("--output", default=None, help="result JSON path (CLIP_benchmark format)")
@@ -117,35 +122,42 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def load_eval_model(spec: str, device: str | None = None, allow_pickle: bool = False,
-                    act: str | None = None) -> tuple[Any, str, str]:
-    """Opens ``spec`` (a saved model path, else a preset name) as ``(EvalModel, model name, pretrained)``.
+                    act: str | None = None, pretrained: str | None = None) -> tuple[Any, str, str]:
+    """Opens ``spec`` as ``(EvalModel, model name, pretrained)``.
 
-    ``allow_pickle`` lets ``spec`` be a pickled checkpoint (read with ``torch.load(weights_only=True)``); ``act`` is
-    the MLP activation of an OpenAI/open_clip checkpoint (see ``clipforge.checkpoints.load_any``).
+    ``spec`` is a saved model path, an ``hf-hub:org/repo[@revision]`` name, a model name (preset or OpenCLIP) with
+    ``pretrained`` (an OpenCLIP tag or a weights file) or spelled ``NAME:TAG``, or a model name alone (randomly
+    initialised weights). ``allow_pickle`` lets the weights be a pickled checkpoint (read with
+    ``torch.load(weights_only=True)``); ``act`` is the MLP activation of an OpenAI/open_clip checkpoint (see
+    ``clipforge.checkpoints.load_any``).
 
     Raises:
-        FileNotFoundError: When ``spec`` is neither an existing path nor a preset.
+        FileNotFoundError: When ``spec`` is neither an existing path nor a known name.
     """
     import torch
 
-    from clipforge.api import create_model_and_transforms, get_text_processor, list_models, load
+    from clipforge.api import create_model_and_transforms, get_text_processor, load
+    from clipforge.checkpoints.hub import close_matches, is_hub_name, known_model_names, split_tag
     from clipforge.eval.adapter import EvalModel, describe
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    extra = {"act": act} if act else {}  # a clipforge model directory records its activation
+    name, tag = split_tag(spec, pretrained) if not os.path.exists(spec) else (spec, pretrained)
+    if is_hub_name(name) or tag is not None:
+        model, transform, processor = load(name, device=device, pretrained=tag, allow_pickle=allow_pickle, **extra)
+        return EvalModel(model, transform, processor, device), name, tag or name
     if os.path.exists(spec):
-        extra = {"act": act} if act else {}  # a clipforge model directory records its activation
         model, transform, processor = load(spec, device=device, allow_pickle=allow_pickle, **extra)
         pretrained = str(spec)
-    elif spec in list_models():
+    elif spec in known_model_names():
         model, _, transform = create_model_and_transforms(spec, device=device)
         processor = get_text_processor(model)
         pretrained = "random"
-        print(f"note: {spec!r} is a preset name; evaluating randomly initialised weights", file=sys.stderr)
+        print(f"note: {spec!r} is a model name without --pretrained; evaluating randomly initialised weights",
+              file=sys.stderr)
     else:
-        from clipforge.models.presets import preset_hint
-
-        raise FileNotFoundError(f"model not found: {spec!r} is neither a saved model path nor a preset"
-                                f"{preset_hint(spec)} (see `clipforge models`)")
+        raise FileNotFoundError(f"model not found: {spec!r} is neither a saved model path nor a model name"
+                                f"{close_matches(spec, known_model_names())} (see `clipforge models`)")
     # CLIP_benchmark's "model" is the architecture; a saved model without a named config goes by its folder.
     name = spec if pretrained == "random" else describe(model)
     if name == type(model).__name__:
@@ -198,7 +210,7 @@ def run_zeroshot(args: argparse.Namespace) -> int:
     elif dataset.classes is not None and len(dataset.classes) != len(classnames):
         raise ValueError(f"--classnames gives {len(classnames)} classes but {args.data} has {len(dataset.classes)}")
     templates = given_templates or dataset.templates or load_templates(DEFAULT_TEMPLATES)
-    model, name, pretrained = load_eval_model(args.model, args.device, args.allow_pickle, args.act)
+    model, name, pretrained = load_eval_model(args.model, args.device, args.allow_pickle, args.act, args.pretrained)
     result = evaluate_zeroshot(model, dataset, classnames, templates, args.batch_size,
                                cache_dir=_cache_root(args) / "zeroshot", use_cache=not args.no_classifier_cache,
                                progress=not args.no_progress)
@@ -220,7 +232,7 @@ def run_retrieval(args: argparse.Namespace) -> int:
 
     ks = args.recall_k  # a tuple of whole numbers ≥ 1 (its argparse type)
     dataset = _open(args, args.data, args.split, caption_col=args.caption_key, task="retrieval")
-    model, name, pretrained = load_eval_model(args.model, args.device, args.allow_pickle, args.act)
+    model, name, pretrained = load_eval_model(args.model, args.device, args.allow_pickle, args.act, args.pretrained)
     result = evaluate_retrieval(model, dataset, args.batch_size, ks, args.chunk, progress=not args.no_progress)
     record = result_record(args.dataset_name or str(args.data), name, pretrained, "zeroshot_retrieval",
                            result.metrics, args.language, result.n_images, result.skipped,
@@ -250,7 +262,7 @@ def run_linear_probe(args: argparse.Namespace) -> int:
     if train_ds.classes and test_ds.classes and train_ds.classes != test_ds.classes:
         raise ValueError(f"the classes of {args.train_data} and {args.data} differ "
                          f"({len(train_ds.classes)} vs {len(test_ds.classes)}); labels would not line up")
-    model, name, pretrained = load_eval_model(args.model, args.device, args.allow_pickle, args.act)
+    model, name, pretrained = load_eval_model(args.model, args.device, args.allow_pickle, args.act, args.pretrained)
     progress = not args.no_progress
     train_cache = _feature_cache(args, model, train_ds, args.train_data, args.train_split)
     test_cache = _feature_cache(args, model, test_ds, args.data, args.split)
