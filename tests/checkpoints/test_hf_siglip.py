@@ -346,6 +346,31 @@ def test_siglip2_directories_go_to_hf_siglip2(tmp_path: Path, monkeypatch: pytes
     assert calls == [directory]
 
 
+def test_a_naflex_model_is_exported_through_hf_siglip2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``convert(..., to="hf")`` of a NaFlex SigLIP goes to ``hf_siglip2.save_hf_siglip2`` (a Siglip2Model)."""
+    import dataclasses
+
+    from clipforge.checkpoints.native import save_pretrained
+    from clipforge.models.config import ViTConfig
+
+    if "naflex" not in {f.name for f in dataclasses.fields(ViTConfig)}:
+        pytest.skip("ViTConfig has no NaFlex marker yet")
+    save_pretrained(clipforge.create_model("siglip-tiny", vision={"naflex": True}), tmp_path / "native")
+    calls: list[tuple[Any, Path]] = []
+
+    def save_hf_siglip2(model: Any, dst: Path, text_processor: Any = None) -> Path:
+        calls.append((model.config, Path(dst)))
+        return Path(dst)
+
+    fake = types.ModuleType("clipforge.checkpoints.hf_siglip2")
+    fake.save_hf_siglip2 = save_hf_siglip2  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "clipforge.checkpoints.hf_siglip2", fake)
+    assert convert(tmp_path / "native", tmp_path / "hf", to="hf") == tmp_path / "hf"
+    assert len(calls) == 1 and calls[0][0].vision.naflex and calls[0][1] == tmp_path / "hf"
+    with pytest.raises(CheckpointError, match="Siglip2Model"):
+        save_hf_siglip(load_any(tmp_path / "native"), tmp_path / "siglip")
+
+
 @pytest.mark.slow
 def test_released_shape_siglip_b16_parity(tmp_path: Path) -> None:
     """transformers' default SiglipConfig is google/siglip-base-patch16-224: random weights, the preset's shape."""
