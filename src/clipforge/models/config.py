@@ -53,6 +53,16 @@ class ViTConfig:
             initialisation at 1). Above 1 the fresh tower is more nonlinear and tells similar inputs further
             apart, such as rendered captions, which all share the same glyph statistics (why clippo-tiny uses 4:
             docs/clippo.md). Initialisation only: loaded weights are unaffected.
+        naflex: SigLIP 2 NaFlex (Tschannen et al. 2025, transformers ``Siglip2VisionModel``): each image keeps its
+            aspect ratio, resized to at most ``max_num_patches`` patches of ``patch_size`` and padded to that many,
+            with a mask that keeps padding out of every attention (``clipforge.models.naflex``). The learned
+            positions stay a (image_size / patch_size)² grid (HF's ``num_patches``: 16 × 16 for the released
+            models, so ``image_size`` 256 at patch 16), resized per image to its patch grid (bilinear,
+            antialiased). The patch embedding is still stored as the convolution's weight and applied to
+            flattened patches. Needs the ``patch`` stem, no class token, ``map`` or ``mean`` pooling and no patch
+            dropout.
+        max_num_patches: The NaFlex patch budget (HF's image processor ``max_num_patches``; 256 as released): the
+            most patches one image may have, and the length every NaFlex input is padded to.
     """
 
     kind: Literal["vit"] = "vit"
@@ -72,10 +82,13 @@ class ViTConfig:
     stem: Literal["patch", "conv"] = "patch"
     act: Activation | None = None
     init_gain: float = 1.0
+    naflex: bool = False
+    max_num_patches: int = 256
 
     def __post_init__(self) -> None:
         check_positive("vision", image_size=self.image_size, patch_size=self.patch_size, width=self.width,
-                  layers=self.layers, heads=self.heads, mlp_ratio=self.mlp_ratio, init_gain=self.init_gain)
+                  layers=self.layers, heads=self.heads, mlp_ratio=self.mlp_ratio, init_gain=self.init_gain,
+                  max_num_patches=self.max_num_patches)
         if self.image_size < self.patch_size or (self.stem == "conv" and self.image_size % self.patch_size):
             raise ConfigError(f"vision.image_size={self.image_size} is not a multiple of patch_size={self.patch_size}")
         if self.width % self.heads:
@@ -88,6 +101,10 @@ class ViTConfig:
             raise ConfigError("vision.proj_bias=True needs proj=True (there is no projection to add a bias to)")
         if self.stem == "conv" and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
             raise ConfigError(f"vision.stem='conv' needs a power-of-two patch_size ≥ 2, got {self.patch_size}")
+        if self.naflex and (self.stem != "patch" or self.class_token or self.pool == "cls" or self.patch_dropout):
+            raise ConfigError("vision.naflex=True needs stem='patch', class_token=False, pool 'map' or 'mean' and "
+                              f"patch_dropout=0; got stem={self.stem!r}, class_token={self.class_token}, "
+                              f"pool={self.pool!r}, patch_dropout={self.patch_dropout}")
 
     @property
     def grid_size(self) -> int:

@@ -1,7 +1,9 @@
 """Building blocks shared by every tower: attention, MLP, residual blocks, the block stack, MAP pooling.
 
 Attention always goes through ``F.scaled_dot_product_attention`` so the fused flash / memory-efficient
-kernels run on GPU; causal attention uses ``is_causal=True`` rather than a float mask.
+kernels run on GPU; causal attention uses ``is_causal=True`` rather than a float mask. A ``key_mask`` (B, T),
+true at the tokens that may be attended to, keeps padding out of every attention (SigLIP 2 NaFlex batches
+images of different patch counts padded to one length); it goes to SDPA as a boolean ``attn_mask``.
 """
 
 from __future__ import annotations
@@ -53,10 +55,17 @@ class Attention(nn.Module):
         nn.init.zeros_(self.qkv.bias)
         nn.init.zeros_(self.out_proj.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Self-attention over ``x`` (B, T, width); ``key_mask`` (B, T), if given, is true at the keys to use."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)  # 3×(B, nh, T, hs)
-        x = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)  # (B, nh, T, hs)
+        if key_mask is None:
+            x = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)  # (B, nh, T, hs)
+        else:
+            mask = key_mask.view(B, 1, 1, T)  # (B, 1, 1, T): every query, every head
+            if self.causal:  # SDPA takes a mask or is_causal, not both
+                mask = mask & torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.out_proj(x.transpose(1, 2).reshape(B, T, C))
 
 
@@ -84,8 +93,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(width, eps=norm_eps)
         self.mlp = MLP(width, int(width * mlp_ratio), act)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), key_mask)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -109,19 +118,22 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio, act, causal, norm_eps) for _ in range(layers))
         self.grad_checkpointing = False
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Runs the blocks on ``x`` (B, T, width); ``key_mask`` (B, T) bool, if given, hides the false tokens from
+        every attention (they are still computed, and their own outputs are meaningless)."""
         for block in self.blocks:
             if self.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(block, x, use_reentrant=False)
+                x = checkpoint(block, x, key_mask, use_reentrant=False)
             else:
-                x = block(x)
+                x = block(x, key_mask)
         return x
 
 
 class MAPHead(nn.Module):
     """Multi-head attention pooling: a learned probe attends over all tokens (big_vision ``MAPHead``).
 
-    ``probe`` → cross-attention over the tokens → ``x + mlp(norm(x))``; returns (B, width).
+    ``probe`` → cross-attention over the tokens → ``x + mlp(norm(x))``; returns (B, width). A ``key_mask`` (B, T)
+    bool keeps the false (padding) tokens out of the pooling.
     """
 
     def __init__(self, width: int, heads: int, mlp_ratio: float, act: Callable[[], nn.Module], norm_eps: float = 1e-5):
@@ -135,12 +147,13 @@ class MAPHead(nn.Module):
         self.mlp = MLP(width, int(width * mlp_ratio), act)
         nn.init.xavier_uniform_(self.probe.view(1, width))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
         B, T, C = x.shape
         hs = C // self.heads
         q = self.q(self.probe.expand(B, -1, -1)).view(B, 1, self.heads, hs).transpose(1, 2)  # (B, nh, 1, hs)
         k, v = self.kv(x).view(B, T, 2, self.heads, hs).permute(2, 0, 3, 1, 4)  # 2×(B, nh, T, hs)
-        x = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, 1, C)
+        mask = key_mask.view(B, 1, 1, T) if key_mask is not None else None
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(B, 1, C)
         x = self.out_proj(x)
         x = x + self.mlp(self.norm(x))
         return x[:, 0]

@@ -162,3 +162,16 @@ register_preset("siglip-tiny", {
              "proj_bias": True},
     "tokenizer": {"kind": "bpe"},
 })
+
+
+# SigLIP 2 NaFlex (google/siglip2-base-patch16-naflex, google/siglip2-so400m-patch16-naflex: transformers'
+# Siglip2Model): each image at its own aspect ratio in at most 256 patches of 16 px, the 16 × 16 learned positions
+# (image_size 256) resized to its patch grid; otherwise SigLIP2-B/16-256 and SigLIP2-So400m/16-256.
+def _siglip2_naflex(width: int, layers: int, heads: int, mlp_ratio: float = 4.0) -> dict[str, Any]:
+    preset = _siglip(256, 16, width, layers, heads, mlp_ratio, version=2)
+    preset["vision"].update(naflex=True, max_num_patches=256)
+    return preset
+
+
+register_preset("SigLIP2-B/16-naflex", _siglip2_naflex(768, 12, 12))
+register_preset("SigLIP2-So400m/16-naflex", _siglip2_naflex(*SO400M))

@@ -135,8 +135,15 @@ def _transformer_activations(tokens: int, width: int, heads: int, hidden: int) -
 def activation_terms(config: ModelConfig) -> Terms:
     """The fp32 bytes of one sample's activations in each tower's largest layer, labelled with their fields."""
     v = config.vision
+    if isinstance(v, ViTConfig) and v.naflex:  # every image padded to the patch budget, whatever its size
+        terms: Terms = [("vision input (3 × vision.max_num_patches × vision.patch_size²)",
+                         3 * v.max_num_patches * v.patch_size**2 * FLOAT_BYTES)]
+        block = _transformer_activations(v.max_num_patches, v.width, v.heads, _hidden(v.width, v.mlp_ratio, "vision"))
+        terms.append(("vision blocks (vision.heads × vision.max_num_patches² attention scores + tokens × "
+                      "vision.width × vision.mlp_ratio)", block * FLOAT_BYTES))
+        return terms + _text_activations(config)
     pixels = 3 * v.image_size**2
-    terms: Terms = [("vision input (3 × vision.image_size²)", pixels * FLOAT_BYTES)]
+    terms = [("vision input (3 × vision.image_size²)", pixels * FLOAT_BYTES)]
     if isinstance(v, ViTConfig):
         tokens = v.grid_size**2 + int(v.class_token)
         block = _transformer_activations(tokens, v.width, v.heads, _hidden(v.width, v.mlp_ratio, "vision"))
@@ -149,12 +156,17 @@ def activation_terms(config: ModelConfig) -> Terms:
     else:  # the stem's last conv runs at half resolution with the full stem width; later stages are no larger
         terms.append(("vision stem (vision.width × (vision.image_size / 2)²)",
                       3 * v.width * (v.image_size // 2) ** 2 * FLOAT_BYTES))
-    if not isinstance(config, CLIPPOConfig):
-        t: TextConfig = config.text
-        block = _transformer_activations(t.context_length, t.width, t.heads, _hidden(t.width, t.mlp_ratio, "text"))
-        terms.append(("text blocks (text.heads × text.context_length² attention scores "
-                      "+ text.context_length × text.width × text.mlp_ratio)", block * FLOAT_BYTES))
-    return terms
+    return terms + _text_activations(config)
+
+
+def _text_activations(config: ModelConfig) -> Terms:
+    """The text tower's share of ``activation_terms`` (none for CLIPPO, which has no text tower)."""
+    if isinstance(config, CLIPPOConfig):
+        return []
+    t: TextConfig = config.text
+    block = _transformer_activations(t.context_length, t.width, t.heads, _hidden(t.width, t.mlp_ratio, "text"))
+    return [("text blocks (text.heads × text.context_length² attention scores "
+             "+ text.context_length × text.width × text.mlp_ratio)", block * FLOAT_BYTES)]
 
 
 def activation_bytes(config: ModelConfig) -> int:

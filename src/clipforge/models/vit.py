@@ -1,4 +1,5 @@
-"""Vision Transformer image tower, as in CLIP (Radford et al. 2021) with room for mean and MAP pooling."""
+"""Vision Transformer image tower, as in CLIP (Radford et al. 2021) with room for mean and MAP pooling, and SigLIP
+2's NaFlex inputs (each image at its own aspect ratio, padded patches masked: ``clipforge.models.naflex``)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import math
 from typing import cast
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from clipforge.models.config import ViTConfig
 from clipforge.models.layers import MAPHead, Transformer, make_act
+from clipforge.models.naflex import NaFlexBatch, check_batch, conv_weight_as_linear, from_images, resize_positions
 
 
 class VisionTransformer(nn.Module):
@@ -50,8 +53,18 @@ class VisionTransformer(nn.Module):
                     if name.endswith("weight") and param.ndim == 2:
                         param.mul_(config.init_gain)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Encodes normalised images (B, 3, H, W) into (B, embed_dim) features (not L2-normalised)."""
+    def forward(self, images: torch.Tensor | NaFlexBatch) -> torch.Tensor:
+        """Encodes normalised images (B, 3, H, W) into (B, embed_dim) features (not L2-normalised).
+
+        A NaFlex tower (``config.naflex``) also takes a ``NaFlexBatch``; plain images become one with every image
+        the full (H/p, W/p) grid. Either is refused (ValueError) over the patch budget ``max_num_patches``.
+        """
+        if self.config.naflex:
+            return self.forward_naflex(images if isinstance(images, NaFlexBatch) else
+                                       from_images(images, self.config.patch_size, self.config.max_num_patches))
+        if isinstance(images, NaFlexBatch):
+            raise ValueError("a NaFlexBatch needs a NaFlex image tower (vision.naflex=True); this one takes "
+                             f"images (B, 3, {self.config.image_size}, {self.config.image_size})")
         if self.stem is not None:
             images = self.stem(images)
         x = self.patch_embed(images).flatten(2).transpose(1, 2)  # (B, grid², width)
@@ -64,6 +77,28 @@ class VisionTransformer(nn.Module):
         x = self.pool(x)
         if self.proj is None:
             return x  # SigLIP: the MAP head's output is the embedding
+        x = x @ self.proj
+        return x + self.proj_bias if self.proj_bias is not None else x
+
+    def forward_naflex(self, batch: NaFlexBatch) -> torch.Tensor:
+        """Encodes a NaFlex batch (patches (B, N, 3·p·p), mask (B, N), spatial shapes (B, 2)) into (B, embed_dim).
+
+        The patch convolution's weight is applied to the flattened patches, the positions are resized to each
+        image's grid, and the mask keeps padding out of every attention and the pooling (Siglip2VisionModel).
+        """
+        check_batch(batch, self.config.patch_size, self.config.max_num_patches)
+        weight = self.patch_embed.weight
+        x = F.linear(batch.patches.to(weight.dtype), conv_weight_as_linear(weight), self.patch_embed.bias)
+        x = x + resize_positions(self.pos_embed, batch.spatial_shapes, x.shape[1]).to(x.dtype)  # (B, N, width)
+        mask = batch.mask.to(device=x.device, dtype=torch.bool)  # (B, N): true at real patches
+        x = self.transformer(self.ln_pre(x), mask)
+        x = self.ln_post(x)
+        if self.config.pool == "mean":
+            x = (x * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+        else:  # map: __post_init__ allows nothing else
+            x = cast(MAPHead, self.attn_pool)(x, mask)
+        if self.proj is None:
+            return x
         x = x @ self.proj
         return x + self.proj_bias if self.proj_bias is not None else x
 
