@@ -17,6 +17,7 @@ transformers = pytest.importorskip("transformers")
 import clipforge  # noqa: E402
 from clipforge.checkpoints import CheckpointError, convert, detect_format, load_any  # noqa: E402
 from clipforge.checkpoints.hf import save_hf  # noqa: E402
+from clipforge.models.factory import build_config  # noqa: E402
 from clipforge.text.bpe import get_default_tokenizer  # noqa: E402
 
 TOL = 1e-5
@@ -158,7 +159,7 @@ def test_full_size_vit_b32_parity(tmp_path: Path, hf_tokenizer: object) -> None:
     reference = reference_model(FULL)
     reference.save_pretrained(tmp_path / "hf")
     model = load_any(tmp_path / "hf")
-    assert model.config == clipforge.build_config("ViT-B/32")
+    assert model.config == build_config("ViT-B/32")
     assert_parity(reference, model, hf_tokenizer, 224)
     save_hf(model, tmp_path / "export")
     assert_same_weights(model, load_any(tmp_path / "export"))

@@ -29,6 +29,8 @@ OPEN_CLIP_NAMES = {
     "SigLIP2-So400m/16-256": "ViT-SO400M-16-SigLIP2-256", "SigLIP2-So400m/16-384": "ViT-SO400M-16-SigLIP2-384",
     "SigLIP2-So400m/16-512": "ViT-SO400M-16-SigLIP2-512", "SigLIP2-g/16-256": "ViT-gopt-16-SigLIP2-256",
     "SigLIP2-g/16-384": "ViT-gopt-16-SigLIP2-384",
+    # OpenCLIP has no NaFlex config; a NaFlex tower has the parameters of the 16 × 16-grid fixed-resolution one.
+    "SigLIP2-B/16-naflex": "ViT-B-16-SigLIP2-256", "SigLIP2-So400m/16-naflex": "ViT-SO400M-16-SigLIP2-256",
 }
 
 
