@@ -7,6 +7,9 @@ and transformers themselves.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -275,3 +278,21 @@ def test_an_open_clip_config_without_quick_gelu_means_gelu(hub: Path, tiny_repo:
     model = clipforge.load(f"hf-hub:{REPO}")[0]
     assert model.config.act == "gelu"
     assert_parity(tiny_open_clip(), model)
+
+
+@pytest.mark.distributed
+def test_hf_hub_offline_set_before_python_starts_is_honoured(tmp_path: Path, tiny_repo: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The user's way: HF_HUB_OFFLINE=1 and HF_HOME in the environment of a fresh interpreter (nothing patched)."""
+    cache = offline_hub(monkeypatch, tmp_path / "hf")  # only to write the cache; the child reads the environment
+    add_directory(cache, REPO, tiny_repo)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")} | {
+        "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    script = (f"import clipforge\nm, _, t = clipforge.load('hf-hub:{REPO}')\nprint(m.config.vision.heads, "
+              "t(['a cat']).shape[1])\ntry:\n    clipforge.load('hf-hub:some-org/not-cached')\n"
+              "except clipforge.checkpoints.CheckpointError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    first, second = out.stdout.splitlines()[:2]
+    assert first == "3 24"
+    assert "some-org/not-cached is not in the Hugging Face cache" in second and "HF_HUB_OFFLINE is set" in second

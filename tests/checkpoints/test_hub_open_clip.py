@@ -19,7 +19,7 @@ open_clip = pytest.importorskip("open_clip")
 pytest.importorskip("huggingface_hub")
 
 import clipforge  # noqa: E402
-from clipforge.checkpoints import hub  # noqa: E402
+from clipforge.checkpoints import hub, load_any  # noqa: E402
 from clipforge.cli.eval import load_eval_model  # noqa: E402
 from clipforge.config import ConfigError  # noqa: E402
 from helpers import pretrained_registry  # noqa: E402
@@ -130,11 +130,25 @@ def test_a_tag_builds_its_names_architecture_when_the_reader_would_guess(tiny: P
     """Weights cached without ``open_clip_config.json``: the reader guesses one 96-wide head (see test_hub); the
     name's config has three, and the numbers are OpenCLIP's."""
     cache = tiny
-    add_to_cache(cache, f"{REPO}-synthetic", {"open_clip_model.safetensors":
-                                              tiny_weights["gelu"] / "open_clip_model.safetensors"}, revision="main")
+    snapshot = add_to_cache(cache, f"{REPO}-synthetic", {
+        "open_clip_model.safetensors": tiny_weights["gelu"] / "open_clip_model.safetensors"}, revision="main")
+    with pytest.warns(UserWarning, match="activation"):
+        assert load_any(snapshot).config.vision.heads == 1  # what the reader alone makes of these files
+    assert clipforge.create_model(NAME, pretrained="synthetic").config.vision.heads == 3
     image = noise(40, 40, seed=5)
     assert_same(openclip_style_script(open_clip, NAME, "synthetic", image),
                 openclip_style_script(clipforge, NAME, "synthetic", image))
+
+
+def test_pretrained_may_be_a_weights_file_or_directory(tiny: Path, tiny_weights: dict[str, Path]) -> None:
+    """As in OpenCLIP, ``pretrained`` may name local weights; the name still decides the architecture."""
+    reference = clipforge.create_model(NAME, pretrained="synthetic")
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    for source in (tiny_weights["gelu"] / "open_clip_model.safetensors", tiny_weights["gelu"]):
+        model = clipforge.load(NAME, pretrained=str(source))[0]
+        assert model.config.vision.heads == 3 and model.config.act == "gelu"
+        with torch.no_grad():
+            assert torch.equal(model.encode_image(images), reference.encode_image(images))
 
 
 def test_get_tokenizer_matches_open_clips(tiny: Path) -> None:

@@ -207,6 +207,7 @@ def architecture(config: ModelConfig) -> dict[str, Any]:
 def _hub() -> Any:
     try:
         import huggingface_hub
+        import huggingface_hub.constants  # a submodule: not an attribute until imported
     except ImportError:
         raise CheckpointError("hf-hub: names and pretrained tags need the huggingface_hub package "
                               "(pip install huggingface_hub)") from None
@@ -303,7 +304,7 @@ def hub_snapshot(repo_id: str, revision: str | None = None, allow_pickle: bool =
     why_offline = "HF_HUB_OFFLINE is set" if hub.constants.HF_HUB_OFFLINE else None
     if why_offline is None:
         try:
-            listing = set(hub.HfApi().list_repo_files(repo_id, revision=revision))
+            listing = set(hub.HfApi(library_name="clipforge").list_repo_files(repo_id, revision=revision))
         except RevisionNotFoundError:
             raise CheckpointError(f"{label}: the repository {repo_id} has no revision {revision!r}") from None
         except GatedRepoError:
@@ -318,7 +319,7 @@ def hub_snapshot(repo_id: str, revision: str | None = None, allow_pickle: bool =
             files = choose_files(label, {n for n in listing if "/" not in n}, allow_pickle, weights)
             try:
                 return Path(hub.snapshot_download(repo_id, revision=revision, allow_patterns=files,
-                                                  cache_dir=cache_dir))
+                                                  cache_dir=cache_dir, library_name="clipforge"))
             except OSError as e:
                 raise CheckpointError(f"{label}: fetching {', '.join(files)} from {repo_id} failed ({e})") from None
     return _cached_snapshot(repo_id, revision, allow_pickle, weights, cache_dir, label, why_offline)
@@ -358,7 +359,7 @@ def _not_cached(repo_id: str, revision: str | None, weights: tuple[str, ...] | l
     return CheckpointError(
         f"{label}: {what} is not in the Hugging Face cache ({cache_location(cache_dir)}) and {why_offline}, so "
         f"nothing can be downloaded. Fetch it once with the network on: `{command}` (huggingface-cli download … "
-        "before huggingface_hub 1.0), or the same clipforge.load call online; set HF_HUB_CACHE or HF_HOME if the "
+        "before huggingface_hub 1.0), or make the same clipforge call online; set HF_HUB_CACHE or HF_HOME if the "
         "cache lives elsewhere.")
 
 
