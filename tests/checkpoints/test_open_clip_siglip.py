@@ -181,6 +181,24 @@ def test_a_bare_weights_file_is_read_with_announced_guesses(tmp_path: Path) -> N
         assert set(state) == set(load_any(directory, act="gelu").state_dict())
 
 
+def test_a_bare_weights_file_is_detected_as_open_clip(tmp_path: Path) -> None:
+    """OpenCLIP's SigLIP keys (``text.token_embedding``, ``visual.trunk.*``) name the format even without a directory,
+    with DDP's ``module.`` prefix too."""
+    model_cfg = TINY["siglip"]
+    reference = reference_model(model_cfg)
+    directory = save_hub_dir(reference, model_cfg, tmp_path / "m")
+    file = directory / "open_clip_model.safetensors"
+    alone = tmp_path / "weights.safetensors"
+    alone.write_bytes(file.read_bytes())
+    assert detect_format(alone) == "open_clip"
+    prefixed = tmp_path / "ddp.safetensors"
+    save_file({f"module.{k}": v.contiguous() for k, v in reference.state_dict().items()}, str(prefixed))
+    assert detect_format(prefixed) == "open_clip"
+    with pytest.warns(UserWarning, match="guessed"):
+        model = load_any(alone)
+    assert model.config.family == "siglip"
+
+
 def test_bad_configs_get_clear_errors(tmp_path: Path) -> None:
     model_cfg = TINY["siglip"]
     reference = reference_model(model_cfg)

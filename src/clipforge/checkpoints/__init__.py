@@ -69,9 +69,11 @@ def detect_format(path: str | Path) -> str:
     elif is_torchscript(path):
         return "openai"
     elif path.suffix == ".safetensors":
-        keys = _safetensors_keys(path)
-        if "token_embedding.weight" in keys or "module.token_embedding.weight" in keys:
+        keys = {k.removeprefix("module.") for k in _safetensors_keys(path)}
+        if "token_embedding.weight" in keys:
             return "open_clip"
+        if "text.token_embedding.weight" in keys or any(k.startswith("visual.trunk.") for k in keys):
+            return "open_clip"  # OpenCLIP's custom-text models: SigLIP, a timm image tower under visual.trunk
     elif path.suffix in PICKLE_SUFFIXES:
         return "open_clip"
     raise CheckpointError(f"{path}: unknown checkpoint format; known formats: {', '.join(FORMATS)} "
