@@ -22,7 +22,7 @@ from clipforge.models.config import ModelConfig
 from clipforge.models.factory import build_config, build_model
 from clipforge.models.presets import list_presets
 from clipforge.text import TextProcessor, build_text_processor
-from clipforge.transforms import EvalTransform, TrainTransform, model_transforms
+from clipforge.transforms import AnyEvalTransform, AnyTrainTransform, model_transforms
 
 _PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _HUB_CONFIGS: dict[str, ModelConfig] = {}  # snapshot directory → the config loaded from it, for get_tokenizer
@@ -144,7 +144,7 @@ def create_model(name: str | ModelConfig | dict[str, Any], device: torch.device 
 def create_model_and_transforms(name: str | ModelConfig | dict[str, Any], device: torch.device | str | None = None,
                                 pretrained: str | None = None, precision: str = "fp32",
                                 cache_dir: str | Path | None = None, allow_pickle: bool = False, **overrides: Any
-                                ) -> tuple[CLIP | CLIPPO, TrainTransform, EvalTransform]:
+                                ) -> tuple[CLIP | CLIPPO, AnyTrainTransform, AnyEvalTransform]:
     """Builds a model (see ``create_model``) and its (train, eval) image transforms, as OpenCLIP's function of the
     same name returns them: ``model, train_transform, eval_transform``."""
     model = create_model(name, device, pretrained, precision, cache_dir, allow_pickle, **overrides)
@@ -210,7 +210,7 @@ def get_tokenizer(name: str, pretrained: str | None = None, context_length: int 
 
 def load(path: str | Path, device: torch.device | str | None = None, precision: str = "fp32",
          pretrained: str | None = None, cache_dir: str | Path | None = None,
-         **kwargs: Any) -> tuple[CLIP | CLIPPO, EvalTransform, TextProcessor]:
+         **kwargs: Any) -> tuple[CLIP | CLIPPO, AnyEvalTransform, TextProcessor]:
     """Loads a saved model or a released checkpoint with its eval transform and text processor.
 
     Args:
