@@ -262,8 +262,6 @@ def test_the_readers_guess_is_what_the_registry_corrects(hub: Path, tiny_repo: P
         assert (guessed.encode_image(images) - tiny_open_clip().encode_image(images)).abs().max() > 1e-3
 
 
-@pytest.mark.xfail(strict=True, reason="checkpoints/open_clip.py guesses the activation from a matching preset even "
-                   "when open_clip_config.json is there without quick_gelu, which OpenCLIP reads as GELU")
 def test_an_open_clip_config_without_quick_gelu_means_gelu(hub: Path, tiny_repo: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """laion's repositories (hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K) record no ``quick_gelu``: OpenCLIP builds

@@ -232,8 +232,6 @@ def test_real_registry_entries_give_open_clips_numbers(name: str, reference_name
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="checkpoints/open_clip.py reads an open_clip_config.json without quick_gelu "
-                   "as 'guess from a preset' (OpenAI's QuickGELU ViT-B/32) instead of OpenCLIP's GELU")
 def test_real_hf_hub_repository_gives_open_clips_numbers(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                                          vit_b_32: Path) -> None:
     cache = offline_hub(monkeypatch, tmp_path / "hf")

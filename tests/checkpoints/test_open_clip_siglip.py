@@ -261,3 +261,17 @@ def test_released_configs_match_open_clip(name: str, preset: str, tmp_path: Path
         assert getattr(model.config.text, field) == getattr(expected.text, field), field
     assert model.config.tokenizer == expected.tokenizer
     assert_parity(reference, model, model_cfg)
+
+
+def test_the_fallback_table_without_timm_agrees_with_timm_for_every_siglip_tower() -> None:
+    """Without timm, heads and activation come from a table by the name; it must say what timm builds."""
+    import timm
+
+    from clipforge.checkpoints.open_clip_siglip import _named_vision_facts
+
+    names = [n for n in timm.list_models("vit_*_siglip_*") if _named_vision_facts(n) is not None]
+    assert len(names) > 10
+    for name in names:
+        facts = timm_vision_facts(name, "test")
+        assert facts is not None
+        assert _named_vision_facts(name) == {"heads": facts["heads"], "act": facts["act"]}, name

@@ -145,8 +145,8 @@ def config_from_state_dict(state: dict[str, torch.Tensor], act: str | None = Non
     preset = matching_preset(config)
     if preset is not None and not cfg:  # no config file: a known shape also tells the heads (ViT-H/14: 16 of 80)
         config = preset
-    if act is None and "quick_gelu" in cfg:
-        act = "quick_gelu" if cfg["quick_gelu"] else "gelu"
+    if act is None and cfg:  # OpenCLIP builds GELU unless its config says quick_gelu (laion's repos say nothing)
+        act = "quick_gelu" if cfg.get("quick_gelu") else "gelu"
     if act is None:
         act = preset.act if preset is not None else "gelu"
         warnings.warn(f"{source}: the activation is not recorded in open_clip checkpoints; guessed {act!r} from the "

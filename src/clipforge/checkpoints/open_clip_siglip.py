@@ -111,11 +111,18 @@ def timm_vision_facts(name: str, source: str) -> dict[str, Any] | None:
             "image_size": trunk.patch_embed.img_size[0]}
 
 
+# timm's SigLIP defs that set act_layer='gelu_tanh' beside the giant-opt ones (timm 1.0 vision_transformer.py).
+TIMM_TANH = ("vit_so400m_patch16_siglip_", "vit_large_patch16_siglip_512", "vit_large_patch16_siglip_gap_512",
+             "vit_base_patch32_siglip_256", "vit_base_patch32_siglip_gap_256")
+
+
 def _named_vision_facts(name: str) -> dict[str, Any] | None:
     match = re.match(r"vit_([a-z0-9]+)_patch\d+_siglip_", name or "")
     if match is None or match.group(1) not in TIMM_SIGLIP_SIZES:
         return None
     heads, act = TIMM_SIGLIP_SIZES[match.group(1)]
+    if name.startswith(TIMM_TANH):
+        act = "gelu_tanh"
     return {"heads": heads, "act": act}
 
 
