@@ -26,12 +26,13 @@ class EvalModel:
     Args:
         model: Has ``encode_image(images, normalize)``, ``encode_text(text_input, normalize)`` and a
             ``logit_scale`` parameter (the log of the temperature's inverse).
-        transform: PIL image → float tensor (3, H, W).
+        transform: PIL image → float tensor (3, H, W), or a ``NaFlexBatch`` item for a SigLIP 2 NaFlex model
+            (``torch.stack`` of those is a batch, so nothing here changes).
         processor: ``list[str]`` → the model's text input tensor.
         device: Where inputs go; the model's own device when ``None``.
     """
 
-    def __init__(self, model: nn.Module, transform: Callable[[Image.Image], torch.Tensor],
+    def __init__(self, model: nn.Module, transform: Callable[[Image.Image], Any],
                  processor: Callable[[list[str]], torch.Tensor], device: torch.device | str | None = None):
         self.model = model.eval()
         self.transform = transform
