@@ -183,7 +183,8 @@ def convert(src: str | Path, dst: str | Path, to: str = "clipforge", src_format:
     """Converts a checkpoint between formats (through a clipforge model, in fp32).
 
     Args:
-        src: The checkpoint to read (any of ``FORMATS``).
+        src: The checkpoint to read (any of ``FORMATS``), or released weights by name (``hf-hub:org/repo``,
+            ``NAME:TAG``), read from the Hugging Face cache.
         dst: Where to write: a directory for ``clipforge`` and ``hf``; for ``open_clip`` a ``.safetensors`` /
             ``.bin`` file or a directory (``open_clip_model.safetensors`` + ``open_clip_config.json``); an
             ``.npz`` file for ``big_vision``.
@@ -198,6 +199,12 @@ def convert(src: str | Path, dst: str | Path, to: str = "clipforge", src_format:
     """
     if to not in EXPORT_FORMATS:
         raise CheckpointError(f"unknown output format {to!r}; known formats: {', '.join(EXPORT_FORMATS)}")
+    from clipforge.checkpoints.hub import released_source
+
+    released = released_source(src, allow_pickle)
+    if released is not None:  # hf-hub:org/repo or NAME:TAG: its snapshot in the Hugging Face cache
+        src, named_act = released
+        act = act or named_act
     model = load_any(src, fmt=src_format, allow_pickle=allow_pickle, allow_jit=allow_jit, act=act)
     if to == "clipforge":
         from clipforge.checkpoints.native import save_pretrained

@@ -370,3 +370,24 @@ def resolve_pretrained(name: str, tag: str, allow_pickle: bool = False, cache_di
     config = pretrained_config(oc_name, entry)
     label = f"{name} (pretrained={tag!r}: {entry['repo']})"
     return hub_snapshot(entry["repo"], None, allow_pickle, entry["files"], cache_dir, label), config, label
+
+
+def released_source(name: str | Path, allow_pickle: bool = False, cache_dir: str | Path | None = None
+                    ) -> tuple[Path, str | None] | None:
+    """``(local snapshot directory, activation of the name's config or None)`` for released weights named as
+    ``clipforge.load`` takes them (``hf-hub:org/repo[@rev]``, ``NAME:TAG``), so that path-based code (``convert``)
+    reads them like any local checkpoint; ``None`` for anything else (a path, a preset name).
+
+    The activation is returned for a ``NAME:TAG`` whose towers share one (the registry knows OpenAI's weights are
+    QuickGELU, which their files do not record); ``None`` lets the reader find it.
+    """
+    if isinstance(name, Path) or Path(name).exists():
+        return None
+    model, tag = split_tag(name, None)
+    if is_hub_name(model):
+        repo, revision = parse_hub_name(model)
+        return hub_snapshot(repo, revision, allow_pickle, cache_dir=cache_dir), None
+    if tag is None:
+        return None
+    source, config, _ = resolve_pretrained(model, tag, allow_pickle, cache_dir)
+    return source, (config.act if getattr(config.vision, "act", None) is None else None)

@@ -6,6 +6,8 @@ Examples::
     clipforge convert open_clip_pytorch_model.bin out --to clipforge --allow-pickle --act gelu
     clipforge convert runs/tiny/model hf-tiny --to hf                # then transformers.CLIPModel.from_pretrained
     clipforge convert runs/tiny/model tiny.safetensors --to open_clip
+    clipforge convert hf-hub:google/siglip-base-patch16-224 siglip-b16 --to clipforge   # from the HF cache
+    clipforge convert ViT-B-32:laion2b_s34b_b79k b32-hf --to hf                       # an OpenCLIP pretrained tag
 
 DST must not exist yet (an empty folder is fine): an existing file or a folder with files in it is refused unless
 ``--overwrite`` is given, which replaces what the conversion writes (other files in a folder stay) and is not atomic.
@@ -26,7 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = verb_parser(sub, "convert", help="convert a checkpoint between clipforge, OpenAI, open_clip, HF and big_vision",
                        description="Reads SRC (format detected unless --from names it), writes DST in --to's format. "
                                    "DST must not exist unless --overwrite is given.")
-    p.add_argument("src", help="checkpoint file or directory to read")
+    p.add_argument("src", help="checkpoint file or directory to read, or released weights by name (hf-hub:org/repo, "
+                               "NAME:TAG), read from the Hugging Face cache")
     p.add_argument("dst", help="file or directory to write")
     p.add_argument("--to", required=True, choices=EXPORT_FORMATS, help="output format")
     p.add_argument("--from", dest="src_format", choices=FORMATS, default=None,

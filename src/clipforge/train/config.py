@@ -208,8 +208,11 @@ class TrainConfig:
             self.check_model(self.model_config())
 
     def starts_from_preset(self) -> bool:
-        """Whether ``model`` names a preset (fresh weights); otherwise it is a checkpoint path."""
-        return self.model in list_presets()
+        """Whether ``model`` names a preset or an OpenCLIP model (fresh weights); otherwise it is a checkpoint path or
+        released weights by name (``hf-hub:org/repo``, ``NAME:TAG``)."""
+        from clipforge.checkpoints.hub import known_model_names
+
+        return self.model in list_presets() or (self.model in known_model_names() and not Path(self.model).exists())
 
     def model_config(self) -> ModelConfig:
         """The validated model config of a preset start (preset plus overrides).
@@ -223,8 +226,12 @@ class TrainConfig:
         return self.with_overrides(self.model)
 
     def with_overrides(self, base: str | ModelConfig) -> ModelConfig:
-        """``base`` (a preset name or a checkpoint's config) under ``model_overrides``, validated."""
+        """``base`` (a preset or OpenCLIP name, or a checkpoint's config) under ``model_overrides``, validated."""
+        from clipforge.checkpoints.hub import build_named_config
+
         try:
+            if isinstance(base, str):
+                return build_named_config(base, **self.model_overrides)
             return build_config(base, **self.model_overrides)
         except ConfigError as e:
             raise ConfigError(f"model: {e}") from None

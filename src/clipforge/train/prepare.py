@@ -40,7 +40,8 @@ def prepare(config: TrainConfig) -> Prepared:
 
     Raises:
         ConfigError: a data path, table column, shard glob or corpus is missing, or ``model`` is neither a
-            preset nor a readable checkpoint (naming the field and what was expected).
+            preset, a readable checkpoint nor a released one by name (``hf-hub:org/repo``, ``NAME:TAG``; naming
+            the field and what was expected).
     """
     from clipforge.data import check_source
 
@@ -52,6 +53,9 @@ def prepare(config: TrainConfig) -> Prepared:
         model_config = config.model_config()
         return Prepared(model_config, build_text_processor(model_config))
     if not Path(config.model).exists():
+        released = _released(config)
+        if released is not None:
+            return released
         raise ConfigError(f"model: unknown model {config.model!r}: no preset of that name and no checkpoint at "
                           f"that path{preset_hint(config.model)}")
     from clipforge.checkpoints import load_any  # the converters load lazily
@@ -63,3 +67,33 @@ def prepare(config: TrainConfig) -> Prepared:
     model_config = config.with_overrides(start.config)
     config.check_model(model_config)
     return Prepared(model_config, build_text_processor(model_config, config.model), start)
+
+
+def _released(config: TrainConfig) -> Prepared | None:
+    """A start from released weights named as ``clipforge.load`` takes them (``hf-hub:org/repo``, ``NAME:TAG``,
+    read from the Hugging Face cache); ``None`` when ``config.model`` is no such name.
+
+    Raises:
+        ConfigError: the weights cannot be fetched or read, or the overrides change the text processor (whose files
+            are the checkpoint's: convert it to a clipforge directory first, and start from that).
+    """
+    from clipforge.checkpoints.hub import is_hub_name, split_tag
+
+    name, tag = split_tag(config.model, None)
+    if not is_hub_name(name) and tag is None:
+        return None
+    from clipforge.api import load
+
+    try:
+        start, _, text_processor = load(name, pretrained=tag, allow_pickle=config.allow_pickle)
+    except (ValueError, OSError) as e:  # CheckpointError and ConfigError are ValueErrors; not cached offline: OSError
+        raise ConfigError(f"model: {e}") from None
+    start = start.cpu().train()
+    model_config = config.with_overrides(start.config)
+    config.check_model(model_config)
+    for field in ("text", "tokenizer", "render"):
+        if getattr(model_config, field, None) != getattr(start.config, field, None):
+            raise ConfigError(f"model_overrides.{field}: {config.model} brings its own text processor; to change it, "
+                              f"convert the checkpoint first (clipforge convert {config.model} DIR --to clipforge) "
+                              "and train from DIR")
+    return Prepared(model_config, text_processor, start)
