@@ -204,6 +204,9 @@ def test_the_cli_resolves_the_same_names(tiny: Path) -> None:
     assert args.pretrained == "laion2b_s34b_b79k"
     _, name, pretrained = load_eval_model(NAME, "cpu")  # a name without a tag: random weights, as for presets
     assert (name, pretrained) == (NAME, "random")
+    args = build_parser().parse_args(["classify", "x.png", "--labels", "a,b", "--model", NAME, "--pretrained",
+                                      "synthetic"])
+    assert args.pretrained == "synthetic"
 
 
 @pytest.fixture(scope="module")

@@ -36,7 +36,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     labels = p.add_mutually_exclusive_group(required=True)
     labels.add_argument("--labels", help='comma-separated labels, e.g. "cat,dog,car"')
     labels.add_argument("--labels-file", help="a file of labels, one a line (or a JSON list)")
-    p.add_argument("--model", required=True, help="a saved model directory / checkpoint, or a preset name (random)")
+    p.add_argument("--model", required=True,
+                   help="a saved model directory / checkpoint, hf-hub:ORG/REPO[@REV], NAME:TAG, a model name with "
+                        "--pretrained, or a model name alone (random weights)")
+    p.add_argument("--pretrained", default=None, metavar="TAG",
+                   help="OpenCLIP's pretrained tag of --model, e.g. laion2b_s34b_b79k (from the Hugging Face cache)")
     prompts = p.add_mutually_exclusive_group()
     prompts.add_argument("--template", action="append", default=None,
                          help=f"prompt template with {{}} for the label (repeatable; default: {DEFAULT_TEMPLATE!r})")
@@ -108,7 +112,7 @@ def classify(args: argparse.Namespace) -> int:
     from clipforge.eval.prompts import load_templates
 
     templates = load_templates(args.templates) if args.templates else args.template or [DEFAULT_TEMPLATE]
-    model, _, _ = load_eval_model(args.model, args.device, args.allow_pickle, args.act)
+    model, _, _ = load_eval_model(args.model, args.device, args.allow_pickle, args.act, args.pretrained)
     weights = build_classifier(model, labels, templates, use_cache=False)  # (D, L)
     limits = DecodeLimits(alpha=args.alpha)
     k = min(args.top_k, len(labels))
