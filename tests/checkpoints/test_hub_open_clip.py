@@ -243,3 +243,17 @@ def test_real_hf_hub_repository_gives_open_clips_numbers(monkeypatch: pytest.Mon
     image = noise(300, 240, seed=1)
     assert_same(openclip_style_script(open_clip, name, None, image),
                 openclip_style_script(clipforge, name, None, image))
+
+
+def test_classify_takes_pretrained(tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from PIL import Image
+
+    from clipforge.cli.main import main
+
+    photo = tmp_path / "p.png"
+    Image.new("RGB", (40, 40), (10, 200, 30)).save(photo)
+    assert main(["classify", str(photo), "--labels", "a,b", "--model", NAME, "--pretrained", "synthetic",
+                 "--device", "cpu"]) == 0
+    with_tag = capsys.readouterr().out
+    assert main(["classify", str(photo), "--labels", "a,b", "--model", f"{NAME}:synthetic", "--device", "cpu"]) == 0
+    assert capsys.readouterr().out == with_tag and "%" in with_tag
