@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -347,22 +348,32 @@ def save_hf_siglip(model: CLIP | CLIPPO, directory: str | Path, text_processor: 
         text_processor: The model's tokenizer (``clipforge.text.sentencepiece.SentencePieceTokenizer``); another
             kind (OpenAI's BPE) is not written, since ``SiglipProcessor`` has no tokenizer for it.
     """
-    from safetensors.torch import save_file
-
     hf_siglip_config(model.config)  # refuses what SiglipModel cannot hold, before anything else
     config = cast(SigLIPConfig, model.config)
     style = _style(text_processor, config)
     ids_style = style or config.tokenizer.get("style")  # without tokenizer files, the ids the config's style has
     hf = hf_siglip_config(config, ids_style if ids_style in HF_TOKEN_IDS else "siglip")
+    return write_hf_directory(directory, model, config, to_hf_siglip_state_dict, hf, image_processor_config(config),
+                              text_processor, style)
+
+
+def write_hf_directory(directory: str | Path, model: torch.nn.Module, config: SigLIPConfig,
+                       to_hf: Callable[[dict[str, torch.Tensor], SigLIPConfig], dict[str, torch.Tensor]],
+                       hf: dict[str, Any], preprocessor: dict[str, Any], text_processor: Any, style: str | None
+                       ) -> Path:
+    """Writes an HF SigLIP-family directory: the weights renamed by ``to_hf`` (the logit scale clamped as the model
+    uses it), ``config.json``, ``preprocessor_config.json`` and, for a SentencePiece ``style``, the tokenizer files."""
+    from safetensors.torch import save_file
+
     state = dict(model.state_dict())
     if config.max_logit_scale is not None:
         state["logit_scale"] = state["logit_scale"].clamp(max=config.max_logit_scale)
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in to_hf_siglip_state_dict(state, config).items()}
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in to_hf(state, config).items()}
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
     _write_json(directory / "config.json", hf)
-    _write_json(directory / "preprocessor_config.json", image_processor_config(config))
+    _write_json(directory / "preprocessor_config.json", preprocessor)
     if style is not None:
         _write_tokenizer(directory, text_processor, style, config.text.context_length)
     return directory

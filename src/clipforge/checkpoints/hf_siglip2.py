@@ -33,12 +33,12 @@ from clipforge.checkpoints.hf_siglip import (
     _style,
     _tower,
     _write_json,
-    _write_tokenizer,
     config_from_hf_siglip,
     from_hf_siglip_state_dict,
     hf_siglip_config,
     to_hf_siglip_state_dict,
     tokenizer_settings,
+    write_hf_directory,
 )
 from clipforge.checkpoints.native import CheckpointError
 from clipforge.config import ConfigError, shorten
@@ -202,22 +202,12 @@ def save_hf_siglip2(model: CLIP | CLIPPO, directory: str | Path, text_processor:
         directory: Created if needed.
         text_processor: The model's tokenizer; another kind than SentencePiece is not written.
     """
-    from safetensors.torch import save_file
-
     config = cast(SigLIPConfig, model.config)
     style = _style(text_processor, config)
     hf = hf_siglip2_config(config, style or "gemma")
-    state = dict(model.state_dict())
-    if config.max_logit_scale is not None:
-        state["logit_scale"] = state["logit_scale"].clamp(max=config.max_logit_scale)
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in to_hf_siglip2_state_dict(state, config).items()}
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
-    _write_json(directory / "config.json", hf)
-    _write_json(directory / "preprocessor_config.json", image_processor_config(config))
+    directory = write_hf_directory(directory, model, config, to_hf_siglip2_state_dict, hf,
+                                   image_processor_config(config), text_processor, style)
     if style is not None:
-        _write_tokenizer(directory, text_processor, style, config.text.context_length)
         settings = json.loads((directory / "tokenizer_config.json").read_text(encoding="utf-8"))
         _write_json(directory / "tokenizer_config.json", {**settings, "processor_class": "Siglip2Processor"})
     return directory
