@@ -4,15 +4,21 @@ One role, ``TextProcessor``, with three implementations: the byte-level BPE toke
 ``clipforge.text.bpe``), SentencePiece (SigLIP and SigLIP 2, ``clipforge.text.sentencepiece``) and the Unifont
 renderer (CLIPPO, ``clipforge.text.render``). ``build_text_processor``
 picks the one a model config asks for, so no caller branches on the model family.
+
+Importing this package or any processor module does not import torch (only ``processor(texts)`` does), so the
+torch-free ONNX runtime (``clipforge.deploy``) tokenises and renders with the very same code.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-import torch
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 
 @runtime_checkable
@@ -22,12 +28,17 @@ class TextProcessor(Protocol):
     - ``processor(texts)`` takes one string or a sequence of them and returns a tensor whose first dimension is
       the number of texts, ready for ``model.encode_text`` (BPE: int64 token ids ``(N, context_length)``;
       renderer: uint8 pixels ``(N, 3, H, W)``). The same strings always give the same tensor.
+    - ``processor.numpy(texts)`` gives the same values as a numpy array (same dtype and shape; the call above is
+      ``torch.from_numpy`` of it, or for the renderer painted with torch, pixel-identical) without importing torch:
+      the input of an exported ONNX tower (``clipforge.deploy``).
     - ``save_pretrained(directory)`` writes whatever files the processor needs to be rebuilt beside a saved model
       (the BPE merges) and returns the file's path, or ``None`` when the model's config alone rebuilds it
       (the renderer).
     """
 
     def __call__(self, texts: str | Sequence[str]) -> torch.Tensor: ...
+
+    def numpy(self, texts: str | Sequence[str]) -> np.ndarray: ...
 
     def save_pretrained(self, directory: str | Path) -> Path | None: ...
 

@@ -37,13 +37,15 @@ from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from itertools import chain, pairwise
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import regex
-import torch
 
 from clipforge.text.cleanup import clean, is_plain_ascii
+
+if TYPE_CHECKING:
+    import torch
 
 SOT, EOT = "<|startoftext|>", "<|endoftext|>"
 VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
@@ -309,6 +311,12 @@ class BPETokenizer:
 
     def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> torch.Tensor:
         """Tokenises a text or a batch into a zero-padded LongTensor (N, context_length)."""
+        import torch
+
+        return torch.from_numpy(self.numpy(texts, context_length))
+
+    def numpy(self, texts: str | Sequence[str], context_length: int | None = None) -> np.ndarray:
+        """The ids ``__call__`` gives, as an int64 array (N, context_length), without importing torch."""
         if isinstance(texts, str):
             texts = [texts]
         n_ctx = context_length or self._context_length
@@ -332,7 +340,7 @@ class BPETokenizer:
                     break
             end(len(flat))
         ids, offsets = np.array(flat, dtype=np.int64), np.array(ends, dtype=np.int64)
-        return torch.from_numpy(self._pack(ids, offsets, n_ctx))
+        return self._pack(ids, offsets, n_ctx)
 
     def _pack(self, ids: np.ndarray, offsets: np.ndarray, n_ctx: int) -> np.ndarray:
         """Rows ``[SOT, ids[offsets[i]:offsets[i + 1]] (cut to fit), EOT, 0...]``, (N, n_ctx), written at once."""
@@ -352,15 +360,13 @@ class BPETokenizer:
         out[body] = ids[np.arange(keep.sum()) + np.repeat(offsets[:-1] - kept_before, keep)]  # row-major gather
         return out
 
-    def decode(self, ids: Sequence[int] | torch.Tensor) -> str:
+    def decode(self, ids: Sequence[int] | np.ndarray | torch.Tensor) -> str:
         """Text of a token sequence; start-of-text is dropped, and everything from the first end-of-text on.
 
         Id 0 is a real token (the byte ``!``), so padding is recognised by its position after end-of-text,
         not by its value.
         """
-        if isinstance(ids, torch.Tensor):
-            ids = ids.tolist()
-        ids = [int(i) for i in ids]
+        ids = [int(i) for i in (ids.tolist() if hasattr(ids, "tolist") else ids)]  # a tensor or an array: one row
         sot, eot = self.sot_token_id, self.eot_token_id
         if eot in ids:
             ids = ids[: ids.index(eot)]
@@ -368,7 +374,7 @@ class BPETokenizer:
         data = bytearray(self.byte_decoder[c] for c in text)
         return data.decode("utf-8", errors="replace").replace("</w>", " ").strip()
 
-    def batch_decode(self, batch: Sequence[Sequence[int]] | torch.Tensor) -> list[str]:
+    def batch_decode(self, batch: Sequence[Sequence[int]] | np.ndarray | torch.Tensor) -> list[str]:
         """``decode`` of every row."""
         return [self.decode(row) for row in batch]
 

@@ -27,8 +27,8 @@ spacing, at least 4 columns wide) or monospace (the font's 8- or 16-column cells
 shaping and combining-mark stacking are not done: a mark left after NFC is drawn as its own glyph.
 
 Both modes first lay glyphs out (which glyph, which source columns, which row, which x), then paint
-columns from one glyph table by array indexing; ``render`` paints with numpy, ``__call__`` with torch on
-any device, pixel-identical.
+columns from one glyph table by array indexing; ``render`` paints with numpy (``numpy`` gives it in the model's
+(N, 3, H, W) layout, without importing torch), ``__call__`` with torch on any device, pixel-identical.
 """
 
 from __future__ import annotations
@@ -39,13 +39,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import torch
 
 from clipforge.config import ConfigError, from_dict, to_dict
 from clipforge.text.unifont import BLANK, CELL, PLANE, GlyphTable, load_unifont
+
+if TYPE_CHECKING:
+    import torch
 
 MODES = ("big_vision", "improved")
 SPACING, MIN_WIDTH = 1, 4  # big_vision's defaults, kept by the improved proportional layout
@@ -294,7 +296,8 @@ class UnifontRenderer:
     """Renders strings as CLIPPO sees them.
 
     ``render(texts)`` gives a numpy uint8 (N, H, W, 3) array; ``renderer(texts, device)`` gives the model
-    input, a uint8 tensor (N, 3, H, W) painted on ``device``. Both paint the same pixels.
+    input, a uint8 tensor (N, 3, H, W) painted on ``device``; ``renderer.numpy(texts)`` the same input as a numpy
+    array (torch is not imported). All paint the same pixels.
 
     Args:
         config: Size, colours and rules (see ``RenderConfig``).
@@ -418,8 +421,14 @@ class UnifontRenderer:
             out[..., channel] = grey
         return out
 
+    def numpy(self, texts: str | Sequence[str]) -> np.ndarray:
+        """Texts → uint8 array (N, 3, H, W): the pixels ``__call__`` gives, painted with numpy (no torch)."""
+        return np.ascontiguousarray(self.render(texts).transpose(0, 3, 1, 2))
+
     def __call__(self, texts: str | Sequence[str], device: torch.device | str | None = None) -> torch.Tensor:
         """Texts → uint8 tensor (N, 3, H, W), the model's text input, painted with torch on ``device``."""
+        import torch
+
         texts = _as_list(texts, self.config.max_chars)
         device = torch.device(device if device is not None else "cpu")
         lay = self.layout(texts)
@@ -449,6 +458,8 @@ class UnifontRenderer:
 
     def _table(self, device: torch.device) -> torch.Tensor:
         """The glyph table as a tensor on ``device`` (copied once per device)."""
+        import torch
+
         key = str(device)
         if key not in self._tables:
             self._tables[key] = torch.from_numpy(self.font.columns.copy()).to(device)

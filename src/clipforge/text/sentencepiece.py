@@ -52,12 +52,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import torch
 
 from clipforge.config import ConfigError, from_dict, to_dict
+
+if TYPE_CHECKING:
+    import torch
 
 STYLES = ("siglip", "gemma")
 MODEL_FILES = {"siglip": "spiece.model", "gemma": "tokenizer.model"}
@@ -436,15 +438,19 @@ class SentencePieceTokenizer:
 
     def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> torch.Tensor:
         """Tokenises a text or a batch into a LongTensor (N, context_length), padded on the right."""
-        if isinstance(texts, str):
-            texts = [texts]
+        import torch
+        return torch.from_numpy(self.numpy(texts, context_length))
+
+    def numpy(self, texts: str | Sequence[str], context_length: int | None = None) -> np.ndarray:
+        """The ids ``__call__`` gives, as an int64 array (N, context_length), without importing torch."""
+        texts = [texts] if isinstance(texts, str) else texts
         n_ctx = context_length or self.config.context_length
         if n_ctx < 1:
             raise ValueError(f"context_length must be at least 1 (the end of text), got {n_ctx}")
         bad = next((row for row, text in enumerate(texts) if not isinstance(text, str)), None)
         if bad is not None:
             raise TypeError(f"text {bad}: expected a string, got {type(texts[bad]).__name__}")
-        return torch.from_numpy(self._pack(self._encode_batch(texts), n_ctx))
+        return self._pack(self._encode_batch(texts), n_ctx)
 
     def _pack(self, rows: list[list[int]], n_ctx: int) -> np.ndarray:
         """Rows ``[ids cut to n_ctx - 1, end of text, pad...]`` (N, n_ctx), written at once.
@@ -460,11 +466,9 @@ class SentencePieceTokenizer:
         out[np.arange(len(rows)), keep] = self.eos_token_id
         return out
 
-    def decode(self, ids: Sequence[int] | torch.Tensor) -> str:
+    def decode(self, ids: Sequence[int] | np.ndarray | torch.Tensor) -> str:
         """Text of one row: everything before the first end of text, special pieces dropped."""
-        if isinstance(ids, torch.Tensor):
-            ids = ids.tolist()
-        ids = [int(i) for i in ids]
+        ids = [int(i) for i in (ids.tolist() if hasattr(ids, "tolist") else ids)]  # a tensor or an array: one row
         if self.eos_token_id in ids:
             ids = ids[: ids.index(self.eos_token_id)]
         size = self.vocab_size
@@ -484,8 +488,7 @@ class SentencePieceTokenizer:
 
 
 def saved_sentencepiece(directory: str | Path | None) -> Path | None:
-    """The SentencePiece model a saved model directory carries (``spiece.model`` or ``tokenizer.model``), or
-    ``None``."""
+    """The SentencePiece model a saved model directory carries (``spiece.model``, ``tokenizer.model``) or None."""
     if directory is None or not Path(directory).is_dir():
         return None
     for name in MODEL_FILES.values():
