@@ -15,6 +15,7 @@ VERB_MODULES = [
     "clipforge.cli.eval",
     "clipforge.cli.classify",
     "clipforge.cli.convert",
+    "clipforge.cli.export",
     "clipforge.cli.data",
     "clipforge.vqa.cli",
 ]
