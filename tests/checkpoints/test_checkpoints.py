@@ -21,6 +21,7 @@ import clipforge
 from clipforge.checkpoints import CheckpointError, convert, detect_format, load_any
 from clipforge.checkpoints.openai import config_from_openai_state_dict, read_torchscript, to_openai_keys
 from clipforge.cli.convert import register
+from clipforge.models.factory import build_config
 
 open_clip = pytest.importorskip("open_clip")
 from open_clip.model import CLIP as OpenCLIP  # noqa: E402
@@ -223,7 +224,7 @@ def test_full_size_torchscript_parity(name: str, vision: CLIPVisionCfg, tmp_path
             if tensor.is_floating_point() and key not in ("logit_scale", "attn_mask"):
                 tensor.add_(0.02 * torch.randn_like(tensor)) if "running_var" not in key else tensor.uniform_(0.5, 2)
     model = load_any(save_torchscript(reference, tmp_path / "model.pt"))
-    assert model.config == clipforge.build_config(name)
+    assert model.config == build_config(name)
     images = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     tokens = open_clip.tokenize(["a photo of a cat", "a diagram"])
     with torch.no_grad():

@@ -19,6 +19,7 @@ from open_clip.model import CLIPTextCfg, CLIPVisionCfg  # noqa: E402
 
 from clipforge.checkpoints import convert, detect_format, load_any  # noqa: E402
 from clipforge.checkpoints.open_clip import open_clip_model_cfg, save_open_clip  # noqa: E402
+from clipforge.models.factory import build_config  # noqa: E402
 
 TOL = 1e-5
 CAPTIONS = ["a photo of a cat", "a diagram", "two dogs playing in the snow near a red house", ""]
@@ -168,9 +169,8 @@ def test_full_size_parity(name: str, tmp_path: Path) -> None:
     path = tmp_path / "open_clip_pytorch_model.bin"
     torch.save(reference.state_dict(), path)
     model = load_any(path, allow_pickle=True, act="quick_gelu")
-    import clipforge
 
-    assert model.config == clipforge.build_config(name)  # the inferred shape is exactly the OpenAI preset
+    assert model.config == build_config(name)  # the inferred shape is exactly the OpenAI preset
     assert_parity(reference, model, cfg)
     written = save_open_clip(model, tmp_path / "export.safetensors")
     assert_same_weights(model, load_any(written, act="quick_gelu"))
