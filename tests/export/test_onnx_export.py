@@ -352,3 +352,28 @@ def test_vit_b32_random_weights_export(tmp_path: Path) -> None:
         image, text = model.encode_image(pixels).numpy(), model.encode_text(processor(TEXTS)).numpy()
     assert np.abs(run(session(out / "image.onnx"), pixels=pixels) - image).max() < TOL
     assert np.abs(run(session(out / "text.onnx"), tokens=processor(TEXTS, context_length=20)) - text).max() < TOL
+
+
+def test_weights_over_the_proto_limit_go_to_one_data_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Protobuf stops at 2 GiB: a larger graph keeps its weights in ``<file>.data`` (here with the limit at 0)."""
+    import clipforge.export.onnx as exporter
+
+    monkeypatch.setattr(exporter, "PROTO_LIMIT", 0)
+    model = build("tiny-vit")
+    out = export_onnx(model, tmp_path / "out", towers=("image",), precision="fp16")
+    assert sorted(p.name for p in out.iterdir()) == ["export.json", "image.onnx", "image.onnx.data"]
+    assert json.loads((out / "export.json").read_text())["towers"]["image"]["data_file"] == "image.onnx.data"
+    assert (out / "image.onnx").stat().st_size < 100_000  # the graph alone
+    pixels = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = model.encode_image(pixels).numpy()
+    assert cosine_min(run(session(out / "image.onnx"), pixels=pixels), expected) > 0.9999
+
+
+@pytest.mark.slow
+def test_a_tower_over_2gib_exports_whole(tmp_path: Path) -> None:
+    """Over 2 GiB the exporter writes each weight as its own file; the export holds the graph and one data file."""
+    model = create_model("tiny-vit", embed_dim=64, vision={"width": 4096, "layers": 3, "heads": 32})  # 2.4 GB
+    out = export_onnx(model, tmp_path / "big", towers=("image",))
+    assert sorted(p.name for p in out.iterdir()) == ["export.json", "image.onnx", "image.onnx.data"]
+    assert json.loads((out / "export.json").read_text())["parity"]["image"]["max_abs_diff"] < TOL

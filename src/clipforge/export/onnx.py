@@ -203,20 +203,60 @@ def _export_graph(tower: TowerExport, path: Path, opset: int) -> None:
                           f"(TorchScript exporter): {reason}") from e
 
 
+PROTO_LIMIT = 1_800_000_000  # bytes of weights above which a graph keeps them in <file>.data (protobuf's 2 GiB)
+
+
+def _weight_bytes(model: Any) -> int:
+    return sum(len(t.raw_data) for t in model.graph.initializer)
+
+
+def _save(model: Any, dst: Path) -> None:
+    """Saves a graph, its weights in one ``<file>.data`` beside it when they pass ``PROTO_LIMIT``."""
+    onnx = _require("onnx", "an ONNX export")
+    if _weight_bytes(model) > PROTO_LIMIT:
+        onnx.save_model(model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=f"{dst.name}.data")
+        _default_mode(dst.parent / f"{dst.name}.data")
+    else:
+        onnx.save_model(model, str(dst))
+
+
+def _default_mode(path: Path) -> None:
+    """The mode a new file gets (onnx writes external data as 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(0o666 & ~umask)
+
+
+def _move(src: Path, dst: Path) -> None:
+    """Moves the exporter's graph into place. Over 2 GiB the exporter writes every weight as its own file beside
+    the graph; those become one ``<file>.data``."""
+    onnx = _require("onnx", "an ONNX export")
+    if len(list(src.parent.iterdir())) == 1:
+        os.replace(src, dst)
+    else:
+        _save(onnx.load(str(src)), dst)
+
+
 def _to_fp16(src: Path, dst: Path) -> None:
     """Weights and activations as float16, inputs and outputs kept float32 (onnxruntime's float16 utilities)."""
     onnx = _require("onnx", "an fp16 export")
     float16 = _require("onnxruntime.transformers.float16", "an fp16 export")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # clamping of tiny initialisers to fp16's range is reported per value
-        converted = float16.convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
-    onnx.save(converted, str(dst))
+        graph = onnx.load(str(src))
+        # Shape inference serialises the whole graph, which protobuf refuses over 2 GiB; the graph has shapes.
+        converted = float16.convert_float_to_float16(graph, keep_io_types=True,
+                                                     disable_shape_infer=_weight_bytes(graph) > PROTO_LIMIT)
+    _save(converted, dst)
 
 
 def _to_int8(src: Path, dst: Path) -> None:
     """Dynamic int8 quantisation of the fp32 graph: MatMul and Gemm weights as int8 (per tensor), activations
-    quantised at run time. Convolutions stay float: onnxruntime's ConvInteger is slower than its float Conv on CPU,
-    and in the ViTs the only convolution is the patch embedding."""
+    quantised at run time. Convolutions stay float: onnxruntime's ConvInteger is slower than its float Conv on CPU
+    (``benchmarks/onnx.py`` times both), a ViT's only convolution is its patch embedding, and quantize_dynamic cannot
+    quantise a ResNet's convolutions once their BatchNorm is folded into them (their weights are no initialisers).
+    So a ResNet image tower's int8 export quantises only its attention pool."""
     import logging
 
     quantization = _require("onnxruntime.quantization", "an int8 export")
@@ -224,8 +264,9 @@ def _to_int8(src: Path, dst: Path) -> None:
     advice = _DropMessage("Please consider to run pre-processing")  # logged on every call, to the root logger
     root.addFilter(advice)
     try:
+        large = sum(f.stat().st_size for f in src.parent.iterdir()) / 4 > PROTO_LIMIT
         quantization.quantize_dynamic(str(src), str(dst), weight_type=quantization.QuantType.QInt8,
-                                      op_types_to_quantize=list(INT8_OP_TYPES))
+                                      op_types_to_quantize=list(INT8_OP_TYPES), use_external_data_format=large)
     finally:
         root.removeFilter(advice)
 
@@ -375,39 +416,50 @@ def _export_tower(model: ContrastiveModel, tower: TowerExport, work: Path, opset
                   quantize: str | None, check: bool, processor: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """Writes one tower's graph into ``work``; returns its export.json entry and its parity records."""
     final = work / tower.file
-    fp32 = final if precision == "fp32" and quantize is None else work / f".{tower.name}.fp32.onnx"
+    scratch = work / f".{tower.name}-fp32"  # the exporter's own output, alone in a folder (see _move)
+    scratch.mkdir()
+    fp32 = scratch / tower.file
     _export_graph(tower, fp32, opset)
     _require("onnx", "an ONNX export").checker.check_model(str(fp32))
-    sessions = {"fp32": _session(fp32, tower.name)} if check else {}
+    converted = precision != "fp32" or quantize is not None
     if precision == "fp16":
         _to_fp16(fp32, final)
     elif quantize == "int8":
         _to_int8(fp32, final)
-    if final != fp32:
-        if check:
-            sessions["final"] = _session(final, tower.name)
-        fp32.unlink()
-    parity: dict[str, Any] = {}
-    if check:
-        measured = _parity(tower, sessions)
-        exact = measured["fp32"]
-        if exact["max_abs_diff"] > FP32_TOLERANCE:
-            raise ExportError(f"{tower.name} tower: the fp32 ONNX graph differs from PyTorch by up to "
-                              f"{exact['max_abs_diff']:.3g} (allowed {FP32_TOLERANCE:g}; cosine "
-                              f"{exact['cosine_min']:.6f})")
-        record = measured.get("final", exact)
-        parity[tower.name] = {**record, "reference": "pytorch fp32", "tolerance": FP32_TOLERANCE
-                              if final == fp32 else None}
-        if final != fp32:
-            parity[tower.name]["fp32_graph"] = {k: exact[k] for k in ("max_abs_diff", "cosine_min")}
-        if model.config.family == "clippo":
-            session = sessions.get("final", sessions["fp32"])
-            parity["text"] = {**_rendered_text_parity(model, processor, session), "reference": "pytorch fp32"}
-    inputs = dict(tower.input_shapes)
-    dim = _output_dim(model, tower)
-    entry = {"file": tower.file, "inputs": inputs, "outputs": {"features": ["batch", dim]},
+    parity = _check_tower(model, tower, fp32, final if converted else None, processor) if check else {}
+    if not converted:
+        _move(fp32, final)
+    shutil.rmtree(scratch)
+    entry = {"file": tower.file, "inputs": dict(tower.input_shapes),
+             "outputs": {"features": ["batch", _output_dim(model, tower)]},
              "dtypes": {**tower.input_dtypes, "features": "float32"}}
+    if (work / f"{tower.file}.data").exists():
+        entry["data_file"] = f"{tower.file}.data"  # the weights, beside the graph (over 2 GiB)
     return entry, parity
+
+
+def _check_tower(model: ContrastiveModel, tower: TowerExport, fp32: Path, converted: Path | None,
+                 processor: Any) -> dict[str, Any]:
+    """The tower's parity records (and CLIPPO's rendered-text one): the fp32 graph must be within
+    ``FP32_TOLERANCE`` of PyTorch; a converted (fp16, int8) graph's closeness is recorded."""
+    sessions = {"fp32": _session(fp32, tower.name)}
+    if converted is not None:
+        sessions["converted"] = _session(converted, tower.name)
+    measured = _parity(tower, sessions)
+    exact = measured["fp32"]
+    if exact["max_abs_diff"] > FP32_TOLERANCE:
+        raise ExportError(f"{tower.name} tower: the fp32 ONNX graph differs from PyTorch by up to "
+                          f"{exact['max_abs_diff']:.3g} (allowed {FP32_TOLERANCE:g}; cosine "
+                          f"{exact['cosine_min']:.6f})")
+    record: dict[str, Any] = {**measured.get("converted", exact), "reference": "pytorch fp32",
+                              "tolerance": None if converted is not None else FP32_TOLERANCE}
+    if converted is not None:
+        record["fp32_graph"] = {k: exact[k] for k in ("max_abs_diff", "cosine_min")}
+    parity = {tower.name: record}
+    if model.config.family == "clippo":
+        session = sessions.get("converted", sessions["fp32"])
+        parity["text"] = {**_rendered_text_parity(model, processor, session), "reference": "pytorch fp32"}
+    return parity
 
 
 def _output_dim(model: ContrastiveModel, tower: TowerExport) -> int:
