@@ -225,6 +225,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--train-steps", type=int, default=300, help="quickstart steps when --model is not given")
     parser.add_argument("--eval-size", type=int, default=200, help="images per zero-shot task (default: 200)")
     parser.add_argument("--skip-zeroshot", action="store_true", help="time only")
+    parser.add_argument("--skip-latency", action="store_true", help="zero-shot only")
     parser.add_argument("--default-malloc", action="store_true",
                         help="leave glibc's allocator as it is (see the module docstring)")
     args = parser.parse_args(argv)
@@ -241,8 +242,9 @@ def main(argv: list[str]) -> int:
     output: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="clipforge-onnx-bench-") as tmp:
         work = Path(tmp)
-        output["latency"] = latency(args.latency_model, [int(b) for b in args.batches.split(",")], args.repeats,
-                                    args.threads, work)
+        if not args.skip_latency:
+            output["latency"] = latency(args.latency_model, [int(b) for b in args.batches.split(",")],
+                                        args.repeats, args.threads, work)
         if not args.skip_zeroshot:
             trained = None
             if args.model is None:
@@ -253,7 +255,7 @@ def main(argv: list[str]) -> int:
             else:
                 model_dir = Path(args.model)
             output["zeroshot"] = {**zero_shot(model_dir, args.eval_size, args.threads, work), "trained_here": trained}
-    row = output["latency"]["results"].get("batch_32")
+    row = output["latency"]["results"].get("batch_32") if "latency" in output else None
     measured = {}
     if row:
         measured["int8_vs_eager_throughput_batch32"] = round(row["onnxruntime_int8"]["throughput_vs_eager"], 2)

@@ -136,8 +136,12 @@ def test_export_json_schema(exported: tuple[str, Any, Path]) -> None:
     if config.family == "clippo":
         assert set(manifest["towers"]) == {"image"} and manifest["text_input"] == "pixels"
         assert processor["kind"] == "render" and processor["file"] is None
-        assert {k: processor["settings"][k] for k in ("image_size", "mode", "monospace")} == {
-            "image_size": size, **{k: config.render[k] for k in ("mode", "monospace")}}
+        from clipforge.text.render import RenderConfig, UnifontRenderer  # the settings rebuild the renderer
+
+        rebuilt = UnifontRenderer(RenderConfig.from_dict(processor["settings"]))
+        assert torch.equal(rebuilt(TEXTS), get_text_processor(model)(TEXTS))
+        assert processor["pixel_normalization"] == {"divide_by": 255, "mean": list(config.mean),
+                                                    "std": list(config.std)}
         assert sorted(p.name for p in out.iterdir()) == ["export.json", "image.onnx"]
     else:
         text = manifest["towers"]["text"]
@@ -147,9 +151,10 @@ def test_export_json_schema(exported: tuple[str, Any, Path]) -> None:
         assert manifest["text_input"] == "tokens"
         assert processor["kind"] == "bpe" and processor["file"] == "bpe_vocab.txt.gz"
         assert processor["context_length"] == config.text.context_length
+        assert processor["special_ids"] == {"sot": 49406, "eot": 49407, "pad": 0}
         from clipforge.text.bpe import BPETokenizer  # the copied vocabulary gives the model's ids
 
-        copied = BPETokenizer(out / "bpe_vocab.txt.gz", context_length=processor["context_length"])
+        copied = BPETokenizer(out / processor["file"], **processor["settings"])
         assert torch.equal(copied(TEXTS), get_text_processor(model)(TEXTS))
     for tower, record in manifest["parity"].items():
         assert record["max_abs_diff"] < TOL and record["cosine_min"] > 0.99999, (case, tower)
@@ -230,6 +235,7 @@ def test_naflex_tower_equals_pytorch(tmp_path: Path) -> None:
 def test_sentencepiece_model_file_travels(tmp_path: Path) -> None:
     """A SigLIP with a SentencePiece tokenizer: the model file is copied and its settings recorded."""
     from clipforge.text import build_text_processor
+    from clipforge.text.sentencepiece import SentencePieceConfig, SentencePieceTokenizer
     from helpers.spm import train_spm
 
     spm_dir = tmp_path / "spm"
@@ -241,7 +247,9 @@ def test_sentencepiece_model_file_travels(tmp_path: Path) -> None:
     out = export_onnx(model, tmp_path / "out", text_processor=processor)
     record = json.loads((out / "export.json").read_text())["text_processor"]
     assert (record["kind"], record["file"], record["context_length"]) == ("sentencepiece", "spiece.model", 32)
-    assert record["settings"]["style"] == "siglip" and record["settings"]["pad_token_id"] == processor.pad_token_id
+    assert record["special_ids"] == {"eos": processor.eos_token_id, "pad": processor.pad_token_id}
+    rebuilt = SentencePieceTokenizer(out / record["file"], SentencePieceConfig.from_dict(record["settings"]))
+    assert torch.equal(rebuilt(TEXTS), processor(TEXTS))
     assert (out / "spiece.model").read_bytes() == (spm_dir / "spiece.model").read_bytes()
     tokens = processor(TEXTS)
     with torch.no_grad():

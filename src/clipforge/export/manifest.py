@@ -31,8 +31,11 @@ def preprocess_record(config: Any) -> dict[str, Any]:
 def text_processor_record(config: Any, processor: Any, directory: Path) -> dict[str, Any]:
     """Describes the text processor and writes its files into ``directory``.
 
-    BPE: the merges in use as ``bpe_vocab.txt.gz`` (OpenAI's too); SentencePiece: its model file; the Unifont
-    renderer (CLIPPO): nothing, its settings are the record (the font ships with clipforge).
+    ``settings`` are exactly the processor's own settings, so a runtime rebuilds it from them and ``file``:
+    ``BPETokenizer(vocab_path=file, **settings)``, ``SentencePieceTokenizer(file, SentencePieceConfig.from_dict(
+    settings))``, ``UnifontRenderer(RenderConfig.from_dict(settings))``. BPE writes the merges in use as
+    ``bpe_vocab.txt.gz`` (OpenAI's too); SentencePiece its model file; the renderer nothing (the font ships with
+    clipforge), and its uint8 pixels are normalised as ``pixel_normalization`` says before image.onnx.
 
     Raises:
         ValueError: the processor is none of the three.
@@ -41,23 +44,21 @@ def text_processor_record(config: Any, processor: Any, directory: Path) -> dict[
     from clipforge.text.render import UnifontRenderer
     from clipforge.text.sentencepiece import SentencePieceTokenizer
 
-    if isinstance(processor, UnifontRenderer):
-        settings = processor.config.to_dict()
-        settings["normalize"] = "pixels / 255, then (x - preprocess.mean) / preprocess.std, as CLIPPO.encode_text"
-        return {"kind": "render", "file": None, "context_length": None, "settings": settings}
+    if isinstance(processor, UnifontRenderer):  # CLIPPO.encode_text: (pixels / 255 - mean) / std
+        return {"kind": "render", "file": None, "context_length": None, "settings": processor.config.to_dict(),
+                "pixel_normalization": {"divide_by": 255, "mean": list(config.mean), "std": list(config.std)}}
     if isinstance(processor, SentencePieceTokenizer):
         path = processor.save_pretrained(directory)
-        settings = {**processor.config.to_dict(), "vocab_size": processor.vocab_size,
-                    "eos_token_id": processor.eos_token_id, "pad_token_id": processor.pad_token_id}
         return {"kind": "sentencepiece", "file": path.name, "context_length": processor.context_length,
-                "settings": settings}
+                "settings": processor.config.to_dict(), "vocab_size": processor.vocab_size,
+                "special_ids": {"eos": processor.eos_token_id, "pad": processor.pad_token_id}}
     if isinstance(processor, BPETokenizer):
         path = processor.save_pretrained(directory)
-        settings = {"vocab_size": processor.vocab_size, "sot_token_id": processor.sot_token_id,
-                    "eot_token_id": processor.eot_token_id, "pad_token_id": 0, "truncate": processor.truncate,
-                    "max_chars": processor.max_chars, "pool": config.text.pool,
-                    "pool_token_id": config.text.eot_token_id}  # None: the highest id (OpenAI's rule)
-        return {"kind": "bpe", "file": path.name, "context_length": processor.context_length, "settings": settings}
+        return {"kind": "bpe", "file": path.name, "context_length": processor.context_length,
+                "settings": {"context_length": processor.context_length, "truncate": processor.truncate,
+                             "max_chars": processor.max_chars},
+                "vocab_size": processor.vocab_size,
+                "special_ids": {"sot": processor.sot_token_id, "eot": processor.eot_token_id, "pad": 0}}
     raise ValueError(f"cannot export the text processor {type(processor).__name__}: expected clipforge's BPE "
                      "tokenizer, SentencePiece tokenizer or Unifont renderer")
 
