@@ -6,10 +6,11 @@ Two parts, one JSON object (the layout of ``benchmarks/results/``):
   ``--latency-model`` (default ViT-B/32, random weights: the speed does not depend on them) in PyTorch eager
   (``inference_mode``), ``torch.compile`` (default mode; its compile time is reported, a failure is recorded),
   onnxruntime with the fp32 export and with the int8 export (``clipforge export --quantize int8``: MatMul/Gemm
-  weights), and, to show why the int8 export leaves convolutions alone, an int8 graph whose convolutions are
-  quantised too. Each variant's cosine similarity to the eager features is reported beside it.
+  weights, a scale per output channel), and, to show why the int8 export leaves convolutions alone, an int8 graph
+  whose convolutions are quantised too. Each variant's cosine similarity to the eager features is reported beside it.
 - zero-shot: top-1 accuracy on the synthetic world's validation tasks of the PyTorch model and of its fp32 and int8
   exports run by onnxruntime (``clipforge.train.evaluate``'s scoring, the exports' own text and image graphs).
+  Beside them, an int8 graph with one weight scale per matrix (what the export does not do, and why).
   The model is ``--model DIR``, or, when none is given, ``configs/quickstart.yaml`` trained for ``--train-steps``
   steps first (reported in the JSON).
 
@@ -34,6 +35,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -103,7 +105,7 @@ def latency(name: str, batches: list[int], repeats: int, threads: int, work: Pat
     conv = work / "latency-int8-conv.onnx"  # every op quantize_dynamic knows, convolutions included
     conv_error = None
     try:
-        quantize_dynamic(str(fp32 / "image.onnx"), str(conv), weight_type=QuantType.QInt8)
+        quantize_dynamic(str(fp32 / "image.onnx"), str(conv), weight_type=QuantType.QInt8, per_channel=True)
     except Exception as e:  # e.g. a ResNet: BatchNorm folded into its convolutions is not an initializer
         conv_error = f"{type(e).__name__}: {e}"
     sessions = {"onnxruntime_fp32": ort_session(fp32 / "image.onnx", threads),
@@ -180,9 +182,12 @@ def train_quickstart(steps: int, directory: Path) -> Path:
 
 def zero_shot(model_dir: Path, size: int, threads: int, work: Path) -> dict[str, Any]:
     """Zero-shot top-1 (%) per synthetic task of the PyTorch model and of its fp32 and int8 exports."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
     from clipforge.api import load
     from clipforge.data.synthetic import SyntheticWorld
     from clipforge.export import export_onnx
+    from clipforge.export.onnx import INT8_OP_TYPES
     from clipforge.train import load_config
     from clipforge.train.evaluate import build_eval_set, evaluate
 
@@ -195,6 +200,13 @@ def zero_shot(model_dir: Path, size: int, threads: int, work: Path) -> dict[str,
     for label, quantize in (("onnx_fp32", None), ("onnx_int8", "int8")):
         out = export_onnx(model, work / f"zeroshot-{label}", quantize=quantize, text_processor=processor)
         scores[label] = evaluate(OnnxModel(out, threads), eval_set, processor, cpu)
+    # What the export does not do, for comparison: one weight scale per matrix instead of one per output channel.
+    per_tensor = work / "zeroshot-onnx_int8_per_tensor"
+    shutil.copytree(work / "zeroshot-onnx_fp32", per_tensor)
+    for tower in ("image", "text"):
+        quantize_dynamic(str(work / "zeroshot-onnx_fp32" / f"{tower}.onnx"), str(per_tensor / f"{tower}.onnx"),
+                         weight_type=QuantType.QInt8, op_types_to_quantize=list(INT8_OP_TYPES))
+    scores["onnx_int8_per_tensor"] = evaluate(OnnxModel(per_tensor, threads), eval_set, processor, cpu)
     percent = {label: {k.split("/", 1)[1]: round(100 * v, 2) for k, v in s.items() if k.startswith("zeroshot/")}
                for label, s in scores.items()}
     drop = {task: round(percent["onnx_fp32"][task] - percent["onnx_int8"][task], 2) for task in percent["onnx_fp32"]}
