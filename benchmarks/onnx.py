@@ -17,14 +17,9 @@ Two parts, one JSON object (the layout of ``benchmarks/results/``):
 Targets: int8 throughput at batch 32 at least twice eager's, int8 zero-shot accuracy within 1 point of fp32's on
 every task.
 
-The allocator: PyTorch eager (and compiled) code allocates fresh activation buffers on every call, and glibc serves
-large ones with ``mmap`` and returns them on ``free``, so each call touches new pages; in a virtual machine those
-first touches are slow enough to dominate small models. onnxruntime keeps its own arena. For a fair comparison the
-script asks glibc (``mallopt``) to keep freed memory in the heap, unless ``--default-malloc``; the JSON says which.
-
-    python benchmarks/onnx.py                                  # ViT-B/32 latency; quickstart trained 400 steps
+    python benchmarks/onnx.py                                  # ViT-B/32 latency; quickstart trained 300 steps
     python benchmarks/onnx.py --model runs/quickstart/final    # zero-shot of a trained model
-    python benchmarks/onnx.py --latency-model tiny-vit --repeats 3 --train-steps 30   # a smoke run
+    python benchmarks/onnx.py --latency-model tiny-vit --repeats 3 --train-steps 40   # a smoke run
 """
 
 from __future__ import annotations
@@ -62,18 +57,6 @@ def timed(fn: Callable[[], Any], repeats: int, warmup: int) -> dict[str, float]:
         fn()
         times.append(time.perf_counter() - start)
     return {"median_ms": 1000 * statistics.median(times), "min_ms": 1000 * min(times), "runs": repeats}
-
-
-def keep_freed_memory() -> bool:
-    """glibc: serve large allocations from the heap and never trim it (``M_MMAP_THRESHOLD``, ``M_TRIM_THRESHOLD``
-    at 1 GiB), so a freed activation buffer's pages are reused; False where there is no glibc."""
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(-3, 1 << 30)) and bool(libc.mallopt(-1, 1 << 30))
-    except (OSError, AttributeError):
-        return False
 
 
 def cosine_min(a: np.ndarray, b: np.ndarray) -> float:
@@ -238,12 +221,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--eval-size", type=int, default=200, help="images per zero-shot task (default: 200)")
     parser.add_argument("--skip-zeroshot", action="store_true", help="time only")
     parser.add_argument("--skip-latency", action="store_true", help="zero-shot only")
-    parser.add_argument("--default-malloc", action="store_true",
-                        help="leave glibc's allocator as it is (see the module docstring)")
     args = parser.parse_args(argv)
-    allocator = "glibc default" if args.default_malloc else (
-        "glibc with freed memory kept (mallopt M_MMAP_THRESHOLD = M_TRIM_THRESHOLD = 1 GiB)" if keep_freed_memory()
-        else "default (mallopt unavailable)")
     torch.set_num_threads(args.threads)
     load_start = os.getloadavg()
     started = time.perf_counter()
@@ -273,7 +251,6 @@ def main(argv: list[str]) -> int:
         measured["int8_vs_eager_throughput_batch32"] = round(row["onnxruntime_int8"]["throughput_vs_eager"], 2)
     if "zeroshot" in output:
         measured["int8_zeroshot_points_below_fp32"] = max(output["zeroshot"]["int8_points_below_fp32"].values())
-    output["allocator"] = allocator
     output["targets"] = {k: {"target": v, "measured": measured.get(k),
                              "met": None if k not in measured else (measured[k] >= v if "throughput" in k
                                                                     else measured[k] <= v)}
