@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from clipforge.geometry import resize
 from clipforge.models.naflex import NaFlexBatch, preprocess
 
 BICUBIC = Image.Resampling.BICUBIC
@@ -62,33 +63,11 @@ class EvalTransform:
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         if self.resize == "squash":
-            image = _rgb(image)
-            if image.size != (self.size, self.size):
-                image = image.resize((self.size, self.size), BICUBIC)
-            return to_tensor(image, self.mean, self.std)
-        w, h = image.size
-        short, long = (w, h) if w <= h else (h, w)
-        if short != self.size:  # torchvision's Resize(int): the long side is truncated, not rounded
-            new_long = int(self.size * long / short)
-            new_w, new_h = (self.size, new_long) if w <= h else (new_long, self.size)
-            image = image.resize((new_w, new_h), BICUBIC)
-        image = center_crop(image, self.size)
-        return to_tensor(_rgb(image), self.mean, self.std)
+            return to_tensor(resize(_rgb(image), self.size, "squash"), self.mean, self.std)
+        return to_tensor(_rgb(resize(image, self.size, "shorter_crop")), self.mean, self.std)
 
     def __repr__(self) -> str:
         return f"EvalTransform(size={self.size}, resize={self.resize!r}, mean={self.mean}, std={self.std})"
-
-
-def center_crop(image: Image.Image, size: int) -> Image.Image:
-    """Centre crop to ``size``×``size`` (padding with black when the image is smaller), like torchvision."""
-    w, h = image.size
-    if w < size or h < size:
-        padded = Image.new(image.mode, (max(w, size), max(h, size)))
-        padded.paste(image, ((max(w, size) - w) // 2, (max(h, size) - h) // 2))
-        image, (w, h) = padded, padded.size
-    top = int(round((h - size) / 2.0))
-    left = int(round((w - size) / 2.0))
-    return image.crop((left, top, left + size, top + size))
 
 
 class TrainTransform:

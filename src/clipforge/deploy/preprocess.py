@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-BICUBIC = Image.Resampling.BICUBIC
+from clipforge.geometry import resize  # the eval transform's own geometry, torch-free
+
 RESIZE_RULES = ("shorter_crop", "squash")
 ALPHA_RULES = ("white", "drop")
 ImageInput = str | Path | Image.Image
@@ -64,30 +65,6 @@ def open_image(image: ImageInput, alpha: str = "white") -> Image.Image:
             return to_rgb(opened, alpha)
     except (OSError, SyntaxError, ValueError) as e:  # PIL's UnidentifiedImageError is an OSError
         raise ValueError(f"cannot read {path} as an image: {e}") from None
-
-
-def center_crop(image: Image.Image, size: int) -> Image.Image:
-    """Centre crop to ``size``×``size``, padding with black where the image is smaller (torchvision's rule)."""
-    w, h = image.size
-    if w < size or h < size:
-        padded = Image.new(image.mode, (max(w, size), max(h, size)))
-        padded.paste(image, ((max(w, size) - w) // 2, (max(h, size) - h) // 2))
-        image, (w, h) = padded, padded.size
-    top = int(round((h - size) / 2.0))
-    left = int(round((w - size) / 2.0))
-    return image.crop((left, top, left + size, top + size))
-
-
-def resize(image: Image.Image, size: int, rule: str = "shorter_crop") -> Image.Image:
-    """The eval transform's geometry: ``shorter_crop`` or ``squash`` to ``size``×``size`` (bicubic)."""
-    if rule == "squash":
-        return image if image.size == (size, size) else image.resize((size, size), BICUBIC)
-    w, h = image.size
-    short, long = (w, h) if w <= h else (h, w)
-    if short != size:  # torchvision's Resize(int): the long side is truncated, not rounded
-        new_long = int(size * long / short)
-        image = image.resize((size, new_long) if w <= h else (new_long, size), BICUBIC)
-    return center_crop(image, size)
 
 
 def normalize(pixels: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
