@@ -11,6 +11,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Adds the ``models`` and ``demo`` verbs."""
     p = verb_parser(sub, "models", help="list the registered model presets")
     p.add_argument("--params", action="store_true", help="also count each preset's parameters (meta device)")
+    names = p.add_mutually_exclusive_group()
+    names.add_argument("--open-clip", action="store_true",
+                       help="list OpenCLIP's model names and the clipforge preset each builds")
+    names.add_argument("--pretrained", action="store_true",
+                       help="list the released checkpoints loadable by name: MODEL:TAG and the hub repository")
     p.set_defaults(func=list_models)
 
     p = verb_parser(sub, "demo", help="build a model and embed a few synthetic images and captions")
@@ -19,11 +24,21 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def list_models(args: argparse.Namespace) -> int:
-    """Prints every preset, with parameter counts when asked."""
+    """Prints every preset (with parameter counts when asked), OpenCLIP's names, or the pretrained tags."""
     import torch
 
     from clipforge.api import create_model, list_models
+    from clipforge.checkpoints.hub import open_clip_aliases, pretrained_registry
 
+    if args.open_clip:
+        for name, alias in sorted(open_clip_aliases().items()):
+            print(f"{name:28s} {alias['preset']}")
+        return 0
+    if args.pretrained:
+        for model, tags in pretrained_registry().items():
+            for tag, entry in tags.items():
+                print(f"{model + ':' + tag:52s} hf-hub:{entry['repo']}")
+        return 0
     for name in list_models():
         if args.params:
             with torch.device("meta"):
