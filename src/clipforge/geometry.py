@@ -1,5 +1,6 @@
-"""The eval transform's image geometry, in PIL alone (no torch): shared by ``clipforge.transforms`` and the
-torch-free runtime ``clipforge.deploy``, so both resize and crop identically."""
+"""The eval transform's image geometry and the alpha rule, in PIL alone (no torch): shared by
+``clipforge.transforms``, ``clipforge.data.decode`` and the torch-free runtime ``clipforge.deploy``, so every path
+converts, resizes and crops identically."""
 
 from __future__ import annotations
 
@@ -31,3 +32,14 @@ def resize(image: Image.Image, size: int, rule: str = "shorter_crop") -> Image.I
         new_long = int(size * long / short)
         image = image.resize((size, new_long) if w <= h else (new_long, size), BICUBIC)
     return center_crop(image, size)
+
+
+def to_rgb(image: Image.Image, alpha: str = "white") -> Image.Image:
+    """``image`` in RGB; with ``alpha="white"`` a transparent image (RGBA, LA, P with a transparency index) is
+    composited on white, with ``"drop"`` its alpha channel is discarded (PIL's ``convert("RGB")``)."""
+    transparent = image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info)
+    if alpha == "white" and transparent:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")

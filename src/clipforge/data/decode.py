@@ -59,6 +59,8 @@ from typing import Literal
 
 from PIL import Image, UnidentifiedImageError
 
+from clipforge.geometry import to_rgb  # the one alpha rule, shared with the eval transform and clipforge.deploy
+
 REASONS = ("empty", "not_image", "truncated", "corrupt", "too_large", "bad_size", "no_image", "no_caption",
            "bad_text", "broken_member", "error")
 IMAGE_FIELDS = ("jpg", "jpeg", "png", "webp")
@@ -294,17 +296,6 @@ def read_bytes(path: str | Path, limit: int, missing: str = "no_image") -> bytes
     if len(data) > limit:
         raise BadSample("too_large", f"{path} is over {limit} bytes")
     return data
-
-
-def to_rgb(image: Image.Image, alpha: str = "white") -> Image.Image:
-    """``image`` in RGB; with ``alpha="white"`` a transparent image (RGBA, LA, P with a transparency index) is
-    composited on white, with ``"drop"`` its alpha channel is discarded (PIL's ``convert("RGB")``)."""
-    transparent = image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info)
-    if alpha == "white" and transparent:
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
 
 
 def decode_text(data: bytes | str, limits: DecodeLimits = DEFAULT_LIMITS) -> list[str]:

@@ -24,24 +24,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from clipforge.geometry import resize  # the eval transform's own geometry, torch-free
+from clipforge.geometry import resize, to_rgb  # the eval transform's own geometry and alpha rule, torch-free
 
 RESIZE_RULES = ("shorter_crop", "squash")
 ALPHA_RULES = ("white", "drop")
 ImageInput = str | Path | Image.Image
-
-
-def to_rgb(image: Image.Image, alpha: str = "white") -> Image.Image:
-    """``image`` in RGB, as ``clipforge.data.decode.to_rgb``: with ``alpha="white"`` a transparent image is
-    composited on white, with ``"drop"`` its alpha channel is discarded."""
-    if image.mode == "RGB":
-        return image
-    transparent = image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info)
-    if alpha == "white" and transparent:
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
 
 
 def open_image(image: ImageInput, alpha: str = "white") -> Image.Image:
