@@ -227,7 +227,9 @@ class Collection:
         if "::" in path:
             shard, key = path.split("::", 1)
             with self._lock:
-                tar = self._tars.get(shard) or self._tars.setdefault(shard, tarfile.open(self._resolve(shard)))
+                if shard not in self._tars:  # kept open: a served collection reads many members of each shard
+                    self._tars[shard] = tarfile.open(self._resolve(shard))  # noqa: SIM115
+                tar = self._tars[shard]
                 member = tar.getmember(key)
                 if member.size > limit:
                     raise ValueError(f"{path}: {member.size} bytes, over the {limit}-byte limit")
