@@ -207,7 +207,7 @@ class Collection:
             ValueError: when the weights' fingerprint differs from the one recorded in embed.json (queries embedded
                 by another model would not be comparable with the collection's rows).
         """
-        from clipforge.cli.eval import load_eval_model
+        from clipforge.eval.loading import load_eval_model
 
         recorded = self.model
         model, _, _ = load_eval_model(spec or recorded["spec"], device, pretrained=None if spec else
