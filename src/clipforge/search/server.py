@@ -219,10 +219,7 @@ def load_searcher(directory: str | Path, device: str | None = None, model: str |
     from clipforge.search.collection import Collection
     from clipforge.search.searcher import Searcher
 
-    collection = Collection.open(directory)
-    if model is not None:
-        return Searcher(collection, device=device, model=model)
-    return Searcher(collection, device=device)
+    return Searcher(Collection.open(directory), device=device, model=model)
 
 
 def create_app(source: Any, token: str | None = None, limits: ServerLimits | None = None,
@@ -263,7 +260,8 @@ def create_app(source: Any, token: str | None = None, limits: ServerLimits | Non
         for batcher in batchers.values():
             batcher.close()
 
-    app = FastAPI(title="clipforge search", version="1", lifespan=lifespan,
+    # No /docs or /redoc: FastAPI's pages load scripts from a CDN; /openapi.json describes the API.
+    app = FastAPI(title="clipforge search", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description=f"Search {collection.size} items embedded with {info.get('name')} "
                               f"({collection.directory.name}).")
     app.state.searcher, app.state.batchers, app.state.limits = searcher, batchers, limits
