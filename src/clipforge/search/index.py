@@ -1,0 +1,464 @@
+"""faiss indices over a collection's embeddings: what ``clipforge index`` builds and search loads.
+
+Every index scores by inner product over L2-normalised rows (= cosine similarity). The kinds:
+
+- ``flat``: exact search (``IndexFlatIP``), n·d multiply-adds per query, no recall loss.
+- ``hnsw``: a graph (``HNSW32``) over the full vectors; fast queries, slow builds, vectors + graph in memory.
+- ``ivf``: inverted lists over k-means cells (``IVF{nlist},Flat``), full vectors; builds in minutes at millions.
+- ``ivfpq``: IVF with product-quantised codes (m bytes a row) re-ranked by 8- or 4-bit scalar codes when the
+  memory budget allows: for collections whose full vectors do not fit.
+- ``auto`` (:func:`choose_index`): flat for small collections, HNSW or IVF for medium ones, IVF-PQ for large
+  ones or when ``--memory`` forbids full vectors, as autofaiss does; the reason is recorded.
+
+Approximate kinds get their search parameters (``nprobe``, ``efSearch``, ``k_factor``) by measuring recall@10
+against exact search on held-out queries, raising them until recall@10 ≥ 0.95 (:func:`tune_search`).
+
+``DIR/index/<modality>.faiss`` is loaded memory-mapped (``IO_FLAG_MMAP_IFC``, zero-copy: in faiss-cpu 1.15 it
+maps the vectors and codes of every kind here, and IVF's inverted lists; HNSW's neighbour lists, n·2M·4 bytes,
+are still read into memory), so a large index is served from the page cache, not from a copy in RAM. A
+collection without an index is searched exactly over its memory-mapped ``.npy`` parts (:class:`ExactParts`).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+KINDS = ("auto", "flat", "ivf", "hnsw", "ivfpq")
+TARGET_RECALL = 0.95
+INDEX_FORMAT = "clipforge-index"
+INDEX_JSON = "index.json"
+_FOLDERS = {"image": "img_emb", "text": "text_emb"}
+_UNITS = {"": 1, "b": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4,
+          "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
+
+
+def faiss_module() -> Any:
+    """``faiss``, or an ImportError naming the extra."""
+    try:
+        import faiss
+    except ImportError:
+        raise ImportError("vector indices need faiss: pip install 'clipforge[search]'") from None
+    return faiss
+
+
+def parse_memory(text: str) -> int:
+    """A memory budget in bytes: ``"4G"`` / ``"4GB"`` (10⁹), ``"2GiB"`` (2³⁰), ``"512M"``, ``"1.5g"``, plain bytes.
+
+    Raises:
+        ValueError: not a positive amount with a known unit.
+    """
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]i?b?|b)?\s*", str(text).lower())
+    unit = (m.group(2) or "") if m else ""
+    unit = unit[:-1] if unit.endswith("b") and len(unit) == 2 and unit[1] == "b" else unit  # "gb" → "g"
+    if not m or unit not in _UNITS or float(m.group(1)) <= 0:
+        raise ValueError(f"memory budget {text!r}: expected a positive size such as 4G, 512M, 2GiB or 1000000 "
+                         "(bytes)")
+    return int(float(m.group(1)) * _UNITS[unit])
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Where ``auto`` switches kinds (parameters so tests can exercise every kind on small data).
+
+    Attributes:
+        flat_max: Up to this many rows: exact search.
+        hnsw_max: Up to this many rows (and vectors + graph within budget): HNSW; above it: IVF-Flat.
+        ivfpq_min: From this many rows: IVF-PQ even when full vectors would fit.
+    """
+
+    flat_max: int = 100_000
+    hnsw_max: int = 500_000
+    ivfpq_min: int = 20_000_000
+
+
+@dataclass
+class IndexPlan:
+    """What to build: ``kind`` (one of :data:`KINDS` but ``auto``), its ``params`` and why it was chosen."""
+
+    kind: str
+    params: dict[str, Any] = field(default_factory=dict)
+    reason: str = ""
+
+
+def _nlist(n: int) -> int:
+    """IVF cells: a power of two near 4·√n, with at least 39 training rows per cell (faiss's minimum)."""
+    target = 4 * math.sqrt(max(n, 1))
+    nlist = 2 ** max(0, round(math.log2(target)))
+    while nlist > 1 and nlist * 39 > n:
+        nlist //= 2
+    return nlist
+
+
+def _divisor_at_most(d: int, target: int) -> int:
+    return max(m for m in range(1, max(1, target) + 1) if d % m == 0)
+
+
+def estimate_bytes(kind: str, n: int, dim: int, params: dict[str, Any]) -> int:
+    """The approximate size of an index (its file, and its memory when fully loaded)."""
+    if kind == "flat":
+        return n * dim * 4
+    if kind == "hnsw":
+        return n * dim * 4 + int(n * (2 * params.get("M", 32) * 4 * 1.1 + 12))
+    centroids = params.get("nlist", 1) * dim * 4
+    if kind == "ivf":
+        return n * (dim * 4 + 8) + centroids
+    refine = {"SQ8": dim, "SQ4": (dim + 1) // 2, None: 0}[params.get("refine")]
+    return n * (params["m"] + 8 + refine) + centroids + 256 * dim * 4
+
+
+def choose_index(n: int, dim: int, memory_bytes: int | None = None, thresholds: Thresholds | None = None,
+                 kind: str = "auto") -> IndexPlan:
+    """The index to build for ``n`` rows of dimension ``dim`` within ``memory_bytes`` (see the module docstring).
+
+    Args:
+        n: Rows.
+        dim: Their dimension.
+        memory_bytes: The most the index may take; no limit when ``None``.
+        thresholds: Where ``auto`` switches kinds.
+        kind: ``auto``, or a kind to build whatever the size (its parameters are still chosen here).
+
+    Raises:
+        ValueError: an unknown kind, no rows, or a budget too small for the kind (or, for ``auto``, for even
+            IVF-PQ at 4 bytes a row); the message says what is needed.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown index kind {kind!r}: expected one of {', '.join(KINDS)}")
+    if n < 1 or dim < 1:
+        raise ValueError(f"cannot index {n} rows of dimension {dim}: the collection is empty")
+    t = thresholds or Thresholds()
+    budget = math.inf if memory_bytes is None else memory_bytes
+    nlist = _nlist(n)
+    plans = {"flat": IndexPlan("flat", {}), "hnsw": IndexPlan("hnsw", {"M": 32, "efConstruction": 80}),
+             "ivf": IndexPlan("ivf", {"nlist": nlist})}
+    mib = f"{budget / 2**20:.0f} MiB" if memory_bytes is not None else "no limit"
+
+    def fits(plan: IndexPlan) -> bool:
+        return estimate_bytes(plan.kind, n, dim, plan.params) <= budget
+
+    def ivfpq() -> IndexPlan:
+        options = [(d8, r) for r in ("SQ8", "SQ4", None) for d8 in (8, 16)] + [(32, None), (64, None), (128, None)]
+        for dsub, refine in options:
+            plan = IndexPlan("ivfpq", {"nlist": nlist, "m": _divisor_at_most(dim, max(1, dim // dsub)),
+                                       "nbits": 8, "refine": refine})
+            if fits(plan):
+                return plan
+        need = estimate_bytes("ivfpq", n, dim, plan.params)
+        raise ValueError(f"memory budget {mib} is too small for {n} rows of dimension {dim}: even IVF-PQ with "
+                         f"{plan.params['m']}-byte codes needs {need / 2**20:.1f} MiB ({need} bytes)")
+
+    if kind != "auto":
+        plan = ivfpq() if kind == "ivfpq" else plans[kind]
+        need = estimate_bytes(plan.kind, n, dim, plan.params)
+        if need > budget:
+            raise ValueError(f"memory budget {mib} is too small for a {kind} index of {n} rows of dimension {dim}: "
+                             f"it needs {need / 2**20:.1f} MiB ({need} bytes); use --kind auto or ivfpq")
+        plan.reason = f"--kind {kind} (asked for); about {need / 2**20:.1f} MiB"
+        return plan
+    full = n * dim * 4
+    if n <= t.flat_max and fits(plans["flat"]):
+        plan = plans["flat"]
+        plan.reason = (f"n = {n} ≤ {t.flat_max}: exact search ({n * dim:.3g} multiply-adds a query) is fast enough "
+                       "and loses no recall")
+    elif n >= t.ivfpq_min or not fits(plans["ivf"]):
+        plan = ivfpq()
+        why = (f"n = {n} ≥ {t.ivfpq_min}" if n >= t.ivfpq_min else
+               f"the full vectors ({full / 2**20:.1f} MiB) do not fit the {mib} budget")
+        plan.reason = (f"{why}: IVF-PQ with {plan.params['m']}-byte codes"
+                       f"{', re-ranked by ' + plan.params['refine'] + ' codes' if plan.params['refine'] else ''}, "
+                       f"{plan.params['nlist']} cells, about {estimate_bytes('ivfpq', n, dim, plan.params) / 2**20:.1f}"
+                       " MiB")
+    elif n <= t.hnsw_max and fits(plans["hnsw"]):
+        plan = plans["hnsw"]
+        plan.reason = (f"{t.flat_max} < n = {n} ≤ {t.hnsw_max} and the vectors + graph fit ({mib}): HNSW32, the "
+                       "fastest queries at high recall")
+    else:
+        plan = plans["ivf"]
+        why = f"n = {n} > {t.hnsw_max}" if n > t.hnsw_max else f"the HNSW graph does not fit the {mib} budget"
+        plan.reason = (f"{why} (HNSW builds too slowly / too large) and the full vectors fit ({mib}): IVF-Flat with "
+                       f"{nlist} cells")
+    return plan
+
+
+def factory_string(plan: IndexPlan, dim: int) -> str:
+    """The faiss ``index_factory`` string of a plan."""
+    p = plan.params
+    if plan.kind == "flat":
+        return "Flat"
+    if plan.kind == "hnsw":
+        return f"HNSW{p['M']},Flat"
+    if plan.kind == "ivf":
+        return f"IVF{p['nlist']},Flat"
+    if plan.kind == "ivfpq":
+        refine = f",Refine({p['refine']})" if p.get("refine") else ""
+        return f"IVF{p['nlist']},PQ{p['m']}x{p.get('nbits', 8)}{refine}"
+    raise ValueError(f"unknown index kind {plan.kind!r}: expected one of {', '.join(KINDS[1:])}")
+
+
+def normalized(vectors: np.ndarray) -> np.ndarray:
+    """Rows as contiguous float32, L2-normalised (zero rows stay zero)."""
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.ascontiguousarray(x / np.maximum(norms, 1e-12), dtype=np.float32)
+
+
+def held_out_queries(vectors: np.ndarray, count: int = 1000, noise: float = 0.75, seed: int = 0) -> np.ndarray:
+    """Queries near the data but not in it: sampled rows plus Gaussian noise of norm ≈ ``noise``, re-normalised."""
+    rng = np.random.default_rng(seed)
+    rows = rng.choice(len(vectors), size=min(count, len(vectors)), replace=False)
+    x = np.asarray(vectors[np.sort(rows)], dtype=np.float32)
+    x = x + rng.standard_normal(x.shape, dtype=np.float32) * (noise / math.sqrt(x.shape[1]))
+    return normalized(x)
+
+
+def exact_neighbours(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """The true top-``k`` ids of each query by inner product (faiss ``IndexFlatIP``)."""
+    faiss = faiss_module()
+    flat = faiss.IndexFlatIP(vectors.shape[1])
+    flat.add(np.ascontiguousarray(vectors, dtype=np.float32))
+    return np.asarray(flat.search(np.ascontiguousarray(queries, dtype=np.float32), k)[1])
+
+
+def _recall(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean |found ∩ truth| / k over queries (intersection recall@k)."""
+    k = truth.shape[1]
+    return float(np.mean([len(set(f[f >= 0].tolist()) & set(t.tolist())) / k
+                          for f, t in zip(found, truth, strict=True)]))
+
+
+def recall_at_k(index: Any, vectors: np.ndarray, queries: np.ndarray, k: int = 10,
+                truth: np.ndarray | None = None) -> float:
+    """Intersection recall@k of ``index`` against exact inner-product search over ``vectors``: the mean fraction of
+    each query's true top ``k`` that the index returns in its top ``k``.
+
+    Args:
+        index: A faiss index (or anything with ``search(queries, k) -> (scores, ids)``) over ``vectors``.
+        vectors: (N, D) the indexed rows.
+        queries: (Q, D) held-out queries.
+        k: Neighbours compared.
+        truth: The exact top-k ids when already computed.
+    """
+    k = min(k, len(vectors))
+    truth = exact_neighbours(vectors, queries, k) if truth is None else truth[:, :k]
+    found = np.asarray(index.search(np.ascontiguousarray(queries, dtype=np.float32), k)[1])
+    return _recall(found, truth)
+
+
+def set_search_params(index: Any, params: dict[str, Any]) -> None:
+    """Sets ``nprobe`` / ``efSearch`` / ``k_factor`` on ``index`` (and its sub-indices) via ``ParameterSpace``."""
+    faiss = faiss_module()
+    space = faiss.ParameterSpace()
+    for name, value in params.items():
+        if name == "k_factor":  # ParameterSpace does not know IndexRefine's
+            faiss.downcast_index(index).k_factor = float(value)
+        else:
+            space.set_index_parameter(index, name, value)
+
+
+def tune_search(index: Any, kind: str, vectors: np.ndarray, queries: np.ndarray, k: int = 10,
+                target: float = TARGET_RECALL, truth: np.ndarray | None = None) -> dict[str, Any]:
+    """The cheapest search parameters reaching recall@k ≥ ``target`` on ``queries`` (left set on ``index``).
+
+    Tries ``efSearch`` (HNSW), ``nprobe`` (IVF) and, for re-ranked IVF-PQ, ``k_factor`` in increasing order; when no
+    setting reaches the target, keeps the best one found and says so.
+
+    Returns:
+        ``{"search_params", "tune_recall_at_k", "target_met"}``.
+    """
+    truth = exact_neighbours(vectors, queries, k) if truth is None else truth
+    if kind == "flat":
+        return {"search_params": {}, "tune_recall_at_k": 1.0, "target_met": True}
+    if kind == "hnsw":
+        grid = [{"efSearch": e} for e in (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024) if e >= k]
+    else:
+        nlist = int(faiss_module().extract_index_ivf(index).nlist)
+        probes = sorted({min(2**i, nlist) for i in range(int(math.log2(nlist)) + 2)})
+        refined = kind == "ivfpq" and type(index).__name__.startswith("IndexRefine")
+        grid = [{"nprobe": p, **({"k_factor": f} if refined else {})} for p in probes
+                for f in ((2, 4, 8, 16) if refined else (1,))]
+    best: tuple[float, dict[str, Any]] = (-1.0, grid[-1])
+    for params in grid:
+        set_search_params(index, params)
+        r = recall_at_k(index, vectors, queries, k, truth)
+        if r > best[0]:
+            best = (r, params)
+        if r >= target:
+            return {"search_params": params, "tune_recall_at_k": round(r, 4), "target_met": True}
+    set_search_params(index, best[1])
+    return {"search_params": best[1], "tune_recall_at_k": round(best[0], 4), "target_met": False}
+
+
+def build_index(vectors: np.ndarray, plan: IndexPlan, queries: np.ndarray | None = None,
+                target: float = TARGET_RECALL, train_size: int | None = None, seed: int = 0,
+                record: dict[str, Any] | None = None) -> Any:
+    """Builds and tunes the index a plan describes over ``vectors`` (rows L2-normalised here; ids 0 … N-1).
+
+    Half of ``queries`` tunes the search parameters (:func:`tune_search`), the other half measures recall@10.
+
+    Args:
+        vectors: (N, D) embeddings.
+        plan: From :func:`choose_index`.
+        queries: (Q, D) held-out queries; sampled rows plus noise (:func:`held_out_queries`) when ``None``.
+        target: The recall@10 the tuning aims for.
+        train_size: Rows IVF k-means trains on (a random sample); 50 a cell (at most N) when ``None``.
+        seed: Seeds the training sample and the queries.
+        record: When given, filled with ``factory``, ``search_params``, ``recall_at_10`` (on the evaluation half),
+            ``target_met``, ``train_rows``, ``build_seconds``, ``tune_seconds``.
+
+    Returns:
+        The faiss index, its search parameters set.
+    """
+    faiss = faiss_module()
+    x = normalized(vectors)
+    n, dim = x.shape
+    factory = factory_string(plan, dim)
+    start = time.perf_counter()
+    index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    train_rows = 0
+    if not index.is_trained:
+        train_rows = min(n, train_size or 50 * int(plan.params.get("nlist", 1)))
+        sample = np.random.default_rng(seed).choice(n, size=train_rows, replace=False)
+        ivf = faiss.extract_index_ivf(index)
+        ivf.cp.niter = 10  # k-means converges enough for search in 10 rounds; faiss's 25 triples the build
+        ivf.cp.seed = seed
+        index.train(x[np.sort(sample)])
+    if plan.kind == "hnsw":
+        index.hnsw.efConstruction = int(plan.params.get("efConstruction", 40))
+    for i in range(0, n, 65536):  # adding in chunks keeps temporary buffers small
+        index.add(x[i:i + 65536])
+    built = time.perf_counter() - start
+    q = normalized(queries) if queries is not None else held_out_queries(x, seed=seed)
+    k = min(10, n)
+    truth = exact_neighbours(x, q, k)
+    half = max(1, len(q) // 2) if len(q) > 1 else 1
+    tune_q, tune_t = q[:half], truth[:half]
+    eval_q, eval_t = (q[half:], truth[half:]) if len(q) > 1 else (q, truth)
+    start = time.perf_counter()
+    tuned = tune_search(index, plan.kind, x, tune_q, k, target, tune_t)
+    tune_seconds = time.perf_counter() - start
+    if record is not None:
+        record.update(factory=factory, search_params=tuned["search_params"], target_met=tuned["target_met"],
+                      recall_at_10=round(recall_at_k(index, x, eval_q, k, eval_t), 4),
+                      tune_recall_at_10=tuned["tune_recall_at_k"], queries=len(q), train_rows=train_rows,
+                      build_seconds=round(built, 3), tune_seconds=round(tune_seconds, 3))
+    return index
+
+
+# -- collections --------------------------------------------------------------------------------------------------
+
+def _collection_parts(directory: Path, modality: str) -> tuple[dict[str, Any], list[Path]]:
+    """embed.json and the sorted embedding parts of ``modality``; refuses what is not a finished collection."""
+    if modality not in _FOLDERS:
+        raise ValueError(f"unknown modality {modality!r}: expected image or text")
+    manifest_path = directory / "embed.json"
+    if not directory.is_dir() or not manifest_path.is_file():
+        raise ValueError(f"{directory}: not a collection (no embed.json; make one with `clipforge embed`)")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{manifest_path}: not valid JSON ({e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != "clipforge-collection":
+        raise ValueError(f"{manifest_path}: not a clipforge collection manifest (format should be "
+                         "'clipforge-collection')")
+    if manifest.get("complete") is not True:
+        raise ValueError(f"{directory}: the embed run has not finished (embed.json complete: "
+                         f"{json.dumps(manifest.get('complete'))}); rerun the same `clipforge embed` command first")
+    folder = _FOLDERS[modality]
+    parts = sorted((directory / folder).glob(f"{folder}_*.npy"))
+    if not parts:
+        raise ValueError(f"{directory}: no {folder}/{folder}_*.npy embeddings"
+                         f"{' (embed with --texts for text embeddings)' if modality == 'text' else ''}")
+    return manifest, parts
+
+
+def _read_parts(parts: list[Path]) -> np.ndarray:
+    arrays = [np.load(p, mmap_mode="r") for p in parts]
+    dims = {a.shape[1] for a in arrays if a.ndim == 2}
+    if any(a.ndim != 2 for a in arrays) or len(dims) != 1:
+        raise ValueError(f"{parts[0].parent}: parts must be 2-D arrays of one dimension, got "
+                         f"{[a.shape for a in arrays]}")
+    return np.concatenate([np.asarray(a, dtype=np.float32) for a in arrays])
+
+
+def read_index_json(directory: str | Path) -> dict[str, Any]:
+    """``DIR/index.json`` (``{"format", "version", "indices": {modality: entry}}``), empty when absent."""
+    path = Path(directory) / INDEX_JSON
+    if not path.is_file():
+        return {"format": INDEX_FORMAT, "version": 1, "indices": {}}
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict) or data.get("format") != INDEX_FORMAT or not isinstance(data.get("indices"), dict):
+        raise ValueError(f"{path}: not a clipforge index record (format should be {INDEX_FORMAT!r})")
+    return data
+
+
+def build_collection_index(directory: str | Path, kind: str = "auto", memory: int | str | None = None,
+                           modality: str = "image", thresholds: Thresholds | None = None,
+                           target: float = TARGET_RECALL) -> dict[str, Any]:
+    """Builds ``DIR/index/<modality>.faiss`` over a finished collection and records it in ``DIR/index.json``.
+
+    Recall is measured on the collection's text embeddings as queries when it has them (real cross-modal queries
+    for an image index), else on held-out image rows with noise.
+
+    Args:
+        directory: The collection.
+        kind: One of :data:`KINDS`.
+        memory: The budget (bytes, or a string for :func:`parse_memory`); none when ``None``.
+        modality: ``image`` or ``text`` embeddings.
+        thresholds: ``auto``'s switch points.
+        target: The recall@10 the search parameters are tuned for.
+
+    Returns:
+        The index.json entry: kind, params, reason, factory, search_params, build_seconds, memory_bytes,
+        recall_at_10, target_met, queries, query_source, n, dim, faiss version, date, file.
+
+    Raises:
+        ValueError: not a finished collection, an unknown kind, or a budget too small.
+    """
+    faiss = faiss_module()
+    root = Path(directory)
+    if kind not in KINDS:
+        raise ValueError(f"unknown index kind {kind!r}: expected one of {', '.join(KINDS)}")
+    budget = parse_memory(memory) if isinstance(memory, str) else memory
+    _, parts = _collection_parts(root, modality)
+    x = normalized(_read_parts(parts))
+    n, dim = x.shape
+    plan = choose_index(n, dim, budget, thresholds, kind)
+    other = "text" if modality == "image" else "image"
+    other_parts = sorted((root / _FOLDERS[other]).glob(f"{_FOLDERS[other]}_*.npy"))
+    if other_parts:
+        rows = normalized(_read_parts(other_parts))
+        pick = np.random.default_rng(0).choice(len(rows), size=min(1000, len(rows)), replace=False)
+        queries, source = rows[np.sort(pick)], f"{other} embeddings of the collection ({min(1000, len(rows))})"
+    else:
+        queries, source = held_out_queries(x), f"held-out {modality} rows plus noise ({min(1000, n)})"
+    record: dict[str, Any] = {}
+    index = build_index(x, plan, queries, target=target, record=record)
+    out = root / "index" / f"{modality}.faiss"
+    out.parent.mkdir(exist_ok=True)
+    tmp = out.with_suffix(".faiss.tmp")
+    faiss.write_index(index, str(tmp))
+    tmp.replace(out)
+    entry = {"kind": plan.kind, "params": plan.params, "reason": plan.reason, **record,
+             "memory_bytes": out.stat().st_size, "memory_budget_bytes": budget, "query_source": source,
+             "n": n, "dim": dim, "faiss": faiss.__version__, "date": datetime.date.today().isoformat(),
+             "file": f"index/{modality}.faiss"}
+    data = read_index_json(root)
+    data["indices"][modality] = entry
+    tmp_json = root / (INDEX_JSON + ".tmp")
+    tmp_json.write_text(json.dumps(data, indent=2) + "\n")
+    tmp_json.replace(root / INDEX_JSON)
+    return entry
+
+
+from clipforge.search.vector_index import ExactParts, VectorIndex  # noqa: E402  (re-exported: one import for users)
+
+__all__ = ["KINDS", "ExactParts", "IndexPlan", "Thresholds", "VectorIndex", "build_collection_index", "build_index",
+           "choose_index", "parse_memory", "recall_at_k"]
