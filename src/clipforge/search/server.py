@@ -289,10 +289,11 @@ def create_app(source: Any, token: str | None = None, limits: ServerLimits | Non
         vector = np.asarray(body.embedding, dtype=np.float64)
         if vector.shape != (collection.dim,):
             raise _unprocessable(f"embedding: {vector.size} values, expected {collection.dim}")
-        norm = float(np.linalg.norm(vector)) if np.isfinite(vector).all() else math.nan
-        if not math.isfinite(norm) or norm == 0:
+        peak = float(np.abs(vector).max()) if np.isfinite(vector).all() else math.nan
+        if not math.isfinite(peak) or peak == 0:
             raise _unprocessable("embedding: values must be finite and not all zero")
-        return (vector / norm).astype(np.float32)
+        vector = vector / peak  # first to at most 1, so that the norm of huge values does not overflow
+        return (vector / np.linalg.norm(vector)).astype(np.float32)
 
     @app.post("/search", response_model=SearchResponse, dependencies=auth, responses=ERRORS,
               summary="the items nearest to a text, an image or a vector")
