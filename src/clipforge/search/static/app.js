@@ -241,6 +241,12 @@ async function about() {
 function setUp() {
   readToken();
   about();
+  window.addEventListener("hashchange", () => {
+    if (new URLSearchParams(window.location.hash.slice(1)).has("token")) {
+      readToken();
+      about();
+    }
+  });
   $("text-form").addEventListener("submit", (event) => {
     event.preventDefault();
     const text = $("query").value.trim();
