@@ -17,6 +17,7 @@ from clipforge.search.collection import METADATA_COLUMNS, Collection, part_name
 from clipforge.search.embed import EmbedSettings, embed
 from conftest import N_PHOTOS, photo, write_photos
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matrices: a second thread only adds contention
 FP16 = 2e-3  # float16 storage of unit-norm rows: each entry within about 1e-3 of the float32 value
 
 
