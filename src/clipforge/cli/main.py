@@ -17,6 +17,8 @@ VERB_MODULES = [
     "clipforge.cli.convert",
     "clipforge.cli.export",
     "clipforge.cli.data",
+    "clipforge.cli.embed",
+    "clipforge.cli.serve",
     "clipforge.vqa.cli",
 ]
 
