@@ -40,6 +40,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "the recorded ones")
     p.add_argument("--max-k", type=whole_number(1, 10_000), default=100,
                    help="most results one search may ask for (default: 100)")
+    p.add_argument("--batch-items", type=whole_number(1, 4096), default=64,
+                   help="most queries encoded in one batch (default: 64; 1 turns micro-batching off)")
+    p.add_argument("--batch-wait-ms", type=whole_number(0, 1000), default=2,
+                   help="how long a batch waits for more queries, in ms (default: 2)")
     p.set_defaults(func=run)
 
 
@@ -55,5 +59,5 @@ def run(args: argparse.Namespace) -> int:
     shown = f"[{args.host}]" if ":" in args.host else args.host
     print(f"clipforge serve: http://{shown}:{args.port}/ (the API: /openapi.json)", file=sys.stderr)
     serve(args.directory, host=args.host, port=args.port, token=args.token, device=args.device, model=args.model,
-          limits=ServerLimits(max_k=args.max_k))
+          limits=ServerLimits(max_k=args.max_k, batch_items=args.batch_items, batch_wait_ms=args.batch_wait_ms))
     return 0

@@ -87,7 +87,8 @@ class ServerLimits:
             against the same labels).
         decode: Limits on query images (pixels, bytes, formats); the server's default allows 25 Mpx.
         batch_items: Most queries encoded in one batch.
-        batch_wait_ms: How long a batch waits for more queries.
+        batch_wait_ms: How long a batch of model inputs waits for more (while the model is busy, queries queue up
+            and form the next batch anyway).
     """
 
     max_k: int = 100
@@ -102,7 +103,7 @@ class ServerLimits:
     decode: DecodeLimits = field(default_factory=lambda: DecodeLimits(max_pixels=25_000_000,
                                                                       max_image_bytes=12 << 20))
     batch_items: int = 64
-    batch_wait_ms: float = 5.0
+    batch_wait_ms: float = 2.0
 
 
 # -- the body-size guard ------------------------------------------------------------------------------------------
@@ -251,7 +252,8 @@ def create_app(source: Any, token: str | None = None, limits: ServerLimits | Non
     batchers: dict[str, MicroBatcher[Any, Any]] = {
         "text": MicroBatcher(searcher.encode_texts, limits.batch_items, limits.batch_wait_ms, "clipforge-text"),
         "image": MicroBatcher(searcher.encode_images, limits.batch_items, limits.batch_wait_ms, "clipforge-image"),
-        "search": MicroBatcher(search_batch, limits.batch_items, limits.batch_wait_ms, "clipforge-search"),
+        # An exact or faiss search takes about a millisecond: batched only when searches pile up, never waited for.
+        "search": MicroBatcher(search_batch, limits.batch_items, 0.0, "clipforge-search"),
     }
 
     @contextlib.asynccontextmanager
