@@ -56,8 +56,6 @@ def run(args: argparse.Namespace) -> int:
     if args.host not in LOOPBACK and args.token is None:
         print(f"warning: serving on {args.host} without --token: anyone who can reach it can search the collection "
               "and read its images", file=sys.stderr)
-    shown = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"clipforge serve: http://{shown}:{args.port}/ (the API: /openapi.json)", file=sys.stderr)
     serve(args.directory, host=args.host, port=args.port, token=args.token, device=args.device, model=args.model,
           limits=ServerLimits(max_k=args.max_k, batch_items=args.batch_items, batch_wait_ms=args.batch_wait_ms))
     return 0

@@ -29,6 +29,7 @@ import contextlib
 import hmac
 import io
 import math
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
@@ -419,4 +420,6 @@ def serve(source: Any, host: str = "127.0.0.1", port: int = 8000, token: str | N
     except ImportError:  # pragma: no cover - depends on the environment
         raise ImportError("clipforge serve needs FastAPI and uvicorn: pip install 'clipforge[server]'") from None
     app = create_app(source, token=token, limits=limits, device=device, model=model)
+    shown = f"[{host}]" if ":" in host else host
+    print(f"clipforge serve: http://{shown}:{port}/ (the API: /openapi.json)", file=sys.stderr)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
