@@ -58,9 +58,9 @@ def test_index_errors(collection: Path, tmp_path: Path, capsys: pytest.CaptureFi
     code, _, err = run(["index", str(collection), "--memory", "lots"], capsys)
     assert code == 2 and "memory budget 'lots'" in err
     code, _, err = run(["index", str(tmp_path / "nowhere")], capsys)
-    assert code == 2 and "not a collection" in err
+    assert code == 2 and "no such collection folder" in err
     code, _, err = run(["index", str(collection), "--modality", "text"], capsys)
-    assert code == 2 and "no text_emb" in err
+    assert code == 2 and "no text embeddings" in err
     with pytest.raises(SystemExit) as e:
         cli_main.main(["index", str(collection), "--kind", "annoy"])
     assert e.value.code == 2 and "invalid choice: 'annoy'" in capsys.readouterr().err

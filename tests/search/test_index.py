@@ -148,7 +148,7 @@ def test_collection_index_files_and_record(tmp_path: Path) -> None:
 
 
 def test_refuses_what_is_not_a_finished_collection(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="not a collection"):
+    with pytest.raises(ValueError, match="no embed.json manifest.*a collection written by `clipforge embed`"):
         build_collection_index(tmp_path)
     unfinished = write_collection(tmp_path / "u", clustered(50, 8), complete=False)
     with pytest.raises(ValueError, match="has not finished.*complete: false"):
@@ -158,7 +158,7 @@ def test_refuses_what_is_not_a_finished_collection(tmp_path: Path) -> None:
     done = write_collection(tmp_path / "d", clustered(50, 8))
     with pytest.raises(ValueError, match="unknown index kind 'lsh'"):
         build_collection_index(done, kind="lsh")
-    with pytest.raises(ValueError, match="no text_emb.*--texts"):
+    with pytest.raises(ValueError, match="no text embeddings.*--texts"):
         build_collection_index(done, modality="text")
 
 

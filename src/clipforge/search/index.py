@@ -359,38 +359,27 @@ def build_index(vectors: np.ndarray, plan: IndexPlan, queries: np.ndarray | None
 
 # -- collections --------------------------------------------------------------------------------------------------
 
-def _collection_parts(directory: Path, modality: str) -> tuple[dict[str, Any], list[Path]]:
-    """embed.json and the sorted embedding parts of ``modality``; refuses what is not a finished collection."""
+def collection_parts(directory: str | Path, modality: str = "image") -> list[np.ndarray]:
+    """The memory-mapped ``modality`` embedding parts of a finished collection, in id order (read through
+    :class:`~clipforge.search.collection.Collection`, which checks the manifest and each part against its marker).
+
+    Raises:
+        ValueError: not a collection, an unfinished one (embed.json ``complete: false``), an unknown modality or
+            one the collection lacks, or parts that disagree with their markers.
+    """
+    from clipforge.search.collection import Collection
+
     if modality not in _FOLDERS:
         raise ValueError(f"unknown modality {modality!r}: expected image or text")
-    manifest_path = directory / "embed.json"
-    if not directory.is_dir() or not manifest_path.is_file():
-        raise ValueError(f"{directory}: not a collection (no embed.json; make one with `clipforge embed`)")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{manifest_path}: not valid JSON ({e})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != "clipforge-collection":
-        raise ValueError(f"{manifest_path}: not a clipforge collection manifest (format should be "
-                         "'clipforge-collection')")
-    if manifest.get("complete") is not True:
-        raise ValueError(f"{directory}: the embed run has not finished (embed.json complete: "
-                         f"{json.dumps(manifest.get('complete'))}); rerun the same `clipforge embed` command first")
-    folder = _FOLDERS[modality]
-    parts = sorted((directory / folder).glob(f"{folder}_*.npy"))
+    collection = Collection(directory)
+    parts = list(collection.part_arrays(modality))
     if not parts:
-        raise ValueError(f"{directory}: no {folder}/{folder}_*.npy embeddings"
-                         f"{' (embed with --texts for text embeddings)' if modality == 'text' else ''}")
-    return manifest, parts
+        raise ValueError(f"{directory}: the collection has no {modality} embedding parts")
+    return parts
 
 
-def _read_parts(parts: list[Path]) -> np.ndarray:
-    arrays = [np.load(p, mmap_mode="r") for p in parts]
-    dims = {a.shape[1] for a in arrays if a.ndim == 2}
-    if any(a.ndim != 2 for a in arrays) or len(dims) != 1:
-        raise ValueError(f"{parts[0].parent}: parts must be 2-D arrays of one dimension, got "
-                         f"{[a.shape for a in arrays]}")
-    return np.concatenate([np.asarray(a, dtype=np.float32) for a in arrays])
+def _concatenated(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate([np.asarray(a, dtype=np.float32) for a in parts])
 
 
 def read_index_json(directory: str | Path) -> dict[str, Any]:
@@ -432,14 +421,16 @@ def build_collection_index(directory: str | Path, kind: str = "auto", memory: in
     if kind not in KINDS:
         raise ValueError(f"unknown index kind {kind!r}: expected one of {', '.join(KINDS)}")
     budget = parse_memory(memory) if isinstance(memory, str) else memory
-    _, parts = _collection_parts(root, modality)
-    x = normalized(_read_parts(parts))
+    from clipforge.search.collection import Collection
+
+    collection = Collection(root)
+    x = normalized(_concatenated(collection_parts(root, modality)))
     n, dim = x.shape
     plan = choose_index(n, dim, budget, thresholds, kind)
     other = "text" if modality == "image" else "image"
-    other_parts = sorted((root / _FOLDERS[other]).glob(f"{_FOLDERS[other]}_*.npy"))
-    if other_parts:
-        rows = normalized(_read_parts(other_parts))
+    other_parts = collection_parts(root, other) if other in collection.modalities else []
+    if sum(len(p) for p in other_parts):
+        rows = normalized(_concatenated(other_parts))
         pick = np.random.default_rng(0).choice(len(rows), size=min(1000, len(rows)), replace=False)
         queries, source = rows[np.sort(pick)], f"{other} embeddings of the collection ({min(1000, len(rows))})"
     else:

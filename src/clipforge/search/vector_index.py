@@ -88,11 +88,10 @@ class VectorIndex:
             ValueError: not a finished collection, or an index built over a different number of rows (stale:
                 the collection was embedded again after indexing).
         """
-        from clipforge.search.index import _collection_parts, faiss_module, read_index_json, set_search_params
+        from clipforge.search.index import collection_parts, faiss_module, read_index_json, set_search_params
 
         root = Path(directory)
-        _, part_paths = _collection_parts(root, modality)
-        parts = [np.load(p, mmap_mode="r") for p in part_paths]
+        parts = collection_parts(root, modality)
         n = sum(len(p) for p in parts)
         entry = read_index_json(root)["indices"].get(modality)
         if entry is None or not (root / entry.get("file", f"index/{modality}.faiss")).is_file():
