@@ -21,6 +21,7 @@ from clipforge.search.index import (
     build_collection_index,
     build_index,
     choose_index,
+    estimate_bytes,
     parse_memory,
     recall_at_k,
 )
@@ -114,6 +115,9 @@ def test_each_kind_reaches_the_recall_target_on_fresh_queries(kind: str) -> None
     assert record["target_met"] and record["recall_at_10"] >= 0.95 and record["search_params"]
     fresh = clustered(300, 32, clusters=16, spread=0.8, seed=9)  # neither tuned on nor measured at build
     assert recall_at_k(index, x, fresh) >= 0.93
+    import faiss  # the budget arithmetic matches what faiss writes
+
+    assert faiss.serialize_index(index).size == pytest.approx(estimate_bytes(kind, 4000, 32, plan.params), rel=0.15)
 
 
 @pytest.mark.parametrize("n", [1500, 6000])
