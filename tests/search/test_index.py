@@ -120,13 +120,13 @@ def test_each_kind_reaches_the_recall_target_on_fresh_queries(kind: str) -> None
     assert faiss.serialize_index(index).size == pytest.approx(estimate_bytes(kind, 4000, 32, plan.params), rel=0.15)
 
 
-@pytest.mark.parametrize("n", [1500, 6000])
-def test_auto_meets_the_target_where_it_is_approximate(tmp_path: Path, n: int) -> None:
+@pytest.mark.parametrize(("n", "memory", "kind"), [(1500, None, "hnsw"), (6000, None, "ivf"), (6000, "600K", "ivfpq")])
+def test_auto_meets_the_target_where_it_is_approximate(tmp_path: Path, n: int, memory: str | None, kind: str) -> None:
     x = clustered(n, 48, clusters=24, spread=0.9, seed=n)
     directory = write_collection(tmp_path / "c", x, clustered(n, 48, clusters=24, spread=0.9, seed=n + 1),
                                  part_size=700)
-    entry = build_collection_index(directory, thresholds=SMALL)
-    assert entry["kind"] == ("hnsw" if n <= SMALL.hnsw_max else "ivf")
+    entry = build_collection_index(directory, memory=memory, thresholds=SMALL)
+    assert entry["kind"] == kind and entry["memory_bytes"] <= (parse_memory(memory) if memory else 10**12)
     assert entry["recall_at_10"] >= 0.95 and entry["target_met"]
     assert entry["query_source"].startswith("text embeddings")
     index = VectorIndex.load(directory)
