@@ -18,6 +18,7 @@ VERB_MODULES = [
     "clipforge.cli.export",
     "clipforge.cli.data",
     "clipforge.cli.embed",
+    "clipforge.cli.search",
     "clipforge.cli.serve",
     "clipforge.vqa.cli",
 ]
