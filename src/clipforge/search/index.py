@@ -5,13 +5,15 @@ Every index scores by inner product over L2-normalised rows (= cosine similarity
 - ``flat``: exact search (``IndexFlatIP``), n·d multiply-adds per query, no recall loss.
 - ``hnsw``: a graph (``HNSW32``) over the full vectors; fast queries, slow builds, vectors + graph in memory.
 - ``ivf``: inverted lists over k-means cells (``IVF{nlist},Flat``), full vectors; builds in minutes at millions.
-- ``ivfpq``: IVF with product-quantised codes (m bytes a row) re-ranked by 8- or 4-bit scalar codes when the
-  memory budget allows: for collections whose full vectors do not fit.
+- ``ivfpq``: IVF with product-quantised codes (m bytes a row) re-ranked by float16, 8- or 4-bit scalar codes of
+  the rows, the most precise the memory budget allows: for collections whose full vectors do not fit.
 - ``auto`` (:func:`choose_index`): flat for small collections, HNSW or IVF for medium ones, IVF-PQ for large
   ones or when ``--memory`` forbids full vectors, as autofaiss does; the reason is recorded.
 
 Approximate kinds get their search parameters (``nprobe``, ``efSearch``, ``k_factor``) by measuring recall@10
-against exact search on held-out queries, raising them until recall@10 ≥ 0.95 (:func:`tune_search`).
+against exact search on held-out queries, raising them until recall@10 ≥ 0.95 (:func:`tune_search`). Where no
+setting reaches it (IVF-PQ whose budget allows only coarse re-ranking codes, on data whose neighbours' scores are
+close), the best setting is kept and index.json says ``target_met: false``.
 
 ``DIR/index/<modality>.faiss`` is loaded memory-mapped (``IO_FLAG_MMAP_IFC``, zero-copy: in faiss-cpu 1.15 it
 maps the vectors and codes of every kind here, and IVF's inverted lists; HNSW's neighbour lists, n·2M·4 bytes,
@@ -111,7 +113,7 @@ def estimate_bytes(kind: str, n: int, dim: int, params: dict[str, Any]) -> int:
     centroids = params.get("nlist", 1) * dim * 4
     if kind == "ivf":
         return n * (dim * 4 + 8) + centroids
-    refine = {"SQ8": dim, "SQ4": (dim + 1) // 2, None: 0}[params.get("refine")]
+    refine = {"SQfp16": 2 * dim, "SQ8": dim, "SQ4": (dim + 1) // 2, None: 0}[params.get("refine")]
     return n * (params["m"] + 8 + refine) + centroids + 256 * dim * 4
 
 
@@ -145,7 +147,10 @@ def choose_index(n: int, dim: int, memory_bytes: int | None = None, thresholds: 
         return estimate_bytes(plan.kind, n, dim, plan.params) <= budget
 
     def ivfpq() -> IndexPlan:
-        options = [(d8, r) for r in ("SQ8", "SQ4", None) for d8 in (8, 16)] + [(32, None), (64, None), (128, None)]
+        # re-ranking precision first (float16 rows lose no recall; 8-bit ones cost some where neighbours' scores are
+        # close), then code size
+        options = [(d8, r) for r in ("SQfp16", "SQ8", "SQ4", None) for d8 in (8, 16)] + [(32, None), (64, None),
+                                                                                          (128, None)]
         for dsub, refine in options:
             plan = IndexPlan("ivfpq", {"nlist": nlist, "m": _divisor_at_most(dim, max(1, dim // dsub)),
                                        "nbits": 8, "refine": refine})
