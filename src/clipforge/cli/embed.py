@@ -72,7 +72,8 @@ def summary(stats: dict[str, Any], output: str) -> str:
     """The one-line report of a finished run."""
     skipped = sum(stats["skipped"].values())
     reasons = ", ".join(f"{n} {reason}" for reason, n in stats["skipped"].items())
-    line = (f"embedded {stats['embedded']} of {stats['inputs']} inputs into {output} ({stats['parts']} parts"
+    parts = f"{stats['parts']} part{'s' if stats['parts'] != 1 else ''}"
+    line = (f"embedded {stats['embedded']} of {stats['inputs']} inputs into {output} ({parts}"
             f"{f', {skipped} skipped: {reasons}' if skipped else ''}); {stats['embedded_this_run']} this run at "
             f"{stats['images_per_s']:.1f} images/s on {stats['world_size']} process(es)")
     return line

@@ -107,8 +107,7 @@ class ItemSource:
         self.config, self.part_size, self.require_caption = config, part_size, require_caption
         self.kind = str(config.kind)
         self.limits: DecodeLimits = getattr(config, "decode", DecodeLimits())
-        self.min_size = image_size
-        self.image_size = image_size
+        self.image_size = image_size  # also the decode's min_size: the transform then resizes from at most 2x
         reader = build_source(config, image_size, names)
         self.shards: list[str] = []
         self.reader: Any = reader
@@ -198,7 +197,7 @@ class ItemSource:
 
         caption = _first_caption(captions, self.require_caption)
         data = read_bytes(file, self.limits.max_image_bytes)
-        return _decode(data, self.limits, self.min_size, caption, os.path.abspath(file))
+        return _decode(data, self.limits, self.image_size, caption, os.path.abspath(file))
 
     def _load_row(self, i: int) -> Item:
         table = self.reader
@@ -213,7 +212,7 @@ class ItemSource:
         ref = table.rows[i][0]
         name = ref.get("path") if isinstance(ref, dict) and not ref.get("bytes") else ref  # as TablePairs reads it
         path = os.path.abspath(table.root / name) if isinstance(name, str) and name else f"{table.path}:{i}"
-        return _decode(table.image_bytes(i), self.limits, self.min_size, caption, path)
+        return _decode(table.image_bytes(i), self.limits, self.image_size, caption, path)
 
     def _load_sample(self, part: int, sample: dict[str, object]) -> Item:
         config = self.config
@@ -229,7 +228,7 @@ class ItemSource:
         except BadSample as e:
             raise broken_or(sample, e) from None
         field = next(f for f in config.image_fields if f in sample)
-        return _decode(data, self.limits, self.min_size, caption, f"{self.shards[part]}::{sample['__key__']}.{field}")
+        return _decode(data, self.limits, self.image_size, caption, f"{self.shards[part]}::{sample['__key__']}.{field}")
 
 
 # -- batches, as DataLoader workers make them -----------------------------------------------------------------------
