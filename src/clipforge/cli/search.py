@@ -60,7 +60,7 @@ def run_index(args: argparse.Namespace) -> int:
 
     memory = parse_memory(args.memory) if args.memory is not None else None
     entry = build_collection_index(args.directory, kind=args.kind, memory=memory, modality=args.modality)
-    print(json.dumps(entry, indent=2))
+    print(json.dumps(entry, indent=2, ensure_ascii=False))
     return 0
 
 

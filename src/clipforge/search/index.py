@@ -392,7 +392,7 @@ def read_index_json(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / INDEX_JSON
     if not path.is_file():
         return {"format": INDEX_FORMAT, "version": 1, "indices": {}}
-    data = json.loads(path.read_text())
+    data = json.loads(path.read_text(encoding="utf-8"))
     if not isinstance(data, dict) or data.get("format") != INDEX_FORMAT or not isinstance(data.get("indices"), dict):
         raise ValueError(f"{path}: not a clipforge index record (format should be {INDEX_FORMAT!r})")
     return data
@@ -454,7 +454,7 @@ def build_collection_index(directory: str | Path, kind: str = "auto", memory: in
     data = read_index_json(root)
     data["indices"][modality] = entry
     tmp_json = root / (INDEX_JSON + ".tmp")
-    tmp_json.write_text(json.dumps(data, indent=2) + "\n")
+    tmp_json.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     tmp_json.replace(root / INDEX_JSON)
     return entry
 
