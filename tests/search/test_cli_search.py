@@ -45,7 +45,7 @@ def test_index_prints_and_records_the_entry(collection: Path, capsys: pytest.Cap
     code, out, _ = run(["index", str(collection)], capsys)
     entry = json.loads(out)
     assert code == 0 and entry["kind"] == "flat" and "exact search" in entry["reason"] and entry["n"] == N
-    assert json.loads((collection / "index.json").read_text())["indices"]["image"] == entry
+    assert json.loads((collection / "index.json").read_text(encoding="utf-8"))["indices"]["image"] == entry
     code, out, _ = run(["index", str(collection), "--kind", "ivf", "--memory", "10M"], capsys)
     assert code == 0 and json.loads(out)["kind"] == "ivf" and (collection / "index" / "image.faiss").is_file()
     code, out, _ = run(["search", str(collection), "--text", "a red circle", "--k", "3", "--json"], capsys)

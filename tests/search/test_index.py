@@ -141,7 +141,7 @@ def test_collection_index_files_and_record(tmp_path: Path) -> None:
     directory = write_collection(tmp_path / "c", x, part_size=1000)  # no text: image rows plus noise as queries
     entry = build_collection_index(directory, kind="ivf", memory="10M")
     assert (directory / "index" / "image.faiss").stat().st_size == entry["memory_bytes"]
-    on_disk = json.loads((directory / "index.json").read_text())
+    on_disk = json.loads((directory / "index.json").read_text(encoding="utf-8"))
     assert on_disk["format"] == "clipforge-index" and on_disk["indices"]["image"] == entry
     for key in ("kind", "params", "reason", "build_seconds", "memory_bytes", "recall_at_10", "n", "dim", "faiss",
                 "date", "search_params"):
@@ -221,3 +221,11 @@ def test_loading_maps_the_index_instead_of_reading_it(tmp_path: Path, kind: str)
     assert measured["0"]["load"] > 0.8 * size  # read into memory: the measurement sees it
     assert measured["1"]["load"] < 0.1 * size, measured  # mapped: pages stay in the file (page cache)
     assert measured["1"]["search"] < 0.2 * size, measured
+
+
+def test_auto_falls_back_to_ivf_when_hnsw_misses_the_target(tmp_path: Path) -> None:
+    x = clustered(2000, 32, clusters=8, spread=0.9, seed=11)
+    directory = write_collection(tmp_path / "c", x, part_size=1000)
+    entry = build_collection_index(directory, thresholds=SMALL, target=1.01)  # no graph reaches recall 1.01
+    assert entry["kind"] == "ivf" and "HNSW reached only" in entry["reason"] and "IVF-Flat" in entry["reason"]
+    assert VectorIndex.load(directory).info["kind"] == "ivf"
