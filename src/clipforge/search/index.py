@@ -8,7 +8,8 @@ Every index scores by inner product over L2-normalised rows (= cosine similarity
 - ``ivfpq``: IVF with product-quantised codes (m bytes a row) re-ranked by float16, 8- or 4-bit scalar codes of
   the rows, the most precise the memory budget allows: for collections whose full vectors do not fit.
 - ``auto`` (:func:`choose_index`): flat for small collections, HNSW or IVF for medium ones, IVF-PQ for large
-  ones or when ``--memory`` forbids full vectors, as autofaiss does; the reason is recorded.
+  ones or when ``--memory`` forbids full vectors, as autofaiss does; the reason is recorded. Where an HNSW graph
+  plateaus below the recall target, :func:`build_collection_index` builds IVF-Flat instead and says so.
 
 Approximate kinds get their search parameters (``nprobe``, ``efSearch``, ``k_factor``) by measuring recall@10
 against exact search on held-out queries, raising them until recall@10 ≥ 0.95 (:func:`tune_search`). Where no
