@@ -170,6 +170,7 @@ def test_tables_give_the_folders_rows(tmp_path, tiny_model_dir, caption_folder):
         assert json.loads((out / "embed.json").read_text())["data"]["kind"] == kind
 
 
+@pytest.mark.filterwarnings("ignore:This DataLoader will create 4 worker processes")  # more than this CPU's cores
 def test_shards_one_part_per_shard(tmp_path, tiny_model_dir, caption_folder):
     from clipforge.data.writer import write_shards
 
@@ -188,6 +189,11 @@ def test_shards_one_part_per_shard(tmp_path, tiny_model_dir, caption_folder):
     np.testing.assert_allclose(images, expected_rows(eval_model(tiny_model_dir), files), atol=FP16)
     collection = Collection.open(out)
     assert collection.image_bytes(6) == files[6].read_bytes()  # the original bytes, read from the shard
+    for workers in (2, 4):  # whole shards per worker (3 shards, 2 workers), or chunks of each (4 workers)
+        again = tmp_path / f"workers-{workers}"
+        embed(str(tiny_model_dir), str(tmp_path / "shards"), again, quick(texts=True, workers=workers), device="cpu")
+        for k, kind in ((k, kind) for k in range(3) for kind in ("image", "text", "metadata")):
+            assert (again / part_name(kind, k)).read_bytes() == (out / part_name(kind, k)).read_bytes()
 
 
 def test_synthetic_world(tmp_path, tiny_model_dir):

@@ -8,8 +8,9 @@ The output is the layout of ``clipforge.search.collection``. How it is made:
   whole batch at once on the model's device. A bad input is skipped and counted by its reason
   (``clipforge.data.decode``), never fatal.
 - **Batches** are fixed chunks of ``batch_size`` consecutive inputs of one part (the bad ones dropped); worker
-  ``w`` of ``W`` takes chunks ``w, w + W, …`` of every part. A batch never depends on the number of workers or
-  ranks, so every run of the same command gives the same rows.
+  ``w`` of ``W`` takes chunks ``w, w + W, …`` of every part (of tar shards, whole shards when there are enough, so
+  each is read once). A batch never depends on the number of workers or ranks, so every run of the same command
+  gives the same rows.
 - **Parts** are the unit of work and of resumption. A finished part's files are written to temporary names and
   renamed into place (``os.replace``), the marker ``parts/part_NNNN.json`` last. A killed run leaves at most
   unfinished parts without markers; the same command skips the finished parts and redoes the others, ending with

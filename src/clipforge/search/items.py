@@ -273,8 +273,14 @@ def identity(x: Any) -> Any:
 
 
 class PartStream(torch.utils.data.IterableDataset):
-    """The batches of some parts, as a DataLoader worker makes them: worker ``w`` of ``W`` takes chunks ``w, w + W,
-    …`` of ``batch_size`` consecutive inputs of each part, and after each part says so (``{"part", "end"}``)."""
+    """The batches of some parts, as a DataLoader worker makes them, and after each part an ``{"part", "end"}``
+    message from every worker.
+
+    A batch is always the good inputs among one chunk of ``batch_size`` consecutive inputs of a part, whoever makes
+    it. Worker ``w`` of ``W`` takes chunks ``w, w + W, …`` of each part; for tar shards, when there are at least as
+    many parts as workers, it takes whole parts ``w, w + W, …`` of the list instead, so each shard is read by one
+    worker rather than by all of them.
+    """
 
     def __init__(self, source: ItemSource, parts: list[int], batch_size: int, prep: PixelPrep):
         self.source, self.parts, self.batch_size, self.prep = source, parts, batch_size, prep
@@ -282,13 +288,17 @@ class PartStream(torch.utils.data.IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        for part in self.parts:
+        by_part = bool(self.source.shards) and len(self.parts) >= workers
+        for n, part in enumerate(self.parts):
             stats = ShardStats()
+            if by_part and n % workers != worker:
+                yield {"part": part, "end": True, "shard_errors": 0}
+                continue
             chunk: list[tuple[Any, ...]] = []
             current, inputs, skipped = -1, 0, Counter[str]()
             for position, row, handle in self.source.inputs(part, stats):
                 index = position // self.batch_size
-                if index % workers != worker:
+                if not by_part and index % workers != worker:
                     continue
                 if index != current:
                     if current >= 0:
@@ -302,7 +312,8 @@ class PartStream(torch.utils.data.IterableDataset):
                     skipped[as_bad_sample(e).reason] += 1
             if current >= 0:
                 yield self._batch(part, inputs, skipped, chunk)
-            yield {"part": part, "end": True, "shard_errors": len(stats.bad_shards) if worker == 0 else 0}
+            reader = by_part or worker == 0  # every worker met the same shard errors: one counts them
+            yield {"part": part, "end": True, "shard_errors": len(stats.bad_shards) if reader else 0}
 
     @staticmethod
     def _batch(part: int, inputs: int, skipped: Counter[str], chunk: list[tuple[Any, ...]]) -> dict[str, Any]:
