@@ -70,6 +70,8 @@ def main() -> None:
     parser.add_argument("--hnsw-m", type=int, default=32)
     parser.add_argument("--hnsw-ef-construction", type=int, default=40,
                         help="HNSW build effort (clipforge index uses 80; lower here to bound a 2-core build)")
+    parser.add_argument("--ivfpq-refine", nargs="+", default=[], choices=["SQfp16", "SQ8", "SQ4", "none"],
+                        help="also build ivfpq with these re-ranking codes (default: only what clipforge picks)")
     parser.add_argument("--threads", type=int, default=0, help="faiss OpenMP threads (0: faiss's default)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -97,19 +99,22 @@ def main() -> None:
     results: dict[str, Any] = {}
     tmp = tempfile.mkdtemp(prefix="clipforge-index-bench-")
     auto = choose_index(args.size, args.dim, None, Thresholds())
-    for kind in args.kinds:
-        if kind == "auto":
-            continue
+    builds = [(k, k, None) for k in args.kinds if k != "auto"]
+    if "ivfpq" in args.kinds:
+        builds += [(f"ivfpq_{r}", "ivfpq", None if r == "none" else r) for r in args.ivfpq_refine]
+    for name, kind, refine in builds:
         plan = choose_index(args.size, args.dim, None, kind=kind)
+        if name != kind:
+            plan = IndexPlan("ivfpq", {**plan.params, "refine": refine}, f"--ivfpq-refine {refine}")
         if kind == "hnsw":
             plan = IndexPlan("hnsw", {"M": args.hnsw_m, "efConstruction": args.hnsw_ef_construction}, plan.reason)
         record: dict[str, Any] = {}
-        print(f"# building {kind} ({plan.params})", flush=True)
+        print(f"# building {name} ({plan.params})", flush=True)
         index = build_index(x, plan, queries, record=record, seed=args.seed, truth=all_truth)
-        path = os.path.join(tmp, f"{kind}.faiss")
+        path = os.path.join(tmp, f"{name}.faiss")
         faiss.write_index(index, path)
         check = np.asarray(index.search(eval_q, 10)[1])
-        results[kind] = {
+        results[name] = {
             "factory": record["factory"], "params": plan.params, "search_params": record["search_params"],
             "build_seconds": record["build_seconds"], "tune_seconds": record["tune_seconds"],
             "train_rows": record["train_rows"], "memory_bytes": os.path.getsize(path),
@@ -117,13 +122,13 @@ def main() -> None:
             "recall_at_10_check": round(float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(check, truth,
                                                                                                    strict=True)])), 4),
             **timed_queries(index, eval_q, args.singles)}
-        results[kind]["speedup_batch_vs_exact"] = round(results[kind]["batch_queries_per_s"] /
+        results[name]["speedup_batch_vs_exact"] = round(results[name]["batch_queries_per_s"] /
                                                         exact["batch_queries_per_s"], 1)
-        results[kind]["speedup_single_vs_exact"] = round(results[kind]["single_queries_per_s"] /
+        results[name]["speedup_single_vs_exact"] = round(results[name]["single_queries_per_s"] /
                                                          exact["single_queries_per_s"], 1)
         os.remove(path)
         del index
-        print(f"# {kind}: {json.dumps(results[kind])}", flush=True)
+        print(f"# {name}: {json.dumps(results[name])}", flush=True)
     if "auto" in args.kinds:
         results["auto"] = {"chooses": auto.kind, "params": auto.params, "reason": auto.reason,
                            "figures": f"those of {auto.kind}" if auto.kind in results else "kind not built this run"}

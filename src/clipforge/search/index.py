@@ -273,8 +273,11 @@ def tune_search(index: Any, kind: str, vectors: np.ndarray, queries: np.ndarray,
                 target: float = TARGET_RECALL, truth: np.ndarray | None = None) -> dict[str, Any]:
     """The cheapest search parameters reaching recall@k ≥ ``target`` on ``queries`` (left set on ``index``).
 
-    Tries ``efSearch`` (HNSW), ``nprobe`` (IVF) and, for re-ranked IVF-PQ, ``k_factor`` in increasing order; when no
-    setting reaches the target, keeps the best one found and says so.
+    HNSW raises ``efSearch`` and IVF ``nprobe`` step by step. Re-ranked IVF-PQ has two knobs, ``nprobe`` (cells
+    scanned) and ``k_factor`` (PQ candidates re-ranked per result): for each ``nprobe`` (doubling), ``k_factor`` doubles
+    while it gains recall, the cheap knob first (on data whose neighbours' scores are close, too few PQ candidates
+    cap recall at any ``nprobe``). When no setting reaches the target, the best one found is kept and
+    ``target_met`` is false.
 
     Returns:
         ``{"search_params", "tune_recall_at_k", "target_met"}``.
@@ -282,24 +285,49 @@ def tune_search(index: Any, kind: str, vectors: np.ndarray, queries: np.ndarray,
     truth = exact_neighbours(vectors, queries, k) if truth is None else truth
     if kind == "flat":
         return {"search_params": {}, "tune_recall_at_k": 1.0, "target_met": True}
+    tried: dict[tuple[tuple[str, Any], ...], float] = {}
+
+    def measure(params: dict[str, Any]) -> float:
+        key = tuple(sorted(params.items()))
+        if key not in tried:
+            set_search_params(index, params)
+            tried[key] = recall_at_k(index, vectors, queries, k, truth)
+        return tried[key]
+
+    def result(params: dict[str, Any], r: float) -> dict[str, Any]:
+        set_search_params(index, params)
+        return {"search_params": params, "tune_recall_at_k": round(r, 4), "target_met": r >= target}
+
     if kind == "hnsw":
-        grid = [{"efSearch": e} for e in (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024) if e >= k]
+        steps = [{"efSearch": e} for e in (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 2048) if e >= k]
     else:
         nlist = int(faiss_module().extract_index_ivf(index).nlist)
-        probes = sorted({min(2**i, nlist) for i in range(int(math.log2(nlist)) + 2)})
-        refined = kind == "ivfpq" and type(index).__name__.startswith("IndexRefine")
-        grid = [{"nprobe": p, **({"k_factor": f} if refined else {})} for p in probes
-                for f in ((2, 4, 8, 16) if refined else (1,))]
-    best: tuple[float, dict[str, Any]] = (-1.0, grid[-1])
-    for params in grid:
-        set_search_params(index, params)
-        r = recall_at_k(index, vectors, queries, k, truth)
+        steps = [{"nprobe": p} for p in sorted({min(2**i, nlist) for i in range(int(math.log2(nlist)) + 2)})]
+    if kind == "ivfpq" and type(index).__name__.startswith("IndexRefine"):
+        best_pq: tuple[float, dict[str, Any]] = (-1.0, {"nprobe": 1, "k_factor": 2})
+        for step in steps:  # cells doubling; at each, more candidates (cheap) until they stop helping
+            factor, r = 2, -1.0
+            while factor <= 256:
+                params = {"nprobe": step["nprobe"], "k_factor": factor}
+                gained = measure(params) - r
+                r = measure(params)
+                if r > best_pq[0]:
+                    best_pq = (r, params)
+                if r >= target or gained < 0.002:
+                    break
+                factor *= 2
+            if best_pq[0] >= target:
+                break
+        params, r = best_pq[1], best_pq[0]
+        return result(params, r)
+    best: tuple[float, dict[str, Any]] = (-1.0, steps[-1])
+    for params in steps:
+        r = measure(params)
         if r > best[0]:
             best = (r, params)
         if r >= target:
-            return {"search_params": params, "tune_recall_at_k": round(r, 4), "target_met": True}
-    set_search_params(index, best[1])
-    return {"search_params": best[1], "tune_recall_at_k": round(best[0], 4), "target_met": False}
+            break
+    return result(best[1], best[0])
 
 
 def build_index(vectors: np.ndarray, plan: IndexPlan, queries: np.ndarray | None = None,
