@@ -51,6 +51,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None, metavar="SPEC",
                    help="another copy of the collection's model (a moved checkpoint); must have the same weights")
     p.add_argument("--device", default=None, help="cpu, cuda … (default: the CPU)")
+    p.add_argument("--backend", choices=("torch", "onnx"), default=None,
+                   help="how the query is embedded: torch, or onnx (onnxruntime on the CPU, the export in DIR/onnx/) "
+                        "(default: the backend the collection was embedded with)")
     p.set_defaults(func=run_search)
 
 
@@ -80,7 +83,8 @@ def run_search(args: argparse.Namespace) -> int:
 
     if args.text is not None and not args.text.strip():
         raise ValueError("--text: empty query")
-    searcher = Searcher(Collection.open(args.directory), device=args.device, model=args.model)
+    searcher = Searcher(Collection.open(args.directory), device=args.device, model=args.model,
+                        backend=args.backend)
     if args.text is not None:
         results = searcher.search_text(args.text, args.k)[0]
     else:

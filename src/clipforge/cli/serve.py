@@ -6,12 +6,18 @@ Examples::
     clipforge serve photos-emb                               # the page at http://127.0.0.1:8000/
     clipforge serve photos-emb --port 9000 --token s3cret    # every route but /healthz needs the token
     clipforge serve photos-emb --host 0.0.0.0 --token s3cret --device cuda
+    clipforge serve photos-emb --backend onnx                # queries embedded by onnxruntime on the CPU
 
 DIR is a finished collection (``clipforge embed``), with or without an index (``clipforge index``; exact search
 without one). The model the collection was embedded with is loaded from the spec in DIR/embed.json, or ``--model``
 when it has moved; its weights must be the recorded ones. The server binds to 127.0.0.1 unless ``--host`` says
 otherwise; give ``--token`` before binding elsewhere. With a token the page asks for it, or takes it from the URL
 fragment: http://HOST:PORT/#token=TOKEN. Needs ``pip install 'clipforge[server]'``.
+
+Queries are embedded with the backend the collection was embedded with (``clipforge embed --backend``), or
+``--backend``: ``torch`` (PyTorch, on ``--device``) or ``onnx`` (the towers exported once into DIR/onnx/, checked
+against PyTorch, and run by onnxruntime on the CPU; int8 when the collection was embedded with ``--quantize int8``;
+needs ``pip install 'clipforge[onnx]'``).
 """
 
 from __future__ import annotations
@@ -35,6 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="require `Authorization: Bearer TOKEN` on every route but /healthz")
     p.add_argument("--device", default=None,
                    help="where the model runs: cpu, cuda, cuda:1 (default: cuda when available)")
+    p.add_argument("--backend", choices=("torch", "onnx"), default=None,
+                   help="how queries are embedded: torch, or onnx (onnxruntime on the CPU) (default: the backend the "
+                        "collection was embedded with)")
     p.add_argument("--model", default=None, metavar="SPEC",
                    help="the collection's model under another spelling (a moved checkpoint); its weights must be "
                         "the recorded ones")
@@ -57,5 +66,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: serving on {args.host} without --token: anyone who can reach it can search the collection "
               "and read its images", file=sys.stderr)
     serve(args.directory, host=args.host, port=args.port, token=args.token, device=args.device, model=args.model,
+          backend=args.backend,
           limits=ServerLimits(max_k=args.max_k, batch_items=args.batch_items, batch_wait_ms=args.batch_wait_ms))
     return 0

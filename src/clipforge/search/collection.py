@@ -195,20 +195,41 @@ class Collection:
 
     # -- the model and the originals --------------------------------------------------------------------------
 
-    def eval_model(self, device: str | None = None, spec: str | None = None) -> Any:
+    @property
+    def backend(self) -> str:
+        """The backend the collection was embedded with: ``torch`` or ``onnx`` (``torch`` for manifests without)."""
+        return str(self.manifest.get("backend") or "torch")
+
+    def eval_model(self, device: str | None = None, spec: str | None = None, backend: str | None = None) -> Any:
         """The model the collection was embedded with, as an ``EvalModel``.
 
         Args:
-            device: Where to run it.
+            device: Where to run it (the onnx backend runs on the CPU only).
             spec: Another spelling of the model (a moved checkpoint, a local copy of a hub model); its weights
                 must be the recorded ones.
+            backend: ``torch``, or ``onnx`` (an ``OnnxEvalModel``: the towers exported into ``DIR/onnx/`` (reused
+                when there) and run by onnxruntime; int8 when the collection was embedded with int8). Default: the
+                one recorded in embed.json.
 
         Raises:
             ValueError: when the weights' fingerprint differs from the one recorded in embed.json (queries embedded
-                by another model would not be comparable with the collection's rows).
+                by another model would not be comparable with the collection's rows); an unknown backend, or the
+                onnx backend on a non-CPU device.
+            ImportError: the onnx backend without onnxruntime.
         """
         from clipforge.eval.loading import load_eval_model
 
+        backend = backend or self.backend
+        if backend not in ("torch", "onnx"):
+            raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
+        if backend == "onnx":
+            from clipforge.search.onnx_backend import onnxruntime_module
+
+            onnxruntime_module()  # before loading the model: the ImportError naming the extra
+            if device is not None and not device.startswith("cpu"):
+                raise ValueError(f"device {device!r}: the onnx backend runs on the CPU (onnxruntime's CPU execution "
+                                 "provider); use the torch backend elsewhere")
+            device = "cpu"
         recorded = self.model
         model, _, _ = load_eval_model(spec or recorded["spec"], device, pretrained=None if spec else
                                       recorded.get("pretrained"))
@@ -216,6 +237,11 @@ class Collection:
             raise ValueError(f"model {spec or recorded['spec']!r} (fingerprint {model.fingerprint()}) is not the one "
                              f"{self.directory} was embedded with ({recorded['spec']!r}, fingerprint "
                              f"{recorded['fingerprint']}): its queries would not be comparable")
+        if backend == "onnx":
+            from clipforge.search.onnx_backend import onnx_eval_model, variant
+
+            quantize = self.manifest.get("quantize") if self.backend == "onnx" else None
+            return onnx_eval_model(model, self.directory / "onnx" / variant(quantize), quantize)
         return model
 
     def image_bytes(self, item: int, limit: int = 64 << 20) -> bytes:

@@ -15,8 +15,12 @@ The output is the layout of ``clipforge.search.collection``. How it is made:
   renamed into place (``os.replace``), the marker ``parts/part_NNNN.json`` last. A killed run leaves at most
   unfinished parts without markers; the same command skips the finished parts and redoes the others, ending with
   the same files as an uninterrupted run. The manifest (``embed.json``) is the identity of the command: another
-  model, data, part size, storage dtype, precision or modality set on an existing collection is an error naming
-  the difference (``overwrite`` replaces the collection instead).
+  model, data, part size, storage dtype, precision, backend, quantisation or modality set on an existing collection
+  is an error naming the difference (``overwrite`` replaces the collection instead).
+- **Backends.** ``torch`` runs the ``EvalModel`` (fp32, or bf16/fp16 autocast). ``onnx`` exports its towers into
+  ``DIR/onnx/fp32/`` (or ``DIR/onnx/int8/`` with ``quantize="int8"``), checked against PyTorch, and runs them with
+  onnxruntime on the CPU (``clipforge.search.onnx_backend``); the export belongs to the collection and is reused
+  when the run is resumed. fp32 only: autocast is PyTorch's.
 - **torchrun.** Rank ``r`` of ``W`` embeds parts ``r, r + W, …``; rank 0 writes the manifest before any part and
   ``stats.json`` and ``complete: true`` after every rank has finished.
 - **Texts** (``texts=True``): each row's caption is embedded into ``text_emb/``, aligned row for row. A text row
@@ -47,8 +51,13 @@ from clipforge.search.items import ItemSource, PartStream, PixelPrep, identity
 
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 DTYPES = ("float16", "float32")
-OWN_FILES = ("img_emb", "text_emb", "metadata", "parts", "index", MANIFEST, STATS, "index.json")
-CHECKED = ("model.fingerprint", "data", "part_size", "num_parts", "dtype", "modalities", "precision")
+BACKENDS = ("torch", "onnx")
+QUANTIZATIONS = ("int8",)
+ONNX_DIR = "onnx"  # DIR/onnx/<fp32|int8>/: the onnx backend's export of the model
+OWN_FILES = ("img_emb", "text_emb", "metadata", "parts", "index", ONNX_DIR, MANIFEST, STATS, "index.json")
+CHECKED = ("model.fingerprint", "data", "part_size", "num_parts", "dtype", "modalities", "precision", "backend",
+           "quantize")
+DEFAULTS = {"backend": "torch", "quantize": None}  # what a manifest written before these fields were recorded meant
 
 
 def default_workers() -> int:
@@ -58,13 +67,15 @@ def default_workers() -> int:
 
 @dataclass(frozen=True)
 class EmbedSettings:
-    """How to embed (none of it changes what a row is, except ``precision``, ``dtype``, ``part_size``, ``texts``
-    and ``limit``, which the manifest records).
+    """How to embed (none of it changes what a row is, except ``precision``, ``backend``, ``quantize``, ``dtype``,
+    ``part_size``, ``texts`` and ``limit``, which the manifest records).
 
     Attributes:
         batch_size: Inputs per batch.
         workers: DataLoader worker processes decoding images (0: in the main process).
-        precision: ``fp32``, or ``bf16`` / ``fp16`` autocast.
+        precision: ``fp32``, or ``bf16`` / ``fp16`` autocast (``torch`` backend only).
+        backend: ``torch`` (the PyTorch model) or ``onnx`` (its towers exported and run by onnxruntime on the CPU).
+        quantize: ``None``, or ``int8`` with the ``onnx`` backend (dynamic quantisation of the MatMul weights).
         dtype: Storage dtype of the embeddings, ``float16`` or ``float32``.
         part_size: Inputs per part of an indexable source (tar shards: one part per shard).
         texts: Also embed each row's caption into ``text_emb/``.
@@ -76,6 +87,8 @@ class EmbedSettings:
     batch_size: int = 64
     workers: int = field(default_factory=default_workers)
     precision: str = "fp32"
+    backend: str = "torch"
+    quantize: str | None = None
     dtype: str = "float16"
     part_size: int = 10_000
     texts: bool = False
@@ -91,6 +104,15 @@ class EmbedSettings:
             raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {self.precision!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.quantize is not None and self.quantize not in QUANTIZATIONS:
+            raise ValueError(f"quantize must be None or one of {QUANTIZATIONS}, got {self.quantize!r}")
+        if self.backend == "onnx" and self.precision != "fp32":
+            raise ValueError(f"precision {self.precision!r} is PyTorch autocast: the onnx backend runs fp32 (or "
+                             "quantize='int8'); use backend='torch' for bf16/fp16")
+        if self.quantize is not None and self.backend != "onnx":
+            raise ValueError(f"quantize={self.quantize!r} quantises the ONNX export: it needs backend='onnx'")
 
 
 # -- the process group --------------------------------------------------------------------------------------------
@@ -161,8 +183,8 @@ def embed(model: str, data: Any, output: str | Path, settings: EmbedSettings | N
         output: The collection directory.
         settings: How to embed.
         pretrained: OpenCLIP's pretrained tag of ``model``.
-        device: ``cpu``, ``cuda``, ``cuda:1`` … (default: CUDA when available); under torchrun each rank takes
-            its ``LOCAL_RANK``'s GPU.
+        device: ``cpu``, ``cuda``, ``cuda:1`` … (default: CUDA when available; the CPU with the onnx backend,
+            which runs nowhere else); under torchrun each rank takes its ``LOCAL_RANK``'s GPU.
         allow_pickle: Allow a pickled checkpoint as ``model``.
         names: How data-check errors call each field (a command line's flags).
 
@@ -171,13 +193,20 @@ def embed(model: str, data: Any, output: str | Path, settings: EmbedSettings | N
 
     Raises:
         FileNotFoundError: an unknown model or missing data.
-        ValueError: (``ConfigError`` among them) bad settings or data, an output that holds another collection.
+        ValueError: (``ConfigError`` among them) bad settings or data, an output that holds another collection, a
+            non-CPU device with the onnx backend, a model the ONNX export cannot reproduce.
+        ImportError: the onnx backend without onnxruntime (naming ``pip install 'clipforge[onnx]'``).
         OSError: an unwritable output.
     """
     from clipforge.data.sources import source_config
     from clipforge.eval.loading import load_eval_model
 
     settings = settings or EmbedSettings()
+    if settings.backend == "onnx":
+        if device is not None and torch.device(device).type != "cpu":
+            raise ValueError(f"--device {device}: the onnx backend runs on the CPU (onnxruntime's CPU execution "
+                             "provider); drop --device, or use --backend torch")
+        device = "cpu"
     config = source_config(data) if isinstance(data, str) else data
     runtime = join(device)
     try:
@@ -201,7 +230,12 @@ def model_entry(model: Any, spec: str, pretrained: str | None) -> dict[str, Any]
 def embed_source(model: Any, spec: Mapping[str, Any], config: Any, output: str | Path, settings: EmbedSettings,
                  runtime: Runtime | None = None, names: Mapping[str, str] | None = None) -> dict[str, Any]:
     """:func:`embed` with the model loaded (an ``EvalModel``) and the data config built; ``spec`` holds the
-    model's ``spec`` and ``pretrained`` as recorded in the manifest."""
+    model's ``spec`` and ``pretrained`` as recorded in the manifest. With the onnx backend ``model`` is the PyTorch
+    ``EvalModel`` (exported into ``output/onnx/``) or an ``OnnxEvalModel`` already made of it."""
+    if settings.backend == "onnx":
+        from clipforge.search.onnx_backend import onnxruntime_module
+
+        onnxruntime_module()  # the ImportError naming the extra, on every rank alike
     runtime = runtime or Runtime(device=model.device)
     out = Path(output)
     size = getattr(model.transform, "size", None)
@@ -210,16 +244,20 @@ def embed_source(model: Any, spec: Mapping[str, Any], config: Any, output: str |
     manifest = {"format": FORMAT, "version": VERSION, "model": model_entry(model, spec["spec"], spec["pretrained"]),
                 "data": source.describe(), "part_size": settings.part_size, "num_parts": source.num_parts,
                 "dtype": settings.dtype, "modalities": ["image", "text"] if settings.texts else ["image"],
-                "precision": settings.precision, "complete": False}
+                "precision": settings.precision, "backend": settings.backend, "quantize": settings.quantize,
+                "complete": False}
     failure = None
     if runtime.rank == 0:
         try:
             prepare_output(out, manifest, settings.overwrite)
+            model = backend_model(model, out, settings)  # rank 0 exports; the others reuse its export below
         except (ValueError, OSError) as e:
             failure = (type(e).__name__, str(e))
     failure = _everyone(runtime, failure)[0]
     if failure is not None:
         raise (OSError if failure[0] in ("OSError", "PermissionError") else ValueError)(failure[1])
+    if runtime.rank != 0:
+        model = backend_model(model, out, settings)
     mine = range(runtime.rank, source.num_parts, runtime.world_size)
     todo = [k for k in mine if not (out / part_name("marker", k)).is_file()]
     start = time.perf_counter()
@@ -230,6 +268,25 @@ def embed_source(model: Any, spec: Mapping[str, Any], config: Any, output: str |
     if runtime.rank == 0:
         stats = finish(out, manifest, sum(r[0] for r in results), max(r[1] for r in results), runtime.world_size)
     return stats
+
+
+def backend_model(model: Any, out: Path, settings: EmbedSettings) -> Any:
+    """The ``EvalModel`` that embeds under ``settings.backend``: ``model`` itself for torch; for onnx, an
+    ``OnnxEvalModel`` on the collection's export ``out/onnx/<fp32|int8>/`` (made, or reused when it matches).
+
+    Raises:
+        ValueError: ``model`` is an ``OnnxEvalModel`` of another backend or quantisation than ``settings``'.
+    """
+    from clipforge.search.onnx_backend import OnnxEvalModel, onnx_eval_model, variant
+
+    if isinstance(model, OnnxEvalModel):
+        if settings.backend != "onnx" or model.quantize != settings.quantize:
+            raise ValueError(f"the model given is an ONNX export ({variant(model.quantize)}); the settings ask for "
+                             f"backend {settings.backend!r}, quantize {settings.quantize!r}")
+        return model
+    if settings.backend == "torch":
+        return model
+    return onnx_eval_model(model, out / ONNX_DIR / variant(settings.quantize), settings.quantize)
 
 
 # -- the loop ------------------------------------------------------------------------------------------------------
@@ -332,8 +389,8 @@ def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
 
 def differences(recorded: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
     """What differs between two manifests in the fields that make a collection (:data:`CHECKED`), as
-    ``"field: X there, Y now"``."""
-    old, new = _flat(recorded), _flat(wanted)
+    ``"field: X there, Y now"`` (a manifest without ``backend`` / ``quantize`` was written by the torch backend)."""
+    old, new = _flat({**DEFAULTS, **recorded}), _flat({**DEFAULTS, **wanted})
     keys = sorted(k for k in old.keys() | new.keys() if any(k == c or k.startswith(c + ".") for c in CHECKED))
     return [f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in keys if old.get(k) != new.get(k)]
 

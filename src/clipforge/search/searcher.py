@@ -37,13 +37,15 @@ class Searcher:
         device: Where the model runs (the CPU when ``None``).
         model: Another spelling of the collection's model (a moved checkpoint, a local copy); its weights must be
             the recorded ones. The spec in embed.json when ``None``.
+        backend: ``torch`` or ``onnx`` (``Collection.eval_model``); the one the collection was embedded with when
+            ``None``.
 
     Raises:
         ValueError: the index's dimension or size differs from the collection's.
     """
 
     def __init__(self, collection: Collection, index: VectorIndex | None = None, device: str | None = None,
-                 model: str | None = None):
+                 model: str | None = None, backend: str | None = None):
         self.collection = collection
         self.index = index if index is not None else VectorIndex.load(collection.directory)
         if self.index.dim != collection.dim:
@@ -54,6 +56,7 @@ class Searcher:
                              f"{collection.size}; rebuild it with `clipforge index {collection.directory}`")
         self.device = device
         self.model_spec = model
+        self.backend = backend
         self._model: EvalModel | None = None
         self._lock = threading.Lock()
 
@@ -77,7 +80,8 @@ class Searcher:
         if self._model is None:
             with self._lock:
                 if self._model is None:
-                    self._model = self.collection.eval_model(device=self.device, spec=self.model_spec)
+                    self._model = self.collection.eval_model(device=self.device, spec=self.model_spec,
+                                                             backend=self.backend)
         return self._model
 
     # -- queries to vectors -------------------------------------------------------------------------------------

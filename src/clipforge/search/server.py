@@ -216,16 +216,18 @@ def decode_query_image(data: str, limits: DecodeLimits, what: str = "image") -> 
         raise _unprocessable(f"{what}: {e}") from None
 
 
-def load_searcher(directory: str | Path, device: str | None = None, model: str | None = None) -> Any:
-    """The :class:`~clipforge.search.searcher.Searcher` of a collection directory (its index when it has one)."""
+def load_searcher(directory: str | Path, device: str | None = None, model: str | None = None,
+                  backend: str | None = None) -> Any:
+    """The :class:`~clipforge.search.searcher.Searcher` of a collection directory (its index when it has one);
+    ``backend`` ``torch`` or ``onnx`` (default: the one the collection was embedded with)."""
     from clipforge.search.collection import Collection
     from clipforge.search.searcher import Searcher
 
-    return Searcher(Collection.open(directory), device=device, model=model)
+    return Searcher(Collection.open(directory), device=device, model=model, backend=backend)
 
 
 def create_app(source: Any, token: str | None = None, limits: ServerLimits | None = None,
-               device: str | None = None, model: str | None = None) -> FastAPI:
+               device: str | None = None, model: str | None = None, backend: str | None = None) -> FastAPI:
     """The FastAPI app serving a collection.
 
     Args:
@@ -234,12 +236,15 @@ def create_app(source: Any, token: str | None = None, limits: ServerLimits | Non
         limits: Request limits and batching (:class:`ServerLimits`).
         device: Where the model runs (a directory ``source`` only).
         model: Another spelling of the collection's model (a moved checkpoint; a directory ``source`` only).
+        backend: ``torch`` or ``onnx`` (onnxruntime on the CPU, the towers exported into ``DIR/onnx/``); default:
+            the one the collection was embedded with (a directory ``source`` only).
 
     Raises:
         ValueError: ``source`` is not a finished collection, or ``model`` is not the one it was embedded with.
+        ImportError: the onnx backend without onnxruntime.
     """
     limits = limits or ServerLimits()
-    searcher = load_searcher(source, device, model) if isinstance(source, (str, Path)) else source
+    searcher = load_searcher(source, device, model, backend) if isinstance(source, (str, Path)) else source
     collection = searcher.collection
     eval_model = searcher.model
     info = collection.model
@@ -413,13 +418,13 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 def serve(source: Any, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
           device: str | None = None, model: str | None = None, limits: ServerLimits | None = None,
-          log_level: str = "info") -> None:
+          log_level: str = "info", backend: str | None = None) -> None:
     """Runs the app under uvicorn until interrupted (see :func:`create_app` for the arguments)."""
     try:
         import uvicorn
     except ImportError:  # pragma: no cover - depends on the environment
         raise ImportError("clipforge serve needs FastAPI and uvicorn: pip install 'clipforge[server]'") from None
-    app = create_app(source, token=token, limits=limits, device=device, model=model)
+    app = create_app(source, token=token, limits=limits, device=device, model=model, backend=backend)
     shown = f"[{host}]" if ":" in host else host
     print(f"clipforge serve: http://{shown}:{port}/ (the API: /openapi.json)", file=sys.stderr)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
