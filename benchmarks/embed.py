@@ -1,6 +1,7 @@
 """Embedding throughput on the CPU: ``clipforge embed``'s engine versus a plain open_clip loop, same images.
 
-    python benchmarks/embed.py                                  # 384 JPEGs of 640×480, ViT-B/32, fp32 and bf16
+    python benchmarks/embed.py                                  # 384 JPEGs of 640×480, ViT-B/32, fp32 and bf16,
+                                                                # and the onnx backend: fp32 and int8
     python benchmarks/embed.py --images 2000 --repeats 5 --workers 4 --batch-size 64
 
 Both sides embed the same seeded, photo-like JPEGs (640×480, quality 90, written to a temporary folder) with a
@@ -13,6 +14,10 @@ threads, the same DataLoader worker count and the same batch size:
 - *clipforge*: ``clipforge.search.embed.embed_source`` with clipforge's ``ViT-B-32`` preset into a fresh collection
   folder (``--precision`` fp32 or bf16; float16 storage), timed end to end: file listing, workers, writing the
   parts.
+- *clipforge, onnx backend* (``clipforge embed --backend onnx [--quantize int8]``): the same engine with the towers
+  in onnxruntime (``clipforge.search.onnx_backend``), fp32 and int8. The towers are exported once before the runs
+  (``export_seconds``: what a fresh DIR pays once; a resumed run reuses its export) and the same export serves every
+  run; each row's ratio is against the plain open_clip loop at fp32 of the same run.
 
 Images/s is wall-clock, the median of ``--repeats`` runs (the two sides alternate, so a change in the machine's
 load hits both; ``ratio_median_of_runs`` pairs each run's two sides). The decode pipelines alone (the same loaders
@@ -85,8 +90,10 @@ def open_clip_loop(model: Any, preprocess: Any, paths: list[Path], batch_size: i
     return len(paths) / (time.perf_counter() - start)
 
 
-def clipforge_run(model: Any, folder: Path, out: Path, batch_size: int, workers: int, precision: str | None) -> float:
-    """Images/s of clipforge's engine into a new collection (``precision`` None: its loader alone)."""
+def clipforge_run(model: Any, folder: Path, out: Path, batch_size: int, workers: int, precision: str | None,
+                  backend: str = "torch", quantize: str | None = None) -> float:
+    """Images/s of clipforge's engine into a new collection (``precision`` None: its loader alone; ``backend`` onnx:
+    ``model`` is an ``OnnxEvalModel``)."""
     from clipforge.data.sources import source_config
     from clipforge.search.embed import EmbedSettings, embed_source
     from clipforge.search.items import ItemSource, PartStream, PixelPrep, identity
@@ -99,7 +106,8 @@ def clipforge_run(model: Any, folder: Path, out: Path, batch_size: int, workers:
                                              prefetch_factor=4 if workers else None)
         n = sum(len(m["row"]) for m in loader if not m.get("end"))
     else:
-        settings = EmbedSettings(batch_size=batch_size, workers=workers, precision=precision, progress=False)
+        settings = EmbedSettings(batch_size=batch_size, workers=workers, precision=precision, backend=backend,
+                                 quantize=quantize, progress=False)
         n = embed_source(model, {"spec": "ViT-B-32", "pretrained": None}, source_config(str(folder)), out,
                          settings)["embedded"]
     return n / (time.perf_counter() - start)
@@ -124,10 +132,15 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads of the model")
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    parser.add_argument("--onnx", nargs="*", default=["fp32", "int8"], choices=["fp32", "int8"],
+                        help="onnx backend rows (none: skip them; they need fp32 in --precisions and the CPU)")
     parser.add_argument("--device", default="cpu", help="where both models run (cuda: against clip-retrieval's "
                                                         "published 1,500 images/s on an RTX 3080)")
     args = parser.parse_args()
     device = torch.device(args.device)
+    # Python puts this script's folder first on sys.path, and benchmarks/onnx.py there would be ``import onnx``.
+    here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
 
     import open_clip
 
@@ -137,18 +150,32 @@ def main() -> None:
     reference, _, preprocess = open_clip.create_model_and_transforms("ViT-B-32", pretrained=None)
     reference.eval().to(device)
     model = load_eval_model("ViT-B-32", str(device))[0]
+    onnx_variants = args.onnx if device.type == "cpu" and "fp32" in args.precisions else []
     rates: dict[str, dict[str, list[float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "images"
         folder.mkdir()
         paths = write_jpegs(folder, args.images)
         mean_kb = sum(p.stat().st_size for p in paths) / len(paths) / 1024
+        onnx_models, export_seconds = {}, {}
+        if onnx_variants:
+            from clipforge.search.onnx_backend import onnx_eval_model
+
+            for name in onnx_variants:
+                start = time.perf_counter()
+                onnx_models[name] = onnx_eval_model(model, Path(tmp) / f"onnx-{name}",
+                                                    quantize=None if name == "fp32" else name)
+                export_seconds[name] = round(time.perf_counter() - start, 1)
         for run in range(args.repeats):
             batch = torch.randn(args.batch_size, 3, 224, 224, device=device)
             for precision in args.precisions:
                 side = rates.setdefault(f"forward_only_{precision}", {"open_clip": [], "clipforge": []})
                 side["open_clip"].append(forward_rate(reference.encode_image, batch, precision))
                 side["clipforge"].append(forward_rate(model.model.encode_image, batch, precision))
+            for name, onnx in onnx_models.items():  # against the plain loop's fp32 forward of this run
+                side = rates.setdefault(f"forward_only_onnx_{name}", {"open_clip": [], "clipforge": []})
+                side["open_clip"].append(rates["forward_only_fp32"]["open_clip"][-1])
+                side["clipforge"].append(forward_rate(onnx.encode_images, batch, "fp32"))
             for precision in [None, *args.precisions]:
                 key = precision or "decode_only"
                 side = rates.setdefault(key, {"open_clip": [], "clipforge": []})
@@ -158,6 +185,14 @@ def main() -> None:
                                                        args.batch_size, args.workers, precision))
                 print(f"run {run} {key}: open_clip {side['open_clip'][-1]:.1f}, clipforge "
                       f"{side['clipforge'][-1]:.1f} images/s", file=sys.stderr, flush=True)
+            for name, onnx in onnx_models.items():  # the onnx backend against this run's plain fp32 loop
+                key = f"onnx_{name}"
+                side = rates.setdefault(key, {"open_clip": [], "clipforge": []})
+                side["open_clip"].append(rates["fp32"]["open_clip"][-1])
+                side["clipforge"].append(clipforge_run(onnx, folder, Path(tmp) / f"out-{key}-{run}", args.batch_size,
+                                                       args.workers, "fp32", "onnx", onnx.quantize))
+                print(f"run {run} {key}: open_clip fp32 {side['open_clip'][-1]:.1f}, clipforge onnx "
+                      f"{side['clipforge'][-1]:.1f} images/s", file=sys.stderr, flush=True)
     figures = {}
     for key, side in rates.items():
         a, b = statistics.median(side["open_clip"]), statistics.median(side["clipforge"])
@@ -165,6 +200,9 @@ def main() -> None:
         figures[key] = {"open_clip_images_per_s": round(a, 1), "clipforge_images_per_s": round(b, 1),
                         "ratio": round(b / a, 2), "ratio_median_of_runs": round(paired, 2),
                         "runs": {k: [round(v, 1) for v in vs] for k, vs in side.items()}}
+        if key.startswith(("onnx_", "forward_only_onnx_")):
+            figures[key]["reference"] = "the plain open_clip loop at fp32, the same run's figure"
+            figures[key]["export_seconds"] = export_seconds[key.rsplit("_", 1)[1]]
     if "fp32" in figures and "bf16" in figures:
         figures["clipforge_bf16_vs_open_clip_fp32"] = round(figures["bf16"]["clipforge_images_per_s"]
                                                             / figures["fp32"]["open_clip_images_per_s"], 2)
@@ -179,10 +217,20 @@ def main() -> None:
         "settings": {"images": args.images, "image_px": [640, 480], "mean_file_kb": round(mean_kb, 1),
                      "model": "ViT-B/32 (random weights), 224 px", "batch_size": args.batch_size,
                      "workers": args.workers, "torch_threads": args.threads, "repeats": args.repeats,
-                     "statistic": "median of wall-clock images/s; the two sides alternate"},
+                     "statistic": "median of wall-clock images/s; the two sides alternate",
+                     "onnx": {"variants": onnx_variants, "onnxruntime": _onnxruntime_version(onnx_variants),
+                              "session": "intra-op threads = torch threads, sequential, ORT_ENABLE_ALL"}},
         "figures": figures,
     }
     print(json.dumps(report, indent=2))
+
+
+def _onnxruntime_version(variants: list[str]) -> str | None:
+    if not variants:
+        return None
+    import onnxruntime
+
+    return str(onnxruntime.__version__)
 
 
 if __name__ == "__main__":
