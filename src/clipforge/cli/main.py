@@ -60,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as e:  # bad input, a missing or unwritable file, a full disk
         print(f"clipforge {args.verb}: error: {e}", file=sys.stderr)
         return 2
+    except ImportError as e:  # an optional stack that is not installed: the message names the extra
+        print(f"clipforge {args.verb}: error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"clipforge {args.verb}: interrupted", file=sys.stderr)
         return 130

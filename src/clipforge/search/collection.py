@@ -1,6 +1,8 @@
 """An embedded collection on disk, as ``clipforge embed`` writes it, read back for indexing, search and serving.
 
-The layout is clip-retrieval's (so its users' tools read it) plus a manifest and per-part commit markers::
+The layout is clip-retrieval's (so its users' tools read it) plus a manifest and per-part commit markers. The
+manifest records the model (spec, fingerprint, dimension, scoring), the data, the part size, the storage dtype, the
+precision and the backend (``torch``, or ``onnx`` with its ``quantize``), all of which a resumed run must repeat::
 
     DIR/embed.json                      the manifest: model (spec, fingerprint, dim, scoring), data, parts
     DIR/img_emb/img_emb_0000.npy        (n, D) L2-normalised rows, float16 (default) or float32
@@ -8,6 +10,7 @@ The layout is clip-retrieval's (so its users' tools read it) plus a manifest and
     DIR/metadata/metadata_0000.parquet  row, path, caption, width, height of each embedding row
     DIR/parts/part_0000.json            a part's commit marker, written last; no marker: the part is redone
     DIR/stats.json                      inputs, embedded, skipped by reason, images/s
+    DIR/onnx/fp32/, DIR/onnx/int8/      with ``--backend onnx``: the towers' ONNX export (reused on resume and search)
     DIR/index/image.faiss, index.json   ``clipforge index``
 
 Collection ids ``0 … N-1`` are the rows of the parts concatenated in part order; the vector index uses the same
@@ -241,8 +244,19 @@ class Collection:
             from clipforge.search.onnx_backend import onnx_eval_model, variant
 
             quantize = self.manifest.get("quantize") if self.backend == "onnx" else None
-            return onnx_eval_model(model, self.directory / "onnx" / variant(quantize), quantize)
+            return onnx_eval_model(model, self._export_dir(variant(quantize), recorded["fingerprint"]), quantize)
         return model
+
+    def _export_dir(self, name: str, fingerprint: str) -> Path:
+        """Where the ONNX export lives: ``DIR/onnx/<name>`` when it exists or DIR is writable, else (a read-only
+        collection) ``$CLIPFORGE_CACHE/onnx/<fingerprint>-<name>`` (default ``~/.cache/clipforge``)."""
+        import os
+
+        inside = self.directory / "onnx" / name
+        if (inside / "export.json").is_file() or os.access(self.directory, os.W_OK):
+            return inside
+        root = os.environ.get("CLIPFORGE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "clipforge")
+        return Path(root) / "onnx" / f"{fingerprint}-{name}"
 
     def image_bytes(self, item: int, limit: int = 64 << 20) -> bytes:
         """The original file bytes of item ``item`` (a file, a tar shard member); ``ValueError`` for a synthetic

@@ -221,7 +221,8 @@ def embed(model: str, data: Any, output: str | Path, settings: EmbedSettings | N
 def model_entry(model: Any, spec: str, pretrained: str | None) -> dict[str, Any]:
     """The manifest's ``model`` entry of an ``EvalModel``."""
     config = getattr(model.model, "config", None)
-    name = getattr(config, "name", None) or type(model.model).__name__
+    # A saved model directory's config has no preset name: call it by its path's last two parts (runs/x/final).
+    name = getattr(config, "name", None) or ("/".join(Path(spec).parts[-2:]) if os.path.exists(spec) else spec)
     return {"spec": spec, "pretrained": pretrained, "name": str(name), "family": getattr(config, "family", "clip"),
             "fingerprint": model.fingerprint(), "dim": int(getattr(config, "embed_dim", 0)) or None,
             "scoring": model.scoring}

@@ -81,6 +81,7 @@ class HealthResponse(BaseModel):
     model: str
     family: str
     scoring: str
+    backend: str
     size: int
     dim: int
     auth: bool

@@ -281,6 +281,7 @@ def create_app(source: Any, token: str | None = None, limits: ServerLimits | Non
     def healthz() -> HealthResponse:
         return HealthResponse(status="ok", model=str(info.get("name")), family=str(info.get("family", "clip")),
                               scoring=eval_model.scoring, size=collection.size, dim=collection.dim,
+                              backend=str(getattr(eval_model, "backend", "torch")),
                               auth=token is not None,
                               batching={name: b.stats.as_dict() for name, b in batchers.items()})
 
