@@ -259,8 +259,8 @@ class Collection:
         return Path(root) / "onnx" / f"{fingerprint}-{name}"
 
     def image_bytes(self, item: int, limit: int = 64 << 20) -> bytes:
-        """The original file bytes of item ``item`` (a file, a tar shard member); ``ValueError`` for a synthetic
-        item (use :meth:`image`)."""
+        """The original file bytes of item ``item`` (a file, a tar shard member, an image stored in a table's cell);
+        ``ValueError`` for a synthetic item (use :meth:`image`)."""
         path = str(self.rows([item])[0]["path"])
         if path.startswith("synthetic:"):
             raise ValueError(f"item {item} is a synthetic scene: it has no file")
@@ -277,9 +277,25 @@ class Collection:
                 if handle is None:
                     raise ValueError(f"{path}: not a regular file in its shard")
                 return handle.read()
+        data = self.manifest.get("data", {})
+        if path.startswith(f"{data.get('path')}:") and path.rsplit(":", 1)[1].isdigit():  # bytes inside a table
+            data_bytes = self._table().image_bytes(int(path.rsplit(":", 1)[1]))
+            if len(data_bytes) > limit:
+                raise ValueError(f"{path}: {len(data_bytes)} bytes, over the {limit}-byte limit")
+            return data_bytes
         from clipforge.data.decode import read_bytes
 
         return read_bytes(self._resolve(path), limit)
+
+    def _table(self) -> Any:
+        with self._lock:
+            if not hasattr(self, "_table_source"):
+                from clipforge.data.tables import TablePairs
+
+                data = self.manifest["data"]
+                self._table_source = TablePairs(data["path"], data["image_key"], data["caption_key"],
+                                                data.get("image_root") or "", data["kind"])
+            return self._table_source
 
     def _resolve(self, path: str) -> Path:
         p = Path(path)

@@ -211,7 +211,8 @@ class ItemSource:
         caption = _first_caption(captions, self.require_caption)
         ref = table.rows[i][0]
         name = ref.get("path") if isinstance(ref, dict) and not ref.get("bytes") else ref  # as TablePairs reads it
-        path = os.path.abspath(table.root / name) if isinstance(name, str) and name else f"{table.path}:{i}"
+        inline = f"{os.path.abspath(table.path)}:{i}"  # an image stored in the cell: the table and the row
+        path = os.path.abspath(table.root / name) if isinstance(name, str) and name else inline
         return _decode(table.image_bytes(i), self.limits, self.image_size, caption, path)
 
     def _load_sample(self, part: int, sample: dict[str, object]) -> Item:
