@@ -16,6 +16,7 @@ VERB_MODULES = [
     "clipforge.cli.classify",
     "clipforge.cli.convert",
     "clipforge.cli.export",
+    "clipforge.cli.merge",
     "clipforge.cli.data",
     "clipforge.cli.embed",
     "clipforge.cli.search",
