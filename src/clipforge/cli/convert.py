@@ -8,6 +8,12 @@ Examples::
     clipforge convert runs/tiny/model tiny.safetensors --to open_clip
     clipforge convert hf-hub:google/siglip-base-patch16-224 siglip-b16 --to clipforge   # from the HF cache
     clipforge convert ViT-B-32:laion2b_s34b_b79k b32-hf --to hf                       # an OpenCLIP pretrained tag
+    clipforge convert ViT-B-16:laion2b_s34b_b88k b16-336 --to clipforge --image-size 336   # position grid resized
+    clipforge convert runs/tiny/model tiny-long --to clipforge --context-length 248       # Long-CLIP's stretch
+
+``--image-size`` resizes a ViT's position grid bicubically (``clipforge.models.resize.resize_image_size``);
+``--context-length`` stretches the text positions, the first ``--keep`` kept (``resize_context``). Both apply after
+reading, before writing, and the written config says the new size, so the tokenizer pads to the new context.
 
 DST must not exist yet (an empty folder is fine): an existing file or a folder with files in it is refused unless
 ``--overwrite`` is given, which replaces what the conversion writes (other files in a folder stay) and is not atomic.
@@ -20,7 +26,7 @@ import argparse
 from pathlib import Path
 
 from clipforge.checkpoints import EXPORT_FORMATS, FORMATS
-from clipforge.cli.args import ACTIVATIONS, verb_parser
+from clipforge.cli.args import ACTIVATIONS, verb_parser, whole_number
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,6 +47,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--act", choices=ACTIVATIONS, default=None,
                    help="MLP activation of an OpenAI/open_clip input (their files do not record it; OpenAI: "
                         "quick_gelu; open_clip: from open_clip_config.json, else guessed from the shape)")
+    p.add_argument("--image-size", type=whole_number(1), default=None, metavar="PX",
+                   help="resize the image tower's position grid to this input size (a whole number of patches)")
+    p.add_argument("--context-length", type=whole_number(2), default=None, metavar="TOKENS",
+                   help="stretch the text positions to this many tokens (Long-CLIP; at least the model's)")
+    p.add_argument("--keep", type=whole_number(0), default=20,
+                   help="with --context-length: leading text positions kept as trained (default: 20, Long-CLIP's)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing DST (not atomic; never allowed onto SRC itself)")
     p.set_defaults(func=run)
@@ -67,7 +79,52 @@ def run(args: argparse.Namespace) -> int:
     from clipforge.checkpoints import convert
 
     check_destination(args.src, args.dst, args.overwrite)
+    if args.image_size is not None or args.context_length is not None:
+        written = convert_resized(args)
+        print(f"wrote {written} ({args.to})")
+        return 0
     written = convert(args.src, args.dst, to=args.to, src_format=args.src_format, allow_pickle=args.allow_pickle,
                       allow_jit=args.allow_jit, act=args.act)
     print(f"wrote {written} ({args.to})")
     return 0
+
+
+def check_context_fits(processor: object, context_length: int) -> None:
+    """Refuses a context no text can fill: the tokenizer reads at most ``max_chars`` characters of a text, each at
+    most 4 UTF-8 bytes and so at most 4 ids, plus the start and end tokens.
+
+    Raises:
+        ValueError: Naming the context and the tokenizer's limit.
+    """
+    max_chars = getattr(processor, "max_chars", None) or getattr(getattr(processor, "config", None), "max_chars", None)
+    if isinstance(max_chars, int) and context_length > 4 * max_chars + 2:
+        raise ValueError(f"--context-length {context_length} is longer than the tokenizer can fill: it reads at most "
+                         f"{max_chars} characters of a text, {4 * max_chars + 2} tokens at most")
+
+
+def convert_resized(args: argparse.Namespace) -> Path:
+    """Reads SRC, resizes its image positions and/or text context, and writes DST in ``args.to``'s format."""
+    import tempfile
+
+    from clipforge.api import get_text_processor, load
+    from clipforge.checkpoints import convert
+    from clipforge.checkpoints.native import save_pretrained
+    from clipforge.models.resize import resize_context, resize_image_size
+
+    extra = {"act": args.act} if args.act else {}
+    if args.src_format is not None:
+        extra["fmt"] = args.src_format
+    model, _, processor = load(args.src, device="cpu", allow_pickle=args.allow_pickle, allow_jit=args.allow_jit,
+                               **extra)
+    if args.image_size is not None:
+        resize_image_size(model, args.image_size)
+    if args.context_length is not None:
+        check_context_fits(processor, args.context_length)
+        resize_context(model, args.context_length, keep=args.keep)
+    if args.to == "clipforge":  # the processor's files travel; its context comes from the new config when loaded
+        written = save_pretrained(model, args.dst, processor)
+        get_text_processor(model, written)  # the processor at the new context builds
+        return written
+    with tempfile.TemporaryDirectory(prefix="clipforge-resized-") as tmp:
+        save_pretrained(model, tmp, processor)
+        return convert(tmp, args.dst, to=args.to)
