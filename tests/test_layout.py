@@ -20,7 +20,7 @@ FORBIDDEN = {
     "eval": {"train", "cli", "vqa"},
     "train": {"cli", "vqa"},
     "vqa": {"cli"},
-    "search": {"train", "cli", "vqa", "export"},
+    "search": {"train", "cli", "vqa"},
     "export": {"train", "data", "eval", "cli", "vqa", "deploy"},
     # The torch-free runtime: numpy, PIL, onnxruntime, text/ and config.py only (tests/deploy runs it without torch).
     "deploy": {"models", "train", "data", "eval", "cli", "checkpoints", "vqa", "export", "api", "transforms"},

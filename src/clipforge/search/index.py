@@ -5,8 +5,7 @@ Every index scores by inner product over L2-normalised rows (= cosine similarity
 - ``flat``: exact search (``IndexFlatIP``), n·d multiply-adds per query, no recall loss.
 - ``hnsw``: a graph (``HNSW32``) over the full vectors; fast queries, slow builds, vectors + graph in memory.
 - ``ivf``: inverted lists over k-means cells (``IVF{nlist},Flat``), full vectors; builds in minutes at millions.
-- ``ivfpq``: IVF with product-quantised codes (m bytes a row) re-ranked by 8-bit scalar codes of the rows (4-bit or
-  none under tighter budgets): for collections whose full vectors do not fit.
+- ``ivfpq``: IVF, product-quantised codes re-ranked by 8-bit (4-bit, none) scalar codes: full vectors do not fit.
 - ``auto`` (:func:`choose_index`): flat for small collections, HNSW or IVF for medium ones, IVF-PQ for large
   ones or when ``--memory`` forbids full vectors, as autofaiss does; the reason is recorded. Where an HNSW graph
   plateaus below the recall target, :func:`build_collection_index` builds IVF-Flat instead and says so.
