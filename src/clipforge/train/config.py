@@ -19,6 +19,7 @@ from clipforge.data.config import DataConfig, ShardsDataConfig, SyntheticDataCon
 from clipforge.models.config import ModelConfig
 from clipforge.models.factory import build_config
 from clipforge.models.presets import list_presets
+from clipforge.train.finetune_config import DistillConfig, UnlockConfig
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,10 @@ class OptimConfig:
         grad_clip: Clip the global gradient norm at this value; ``None`` does not clip.
         logit_scale_lr_mult: The logit scale's (and SigLIP bias's) learning rate as a multiple of the
             schedule's. A model started at a low scale (``init_logit_scale``) needs it to sharpen in a short run.
+        image_layer_decay: Layer-wise learning-rate decay of the image tower (timm's ``layer_decay``): layer ``i`` of
+            ``L`` blocks (0: embeddings; L + 1: the head) trains at ``decay ** (L + 1 - i)`` times the rate; 1: off.
+            CLIPPO's one tower uses it.
+        text_layer_decay: Likewise for the text tower.
     """
 
     lr: float = 5e-4
@@ -41,10 +46,15 @@ class OptimConfig:
     eps: float = 1e-6
     grad_clip: float | None = 1.0
     logit_scale_lr_mult: float = 1.0
+    image_layer_decay: float = 1.0
+    text_layer_decay: float = 1.0
 
     def __post_init__(self) -> None:
         if self.lr <= 0 or self.weight_decay < 0 or self.eps <= 0 or self.logit_scale_lr_mult <= 0:
             raise ConfigError(f"optim: lr, eps and logit_scale_lr_mult must be positive, weight_decay >= 0; got {self}")
+        for name in ("image_layer_decay", "text_layer_decay"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ConfigError(f"optim.{name} must lie in (0, 1] (1: no decay), got {getattr(self, name)}")
         if not all(0 <= b < 1 for b in self.betas):
             raise ConfigError(f"optim.betas must lie in [0, 1), got {self.betas}")
         if self.grad_clip is not None and self.grad_clip <= 0:
@@ -147,6 +157,7 @@ class TrainConfig:
         compile: ``torch.compile`` the towers.
         grad_checkpointing: Recompute activations in the backward pass.
         lock: LiT-style locking: the named tower is frozen (no gradient, eval mode).
+        unlock: Partial unlocking: only the last blocks of a tower train, optionally all of it from a step on.
         loss: ``clip`` (softmax InfoNCE) or ``siglip`` (sigmoid; the model needs a logit bias).
         local_loss: Distributed: each rank's loss over its own rows against all columns (OpenCLIP's local loss).
         siglip_exchange: How a distributed SigLIP run shows each rank the other ranks' texts. ``gather``
@@ -158,6 +169,7 @@ class TrainConfig:
             both. Only with ``loss: siglip``; a world of one ignores it.
         plots: Write PNG plots into the run dir at the end.
         text_pairs: CLIPPO only: text/text pairs mixed into each batch.
+        distill: Distillation from a teacher model (the contrastive loss plus a distillation term).
     """
 
     model: str = "tiny-vit"
@@ -179,11 +191,13 @@ class TrainConfig:
     compile: bool = False
     grad_checkpointing: bool = False
     lock: Literal["none", "image", "text"] = "none"
+    unlock: UnlockConfig = field(default_factory=UnlockConfig)
     loss: Literal["clip", "siglip"] = "clip"
     local_loss: bool = False
     siglip_exchange: Literal["gather", "ring"] = "gather"
     plots: bool = True
     text_pairs: TextPairsConfig = field(default_factory=TextPairsConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "accum_steps", "log_every", "keep_checkpoints"):
@@ -198,6 +212,11 @@ class TrainConfig:
         if self.siglip_exchange == "ring" and self.loss != "siglip":
             raise ConfigError(f"siglip_exchange=ring passes SigLIP's text blocks around the ring: it needs "
                               f"loss: siglip (got loss: {self.loss}); the softmax of clip needs the gather")
+        if self.unlock.at_step is not None and self.unlock.at_step >= self.steps:
+            raise ConfigError(f"unlock.at_step={self.unlock.at_step} is not before the last step (steps={self.steps})")
+        if self.distill.teacher is not None and self.siglip_exchange == "ring":
+            raise ConfigError("distill compares softmax distributions over the gathered batch: it needs "
+                              "siglip_exchange: gather, not ring")
         if self.text_pairs.fraction:
             if isinstance(self.data, ShardsDataConfig):
                 raise ConfigError("text_pairs mix into indexable sources (synthetic, tables, folders), not tar shards")

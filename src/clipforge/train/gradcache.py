@@ -12,14 +12,26 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import nullcontext
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from clipforge.train.distributed import Runtime, gather_features
-from clipforge.train.loss import siglip_loss, siglip_ring_loss
+from clipforge.train.loss import clip_distill_loss, siglip_loss, siglip_ring_loss
 
 LossFn = Callable[..., torch.Tensor]
+
+
+class Distillation(NamedTuple):
+    """A teacher's (no-grad) L2-normalised features of this rank's batch and its logit scale, with the term's weight
+    and form (``clip_distill_loss``): the loss becomes ``contrastive + weight × distillation``."""
+
+    image_features: torch.Tensor
+    text_features: torch.Tensor
+    logit_scale: torch.Tensor
+    weight: float = 1.0
+    form: str = "kl"
 
 
 def encode(model: nn.Module, images: torch.Tensor, texts: torch.Tensor, lock: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -32,14 +44,36 @@ def encode(model: nn.Module, images: torch.Tensor, texts: torch.Tensor, lock: st
 
 
 def global_loss(image_features: torch.Tensor, text_features: torch.Tensor, model: nn.Module, loss_fn: LossFn,
-                runtime: Runtime, local_loss: bool, exchange: str = "gather") -> torch.Tensor:
+                runtime: Runtime, local_loss: bool, exchange: str = "gather",
+                distill: Distillation | None = None) -> torch.Tensor:
     """The loss of this rank's features against the global batch's (gathered with gradient, or passed around a ring).
 
     Without ``local_loss`` every rank computes the full global loss (all rows, all columns); with it,
     its own rows against all columns, labels offset by ``rank × local batch`` (OpenCLIP's local loss).
     ``exchange="ring"`` (``loss_fn`` must be ``siglip_loss``) is SigLIP's local loss without a gather:
-    ``siglip_ring_loss``.
+    ``siglip_ring_loss``. ``distill`` adds the distillation term over the same rows and columns.
     """
+    loss = _contrastive_loss(image_features, text_features, model, loss_fn, runtime, local_loss, exchange)
+    if distill is None:
+        return loss
+    if exchange == "ring":
+        raise ValueError("distillation needs the gathered batch: exchange='gather'")
+    d = distill
+    all_images, all_texts = gather_features(image_features, runtime), gather_features(text_features, runtime)
+    teacher_images, teacher_texts = gather_features(d.image_features, runtime), gather_features(d.text_features,
+                                                                                               runtime)
+    if local_loss and runtime.distributed:
+        term = clip_distill_loss(image_features, text_features, model.scale(), d.image_features, d.text_features,
+                                 d.logit_scale, image_columns=all_images, text_columns=all_texts,
+                                 teacher_image_columns=teacher_images, teacher_text_columns=teacher_texts, form=d.form)
+    else:
+        term = clip_distill_loss(all_images, all_texts, model.scale(), teacher_images, teacher_texts, d.logit_scale,
+                                 form=d.form)
+    return loss + d.weight * term
+
+
+def _contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor, model: nn.Module, loss_fn: LossFn,
+                      runtime: Runtime, local_loss: bool, exchange: str) -> torch.Tensor:
     scale, bias = model.scale(), model.logit_bias
     if exchange == "ring":
         if loss_fn is not siglip_loss:
@@ -56,7 +90,8 @@ def global_loss(image_features: torch.Tensor, text_features: torch.Tensor, model
 
 def forward_backward(model: nn.Module, images: torch.Tensor, texts: torch.Tensor, loss_fn: LossFn, runtime: Runtime,
                      *, accum_steps: int = 1, local_loss: bool = False, exchange: str = "gather",
-                     lock: str = "none", autocast: torch.dtype | None = None) -> torch.Tensor:
+                     lock: str = "none", autocast: torch.dtype | None = None,
+                     distill: Distillation | None = None) -> torch.Tensor:
     """Computes the step's loss and accumulates its gradients into ``.grad`` (no optimiser step, no all-reduce).
 
     Args:
@@ -70,6 +105,7 @@ def forward_backward(model: nn.Module, images: torch.Tensor, texts: torch.Tensor
         exchange: ``gather`` or ``ring`` (SigLIP only): see ``global_loss``.
         lock: ``none``, ``image`` or ``text``: the tower that gets no gradient.
         autocast: The autocast dtype (``None``: full precision).
+        distill: The teacher's features of this rank's batch: adds the distillation term (``global_loss``).
 
     Returns:
         The loss, detached (still on the device: reading it is the caller's host sync).
@@ -78,7 +114,7 @@ def forward_backward(model: nn.Module, images: torch.Tensor, texts: torch.Tensor
     if accum_steps == 1:
         with amp():
             image_features, text_features = encode(model, images, texts, lock)
-            loss = global_loss(image_features, text_features, model, loss_fn, runtime, local_loss, exchange)
+            loss = global_loss(image_features, text_features, model, loss_fn, runtime, local_loss, exchange, distill)
         loss.backward()
         return loss.detach()
 
@@ -91,7 +127,7 @@ def forward_backward(model: nn.Module, images: torch.Tensor, texts: torch.Tensor
     image_cache = torch.cat([c[0] for c in cached]).requires_grad_(lock != "image")
     text_cache = torch.cat([c[1] for c in cached]).requires_grad_(lock != "text")
     with amp():  # (2) the loss on the cached features; gradients flow to the cache and the logit scale/bias
-        loss = global_loss(image_cache, text_cache, model, loss_fn, runtime, local_loss, exchange)
+        loss = global_loss(image_cache, text_cache, model, loss_fn, runtime, local_loss, exchange, distill)
     loss.backward()
     sizes = [len(c[0]) for c in cached]
     image_grads = image_cache.grad.split(sizes) if image_cache.grad is not None else [None] * len(chunks)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ from clipforge.train.checkpoint import (
 )
 from clipforge.train.config import TrainConfig, config_to_dict, save_config
 from clipforge.train.data import TrainData, world_config
+from clipforge.train.distill import teacher_features
 from clipforge.train.distributed import (
     Runtime,
     all_reduce_gradients,
@@ -43,6 +45,7 @@ from clipforge.train.distributed import (
 )
 from clipforge.train.evaluate import EvalSet, build_eval_sets, evaluate_languages, similarity_matrix
 from clipforge.train.gradcache import forward_backward
+from clipforge.train.layer_groups import apply_unlock, check_unlock, describe_groups
 from clipforge.train.loss import LOSSES
 from clipforge.train.metrics import MetricsLog, plot_loss, plot_similarity, plot_zeroshot, read_metrics
 from clipforge.train.optim import build_optimizer, lr_at, set_lr
@@ -128,9 +131,19 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None,
     if config.grad_checkpointing:
         model.set_grad_checkpointing(True)
     lock_tower(model, config.lock)
+    # Partial unlocking: the optimiser holds every parameter that trains at some step; which of them train at a
+    # step is a function of the step (``apply_unlock``), so a resume needs nothing more.
+    check_unlock(model, config.unlock, config.lock)
+    may_train = {name for name, p in model.named_parameters() if p.requires_grad}
+    apply_unlock(model, config.unlock, None, may_train)
     trainable = [p for p in model.parameters() if p.requires_grad]
     o = config.optim
-    optimizer = build_optimizer(model, o.lr, o.weight_decay, o.betas, o.eps, device, o.logit_scale_lr_mult)
+    optimizer = build_optimizer(model, o.lr, o.weight_decay, o.betas, o.eps, device, o.logit_scale_lr_mult,
+                                layer_decay={"image": o.image_layer_decay, "text": o.text_layer_decay})
+    apply_unlock(model, config.unlock, 0, may_train)
+    if runtime.is_main:
+        print(f"parameter groups:\n{describe_groups(model, optimizer.param_groups)}", file=sys.stderr)
+    teacher = prepared.teacher.to(device) if prepared.teacher is not None else None
     train_tf, eval_tf = model_transforms(model.config)
     image_size = model.config.vision.image_size
     data = TrainData(config.data, train_tf if config.data.augment else eval_tf, text_processor, config.batch_size,
@@ -175,16 +188,20 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None,
     result = TrainResult(run_dir, start_step, checkpoint=checkpoint_path)
     model.train()
     lock_tower(model, config.lock)
+    apply_unlock(model, config.unlock, start_step, may_train)
     bar = tqdm(total=config.steps, initial=start_step, disable=not runtime.is_main, dynamic_ncols=True)
     loss_sum, n_logged, t_log = torch.zeros((), device=device), 0, time.perf_counter()
     for step, (images, texts, data_info) in enumerate(loader, start=start_step):
         data.consume(data_info)  # skip counts and reader position of this batch (host-side ints, no sync)
         lr = lr_at(step, o.lr, config.schedule.warmup_steps, config.steps, config.schedule.min_lr)
         set_lr(optimizer, lr)
+        if step == config.unlock.at_step:
+            apply_unlock(model, config.unlock, step, may_train)
         images, texts = images.to(device, non_blocking=True), texts.to(device, non_blocking=True)
+        distill = None if teacher is None else teacher_features(teacher, images, texts, config.distill, accum, amp)
         loss = forward_backward(model, images, texts, loss_fn, runtime, accum_steps=accum,
                                 local_loss=config.local_loss, exchange=config.siglip_exchange, lock=config.lock,
-                                autocast=amp)
+                                autocast=amp, distill=distill)
         all_reduce_gradients(trainable, runtime)
         if o.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(trainable, o.grad_clip)

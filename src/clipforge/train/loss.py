@@ -1,4 +1,4 @@
-"""Contrastive losses as pure functions of features: CLIP's InfoNCE and SigLIP's sigmoid loss.
+"""Contrastive losses as pure functions of features: CLIP's InfoNCE, SigLIP's sigmoid loss, and distillation.
 
 Neither function gathers anything: in a distributed run the caller passes its local rows and the
 globally gathered columns (``clipforge.train.distributed.gather_features``) and an ``offset`` that says
@@ -157,6 +157,67 @@ def _checkpointed_block(image_features: torch.Tensor, text_block: torch.Tensor, 
     pass rather than kept (so the ring holds one block's logits at a time)."""
     loss = functools.partial(siglip_loss, negatives_only=negatives_only)
     return checkpoint(loss, image_features, text_block, logit_scale, logit_bias, use_reentrant=False)
+
+
+def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, form: str = "kl") -> torch.Tensor:
+    """Row-wise distillation of softmax distributions: the teacher's rows are the targets of the student's.
+
+    ``cross_entropy`` is OpenCLIP's ``DistillClipLoss.dist_loss``: ``-mean_rows sum_j p_t log p_s``. ``kl`` subtracts
+    the teacher's entropy, ``mean_rows KL(p_t ‖ p_s)``: the same gradient for the student, and 0 when the student's
+    logits equal the teacher's (up to a constant per row). No gradient flows into ``teacher_logits``.
+
+    Args:
+        student_logits: (N, M) logits, one distribution per row.
+        teacher_logits: (N, M) the teacher's logits of the same rows and columns.
+        form: ``kl`` or ``cross_entropy``.
+
+    Returns:
+        The scalar loss, averaged over the N rows.
+    """
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
+                         f"{tuple(teacher_logits.shape)} differ in shape")
+    log_student = student_logits.float().log_softmax(dim=1)
+    log_teacher = teacher_logits.detach().float().log_softmax(dim=1)
+    if form == "cross_entropy":
+        return -(log_teacher.exp() * log_student).sum(dim=1).mean()
+    if form == "kl":
+        return F.kl_div(log_student, log_teacher, reduction="batchmean", log_target=True)
+    raise ValueError(f"form: expected 'kl' or 'cross_entropy', got {form!r}")
+
+
+def clip_distill_loss(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    logit_scale: torch.Tensor,
+    teacher_image_features: torch.Tensor,
+    teacher_text_features: torch.Tensor,
+    teacher_logit_scale: torch.Tensor,
+    *,
+    image_columns: torch.Tensor | None = None,
+    text_columns: torch.Tensor | None = None,
+    teacher_image_columns: torch.Tensor | None = None,
+    teacher_text_columns: torch.Tensor | None = None,
+    form: str = "kl",
+) -> torch.Tensor:
+    """OpenCLIP's ``DistillClipLoss`` distillation term: ``distill_loss`` of the image→text and the text→image
+    logits, averaged; the contrastive term is the caller's (``clip_loss``).
+
+    The student's and the teacher's features may differ in width (only their (N, M) logits meet). Rows and columns as
+    in ``clip_loss``: the columns default to the rows (a single process, or the gathered batch on every rank).
+
+    Returns:
+        The scalar distillation loss.
+    """
+    def columns(given: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor:
+        return rows if given is None else given
+
+    student_i2t = logit_scale * image_features @ columns(text_columns, text_features).T  # (N, M)
+    student_t2i = logit_scale * text_features @ columns(image_columns, image_features).T  # (N, M)
+    teacher_i2t = teacher_logit_scale * teacher_image_features @ columns(teacher_text_columns, teacher_text_features).T
+    teacher_t2i = teacher_logit_scale * teacher_text_features @ columns(teacher_image_columns,
+                                                                        teacher_image_features).T
+    return (distill_loss(student_i2t, teacher_i2t, form) + distill_loss(student_t2i, teacher_t2i, form)) / 2
 
 
 LOSSES = {"clip": clip_loss, "siglip": siglip_loss}

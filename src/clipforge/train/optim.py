@@ -29,13 +29,24 @@ def decays(module: nn.Module, name: str, param: torch.Tensor) -> bool:
 _TEMPERATURE_NAMES = ("logit_scale", "logit_bias")
 
 
-def param_groups(model: nn.Module, weight_decay: float, logit_scale_lr_mult: float = 1.0) -> list[dict]:
+def param_groups(model: nn.Module, weight_decay: float, logit_scale_lr_mult: float = 1.0,
+                 layer_decay: dict[str, float] | None = None) -> list[dict]:
     """Trainable parameters split into a decayed group and a ``weight_decay=0`` group.
 
     Parameters with ``requires_grad=False`` (a locked tower) are left out. With ``logit_scale_lr_mult`` other
     than 1, the logit scale (and SigLIP's bias) form a third group whose ``lr_mult`` scales the schedule's
     rate (``set_lr``).
+
+    ``layer_decay`` (``{"image": d, "text": d}``) other than 1 splits each tower by layer
+    (``clipforge.train.layer_groups``): layer ``i`` of a tower with ``L`` blocks gets ``lr_mult = d ** (L + 1 − i)``,
+    so the head (final norm, pooling head, projection) keeps the schedule's rate, the last block gets ``d`` times it
+    and the embeddings ``d ** (L + 1)`` (timm's ``param_groups_layer_decay``). Each (tower, layer) forms a decayed
+    and a ``weight_decay=0`` group under the same rules (``decays``); the logit scale keeps its own multiple.
+    With every decay 1 (the default) the groups are the two or three above, as before.
     """
+    decays_by_tower = {k: v for k, v in (layer_decay or {}).items() if v != 1.0}
+    if decays_by_tower:
+        return _layer_decay_groups(model, weight_decay, logit_scale_lr_mult, decays_by_tower)
     decay, no_decay, temperature = [], [], []
     separate = logit_scale_lr_mult != 1.0
     for module in model.modules():
@@ -52,12 +63,39 @@ def param_groups(model: nn.Module, weight_decay: float, logit_scale_lr_mult: flo
     return groups
 
 
+def _layer_decay_groups(model: nn.Module, weight_decay: float, logit_scale_lr_mult: float,
+                        layer_decay: dict[str, float]) -> list[dict]:
+    """``param_groups`` with layer-wise decay: one decayed and one undecayed group per (tower, layer)."""
+    from clipforge.train.layer_groups import layer_lr_mult, layer_map
+
+    layers = layer_map(model)
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups: dict[tuple[int, int, bool, bool], dict] = {}
+    tower_order = {"image": 0, "text": 1, None: 2}
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad:
+                continue
+            layer = layers[names[id(param)]]
+            mult = layer_lr_mult(layer, layer_decay.get(layer.tower or "", 1.0))
+            temperature = name in _TEMPERATURE_NAMES and layer.tower is None
+            if temperature:
+                mult *= logit_scale_lr_mult
+            wd = decays(module, name, param)
+            key = (tower_order[layer.tower], layer.index, not wd, temperature)
+            group = groups.setdefault(key, {"params": [], "weight_decay": weight_decay if wd else 0.0,
+                                            "lr_mult": mult})
+            group["params"].append(param)
+    return [groups[k] for k in sorted(groups)]
+
+
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float],
-                    eps: float, device: torch.device, logit_scale_lr_mult: float = 1.0) -> torch.optim.AdamW:
+                    eps: float, device: torch.device, logit_scale_lr_mult: float = 1.0,
+                    layer_decay: dict[str, float] | None = None) -> torch.optim.AdamW:
     """AdamW over ``param_groups(model)``, with the fused kernel on CUDA and on the CPU (one kernel over all
     tensors instead of a loop over them; for a tiny model the 49,408-row token table dominates the update)."""
-    return torch.optim.AdamW(param_groups(model, weight_decay, logit_scale_lr_mult), lr=lr, betas=betas, eps=eps,
-                             fused=device.type in ("cuda", "cpu"))
+    groups = param_groups(model, weight_decay, logit_scale_lr_mult, layer_decay)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=device.type in ("cuda", "cpu"))
 
 
 def lr_at(step: int, base_lr: float, warmup_steps: int, total_steps: int, min_lr: float = 0.0) -> float:

@@ -18,6 +18,7 @@ from clipforge.models.config import ModelConfig
 from clipforge.models.presets import preset_hint
 from clipforge.text import TextProcessor, build_text_processor
 from clipforge.train.config import TrainConfig
+from clipforge.train.finetune_config import DistillConfig
 
 
 @dataclass
@@ -28,14 +29,37 @@ class Prepared:
         model_config: The architecture to train (the preset's or the checkpoint's, under ``model_overrides``).
         text_processor: The model's text processor (a checkpoint's own vocabulary when it carries one).
         start: The checkpoint's model with its weights, on the CPU; ``None`` for a preset (fresh weights).
+        teacher: ``distill.teacher``'s model (CPU, eval mode, no gradients), checked against the student's input.
     """
 
     model_config: ModelConfig
     text_processor: TextProcessor
     start: torch.nn.Module | None = None
+    teacher: torch.nn.Module | None = None
 
 
 def prepare(config: TrainConfig) -> Prepared:
+    """Checks what ``config`` names on disk and reads the starting checkpoint (and a distillation teacher) once.
+
+    Raises:
+        ConfigError: see ``prepare_student``; or ``distill.teacher`` cannot be read, or does not take the student's
+            input (image size and normalisation, text processor).
+    """
+    prepared = prepare_student(config)
+    if config.distill.teacher is not None:
+        prepared.teacher = _teacher(config.distill, prepared)
+    return prepared
+
+
+def _teacher(distill: DistillConfig, prepared: Prepared) -> torch.nn.Module:
+    from clipforge.train.distill import check_teacher, load_teacher
+
+    teacher, teacher_text = load_teacher(distill)
+    check_teacher(prepared.model_config, prepared.text_processor, teacher, teacher_text)
+    return teacher
+
+
+def prepare_student(config: TrainConfig) -> Prepared:
     """Checks what ``config`` names on disk and reads the starting checkpoint once.
 
     Raises:
