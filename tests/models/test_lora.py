@@ -29,6 +29,8 @@ SIGLIP = {"embed_dim": 32, "vision": {"image_size": 32, "width": 32, "layers": 1
           "text": {"width": 32, "heads": 2, "layers": 1, "context_length": 16}}
 CLIPPO = {"embed_dim": 32, "vision": {"image_size": 32, "width": 32, "layers": 1, "heads": 2},
           "render": {"image_size": 32}}
+RESNET = {"embed_dim": 32, "vision": {"image_size": 32}, "text": {"width": 32, "heads": 2, "layers": 1,
+                                                               "context_length": 16}}
 
 
 def tiny(preset: str = "tiny-vit", overrides: dict | None = None, seed: int = 0) -> nn.Module:
@@ -52,10 +54,11 @@ def features(model: nn.Module, images: torch.Tensor, text: torch.Tensor) -> tupl
 
 
 def train_adapters(model: nn.Module, steps: int = 3) -> None:
-    """A few AdamW steps on the contrastive loss of a fixed batch (dropout off: eval mode)."""
+    """A few AdamW steps on the contrastive loss of a fixed batch, in train mode (BatchNorm too), then eval mode."""
     from clipforge.train.loss import clip_loss
 
     images, text = inputs(model)
+    model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-2)
     for _ in range(steps):
@@ -63,10 +66,11 @@ def train_adapters(model: nn.Module, steps: int = 3) -> None:
         clip_loss(out.image_features, out.text_features, out.logit_scale).backward()
         optimizer.step()
         optimizer.zero_grad()
+    model.eval()
 
 
-CASES = [("tiny-vit", TINY, ("attn", "mlp")), ("siglip-tiny", SIGLIP, ("attn", "mlp", "map")),
-         ("clippo-tiny", CLIPPO, ("attn", "mlp", "map"))]
+CASES = [("tiny-vit", TINY, ("attn", "mlp")), ("siglip-tiny", SIGLIP, ("attn", "mlp", "pool")),
+         ("clippo-tiny", CLIPPO, ("attn", "mlp", "pool")), ("tiny-rn", RESNET, ("attn", "mlp", "pool"))]
 
 
 @pytest.mark.parametrize(("preset", "overrides", "targets"), CASES, ids=[c[0] for c in CASES])
@@ -87,7 +91,8 @@ def test_training_changes_only_the_adapters_and_merging_gives_the_same_model(pre
     train_adapters(model)
     after = model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
-    assert changed and changed <= set(lora_state_dict(model))  # base weights (logit scale too) bit-identical
+    # Base weights (logit scale too) and buffers (a ResNet's BatchNorm statistics) bit-identical.
+    assert changed and changed <= set(lora_state_dict(model))
     assert any(k.endswith("lora_B") for k in changed)  # B moved off zero: the update is no longer nothing
     x = inputs(base)
     adapted = features(model, *x)
@@ -96,6 +101,7 @@ def test_training_changes_only_the_adapters_and_merging_gives_the_same_model(pre
     assert lora_config(merged) is None and not lora_layers(merged)
     assert set(merged.state_dict()) == set(base.state_dict())  # an ordinary model: save_pretrained writes it as is
     assert all(p.requires_grad for p in merged.parameters())
+    assert not any(m._forward_pre_hooks for m in merged.modules())  # BatchNorm trains normally again
     for a, b in zip(adapted, features(merged, *x)):
         assert (a - b).abs().max().item() < 1e-5
 
@@ -133,9 +139,9 @@ def test_patterns_choose_layers_by_name() -> None:
 
 
 def test_a_target_that_names_no_layer_is_a_clear_error() -> None:
-    with pytest.raises(ConfigError, match=r"'map' matches no linear layer.*groups there: \['attn', 'mlp'\].*"
+    with pytest.raises(ConfigError, match=r"'pool' matches no linear layer.*groups there: \['attn', 'mlp'\].*"
                                           r"visual\.transformer\.blocks\.\*\.attn\.qkv"):
-        apply_lora(tiny(), LoRAConfig(targets=("map",)))
+        apply_lora(tiny(), LoRAConfig(targets=("pool",)))
     with pytest.raises(ConfigError, match="'visual.blocks.*' matches no linear layer"):
         apply_lora(tiny(), LoRAConfig(targets=("visual.blocks.*",)))
     with pytest.raises(ConfigError, match="no target .* matches a layer of the text tower"):

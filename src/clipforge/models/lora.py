@@ -3,8 +3,10 @@
 ``apply_lora(model, LoRAConfig(rank=8, targets=("attn", "mlp")))`` replaces each chosen ``nn.Linear`` by a
 ``LoRALinear`` that computes ``W x + b + (alpha / rank) · B A dropout(x)``, with ``A`` (rank, in) initialised
 Kaiming-uniform and ``B`` (out, rank) zero, so at initialisation the model computes exactly what the base does.
-Every base parameter is frozen, the logit scale and bias included (as peft and OpenCLIP's LoRA recipes do): the
-adapters alone train, and a saved adapter set fits the base it was trained on without any other tensor.
+Every base parameter is frozen, the logit scale and bias included (as peft and OpenCLIP's LoRA recipes do), and
+BatchNorm layers (a ResNet tower's) keep their running statistics, computing in eval mode even while the model
+trains, as ``lock`` does for a LiT tower: the adapters alone change, and a saved adapter set fits the base it was
+trained on without any other tensor.
 ``merge_lora`` folds ``W += scale · B A`` back into plain ``nn.Linear`` layers: the result is an ordinary model
 that ``save_pretrained`` writes and every loader reads.
 
@@ -14,10 +16,11 @@ the wrapper is a few lines, keeps the base weight's name (``attn.qkv.weight``; t
 fingerprint lives in ``clipforge.train.lora`` (``save_adapters``, ``load_adapters``).
 
 Targets choose layers by what they are, not by name: ``attn`` is the fused ``qkv`` and ``out_proj`` of every
-block's attention, ``mlp`` the ``fc`` and ``proj`` of every block's MLP, ``map`` every projection of a MAP
-pooling head (SigLIP). Any other target is a ``fnmatch`` pattern over module names relative to the model
-(``visual.transformer.blocks.1[01].attn.qkv``, ``*.attnpool.*_proj``), matched against ``nn.Linear`` layers
-only. ``towers`` picks the towers (``model.towers()``); CLIPPO's single tower is both.
+block's attention, ``mlp`` the ``fc`` and ``proj`` of every block's MLP, ``pool`` every projection of an
+attention-pooling head (SigLIP's MAP head, the ResNet's attention pool). Any other target is a ``fnmatch`` pattern
+over module names relative to the model (``visual.transformer.blocks.1[01].attn.qkv``, ``*.attnpool.*_proj``),
+matched against ``nn.Linear`` layers only. ``towers`` picks the towers (``model.towers()``); CLIPPO's single tower
+is both.
 """
 
 from __future__ import annotations
@@ -32,11 +35,13 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from clipforge.config import ConfigError
 from clipforge.models.layers import MLP, Attention, Block, MAPHead
+from clipforge.models.resnet import AttentionPool2d
 
-GROUPS = ("attn", "mlp", "map")
+GROUPS = ("attn", "mlp", "pool")
 _LORA_CONFIG = "lora_config"  # the attribute of a model that holds its LoRAConfig once adapters are applied
 
 
@@ -50,7 +55,7 @@ class LoRAConfig:
             update's size at a given learning rate.
         dropout: Dropout on the adapter's input during training (not on the base path).
         towers: ``image``, ``text`` or both.
-        targets: ``attn``, ``mlp``, ``map`` (see the module docstring) or module-name patterns.
+        targets: ``attn``, ``mlp``, ``pool`` (see the module docstring) or module-name patterns.
     """
 
     rank: int = 8
@@ -169,13 +174,13 @@ def target_layers(model: nn.Module, config: LoRAConfig) -> dict[str, nn.Linear]:
 
 
 def _groups(model: nn.Module) -> dict[str, str]:
-    """Each grouped linear layer's name → its group (``attn``, ``mlp``, ``map``), found by module class."""
+    """Each grouped linear layer's name → its group (``attn``, ``mlp``, ``pool``), found by module class."""
     groups: dict[str, str] = {}
     for name, module in model.named_modules():
-        if isinstance(module, MAPHead):
+        if isinstance(module, MAPHead | AttentionPool2d):
             for sub, m in module.named_modules():
                 if isinstance(m, nn.Linear):
-                    groups[f"{name}.{sub}"] = "map"
+                    groups[f"{name}.{sub}"] = "pool"
         elif isinstance(module, Block):
             for child, group in (("attn", "attn"), ("mlp", "mlp")):
                 part = getattr(module, child)
@@ -204,8 +209,8 @@ def apply_lora(model: nn.Module, config: LoRAConfig, seed: int = 0) -> nn.Module
         seed: Seeds the ``A`` matrices (so a run's adapters start the same whatever the global RNG did).
 
     Returns:
-        ``model``, whose only trainable parameters are now the adapters; at this point its outputs equal the
-        base model's exactly.
+        ``model``, whose only trainable parameters are now the adapters (its BatchNorm layers, if any, keep their
+        statistics); at this point its outputs equal the base model's exactly.
 
     Raises:
         ConfigError: a target matches no layer (see ``target_layers``).
@@ -218,8 +223,17 @@ def apply_lora(model: nn.Module, config: LoRAConfig, seed: int = 0) -> nn.Module
     generator = torch.Generator().manual_seed(seed)
     for name, linear in layers.items():
         _set_module(model, name, LoRALinear(linear, config.rank, config.scale, config.dropout, generator))
+    for module in model.modules():
+        if isinstance(module, _BatchNorm) and module.track_running_stats:
+            module.register_forward_pre_hook(_keep_statistics)
     setattr(model, _LORA_CONFIG, config)
     return model
+
+
+def _keep_statistics(module: nn.Module, args: object) -> None:
+    """A BatchNorm forward pre-hook: eval mode for this call whatever ``model.train()`` set, so a frozen base's
+    running statistics stay as they were (and its features are those of the base)."""
+    module.training = False
 
 
 def lora_config(model: nn.Module) -> LoRAConfig | None:
@@ -252,6 +266,10 @@ def merge_lora(model: nn.Module) -> nn.Module:
     for name, layer in lora_layers(model).items():
         _set_module(model, name, layer.merged())
     model.requires_grad_(True)
+    for module in model.modules():
+        hooks = module._forward_pre_hooks
+        for key in [k for k, hook in hooks.items() if hook is _keep_statistics]:
+            del hooks[key]
     if hasattr(model, _LORA_CONFIG):
         delattr(model, _LORA_CONFIG)
     return model

@@ -18,6 +18,7 @@ from clipforge.config import ConfigError, apply_overrides, from_dict, load_yaml,
 from clipforge.data.config import DataConfig, ShardsDataConfig, SyntheticDataConfig
 from clipforge.models.config import ModelConfig
 from clipforge.models.factory import build_config
+from clipforge.models.lora import LoRAConfig
 from clipforge.models.presets import list_presets
 from clipforge.train.finetune_config import DistillConfig, UnlockConfig
 
@@ -169,6 +170,8 @@ class TrainConfig:
             both. Only with ``loss: siglip``; a world of one ignores it.
         plots: Write PNG plots into the run dir at the end.
         text_pairs: CLIPPO only: text/text pairs mixed into each batch.
+        lora: LoRA fine-tuning (``clipforge.models.lora``): adapters on the chosen layers of a checkpoint's model,
+            every base weight frozen; the final model directory holds the merged model and ``adapters/``.
         distill: Distillation from a teacher model (the contrastive loss plus a distillation term).
     """
 
@@ -197,6 +200,7 @@ class TrainConfig:
     siglip_exchange: Literal["gather", "ring"] = "gather"
     plots: bool = True
     text_pairs: TextPairsConfig = field(default_factory=TextPairsConfig)
+    lora: LoRAConfig | None = None
     distill: DistillConfig = field(default_factory=DistillConfig)
 
     def __post_init__(self) -> None:
@@ -217,6 +221,10 @@ class TrainConfig:
         if self.distill.teacher is not None and self.siglip_exchange == "ring":
             raise ConfigError("distill compares softmax distributions over the gathered batch: it needs "
                               "siglip_exchange: gather, not ring")
+        if self.lora is not None and (self.lock != "none" or self.unlock.image_blocks is not None or
+                                      self.unlock.text_blocks is not None):
+            raise ConfigError("lora freezes every base weight and trains adapters only: choose its towers with "
+                              "lora.towers instead of lock or unlock")
         if self.text_pairs.fraction:
             if isinstance(self.data, ShardsDataConfig):
                 raise ConfigError("text_pairs mix into indexable sources (synthetic, tables, folders), not tar shards")

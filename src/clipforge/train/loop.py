@@ -277,9 +277,15 @@ def _warn_config_change(saved: dict[str, Any], current: dict[str, Any], runtime:
 
 
 def export_model(model: torch.nn.Module, text_processor: Any, directory: Path) -> Path:
-    """Saves the trained model (and its tokenizer's vocabulary) as a model directory for ``clipforge.load``."""
+    """Saves the trained model (and its tokenizer's vocabulary) as a model directory for ``clipforge.load``; a LoRA
+    model is saved merged, with its adapters alone in ``directory/adapters`` (``clipforge.train.lora``)."""
     from clipforge.checkpoints.native import save_pretrained
+    from clipforge.models.lora import lora_config
 
+    if lora_config(model) is not None:
+        from clipforge.train.lora import save_lora_model
+
+        return save_lora_model(model, text_processor, directory)
     return save_pretrained(model, directory, text_processor)
 
 

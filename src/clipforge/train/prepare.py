@@ -8,6 +8,7 @@ what it read instead of opening the checkpoint again.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +29,8 @@ class Prepared:
     Attributes:
         model_config: The architecture to train (the preset's or the checkpoint's, under ``model_overrides``).
         text_processor: The model's text processor (a checkpoint's own vocabulary when it carries one).
-        start: The checkpoint's model with its weights, on the CPU; ``None`` for a preset (fresh weights).
+        start: The checkpoint's model with its weights, on the CPU; ``None`` for a preset (fresh weights). With
+            ``lora`` it is the model to train: under the overrides, adapters applied, base weights frozen.
         teacher: ``distill.teacher``'s model (CPU, eval mode, no gradients), checked against the student's input.
     """
 
@@ -65,7 +67,8 @@ def prepare_student(config: TrainConfig) -> Prepared:
     Raises:
         ConfigError: a data path, table column, shard glob or corpus is missing, or ``model`` is neither a
             preset, a readable checkpoint nor a released one by name (``hf-hub:org/repo``, ``NAME:TAG``; naming
-            the field and what was expected).
+            the field and what was expected), or ``lora`` is asked of a preset (adapters fine-tune trained weights)
+            or names a layer the model does not have.
     """
     from clipforge.data import check_source
 
@@ -74,12 +77,15 @@ def prepare_student(config: TrainConfig) -> Prepared:
             config.text_pairs.path).is_file():
         raise ConfigError(f"text_pairs.path: no such file: {config.text_pairs.path}")
     if config.starts_from_preset():
+        if config.lora is not None:
+            raise ConfigError(f"lora: adapters fine-tune a trained model, but model={config.model!r} is a preset "
+                              "(fresh weights): give a model directory or checkpoint, e.g. model=runs/quickstart/final")
         model_config = config.model_config()
         return Prepared(model_config, build_text_processor(model_config))
     if not Path(config.model).exists():
         released = _released(config)
         if released is not None:
-            return released
+            return _with_lora(config, released)
         raise ConfigError(f"model: unknown model {config.model!r}: no preset of that name and no checkpoint at "
                           f"that path{preset_hint(config.model)}")
     from clipforge.checkpoints import load_any  # the converters load lazily
@@ -90,7 +96,33 @@ def prepare_student(config: TrainConfig) -> Prepared:
         raise ConfigError(f"model: {e}") from None
     model_config = config.with_overrides(start.config)
     config.check_model(model_config)
-    return Prepared(model_config, build_text_processor(model_config, config.model), start)
+    return _with_lora(config, Prepared(model_config, build_text_processor(model_config, config.model), start))
+
+
+def _with_lora(config: TrainConfig, prepared: Prepared) -> Prepared:
+    """``prepared`` with ``config.lora``'s adapters on its model (built under the overrides first), printing how many
+    parameters train; ``prepared`` itself without ``lora``.
+
+    Raises:
+        ConfigError: a LoRA target names no layer of the model.
+    """
+    if config.lora is None or prepared.start is None:
+        return prepared
+    from clipforge.checkpoints.native import load_state_dict_into
+    from clipforge.models.factory import build_model
+    from clipforge.models.lora import apply_lora, count_parameters, lora_layers
+
+    model = prepared.start
+    if prepared.model_config != model.config:  # overrides that keep every shape, as the loop's build_model does
+        model = build_model(prepared.model_config)
+        load_state_dict_into(model, prepared.start.state_dict(), config.model)
+    apply_lora(model, config.lora, seed=config.seed)
+    if os.environ.get("RANK", "0") == "0":  # prepare runs before the process group: one line per job, not per rank
+        trainable, total = count_parameters(model)
+        print(f"lora: rank {config.lora.rank} on {len(lora_layers(model))} layers ({', '.join(config.lora.targets)} "
+              f"of {' and '.join(config.lora.towers)}): {trainable:,} trainable parameters of {total:,} "
+              f"({100 * trainable / total:.2f}%)")
+    return Prepared(prepared.model_config, prepared.text_processor, model)
 
 
 def _released(config: TrainConfig) -> Prepared | None:
