@@ -69,6 +69,8 @@ def _check_type(value: Any, annotation: Any, where: str) -> Any:
             if not isinstance(kind, str) or kind not in kinds:
                 raise ConfigError(f"{where}.kind: expected one of {list(kinds)}, got {shorten(kind)}")
             return from_dict(kinds[kind], value, where)
+        if isinstance(value, dict) and len(kinds) == 1:  # ``Section | None`` given a mapping: the section's own error
+            return from_dict(next(iter(kinds.values())), value, where)
         for arg in args:
             try:
                 return _check_type(value, arg, where)

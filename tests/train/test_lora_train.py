@@ -90,10 +90,9 @@ def test_lora_config_fields_and_clear_errors(tmp_path: Path) -> None:
 
 # With dropout the resumed run draws other masks: creating the DataLoader (train/data.py) takes a seed from the global
 # torch RNG, after the checkpoint's RNG state is restored on resume (patch dropout shows the same without LoRA).
-RANDOM_OPS_RESUME = pytest.mark.xfail(strict=True, reason="TrainData.loader's DataLoader draws from the global RNG")
 
 
-@pytest.mark.parametrize("dropout", [0.0, pytest.param(0.1, marks=RANDOM_OPS_RESUME)])
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
 def test_a_lora_run_resumed_ends_where_an_uninterrupted_one_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                  one_thread: None, capsys, dropout: float) -> None:
     base = pretrained()

@@ -43,6 +43,7 @@ def test_overrides_are_typed_and_nested():
     (["eval.languages=[en, de]"], "eval.languages: expected a non-empty list of"),
     (["optim.logit_scale_lr_mult=0"], "logit_scale_lr_mult must be positive"),
     (["data.contrast_group=9"], "data.contrast_group must be in 1..8"),
+    (["lora.rank=0"], "lora.rank must be an integer >= 1"),  # an optional section's own message, not "matches none"
 ])
 def test_bad_configs_fail_with_a_clear_message(overrides, message):
     """Each mistake is caught by building the config or by ``prepare``, the one step that reads files, before any

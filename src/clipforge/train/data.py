@@ -286,7 +286,7 @@ class TrainData:
         if is_labelled(config):
             raise ConfigError("data: training needs captions; data.label_key and data.layout=classes name class "
                               "labels (for evaluation)")
-        self.config, self.runtime, self.batch_size = config, runtime, batch_size
+        self.config, self.runtime, self.batch_size, self.seed = config, runtime, batch_size, seed
         self.batches: StepBatches | ShardBatches
         source = build_source(config, image_size)  # checks what config names on disk first, before any work
         if isinstance(source, ShardSource):
@@ -322,7 +322,10 @@ class TrainData:
             sampler = None
         else:
             dataset, sampler = self.batches, range(start, stop)
+        # Its own generator: a DataLoader draws its workers' base seed from the global RNG otherwise, which shifts
+        # the model's random ops (dropout, patch dropout) in a resumed run against the uninterrupted one.
         loader = torch.utils.data.DataLoader(dataset, batch_size=None, sampler=sampler, num_workers=workers,
+                                             generator=torch.Generator().manual_seed(self.seed + start),
                                              pin_memory=pin_memory and self.decoder is None,
                                              persistent_workers=False, prefetch_factor=4 if workers else None)
         return loader if self.decoder is None else _decode_on_device(loader, self.decoder)
