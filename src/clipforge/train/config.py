@@ -20,6 +20,7 @@ from clipforge.models.config import ModelConfig
 from clipforge.models.factory import build_config
 from clipforge.models.lora import LoRAConfig
 from clipforge.models.presets import list_presets
+from clipforge.train.eval_sets import EvalSetConfig, check_set_names
 from clipforge.train.finetune_config import DistillConfig, UnlockConfig
 
 
@@ -103,7 +104,7 @@ class TextPairsConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Periodic zero-shot and retrieval evaluation on the synthetic world's held-out split.
+    """Periodic zero-shot and retrieval evaluation: the synthetic world's held-out split, and ``sets`` of real data.
 
     Attributes:
         every: Evaluate every this many steps (and at the end); 0 evaluates only at the end.
@@ -113,6 +114,8 @@ class EvalConfig:
             named ``zeroshot/shape``, ``retrieval/...``; those of the others carry ``@<language>``
             (``zeroshot/shape@ru``).
         split: ``val`` (model selection) or ``test``.
+        sets: Evaluations on real data, with any data source (``clipforge.train.eval_sets``): zero-shot or
+            retrieval, each logged as ``<name>/<metric>`` every ``every`` steps (its own, else this one).
     """
 
     every: int = 0
@@ -120,6 +123,7 @@ class EvalConfig:
     retrieval_size: int = 100
     languages: tuple[str, ...] = ("en",)
     split: Literal["val", "test"] = "val"
+    sets: tuple[EvalSetConfig, ...] = ()
 
     def __post_init__(self) -> None:
         if self.every < 0 or self.size <= 0 or self.retrieval_size < 0:
@@ -129,6 +133,7 @@ class EvalConfig:
         if not self.languages or set(self.languages) - set(LANGUAGES):
             raise ConfigError(f"eval.languages: expected a non-empty list of {list(LANGUAGES)}, "
                               f"got {list(self.languages)}")
+        check_set_names(self.sets)
 
 
 @dataclass(frozen=True)

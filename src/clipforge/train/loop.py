@@ -43,11 +43,19 @@ from clipforge.train.distributed import (
     broadcast_parameters,
     gather_objects,
 )
+from clipforge.train.eval_sets import any_due, check_eval_sets, evaluate_eval_sets, headline_keys
 from clipforge.train.evaluate import EvalSet, build_eval_sets, evaluate_languages, similarity_matrix
 from clipforge.train.gradcache import forward_backward
 from clipforge.train.layer_groups import apply_unlock, check_unlock, describe_groups
 from clipforge.train.loss import LOSSES
-from clipforge.train.metrics import MetricsLog, plot_loss, plot_similarity, plot_zeroshot, read_metrics
+from clipforge.train.metrics import (
+    MetricsLog,
+    plot_eval_sets,
+    plot_loss,
+    plot_similarity,
+    plot_zeroshot,
+    read_metrics,
+)
 from clipforge.train.optim import build_optimizer, lr_at, set_lr
 from clipforge.train.prepare import Prepared, prepare
 from clipforge.transforms import model_transforms
@@ -179,6 +187,7 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None,
         world = SyntheticWorld(world_config(config.data, image_size))
         e = config.eval
         eval_sets = build_eval_sets(world, eval_tf, e.size, e.retrieval_size, e.languages, e.split)
+    real_sets = check_eval_sets(config.eval.sets) if runtime.is_main else []  # rank 0 evaluates, the others wait
     metrics = MetricsLog(run_dir, runtime.is_main, start_step if resume is not None else None)
     loader = data.loader(start_step, config.steps, pin_memory=device.type == "cuda")
 
@@ -229,6 +238,15 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None,
             result.eval = evaluate_languages(model, eval_sets, text_processor, device)
             metrics.log(done, result.eval)
             bar.write(f"step {done}: " + ", ".join(f"{k} {v:.3f}" for k, v in result.eval.items()))
+        if any_due(config.eval.sets, config.eval.every, done, config.steps):
+            if runtime.is_main:
+                named = evaluate_eval_sets(model, real_sets, eval_tf, text_processor, device, done, config.steps,
+                                           config.eval.every)
+                result.eval = {**result.eval, **named}
+                metrics.log(done, named)
+                bar.write(f"step {done}: " + ", ".join(f"{k} {v:.3f}" for k, v in named.items()))
+            barrier(runtime)
+            t_log = time.perf_counter()  # evaluation time is not training throughput
         if (config.checkpoint_every and done % config.checkpoint_every == 0) or done == config.steps:
             result.checkpoint = _save(checkpoint_dir, done, model, optimizer, config, runtime, data)
         if eval_sets and config.eval.every and done % config.eval.every == 0:
@@ -240,6 +258,9 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None,
         export_model(model, text_processor, run_dir / "final")
         if config.plots:
             write_plots(run_dir, model, next(iter(eval_sets.values()), None), text_processor, device)
+            if config.eval.sets:
+                plot_eval_sets(read_metrics(run_dir / "metrics.jsonl"), headline_keys(config.eval.sets),
+                               run_dir / "eval_sets.png")
     barrier(runtime)
     result.wall_time = time.perf_counter() - start_time
     return result

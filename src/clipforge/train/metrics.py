@@ -1,7 +1,8 @@
 """Run feedback: a metrics JSONL file, TensorBoard when installed, and PNG plots at the end.
 
 Plots use matplotlib's Agg backend (no display needed): the loss curve, zero-shot accuracy over steps,
-and an image × caption cosine-similarity matrix in the style of the CLIP paper's Figure 6 (bottom).
+each real-data evaluation's headline metric over steps (``eval.sets``), and an image × caption cosine-similarity
+matrix in the style of the CLIP paper's Figure 6 (bottom).
 """
 
 from __future__ import annotations
@@ -133,6 +134,26 @@ def plot_zeroshot(records: list[dict[str, Any]], path: str | Path) -> None:
     if keys:
         ax.legend(loc="lower right", fontsize=8)
     ax.set_title("zero-shot accuracy")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    _close(fig)
+
+
+def plot_eval_sets(records: list[dict[str, Any]], headlines: dict[str, str], path: str | Path) -> None:
+    """Every ``eval.sets`` entry's headline metric (``headlines``: set name → metric key) against step, one plot."""
+    fig = _figure(7, 4)
+    ax = fig.add_subplot()
+    for name, key in headlines.items():
+        points = [(r["step"], r[key]) for r in records if key in r]
+        if points:
+            ax.plot(*zip(*points), marker="o", label=f"{name}: {key.split('/', 1)[1]}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("accuracy / recall")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    if ax.get_lines():
+        ax.legend(loc="lower right", fontsize=8)
+    ax.set_title("evaluations on real data")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     _close(fig)

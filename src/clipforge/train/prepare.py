@@ -45,8 +45,13 @@ def prepare(config: TrainConfig) -> Prepared:
 
     Raises:
         ConfigError: see ``prepare_student``; or ``distill.teacher`` cannot be read, or does not take the student's
-            input (image size and normalisation, text processor).
+            input (image size and normalisation, text processor); or an ``eval.sets`` entry's data, class names or
+            templates cannot be read (naming the field: ``eval.sets[0].data``).
     """
+    if config.eval.sets:  # real-data evaluations: a missing folder is an error before the checkpoint is read
+        from clipforge.train.eval_sets import check_eval_sets
+
+        check_eval_sets(config.eval.sets)
     prepared = prepare_student(config)
     if config.distill.teacher is not None:
         prepared.teacher = _teacher(config.distill, prepared)
