@@ -99,9 +99,38 @@ def prepare_student(config: TrainConfig) -> Prepared:
         start = load_any(config.model, allow_pickle=config.allow_pickle)
     except (ValueError, FileNotFoundError) as e:  # an unreadable checkpoint (CheckpointError is a ValueError)
         raise ConfigError(f"model: {e}") from None
-    model_config = config.with_overrides(start.config)
+    model_config = _resized(config, start, config.with_overrides(start.config))
     config.check_model(model_config)
     return _with_lora(config, Prepared(model_config, build_text_processor(model_config, config.model), start))
+
+
+def _resized(config: TrainConfig, start: torch.nn.Module, model_config: ModelConfig) -> ModelConfig:
+    """Resizes ``start`` in place to the image size and text context that ``model_config`` (the checkpoint's config
+    under the overrides) asks for, and returns the overridden config of the resized model.
+
+    The checkpoint loads at its own size first; then its position grid is resized bicubically
+    (``resize_image_size``) and its text positions stretched (``resize_context``), so a 224-px checkpoint starts a
+    336-px run and a 77-token one a 248-token run.
+
+    Raises:
+        ConfigError: the new image size is not a whole number of patches, or the new context is shorter than the
+            checkpoint's (naming the override).
+    """
+    from clipforge.models.resize import resize_context, resize_image_size
+
+    size = model_config.vision.image_size
+    if size != start.config.vision.image_size:
+        try:
+            resize_image_size(start, size)  # type: ignore[arg-type]
+        except ValueError as e:
+            raise ConfigError(f"model_overrides.vision.image_size: {e}") from None
+    old_text, new_text = getattr(start.config, "text", None), getattr(model_config, "text", None)
+    if old_text is not None and new_text is not None and new_text.context_length != old_text.context_length:
+        try:
+            resize_context(start, new_text.context_length)  # type: ignore[arg-type]
+        except ValueError as e:
+            raise ConfigError(f"model_overrides.text.context_length: {e}") from None
+    return config.with_overrides(start.config)
 
 
 def _with_lora(config: TrainConfig, prepared: Prepared) -> Prepared:
@@ -135,8 +164,9 @@ def _released(config: TrainConfig) -> Prepared | None:
     read from the Hugging Face cache); ``None`` when ``config.model`` is no such name.
 
     Raises:
-        ConfigError: the weights cannot be fetched or read, or the overrides change the text processor (whose files
-            are the checkpoint's: convert it to a clipforge directory first, and start from that).
+        ConfigError: the weights cannot be fetched or read, or the overrides change the text processor beyond its
+            context length (its files are the checkpoint's: convert it to a clipforge directory first, and start
+            from that); see ``_resized``.
     """
     from clipforge.checkpoints.hub import is_hub_name, split_tag
 
@@ -150,11 +180,17 @@ def _released(config: TrainConfig) -> Prepared | None:
     except (ValueError, OSError) as e:  # CheckpointError and ConfigError are ValueErrors; not cached offline: OSError
         raise ConfigError(f"model: {e}") from None
     start = start.cpu().train()
-    model_config = config.with_overrides(start.config)
+    context = getattr(getattr(start.config, "text", None), "context_length", None)
+    model_config = _resized(config, start, config.with_overrides(start.config))
     config.check_model(model_config)
-    for field in ("text", "tokenizer", "render"):
+    for field in ("text", "tokenizer", "render"):  # the text context alone may change: the tokenizer follows
         if getattr(model_config, field, None) != getattr(start.config, field, None):
-            raise ConfigError(f"model_overrides.{field}: {config.model} brings its own text processor; to change it, "
-                              f"convert the checkpoint first (clipforge convert {config.model} DIR --to clipforge) "
-                              "and train from DIR")
+            raise ConfigError(f"model_overrides.{field}: {config.model} brings its own text processor; only "
+                              "text.context_length may change here; for anything else, convert the checkpoint first "
+                              f"(clipforge convert {config.model} DIR --to clipforge) and train from DIR")
+    new_context = getattr(getattr(model_config, "text", None), "context_length", None)
+    if new_context != context:
+        from clipforge.api import get_tokenizer
+
+        text_processor = get_tokenizer(name, tag, context_length=new_context)
     return Prepared(model_config, text_processor, start)
