@@ -38,8 +38,8 @@ from clipforge.cli.args import (
 from clipforge.data.decode import ALPHA_RULES
 from clipforge.data.tables import CAPTION_KEY, IMAGE_KEY
 from clipforge.eval.loading import load_eval_model
+from clipforge.eval.tasks import DEFAULT_TEMPLATES
 
-DEFAULT_TEMPLATES = "imagenet"
 MAX_CHUNK = 65_536  # --chunk at most: a streamed ranking block is chunk² floats, 16 GiB at this bound
 
 
@@ -150,23 +150,18 @@ def _finish(args: argparse.Namespace, record: dict[str, Any]) -> None:
 
 def run_zeroshot(args: argparse.Namespace) -> int:
     """Zero-shot classification of ``--data``; writes the results and a confusion-matrix PNG."""
-    from clipforge.eval.datasets import ImageFolder
     from clipforge.eval.prompts import load_classnames, load_templates
     from clipforge.eval.results import result_record
+    from clipforge.eval.tasks import zeroshot_labels
     from clipforge.eval.zeroshot import evaluate_zeroshot, plot_confusion
 
     classnames = load_classnames(args.classnames) if args.classnames else None
     given_templates = load_templates(args.templates) if args.templates else None  # read before any other work
     dataset = _open(args, args.data, args.split, label_col=args.label_key, classes=classnames)
-    if classnames is None:
-        if not dataset.classes:
-            raise ValueError(f"{args.data}: no class names; pass --classnames")
-        # Folder names use underscores for spaces (golden_retriever); prompts read better without them.
-        classnames = [c.replace("_", " ") for c in dataset.classes] if isinstance(dataset, ImageFolder) \
-            else list(dataset.classes)
-    elif dataset.classes is not None and len(dataset.classes) != len(classnames):
-        raise ValueError(f"--classnames gives {len(classnames)} classes but {args.data} has {len(dataset.classes)}")
-    templates = given_templates or dataset.templates or load_templates(DEFAULT_TEMPLATES)
+    try:
+        classnames, templates = zeroshot_labels(dataset, args.data, classnames, given_templates)
+    except ValueError as e:
+        raise ValueError(f"--classnames: {e}") from None
     model, name, pretrained = load_eval_model(args.model, args.device, args.allow_pickle, args.act, args.pretrained)
     result = evaluate_zeroshot(model, dataset, classnames, templates, args.batch_size,
                                cache_dir=_cache_root(args) / "zeroshot", use_cache=not args.no_classifier_cache,
