@@ -22,6 +22,7 @@ from clipforge.models.lora import LoRAConfig
 from clipforge.models.presets import list_presets
 from clipforge.train.eval_sets import EvalSetConfig, check_set_names
 from clipforge.train.finetune_config import DistillConfig, UnlockConfig
+from clipforge.train.wise_ft import WiseFTConfig
 
 
 @dataclass(frozen=True)
@@ -178,6 +179,8 @@ class TrainConfig:
         lora: LoRA fine-tuning (``clipforge.models.lora``): adapters on the chosen layers of a checkpoint's model,
             every base weight frozen; the final model directory holds the merged model and ``adapters/``.
         distill: Distillation from a teacher model (the contrastive loss plus a distillation term).
+        wise_ft: The WiSE-FT sweep at the end of a fine-tune (``clipforge.train.wise_ft``): the starting checkpoint
+            and the final model interpolated at each alpha and evaluated (``wise_ft.json``, ``wise_ft.png``).
     """
 
     model: str = "tiny-vit"
@@ -207,6 +210,7 @@ class TrainConfig:
     text_pairs: TextPairsConfig = field(default_factory=TextPairsConfig)
     lora: LoRAConfig | None = None
     distill: DistillConfig = field(default_factory=DistillConfig)
+    wise_ft: WiseFTConfig | None = None
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "accum_steps", "log_every", "keep_checkpoints"):
@@ -236,6 +240,10 @@ class TrainConfig:
             if self.text_pairs.path == "synthetic" and not isinstance(self.data, SyntheticDataConfig):
                 raise ConfigError("text_pairs.path=synthetic draws from the synthetic world: give a corpus file "
                                   "for other data sources")
+        if self.wise_ft is not None and self.starts_from_preset():
+            raise ConfigError("wise_ft: the sweep interpolates the starting checkpoint and the fine-tune, but "
+                              f"model={self.model!r} is a preset (fresh weights): give a model directory or "
+                              "checkpoint, e.g. model=runs/quickstart/final")
         if self.starts_from_preset():  # a checkpoint's architecture is checked when ``prepare`` reads it
             self.check_model(self.model_config())
 

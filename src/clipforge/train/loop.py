@@ -58,6 +58,7 @@ from clipforge.train.metrics import (
 )
 from clipforge.train.optim import build_optimizer, lr_at, set_lr
 from clipforge.train.prepare import Prepared, prepare
+from clipforge.train.wise_ft import run_sweep, start_snapshot
 from clipforge.transforms import model_transforms
 
 
@@ -134,6 +135,8 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None,
 
     # --- Model, optimiser, data. ---
     model, text_processor = build_model(prepared, device, config.model), prepared.text_processor
+    # WiSE-FT's α = 0 end: the weights before any step (and before a resume), a CPU copy on rank 0.
+    wise_start = start_snapshot(model) if config.wise_ft is not None and runtime.is_main else None
     broadcast_parameters(model, runtime)
     torch.manual_seed(config.seed * 1009 + runtime.rank + 1)  # per-rank stream for random ops (patch dropout)
     if config.grad_checkpointing:
@@ -256,6 +259,12 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None,
 
     if runtime.is_main:
         export_model(model, text_processor, run_dir / "final")
+        if config.wise_ft is not None and wise_start is not None:
+            def evaluate_run(m: torch.nn.Module) -> dict[str, float]:  # the run's end-of-run evaluations
+                named = evaluate_eval_sets(m, real_sets, eval_tf, text_processor, device, config.steps, config.steps,
+                                           config.eval.every) if real_sets else {}
+                return {**(evaluate_languages(m, eval_sets, text_processor, device) if eval_sets else {}), **named}
+            run_sweep(config.wise_ft, wise_start, model, evaluate_run, device, run_dir, text_processor)
         if config.plots:
             write_plots(run_dir, model, next(iter(eval_sets.values()), None), text_processor, device)
             if config.eval.sets:
