@@ -1,5 +1,6 @@
 """The data-source configs: one frozen dataclass per kind (``synthetic``, ``csv``, ``tsv``, ``parquet``, ``folder``,
-``shards``), chosen in a config by its ``kind`` field (``DataConfig``)."""
+``shards``), chosen in a config by its ``kind`` field (``DataConfig``); ``CaptionsFromLabels`` turns a labelled
+table or class folder into training captions (FLYP)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,45 @@ def _check_workers(num_workers: int) -> None:
 
 
 @dataclass(frozen=True)
+class CaptionsFromLabels:
+    """Training captions made from class labels (FLYP, "fine-tune like you pre-train"): each sample's caption is
+    one template, picked per sample by the data's seeded rng, filled with its class name.
+
+    Built-in template sets and files are resolved when training starts (``clipforge.train.flyp``); here only the
+    shape is checked.
+
+    Attributes:
+        templates: A built-in template set (``imagenet``, ``cifar10``, ``cifar100``, ``siglip``), a ``.txt`` (one
+            template a line) or ``.json`` (a list) file, or a list of templates; each holds ``{}`` (or ``{c}``)
+            where the class name goes.
+        classnames: The name put in the prompt for each class, in class order (a class folder's sorted
+            sub-folders; a table's label indices, or its sorted distinct label names): a list, a file (as
+            ``templates``) or a built-in set (``imagenet``, ``cifar10``, ``cifar100``). ``None``: a folder's
+            names with underscores as spaces, or a table's label names.
+    """
+
+    templates: str | tuple[str, ...] = "imagenet"
+    classnames: str | tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        where = "data.captions_from_labels"
+        if not self.templates:
+            raise ConfigError(f"{where}.templates: expected a template set, a file or a non-empty list")
+        if not isinstance(self.templates, str):
+            for i, t in enumerate(self.templates):
+                if not isinstance(t, str) or ("{}" not in t and "{c}" not in t):
+                    raise ConfigError(f"{where}.templates[{i}]: {t!r} has no '{{}}' for the class name")
+                if "\n" in t or "\r" in t:
+                    raise ConfigError(f"{where}.templates[{i}]: a template is one line, got {t!r}")
+        if self.classnames is not None and not self.classnames:
+            raise ConfigError(f"{where}.classnames: expected a file, a list of names or null")
+        if self.classnames is not None and not isinstance(self.classnames, str):
+            for i, name in enumerate(self.classnames):
+                if not isinstance(name, str) or not name.strip() or "\n" in name or "\r" in name:
+                    raise ConfigError(f"{where}.classnames[{i}]: expected a non-empty one-line name, got {name!r}")
+
+
+@dataclass(frozen=True)
 class CSVDataConfig:
     """Image–caption pairs listed in a table, one row per pair (``clipforge.data.tables``).
 
@@ -37,7 +77,9 @@ class CSVDataConfig:
         image_key: Column holding the image path (in parquet also the image's bytes).
         caption_key: Column holding the caption.
         label_key: Column holding a class label (an index or a class name), for classification: read in
-            place of ``caption_key``. Empty (the default, and what training needs): a table of captions.
+            place of ``caption_key``. Empty (the default): a table of captions. Training on labels needs
+            ``captions_from_labels``.
+        captions_from_labels: Class prompts as training captions (FLYP; needs ``label_key``), or ``None``.
         image_root: Folder the image paths are relative to; empty: the table's folder.
         augment: Random resized crops (else the eval transform).
         num_workers: DataLoader worker processes.
@@ -53,12 +95,15 @@ class CSVDataConfig:
     augment: bool = True
     num_workers: int = 0
     decode: DecodeLimits = field(default_factory=DecodeLimits)
+    captions_from_labels: CaptionsFromLabels | None = None
 
     def __post_init__(self) -> None:
         if not self.path:
             raise ConfigError(f"data.path: a {self.kind} data source needs a path")
         if not self.image_key or not self.caption_key:
             raise ConfigError("data.image_key and data.caption_key must name columns")
+        if self.captions_from_labels is not None and not self.label_key:
+            raise ConfigError("data.captions_from_labels: needs data.label_key (the table's column of class labels)")
         _check_workers(self.num_workers)
         _check_decode(self.decode)
 
@@ -87,8 +132,9 @@ class FolderDataConfig:
     Attributes:
         kind: ``folder``.
         path: The folder.
-        layout: ``captions`` (sidecar files; what training needs) or ``classes`` (``path/<class>/<image>``,
-            for classification).
+        layout: ``captions`` (sidecar files) or ``classes`` (``path/<class>/<image>``, for classification;
+            training on it needs ``captions_from_labels``).
+        captions_from_labels: Class prompts as training captions (FLYP; needs ``layout: classes``), or ``None``.
         augment: Random resized crops (else the eval transform).
         num_workers: DataLoader worker processes.
         decode: Limits on image size, and the alpha rule; images outside the limits are skipped and counted.
@@ -100,10 +146,13 @@ class FolderDataConfig:
     augment: bool = True
     num_workers: int = 0
     decode: DecodeLimits = field(default_factory=DecodeLimits)
+    captions_from_labels: CaptionsFromLabels | None = None
 
     def __post_init__(self) -> None:
         if not self.path:
             raise ConfigError(f"data.path: a folder data source needs an existing folder, got {self.path!r}")
+        if self.captions_from_labels is not None and self.layout != "classes":
+            raise ConfigError("data.captions_from_labels: needs data.layout=classes (path/<class>/<image>)")
         _check_workers(self.num_workers)
         _check_decode(self.decode)
 

@@ -49,6 +49,7 @@ from clipforge.data.text_pairs import pair_source, rendered_images
 from clipforge.data.webdataset import ShardStats
 from clipforge.train.config import TextPairsConfig
 from clipforge.train.distributed import Runtime, gather_objects
+from clipforge.train.flyp import class_prompts
 
 Batch = tuple[torch.Tensor, torch.Tensor, dict[str, Any]]
 MAX_ATTEMPTS = 64  # replacements tried for one position of an indexable source before giving up
@@ -278,17 +279,21 @@ class TrainData:
 
     Raises:
         ConfigError: what ``config`` names on disk is missing (``clipforge.data.check_source``), or it names
-            class labels rather than captions; before any work.
+            class labels rather than captions without ``captions_from_labels``, or its templates or class names
+            do not fit (``clipforge.train.flyp``); before any work.
     """
 
     def __init__(self, config: DataConfig, transform: Callable, text_processor: Callable, batch_size: int,
                  seed: int, runtime: Runtime, image_size: int, text_pairs: TextPairsConfig | None = None):
-        if is_labelled(config):
+        prompts = getattr(config, "captions_from_labels", None)
+        if is_labelled(config) and prompts is None:
             raise ConfigError("data: training needs captions; data.label_key and data.layout=classes name class "
-                              "labels (for evaluation)")
+                              "labels: set data.captions_from_labels to caption them with class prompts (FLYP)")
         self.config, self.runtime, self.batch_size, self.seed = config, runtime, batch_size, seed
         self.batches: StepBatches | ShardBatches
         source = build_source(config, image_size)  # checks what config names on disk first, before any work
+        if prompts is not None:
+            source = class_prompts(prompts, source, getattr(config, "path", ""))  # StepBatches picks a template
         if isinstance(source, ShardSource):
             self.batches = ShardBatches(source, transform, text_processor, batch_size, seed, runtime.rank,
                                         runtime.world_size)
