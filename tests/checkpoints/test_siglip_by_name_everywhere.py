@@ -134,6 +134,10 @@ def test_fine_tuning_starts_from_the_hub_name(cached: transformers.SiglipModel, 
     tuned, _, _ = clipforge.load(final)
     start = clipforge.load(NAME)[0]
     assert any(not torch.equal(v, tuned.state_dict()[k]) for k, v in start.state_dict().items())
+    # Released weights keep their text processor: only the context may change (longer, by resizing the positions).
     with pytest.raises(clipforge.ConfigError, match="brings its own text processor"):
+        prepare(load_config(None, parse_overrides([f"model={NAME}", "model_overrides.text.heads=1",
+                                                   "loss=siglip"])))
+    with pytest.raises(clipforge.ConfigError, match="model_overrides.text.context_length"):
         prepare(load_config(None, parse_overrides([f"model={NAME}", "model_overrides.text.context_length=8",
                                                    "loss=siglip"])))
