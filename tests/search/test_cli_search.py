@@ -103,3 +103,13 @@ def test_search_errors(collection: Path, tmp_path: Path, capsys: pytest.CaptureF
             cli_main.main(argv)
         assert e.value.code == 2
     capsys.readouterr()
+
+
+def test_a_large_collection_says_what_is_under_way(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from helpers_index import clustered, write_collection
+
+    big = write_collection(tmp_path / "big", clustered(100_000, 8), part_size=50_000)
+    code, out, err = run(["index", str(big), "--kind", "flat"], capsys)
+    assert code == 0 and json.loads(out)["n"] == 100_000  # stdout stays the JSON entry alone
+    lines = err.splitlines()
+    assert lines[0].startswith("indexing 100,000 image embeddings") and lines[1].startswith("built flat (Flat)")
