@@ -255,8 +255,9 @@ class Collection:
         inside = self.directory / "onnx" / name
         if (inside / "export.json").is_file() or os.access(self.directory, os.W_OK):
             return inside
-        root = os.environ.get("CLIPFORGE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "clipforge")
-        return Path(root) / "onnx" / f"{fingerprint}-{name}"
+        from clipforge.eval.zeroshot import default_cache_dir  # $CLIPFORGE_CACHE/zeroshot: the same cache root
+
+        return default_cache_dir().parent / "onnx" / f"{fingerprint}-{name}"
 
     def image_bytes(self, item: int, limit: int = 64 << 20) -> bytes:
         """The original file bytes of item ``item`` (a file, a tar shard member, an image stored in a table's cell);

@@ -46,6 +46,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from clipforge.distributed import Runtime, gather_objects, init_runtime, shutdown
 from clipforge.search.collection import FORMAT, MANIFEST, METADATA_COLUMNS, STATS, VERSION, part_name, read_json
 from clipforge.search.items import ItemSource, PartStream, PixelPrep, identity
 
@@ -115,59 +116,6 @@ class EmbedSettings:
             raise ValueError(f"quantize={self.quantize!r} quantises the ONNX export: it needs backend='onnx'")
 
 
-# -- the process group --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """This process: its rank among ``world_size`` (torchrun's ``RANK``/``WORLD_SIZE``) and its device."""
-
-    rank: int = 0
-    world_size: int = 1
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-
-
-def join(device: str | None = None) -> Runtime:
-    """This process's runtime, joining torchrun's process group (NCCL on CUDA, gloo on the CPU) when there is one.
-
-    Raises:
-        ValueError: ``device`` is CUDA on a machine where torch sees none.
-    """
-    import torch.distributed as dist
-
-    kind = torch.device(device).type if device else ("cuda" if torch.cuda.is_available() else "cpu")
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: torch sees no CUDA device here (use --device cpu)")
-    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
-    dev = torch.device(device or kind)
-    if kind == "cuda" and world > 1:
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    if kind == "cuda":
-        torch.cuda.set_device(dev)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if kind == "cuda" else "gloo", rank=rank, world_size=world)
-    return Runtime(rank, world, dev)
-
-
-def leave(runtime: Runtime) -> None:
-    """Leaves the process group, if this process joined one."""
-    import torch.distributed as dist
-
-    if runtime.world_size > 1 and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def _everyone(runtime: Runtime, obj: Any) -> list[Any]:
-    """Every rank's ``obj``, in rank order (also a barrier)."""
-    if runtime.world_size == 1:
-        return [obj]
-    import torch.distributed as dist
-
-    out: list[Any] = [None] * runtime.world_size
-    dist.all_gather_object(out, obj)
-    return out
-
-
 # -- the command's entry point ------------------------------------------------------------------------------------
 
 
@@ -208,14 +156,14 @@ def embed(model: str, data: Any, output: str | Path, settings: EmbedSettings | N
                              "provider); drop --device, or use --backend torch")
         device = "cpu"
     config = source_config(data) if isinstance(data, str) else data
-    runtime = join(device)
+    runtime = init_runtime(device)
     try:
         eval_model, _, _ = load_eval_model(model, str(runtime.device), allow_pickle, None, pretrained)
         spec = os.path.abspath(model) if os.path.exists(model) else model
         return embed_source(eval_model, {"spec": spec, "pretrained": pretrained}, config, output, settings,
                             runtime, names)
     finally:
-        leave(runtime)
+        shutdown(runtime)
 
 
 def model_entry(model: Any, spec: str, pretrained: str | None) -> dict[str, Any]:
@@ -254,7 +202,7 @@ def embed_source(model: Any, spec: Mapping[str, Any], config: Any, output: str |
             model = backend_model(model, out, settings)  # rank 0 exports; the others reuse its export below
         except (ValueError, OSError) as e:
             failure = (type(e).__name__, str(e))
-    failure = _everyone(runtime, failure)[0]
+    failure = gather_objects(failure, runtime)[0]
     if failure is not None:
         raise (OSError if failure[0] in ("OSError", "PermissionError") else ValueError)(failure[1])
     if runtime.rank != 0:
@@ -264,7 +212,7 @@ def embed_source(model: Any, spec: Mapping[str, Any], config: Any, output: str |
     start = time.perf_counter()
     done = run_parts(model, source, todo, out, settings, runtime)
     seconds = time.perf_counter() - start
-    results = _everyone(runtime, (done, seconds))
+    results = gather_objects((done, seconds), runtime)
     stats: dict[str, Any] = {}
     if runtime.rank == 0:
         stats = finish(out, manifest, sum(r[0] for r in results), max(r[1] for r in results), runtime.world_size)

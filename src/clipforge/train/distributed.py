@@ -1,9 +1,9 @@
 """Everything that crosses processes: the ``Runtime`` facts, feature exchange with gradient, gradient averaging.
 
 Launch with ``torchrun --nproc_per_node=N -m clipforge.cli.main train ...``: torchrun sets ``RANK``,
-``WORLD_SIZE``, ``LOCAL_RANK`` and the rendezvous address, and ``init_runtime`` joins the group
-(NCCL on CUDA, gloo on CPU). A plain ``python`` launch is a world of one and never touches
-``torch.distributed``.
+``WORLD_SIZE``, ``LOCAL_RANK`` and the rendezvous address, and ``init_runtime`` (``clipforge.distributed``, shared
+with ``clipforge embed``) joins the group (NCCL on CUDA, gloo on CPU). A plain ``python`` launch is a world of one
+and never touches ``torch.distributed``.
 
 Data parallelism is explicit rather than hidden in ``DistributedDataParallel``: features are gathered
 with gradient (so the loss sees the global batch), and after the backward pass ``all_reduce_gradients``
@@ -16,66 +16,10 @@ the left one's), so a rank sees every other rank's texts one block at a time (``
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field
-
 import torch
 import torch.distributed as dist
 
-
-@dataclass(frozen=True)
-class Runtime:
-    """Facts about this process, kept out of the (frozen, saved) config.
-
-    Attributes:
-        rank: This process's rank in the group (0 in a single-process run).
-        world_size: Number of processes.
-        local_rank: Rank on this machine (picks the GPU).
-        device: Where this process computes.
-    """
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-
-    @property
-    def is_main(self) -> bool:
-        """Whether this process logs, plots and writes checkpoints."""
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        """Whether more than one process takes part."""
-        return self.world_size > 1
-
-
-def init_runtime(device: str | None = None) -> Runtime:
-    """The runtime for this process, joining the process group when launched by ``torchrun``.
-
-    Args:
-        device: ``cpu``, ``cuda`` or ``None`` (CUDA when available).
-
-    Raises:
-        ValueError: ``cuda`` is asked for on a machine where torch sees no CUDA device.
-    """
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: torch sees no CUDA device here (use --device cpu, or a CUDA build of torch)")
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    kind = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(kind, local_rank) if kind == "cuda" else torch.device(kind)
-    if kind == "cuda":
-        torch.cuda.set_device(dev)
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if kind == "cuda" else "gloo", rank=rank, world_size=world_size)
-    return Runtime(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
-
-
-def shutdown(runtime: Runtime) -> None:
-    """Leaves the process group (if this run joined one)."""
-    if runtime.distributed and dist.is_initialized():
-        dist.destroy_process_group()
+from clipforge.distributed import Runtime, barrier, gather_objects, init_runtime, shutdown
 
 
 def gather_features(features: torch.Tensor, runtime: Runtime) -> torch.Tensor:
@@ -169,16 +113,5 @@ def all_reduce_mean(value: torch.Tensor, runtime: Runtime) -> torch.Tensor:
     return value / runtime.world_size
 
 
-def barrier(runtime: Runtime) -> None:
-    """Waits for every rank."""
-    if runtime.distributed:
-        dist.barrier()
-
-
-def gather_objects(obj: object, runtime: Runtime) -> list[object]:
-    """Every rank's ``obj`` (picklable), in rank order (e.g. RNG states for a checkpoint)."""
-    if not runtime.distributed:
-        return [obj]
-    out: list[object] = [None] * runtime.world_size
-    dist.all_gather_object(out, obj)
-    return out
+__all__ = ["Runtime", "all_reduce_gradients", "all_reduce_mean", "barrier", "broadcast_parameters",
+           "gather_features", "gather_objects", "init_runtime", "ring_shift", "shutdown"]
