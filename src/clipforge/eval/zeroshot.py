@@ -150,7 +150,8 @@ class ZeroShotResult:
 
 def evaluate_zeroshot(model: EvalModel, dataset: EvalDataset | Iterable, classnames: Sequence[str],
                       templates: Sequence[str], batch_size: int = 64, cache_dir: str | Path | None = None,
-                      use_cache: bool = True, progress: bool = False) -> ZeroShotResult:
+                      use_cache: bool = True, progress: bool = False,
+                      weights: torch.Tensor | None = None) -> ZeroShotResult:
     """Zero-shot classification of a labelled dataset.
 
     Args:
@@ -162,11 +163,18 @@ def evaluate_zeroshot(model: EvalModel, dataset: EvalDataset | Iterable, classna
         cache_dir: Classifier cache (see :func:`build_classifier`).
         use_cache: Use the classifier cache.
         progress: Show progress bars.
+        weights: A classifier ``(D, C)`` to score with instead of the one the prompts build (a trained head's
+            weights, transposed: ``clipforge.train.classify``); ``templates`` are then unused.
 
     Raises:
-        ValueError: When a label is outside the class list or no image could be read.
+        ValueError: When a label is outside the class list or no image could be read, or ``weights`` does not
+            have one column per class.
     """
-    weights = build_classifier(model, classnames, templates, cache_dir, use_cache, progress=progress)
+    if weights is None:
+        weights = build_classifier(model, classnames, templates, cache_dir, use_cache, progress=progress)
+    elif weights.ndim != 2 or weights.shape[1] != len(classnames):
+        raise ValueError(f"classifier weights of shape {tuple(weights.shape)} for {len(classnames)} classes: "
+                         f"expected (embedding width, {len(classnames)})")
     meter = ClassificationMeter(len(classnames))
     for images, metas in tqdm(iter_batches(dataset, model.transform, batch_size), desc="zero-shot", unit="batch",
                               disable=not progress):

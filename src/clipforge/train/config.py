@@ -20,6 +20,7 @@ from clipforge.models.config import ModelConfig
 from clipforge.models.factory import build_config
 from clipforge.models.lora import LoRAConfig
 from clipforge.models.presets import list_presets
+from clipforge.train.classify import ClassifierConfig
 from clipforge.train.eval_sets import EvalSetConfig, check_set_names
 from clipforge.train.finetune_config import DistillConfig, UnlockConfig
 from clipforge.train.wise_ft import WiseFTConfig
@@ -181,6 +182,8 @@ class TrainConfig:
         distill: Distillation from a teacher model (the contrastive loss plus a distillation term).
         wise_ft: The WiSE-FT sweep at the end of a fine-tune (``clipforge.train.wise_ft``): the starting checkpoint
             and the final model interpolated at each alpha and evaluated (``wise_ft.json``, ``wise_ft.png``).
+        classifier: Cross-entropy fine-tuning on class labels (``clipforge.train.classify``): the image tower and a
+            linear head started from the zero-shot classifier; the text tower is frozen and ``loss`` unused.
     """
 
     model: str = "tiny-vit"
@@ -211,6 +214,7 @@ class TrainConfig:
     lora: LoRAConfig | None = None
     distill: DistillConfig = field(default_factory=DistillConfig)
     wise_ft: WiseFTConfig | None = None
+    classifier: ClassifierConfig | None = None
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "accum_steps", "log_every", "keep_checkpoints"):
@@ -244,8 +248,28 @@ class TrainConfig:
             raise ConfigError("wise_ft: the sweep interpolates the starting checkpoint and the fine-tune, but "
                               f"model={self.model!r} is a preset (fresh weights): give a model directory or "
                               "checkpoint, e.g. model=runs/quickstart/final")
+        if self.classifier is not None:
+            self._check_classifier()
         if self.starts_from_preset():  # a checkpoint's architecture is checked when ``prepare`` reads it
             self.check_model(self.model_config())
+
+    def _check_classifier(self) -> None:
+        """A ``classifier`` run needs class labels and trains neither the text tower nor a contrastive term."""
+        from clipforge.data.sources import is_labelled
+
+        if not is_labelled(self.data):
+            raise ConfigError("classifier: cross-entropy fine-tuning needs class labels: data.layout: classes (a "
+                              "class folder) or data.label_key (a table's label column)")
+        if getattr(self.data, "captions_from_labels", None) is not None:
+            raise ConfigError("classifier and data.captions_from_labels are two recipes for labelled data (a "
+                              "cross-entropy head; FLYP's contrastive loss on class prompts): choose one")
+        conflicts = {"lora": self.lora is not None, "distill.teacher": self.distill.teacher is not None,
+                     "text_pairs.fraction": bool(self.text_pairs.fraction), "lock: text": self.lock == "text",
+                     "unlock.text_blocks": self.unlock.text_blocks is not None}
+        given = [name for name, on in conflicts.items() if on]
+        if given:
+            raise ConfigError(f"classifier trains the image tower and a head on labels (the text tower is frozen "
+                              f"already); it does not combine with {', '.join(given)}")
 
     def starts_from_preset(self) -> bool:
         """Whether ``model`` names a preset or an OpenCLIP model (fresh weights); otherwise it is a checkpoint path or

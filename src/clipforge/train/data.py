@@ -47,6 +47,7 @@ from clipforge.data.shards import ShardSource, check_readers, warn
 from clipforge.data.sources import is_labelled
 from clipforge.data.text_pairs import pair_source, rendered_images
 from clipforge.data.webdataset import ShardStats
+from clipforge.train.classify import ClassifierConfig, labels_to_tensor
 from clipforge.train.config import TextPairsConfig
 from clipforge.train.distributed import Runtime, gather_objects
 from clipforge.train.flyp import class_prompts
@@ -276,24 +277,33 @@ class TrainData:
         runtime: Rank and world size.
         image_size: The model's input side.
         text_pairs: CLIPPO's text/text pairs (a ``TextPairsConfig``); used when its ``fraction`` is > 0.
+        classifier: A ``classifier`` run's head config: the batches' second item is then the class indices
+            (``long``), not tokens; ``classnames`` holds the class order.
 
     Raises:
         ConfigError: what ``config`` names on disk is missing (``clipforge.data.check_source``), or it names
-            class labels rather than captions without ``captions_from_labels``, or its templates or class names
-            do not fit (``clipforge.train.flyp``); before any work.
+            class labels rather than captions without ``captions_from_labels`` or ``classifier``, or its templates
+            or class names do not fit (``clipforge.train.flyp``); before any work.
     """
 
     def __init__(self, config: DataConfig, transform: Callable, text_processor: Callable, batch_size: int,
-                 seed: int, runtime: Runtime, image_size: int, text_pairs: TextPairsConfig | None = None):
+                 seed: int, runtime: Runtime, image_size: int, text_pairs: TextPairsConfig | None = None,
+                 classifier: ClassifierConfig | None = None):
         prompts = getattr(config, "captions_from_labels", None)
-        if is_labelled(config) and prompts is None:
+        if is_labelled(config) and prompts is None and classifier is None:
             raise ConfigError("data: training needs captions; data.label_key and data.layout=classes name class "
-                              "labels: set data.captions_from_labels to caption them with class prompts (FLYP)")
+                              "labels: set data.captions_from_labels to caption them with class prompts (FLYP), "
+                              "or train a classifier head on them with classifier: (cross-entropy)")
         self.config, self.runtime, self.batch_size, self.seed = config, runtime, batch_size, seed
         self.batches: StepBatches | ShardBatches
         source = build_source(config, image_size)  # checks what config names on disk first, before any work
-        if prompts is not None:
+        if classifier is not None:  # batches carry class indices where captions go (``clipforge.train.classify``)
+            source = class_prompts(classifier, source, getattr(config, "path", ""), "classifier", as_labels=True)
+            text_processor = labels_to_tensor
+        elif prompts is not None:
             source = class_prompts(prompts, source, getattr(config, "path", ""))  # StepBatches picks a template
+        self.classnames: list[str] | None = getattr(source, "classnames", None)  # labelled data: the class order
+        self.class_templates: list[str] | None = getattr(source, "templates", None)
         if isinstance(source, ShardSource):
             self.batches = ShardBatches(source, transform, text_processor, batch_size, seed, runtime.rank,
                                         runtime.world_size)

@@ -46,6 +46,8 @@ class EvalSetConfig:
         alpha: Transparent images: ``white`` (composite) or ``drop`` (OpenAI's ``convert("RGB")``).
         batch_size: Images per evaluation batch.
         recall_k: Retrieval: the K of Recall@K.
+        head: Zero-shot: score with a ``classifier`` run's trained head (``model.classifier``) instead of class
+            prompts; the set's classes must be the head's, in its order.
     """
 
     name: str
@@ -62,6 +64,7 @@ class EvalSetConfig:
     alpha: Literal["white", "drop"] = "white"
     batch_size: int = 64
     recall_k: tuple[int, ...] = (1, 5, 10)
+    head: bool = False
 
     def __post_init__(self) -> None:
         if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
@@ -74,6 +77,8 @@ class EvalSetConfig:
             raise ConfigError(f"eval.sets ({self.name}): batch_size > 0 and recall_k of integers >= 1 needed")
         if self.task == "retrieval" and (self.classnames or self.templates):
             raise ConfigError(f"eval.sets ({self.name}): classnames and templates are for task zeroshot, not retrieval")
+        if self.head and self.task != "zeroshot":
+            raise ConfigError(f"eval.sets ({self.name}): head scores class labels: it needs task zeroshot")
 
 
 def check_set_names(sets: Sequence[EvalSetConfig]) -> None:
@@ -174,12 +179,27 @@ def evaluate_eval_sets(model: nn.Module, opened: Sequence[OpenedSet], transform:
                 continue
             if c.task == "zeroshot":
                 assert s.classnames is not None and s.templates is not None
+                head = getattr(model, "classifier", None) if c.head else None
+                weights = None if head is None else head.weight.detach().T.to(device)
                 metrics: dict[str, Any] = evaluate_zeroshot(scorer, s.dataset, s.classnames, s.templates,
-                                                            c.batch_size, use_cache=False).metrics
+                                                            c.batch_size, use_cache=False, weights=weights).metrics
             else:
                 metrics = evaluate_retrieval(scorer, s.dataset, c.batch_size, c.recall_k).metrics
             results.update({f"{c.name}/{k}": float(v) for k, v in metrics.items() if v is not None})
     return results
+
+
+def check_head_sets(opened: Sequence[OpenedSet], num_classes: int | None) -> None:
+    """Raises ``ConfigError`` for a ``head: true`` set without a classifier head, or with another class count."""
+    for i, s in enumerate(opened):
+        if not s.config.head:
+            continue
+        if num_classes is None:
+            raise ConfigError(f"eval.sets[{i}].head: this run trains no classifier head (set classifier:), so "
+                              f"there is none to score {s.config.name} with")
+        if s.classnames is not None and len(s.classnames) != num_classes:
+            raise ConfigError(f"eval.sets[{i}].head: {s.config.name} has {len(s.classnames)} classes, the run's "
+                              f"classifier head {num_classes}")
 
 
 def headline_keys(sets: Sequence[EvalSetConfig]) -> dict[str, str]:

@@ -30,7 +30,7 @@ from clipforge.eval.prompts import BUILTIN, TEMPLATE_SETS, fill, load_classnames
 WHERE = "data.captions_from_labels"
 
 
-def resolve_templates(templates: str | Sequence[str]) -> list[str]:
+def resolve_templates(templates: str | Sequence[str], where: str = WHERE) -> list[str]:
     """The templates ``CaptionsFromLabels.templates`` names: a built-in set, a file, or the list itself.
 
     Raises:
@@ -40,19 +40,19 @@ def resolve_templates(templates: str | Sequence[str]) -> list[str]:
     if not isinstance(templates, str):
         return list(templates)  # checked by CaptionsFromLabels
     if templates not in TEMPLATE_SETS and not Path(templates).is_file():
-        raise ConfigError(f"{WHERE}.templates: unknown template set {templates!r} and no such file (built-in sets: "
+        raise ConfigError(f"{where}.templates: unknown template set {templates!r} and no such file (built-in sets: "
                           f"{', '.join(TEMPLATE_SETS)}; or a .txt / .json file, or a list)")
     try:
         loaded = load_templates(templates)
     except (OSError, ValueError) as e:
-        raise ConfigError(f"{WHERE}.templates: {e}") from None
+        raise ConfigError(f"{where}.templates: {e}") from None
     bad = [t for t in loaded if "\n" in t or "\r" in t]
     if bad:
-        raise ConfigError(f"{WHERE}.templates: a template is one line, got {bad[0]!r}")
+        raise ConfigError(f"{where}.templates: a template is one line, got {bad[0]!r}")
     return loaded
 
 
-def resolve_classnames(classnames: str | Sequence[str] | None) -> list[str] | None:
+def resolve_classnames(classnames: str | Sequence[str] | None, where: str = WHERE) -> list[str] | None:
     """The names ``CaptionsFromLabels.classnames`` gives (a list, a file or a built-in set), or ``None``.
 
     Raises:
@@ -63,7 +63,7 @@ def resolve_classnames(classnames: str | Sequence[str] | None) -> list[str] | No
     try:
         names = load_classnames(classnames) if classnames in BUILTIN else read_lines(classnames, "class names")
     except (OSError, ValueError) as e:
-        raise ConfigError(f"{WHERE}.classnames: {e}") from None
+        raise ConfigError(f"{where}.classnames: {e}") from None
     return [n.replace("\n", " ").strip() for n in names]
 
 
@@ -77,14 +77,18 @@ class ClassPrompts(torch.utils.data.Dataset):
         labels: Each label value (a table cell, stripped) → class index; ``None``: the items carry indices.
         classnames: The name of each class, in class order.
         templates: Prompt templates holding ``{}`` (or ``{c}``).
+        as_labels: Items are ``(image, str(class index))`` instead (a ``classifier`` run's labels).
     """
 
     def __init__(self, source: Any, labels: dict[str, int] | None, classnames: Sequence[str],
-                 templates: Sequence[str]):
+                 templates: Sequence[str], as_labels: bool = False):
         self.source, self.labels = source, labels
         self.classnames, self.templates = list(classnames), list(templates)
         self.limits = getattr(source, "limits", DEFAULT_LIMITS)
-        self.prompts = ["\n".join(fill(t, name) for t in self.templates) for name in self.classnames]
+        if as_labels:  # a classifier run (``clipforge.train.classify``): the "caption" is the class index
+            self.prompts = [str(k) for k in range(len(self.classnames))]
+        else:
+            self.prompts = ["\n".join(fill(t, name) for t in self.templates) for name in self.classnames]
 
     def __len__(self) -> int:
         return len(self.source)
@@ -103,7 +107,8 @@ class ClassPrompts(torch.utils.data.Dataset):
         return self.labels[key]
 
 
-def class_prompts(spec: CaptionsFromLabels, source: ClassFolder | TablePairs, path: str = "") -> ClassPrompts:
+def class_prompts(spec: CaptionsFromLabels | Any, source: ClassFolder | TablePairs, path: str = "",
+                  where: str = WHERE, as_labels: bool = False) -> ClassPrompts:
     """``source`` (a class folder, or a table read on its label column) with class prompts as its captions.
 
     Class names default to a folder's sub-folder names with underscores as spaces, or a table's distinct label
@@ -113,19 +118,21 @@ def class_prompts(spec: CaptionsFromLabels, source: ClassFolder | TablePairs, pa
         spec: The templates and class names (``data.captions_from_labels``).
         source: The labelled reader ``clipforge.data.build_source`` gave.
         path: The data's path, for messages.
+        where: The config section named in messages (``data.captions_from_labels`` or ``classifier``).
+        as_labels: Items carry the class index as text instead of the prompts (a ``classifier`` run).
 
     Raises:
         ConfigError: bad templates or class names (:func:`resolve_templates`, :func:`resolve_classnames`), or
             class names that do not fit the classes (their count, a label beyond them); naming the field.
     """
-    templates = resolve_templates(spec.templates)
-    given = resolve_classnames(spec.classnames)
+    templates = resolve_templates(spec.templates, where)
+    given = resolve_classnames(spec.classnames, where)
     if isinstance(source, ClassFolder):
         classes = [c.replace("_", " ") for c in source.classes]
         if given is not None and len(given) != len(classes):
-            raise ConfigError(f"{WHERE}.classnames: {len(given)} name(s) for {len(classes)} class folder(s) in "
+            raise ConfigError(f"{where}.classnames: {len(given)} name(s) for {len(classes)} class folder(s) in "
                               f"{path} ({', '.join(source.classes[:5])}{', …' if len(classes) > 5 else ''})")
-        return ClassPrompts(source, None, given or classes, templates)
+        return ClassPrompts(source, None, given or classes, templates, as_labels)
     values = sorted({str(v.decode("utf-8", "replace") if isinstance(v, bytes) else v).strip()
                      for _, v in source.rows if v is not None} - {""})
     if not values:
@@ -133,16 +140,16 @@ def class_prompts(spec: CaptionsFromLabels, source: ClassFolder | TablePairs, pa
     if all(v.lstrip("-").isdigit() for v in values):
         indices = sorted(int(v) for v in values)
         if given is None:
-            raise ConfigError(f"{WHERE}.classnames: the labels in {path} are class indices "
+            raise ConfigError(f"{where}.classnames: the labels in {path} are class indices "
                               f"({indices[0]}..{indices[-1]}); name the classes (a list or a file)")
         if indices[0] < 0 or indices[-1] >= len(given):
-            raise ConfigError(f"{WHERE}.classnames: {len(given)} name(s), but {path} has labels "
+            raise ConfigError(f"{where}.classnames: {len(given)} name(s), but {path} has labels "
                               f"{indices[0]}..{indices[-1]}")
-        return ClassPrompts(source, {v: int(v) for v in values}, given, templates)
+        return ClassPrompts(source, {v: int(v) for v in values}, given, templates, as_labels)
     if given is not None and len(given) != len(values):
-        raise ConfigError(f"{WHERE}.classnames: {len(given)} name(s) for {len(values)} distinct label(s) in "
+        raise ConfigError(f"{where}.classnames: {len(given)} name(s) for {len(values)} distinct label(s) in "
                           f"{path} (sorted: {', '.join(values[:5])}{', …' if len(values) > 5 else ''})")
-    return ClassPrompts(source, {v: k for k, v in enumerate(values)}, given or values, templates)
+    return ClassPrompts(source, {v: k for k, v in enumerate(values)}, given or values, templates, as_labels)
 
 
 def write_synthetic_class_folders(root: str | Path, size: int = 500, task: str = "composition", seed: int = 0,

@@ -32,6 +32,7 @@ from clipforge.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from clipforge.train.classify import attach_head, classifier_forward_backward, save_with_head, zero_shot_head
 from clipforge.train.config import TrainConfig, config_to_dict, save_config
 from clipforge.train.data import TrainData, world_config
 from clipforge.train.distill import teacher_features
@@ -43,7 +44,7 @@ from clipforge.train.distributed import (
     broadcast_parameters,
     gather_objects,
 )
-from clipforge.train.eval_sets import any_due, check_eval_sets, evaluate_eval_sets, headline_keys
+from clipforge.train.eval_sets import any_due, check_eval_sets, check_head_sets, evaluate_eval_sets, headline_keys
 from clipforge.train.evaluate import EvalSet, build_eval_sets, evaluate_languages, similarity_matrix
 from clipforge.train.gradcache import forward_backward
 from clipforge.train.layer_groups import apply_unlock, check_unlock, describe_groups
@@ -135,13 +136,24 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None,
 
     # --- Model, optimiser, data. ---
     model, text_processor = build_model(prepared, device, config.model), prepared.text_processor
-    # WiSE-FT's α = 0 end: the weights before any step (and before a resume), a CPU copy on rank 0.
-    wise_start = start_snapshot(model) if config.wise_ft is not None and runtime.is_main else None
     broadcast_parameters(model, runtime)
     torch.manual_seed(config.seed * 1009 + runtime.rank + 1)  # per-rank stream for random ops (patch dropout)
     if config.grad_checkpointing:
         model.set_grad_checkpointing(True)
     lock_tower(model, config.lock)
+    train_tf, eval_tf = model_transforms(model.config)
+    image_size = model.config.vision.image_size
+    data = TrainData(config.data, train_tf if config.data.augment else eval_tf, text_processor, config.batch_size,
+                     config.seed, runtime, image_size, text_pairs=config.text_pairs, classifier=config.classifier)
+    if config.classifier is not None:  # the head starts as the zero-shot classifier of the data's classes
+        assert data.classnames is not None and data.class_templates is not None
+        head = zero_shot_head(model, data.classnames, data.class_templates, eval_tf, text_processor, device,
+                              config.classifier.init)
+        head.classnames = data.classnames  # type: ignore[assignment]  # saved beside the model at the end
+        attach_head(model, head)
+        broadcast_parameters(head, runtime)
+    # WiSE-FT's α = 0 end: the weights before any step (and before a resume), a CPU copy on rank 0.
+    wise_start = start_snapshot(model) if config.wise_ft is not None and runtime.is_main else None
     # Partial unlocking: the optimiser holds every parameter that trains at some step; which of them train at a
     # step is a function of the step (``apply_unlock``), so a resume needs nothing more.
     check_unlock(model, config.unlock, config.lock)
@@ -155,10 +167,6 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None,
     if runtime.is_main:
         print(f"parameter groups:\n{describe_groups(model, optimizer.param_groups)}", file=sys.stderr)
     teacher = prepared.teacher.to(device) if prepared.teacher is not None else None
-    train_tf, eval_tf = model_transforms(model.config)
-    image_size = model.config.vision.image_size
-    data = TrainData(config.data, train_tf if config.data.augment else eval_tf, text_processor, config.batch_size,
-                     config.seed, runtime, image_size, text_pairs=config.text_pairs)
 
     start_step, checkpoint_path = 0, None
     checkpoint_dir = run_dir / "checkpoints"
@@ -191,6 +199,7 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None,
         e = config.eval
         eval_sets = build_eval_sets(world, eval_tf, e.size, e.retrieval_size, e.languages, e.split)
     real_sets = check_eval_sets(config.eval.sets) if runtime.is_main else []  # rank 0 evaluates, the others wait
+    check_head_sets(real_sets, None if config.classifier is None else len(data.classnames or ()))
     metrics = MetricsLog(run_dir, runtime.is_main, start_step if resume is not None else None)
     loader = data.loader(start_step, config.steps, pin_memory=device.type == "cuda")
 
@@ -210,10 +219,14 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None,
         if step == config.unlock.at_step:
             apply_unlock(model, config.unlock, step, may_train)
         images, texts = images.to(device, non_blocking=True), texts.to(device, non_blocking=True)
-        distill = None if teacher is None else teacher_features(teacher, images, texts, config.distill, accum, amp)
-        loss = forward_backward(model, images, texts, loss_fn, runtime, accum_steps=accum,
-                                local_loss=config.local_loss, exchange=config.siglip_exchange, lock=config.lock,
-                                autocast=amp, distill=distill)
+        if config.classifier is not None:  # ``texts`` holds the class indices
+            loss = classifier_forward_backward(model, images, texts, accum, amp, config.classifier.label_smoothing)
+        else:
+            distill = None if teacher is None else teacher_features(teacher, images, texts, config.distill, accum,
+                                                                    amp)
+            loss = forward_backward(model, images, texts, loss_fn, runtime, accum_steps=accum,
+                                    local_loss=config.local_loss, exchange=config.siglip_exchange, lock=config.lock,
+                                    autocast=amp, distill=distill)
         all_reduce_gradients(trainable, runtime)
         if o.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(trainable, o.grad_clip)
@@ -308,7 +321,8 @@ def _warn_config_change(saved: dict[str, Any], current: dict[str, Any], runtime:
 
 def export_model(model: torch.nn.Module, text_processor: Any, directory: Path) -> Path:
     """Saves the trained model (and its tokenizer's vocabulary) as a model directory for ``clipforge.load``; a LoRA
-    model is saved merged, with its adapters alone in ``directory/adapters`` (``clipforge.train.lora``)."""
+    model is saved merged, with its adapters alone in ``directory/adapters`` (``clipforge.train.lora``); a
+    classifier run's head goes to ``directory/classifier`` (``clipforge.train.classify``)."""
     from clipforge.checkpoints.native import save_pretrained
     from clipforge.models.lora import lora_config
 
@@ -316,7 +330,7 @@ def export_model(model: torch.nn.Module, text_processor: Any, directory: Path) -
         from clipforge.train.lora import save_lora_model
 
         return save_lora_model(model, text_processor, directory)
-    return save_pretrained(model, directory, text_processor)
+    return save_with_head(model, directory, text_processor, save_pretrained)
 
 
 def write_plots(run_dir: Path, model: torch.nn.Module, eval_set: EvalSet | None, text_processor: Any,

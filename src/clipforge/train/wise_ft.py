@@ -151,9 +151,10 @@ def run_sweep(config: WiseFTConfig, start: torch.nn.Module, final: torch.nn.Modu
             return results
         from clipforge.checkpoints.merge import merge_models
         from clipforge.checkpoints.native import save_pretrained
+        from clipforge.train.classify import save_with_head
 
         best = merge_models(_plain(start), _plain(final), alpha)  # type: ignore[arg-type]
-        save_pretrained(best, run_dir / "final_wise", text_processor)
+        save_with_head(best, run_dir / "final_wise", text_processor, save_pretrained)  # a classifier head beside
         print(f"wise_ft: alpha {alpha:g} is best on {config.save_best}; saved {run_dir / 'final_wise'}",
               file=sys.stderr)
     return results
