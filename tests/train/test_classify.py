@@ -80,7 +80,7 @@ def test_only_the_image_tower_and_the_head_train_and_final_holds_both(tmp_path: 
     assert set(tuned) == set(base)
     changed = {k for k in base if not torch.equal(base[k], tuned[k])}
     assert changed and all(k.startswith("visual.") for k in changed)  # text tower and logit scale untouched
-    model, head, classnames, eval_tf, tokenizer = load_classifier(final_dir)
+    _, head, classnames, _, _ = load_classifier(final_dir)
     assert classnames == ["blue", "dark red", "green"]  # the folders' order, underscores as spaces
     info = json.loads((final_dir / "classifier" / "classifier.json").read_text())
     assert info["num_classes"] == 3 and info["width"] == 32
@@ -179,3 +179,26 @@ def test_load_classifier_refuses_a_plain_model_dir(start: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no classifier.safetensors"):
         load_classifier(start)
     assert ClassifierHead(torch.ones(2, 4)).num_classes == 2
+
+
+def test_clipforge_eval_scores_with_the_head(tmp_path: Path, start: Path, one_thread: None, capsys) -> None:
+    from clipforge.cli.main import main
+
+    data = str(_folder(tmp_path / "test", per_class=3))
+    sets = json.dumps([{"name": "ce", "task": "zeroshot", "data": data, "head": True}])
+    result = train(_config(tmp_path, start, f"eval.sets={sets}", "steps=2"), Runtime())
+    final = tmp_path / "run" / "final"
+    out = tmp_path / "ce.json"
+    assert main(["eval", "zeroshot", "--model", str(final), "--head", str(final), "--data", data, "--output",
+                 str(out), "--no-progress"]) == 0
+    assert json.loads(out.read_text())["metrics"]["acc1"] == pytest.approx(result.eval["ce/acc1"])
+    other = tmp_path / "other"
+    for name in ("x", "y", "z"):
+        (other / name).mkdir(parents=True)
+        Image.new("RGB", (32, 32)).save(other / name / "0.png")
+    capsys.readouterr()
+    assert main(["eval", "zeroshot", "--model", str(final), "--head", str(final), "--data", str(other)]) == 2
+    assert "--head: the class folders of" in capsys.readouterr().err
+    assert main(["eval", "zeroshot", "--model", str(final), "--head", str(start), "--data", data]) == 2
+    err = capsys.readouterr().err
+    assert "--head: " in err and "no classifier.safetensors" in err

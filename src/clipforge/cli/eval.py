@@ -61,6 +61,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     zs.add_argument("--confusion", default=None, metavar="PNG",
                     help="confusion-matrix image (default: beside --output as *_confusion.png)")
     zs.add_argument("--no-classifier-cache", action="store_true", help="rebuild the zero-shot classifier")
+    zs.add_argument("--head", default=None, metavar="DIR",
+                    help="score with a classifier run's trained head (its final/ or final/classifier/) instead of "
+                         "class prompts; the class names default to the head's")
     zs.set_defaults(func=run_zeroshot)
 
     rt = tasks.add_parser("retrieval", help="image↔text retrieval Recall@K")
@@ -157,15 +160,39 @@ def run_zeroshot(args: argparse.Namespace) -> int:
 
     classnames = load_classnames(args.classnames) if args.classnames else None
     given_templates = load_templates(args.templates) if args.templates else None  # read before any other work
+    head = None
+    if args.head:
+        from clipforge.train.classify import read_head
+
+        try:
+            head, head_names = read_head(args.head)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"--head: {e}") from None
+        classnames = classnames or head_names
+        given_templates = given_templates or ["{}"]  # unused: the head scores
     dataset = _open(args, args.data, args.split, label_col=args.label_key, classes=classnames)
     try:
         classnames, templates = zeroshot_labels(dataset, args.data, classnames, given_templates)
     except ValueError as e:
         raise ValueError(f"--classnames: {e}") from None
     model, name, pretrained = load_eval_model(args.model, args.device, args.allow_pickle, args.act, args.pretrained)
+    weights = None
+    if head is not None:
+        from clipforge.eval.datasets import ImageFolder
+
+        folders = [c.replace("_", " ") for c in dataset.classes] if isinstance(dataset, ImageFolder) else None
+        if folders is not None and folders != classnames:
+            raise ValueError(f"--head: the class folders of {args.data} ({', '.join(folders[:4])}, …) are not the "
+                             f"head's classes in its order ({', '.join(classnames[:4])}, …)")
+        width = model.model.config.embed_dim
+        if head.num_classes != len(classnames) or head.weight.shape[1] != width:
+            raise ValueError(f"--head: {args.head} scores {head.num_classes} classes at width "
+                             f"{head.weight.shape[1]}; --data has {len(classnames)} classes and the model's "
+                             f"embedding width is {width}")
+        weights = head.weight.detach().T.to(model.device)
     result = evaluate_zeroshot(model, dataset, classnames, templates, args.batch_size,
                                cache_dir=_cache_root(args) / "zeroshot", use_cache=not args.no_classifier_cache,
-                               progress=not args.no_progress)
+                               progress=not args.no_progress, weights=weights)
     confusion = args.confusion or (str(Path(args.output).with_suffix("")) + "_confusion.png" if args.output else None)
     extra = {}
     if confusion:

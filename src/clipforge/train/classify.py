@@ -180,6 +180,31 @@ def save_with_head(model: nn.Module, directory: str | Path, text_processor: Any,
     return out
 
 
+def read_head(path: str | Path) -> tuple[ClassifierHead, list[str]]:
+    """A saved head and its class names: ``path`` is a ``classifier/`` folder or a model directory holding one.
+
+    Raises:
+        FileNotFoundError: there is no ``classifier.safetensors`` there.
+        ValueError: ``classifier.json`` is missing or names another count of classes than the weight has.
+    """
+    from safetensors.torch import load_file
+
+    where = Path(path)
+    if not (where / "classifier.safetensors").is_file() and (where / HEAD_DIR).is_dir():
+        where = where / HEAD_DIR
+    if not (where / "classifier.safetensors").is_file():
+        raise FileNotFoundError(f"{where}: no classifier.safetensors (is {path} a classifier run's model?)")
+    try:
+        info = json.loads((where / "classifier.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{where / 'classifier.json'}: unreadable ({e})") from None
+    head = ClassifierHead(load_file(str(where / "classifier.safetensors"))["weight"])
+    names = info.get("classnames")
+    if not isinstance(names, list) or len(names) != head.num_classes:
+        raise ValueError(f"{where / 'classifier.json'}: classnames must list the head's {head.num_classes} classes")
+    return head, [str(n) for n in names]
+
+
 def load_classifier(directory: str | Path, device: str | torch.device = "cpu"
                     ) -> tuple[nn.Module, ClassifierHead, list[str], Callable, Any]:
     """A classifier run's ``final/`` (or ``final_wise/``): ``(model, head, classnames, eval_transform, tokenizer)``.
@@ -190,18 +215,11 @@ def load_classifier(directory: str | Path, device: str | torch.device = "cpu"
         FileNotFoundError: ``directory/classifier/`` is missing (not a classifier run's model).
         ValueError: the head's width does not match the model's embedding.
     """
-    from safetensors.torch import load_file
-
     import clipforge
 
-    where = Path(directory) / HEAD_DIR
-    if not (where / "classifier.safetensors").is_file():
-        raise FileNotFoundError(f"{where}: no classifier.safetensors (is {directory} a classifier run's model?)")
+    head, classnames = read_head(Path(directory) / HEAD_DIR)
     model, eval_tf, tokenizer = clipforge.load(str(directory), device=device)
-    info = json.loads((where / "classifier.json").read_text(encoding="utf-8"))
-    head = ClassifierHead(load_file(str(where / "classifier.safetensors"))["weight"])
-    width = model.config.embed_dim
-    if head.weight.shape[1] != width:
-        raise ValueError(f"{where}: the head's width {head.weight.shape[1]} does not match the model's "
-                         f"embedding width {width}")
-    return model, head.to(device), list(info["classnames"]), eval_tf, tokenizer
+    if head.weight.shape[1] != model.config.embed_dim:
+        raise ValueError(f"{directory}: the head's width {head.weight.shape[1]} does not match the model's "
+                         f"embedding width {model.config.embed_dim}")
+    return model, head.to(device), classnames, eval_tf, tokenizer

@@ -153,12 +153,12 @@ def class_prompts(spec: CaptionsFromLabels | Any, source: ClassFolder | TablePai
 
 
 def write_synthetic_class_folders(root: str | Path, size: int = 500, task: str = "composition", seed: int = 0,
-                                  image_size: int = 64) -> dict[str, int]:
+                                  image_size: int = 64, language: str = "en") -> dict[str, int]:
     """A FLYP example without user data: one synthetic zero-shot task written as class folders.
 
     Writes ``root/train/<class>/<i>.png`` from the world's ``val`` split and ``root/test/<class>/<i>.png`` from
-    its ``test`` split (class names with spaces as underscores), and ``root/templates.txt`` (the task's English
-    templates). The ``composition`` task's classes are the colour × shape pairs held out of pre-training.
+    its ``test`` split (class names with spaces as underscores), and ``root/templates.txt`` (the task's templates in
+    ``language``). The ``composition`` task's classes are the colour × shape pairs held out of pre-training.
 
     Args:
         root: The output folder.
@@ -166,6 +166,7 @@ def write_synthetic_class_folders(root: str | Path, size: int = 500, task: str =
         task: ``shape``, ``colour``, ``count`` or ``composition``.
         seed: The world's seed (the quickstart's: 0).
         image_size: The side images are drawn at (the quickstart model's: 64).
+        language: The class names' and templates' language (``en``, ``ru``, ``ja``, ...: the world's).
 
     Returns:
         Images written per split.
@@ -177,10 +178,12 @@ def write_synthetic_class_folders(root: str | Path, size: int = 500, task: str =
     world = SyntheticWorld(SyntheticDataConfig(seed=seed).world_config(image_size))
     written = {}
     for split, folder in (("val", "train"), ("test", "test")):
-        tasks = {t.name: t for t in world.zeroshot_tasks(size, language="en", split=split)}
+        tasks = {t.name: t for t in world.zeroshot_tasks(size, language=language, split=split)}
         if task not in tasks:
             raise ValueError(f"task must be one of {sorted(tasks)}, got {task!r}")
         chosen = tasks[task]
+        for name in chosen.classnames:  # every class in both splits (a small split may draw none of one)
+            (root / folder / name.replace(" ", "_")).mkdir(parents=True, exist_ok=True)
         for i, (image, label) in enumerate(zip(chosen.images, chosen.labels, strict=True)):
             out = root / folder / chosen.classnames[label].replace(" ", "_")
             out.mkdir(parents=True, exist_ok=True)
