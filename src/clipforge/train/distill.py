@@ -18,11 +18,15 @@ from clipforge.text import TextProcessor
 from clipforge.train.finetune_config import DistillConfig
 from clipforge.train.gradcache import Distillation
 
+PRESET_TEACHER_SEED = 0
 _PROBE = ["a photo of a dog", "two small red circles on a blue square, and a much longer caption than the first one"]
 
 
 def load_teacher(distill: DistillConfig) -> tuple[nn.Module, TextProcessor]:
     """The teacher model (on the CPU, eval mode, frozen) and its text processor.
+
+    A preset teacher's random weights are drawn from ``PRESET_TEACHER_SEED``, not from the global RNG: every rank of
+    a distributed run, and a run resumed in another process (or after other work in this one), gets the same teacher.
 
     Raises:
         ConfigError: ``distill.teacher`` is neither a preset nor anything ``clipforge.load`` opens.
@@ -33,7 +37,9 @@ def load_teacher(distill: DistillConfig) -> tuple[nn.Module, TextProcessor]:
     name = str(distill.teacher)
     try:
         if name in list_presets() and not Path(name).exists():
-            model: nn.Module = create_model(name)
+            with torch.random.fork_rng(devices=[]):  # the same weights in every process, and the caller's RNG kept
+                torch.manual_seed(PRESET_TEACHER_SEED)
+                model: nn.Module = create_model(name)
             processor = get_text_processor(model)
         else:
             model, _, processor = load(name, allow_pickle=distill.allow_pickle)
