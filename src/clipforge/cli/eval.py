@@ -180,7 +180,7 @@ def run_zeroshot(args: argparse.Namespace) -> int:
     if head is not None:
         from clipforge.eval.datasets import ImageFolder
 
-        folders = [c.replace("_", " ") for c in dataset.classes] if isinstance(dataset, ImageFolder) else None
+        folders = [c.replace("_", " ") for c in dataset.classes or ()] if isinstance(dataset, ImageFolder) else None
         if folders is not None and folders != classnames:
             raise ValueError(f"--head: the class folders of {args.data} ({', '.join(folders[:4])}, …) are not the "
                              f"head's classes in its order ({', '.join(classnames[:4])}, …)")
