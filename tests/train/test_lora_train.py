@@ -88,10 +88,8 @@ def test_lora_config_fields_and_clear_errors(tmp_path: Path) -> None:
         prepare(load_config(None, parse_overrides([f"model={source}", "lora.targets=[pool]"])))
 
 
-# With dropout the resumed run draws other masks: creating the DataLoader (train/data.py) takes a seed from the global
-# torch RNG, after the checkpoint's RNG state is restored on resume (patch dropout shows the same without LoRA).
-
-
+# With adapter dropout too: the DataLoader (train/data.py) has its own generator, so the restored RNG gives the
+# resumed run the uninterrupted run's dropout masks.
 @pytest.mark.parametrize("dropout", [0.0, 0.1])
 def test_a_lora_run_resumed_ends_where_an_uninterrupted_one_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                  one_thread: None, capsys, dropout: float) -> None:
