@@ -93,6 +93,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     lp.add_argument("--feature-cache", default=None, metavar="DIR",
                     help="where extracted features are cached (default: <cache-dir>/features)")
     lp.set_defaults(func=run_linear_probe)
+    from clipforge.cli.eval_typographic import register as register_typographic  # imports this module
+    register_typographic(tasks)
+    from clipforge.cli.eval_robustness import register as register_robustness
+    register_robustness(tasks)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
