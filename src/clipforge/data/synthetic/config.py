@@ -19,6 +19,33 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _is_fraction(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float) and 0.0 <= value <= 1.0
+
+
+@dataclass(frozen=True)
+class TypographicConfig:
+    """Typographic scenes: a word written on a paper label in the image (``clipforge.data.synthetic.typographic``).
+
+    Attributes:
+        fraction: Share of scenes that carry a label, in (0, 1].
+        own_name_fraction: Share of labelled scenes whose label names their own shape, in [0, 1]; the others name
+            another shape (a typographic attack). Captions always describe the drawn shape.
+    """
+
+    fraction: float = 0.5
+    own_name_fraction: float = 0.5
+
+    def check(self, where: str) -> None:
+        """Raises ``ConfigError`` naming the first field (``where.typographic.<field>``) outside its bounds."""
+        if not _is_fraction(self.fraction) or self.fraction == 0:
+            raise ConfigError(f"{where}.typographic.fraction must be a number in (0, 1], got {shorten(self.fraction)}"
+                              " (leave typographic out, or null, for no typographic scenes)")
+        if not _is_fraction(self.own_name_fraction):
+            raise ConfigError(f"{where}.typographic.own_name_fraction must be a number in [0, 1], "
+                              f"got {shorten(self.own_name_fraction)}")
+
+
 @dataclass(frozen=True)
 class WorldFields:
     """The fields that define a synthetic world, and their bounds (``check_world``); not used on its own.
@@ -34,6 +61,8 @@ class WorldFields:
             negatives for the one attribute nothing else in a caption predicts. Each member's shape is a
             distinct training shape for the group's colour while they last. 1 (the default) turns it off;
             ``"val"`` and ``"test"`` are never grouped. At most one per shape (8).
+        typographic: Typographic scenes (a shape with a word written in the image; ``TypographicConfig``), in every
+            split; ``None`` (the default) draws none, and every image and caption is the same as without the field.
     """
 
     seed: int = 0
@@ -42,6 +71,7 @@ class WorldFields:
     holdout_fraction: float = 0.15
     max_objects: int = 3
     contrast_group: int = 1
+    typographic: TypographicConfig | None = None
 
     def check_world(self, where: str, size_optional: bool = False) -> None:
         """Raises ``ConfigError`` naming the first world field (as ``where.field``) outside its bounds.
@@ -69,6 +99,11 @@ class WorldFields:
         if not _is_int(self.contrast_group) or not 1 <= self.contrast_group <= len(SHAPES):
             raise ConfigError(f"{where}.contrast_group must be in 1..{len(SHAPES)} (one per shape), "
                               f"got {shorten(self.contrast_group)}")
+        if self.typographic is not None:
+            if not isinstance(self.typographic, TypographicConfig):
+                raise ConfigError(f"{where}.typographic must be a mapping {{fraction, own_name_fraction}} or null, "
+                                  f"got {shorten(self.typographic)}")
+            self.typographic.check(where)
 
 
 @dataclass(frozen=True)
@@ -92,8 +127,9 @@ class SyntheticDataConfig(WorldFields):
     """The built-in synthetic world as a training data source (``clipforge.data.synthetic``).
 
     The world's fields (``seed``, ``image_size``, ``languages``, ``holdout_fraction``, ``max_objects``,
-    ``contrast_group``) and their bounds are those of ``WorldFields``; here ``image_size`` defaults to ``None``:
-    render at the model's input size. Contrast groups are kept together in a batch from ``contrast_start`` on.
+    ``contrast_group``, ``typographic``) and their bounds are those of ``WorldFields``; here ``image_size`` defaults
+    to ``None``: render at the model's input size. Contrast groups are kept together in a batch from
+    ``contrast_start`` on.
 
     Attributes:
         kind: The data source; ``synthetic`` here.

@@ -13,6 +13,7 @@ from clipforge.data.synthetic.captions import make_caption, task_prompts
 from clipforge.data.synthetic.config import WorldConfig
 from clipforge.data.synthetic.dataset import SyntheticDataset
 from clipforge.data.synthetic.drawing import place, render
+from clipforge.data.synthetic.typographic import choose_word, label_rng, write_label
 from clipforge.data.synthetic.vocab import (
     BACKGROUNDS,
     COLOUR_RGB,
@@ -38,7 +39,8 @@ class Sample:
         image: RGB image, ``image_size`` square.
         caption: One caption in ``attributes["language"]``.
         attributes: ``shape``, ``colour``, ``count``, ``size``, ``position`` (a ``POSITIONS`` entry, or
-            ``"scattered"`` when ``count > 1``), ``background``, ``language``.
+            ``"scattered"`` when ``count > 1``), ``background``, ``language``; in a typographic world
+            (``WorldConfig.typographic``) also ``text``, the word written in the image or ``None``.
         mask: Object coverage, uint8 (H, W), 255 inside the objects, antialiased at the edges.
     """
 
@@ -189,6 +191,12 @@ class SyntheticWorld:
         languages = self.config.languages
         attrs["language"] = languages[int(rng.integers(len(languages)))]
         caption = make_caption(attrs, attrs["language"], rng)
+        typographic = self.config.typographic
+        if typographic is not None:  # its own stream: the scene, pixels and caption stay those of the plain world
+            labels = label_rng(self.config.seed, SPLITS[split], index)
+            attrs["text"] = choose_word(labels, attrs["shape"], typographic)
+            if attrs["text"] is not None:
+                image = write_label(image, mask, attrs["text"], labels)
         return Sample(image, caption, attrs, mask)
 
     def captions(self, split: str, index: int, n: int, language: str) -> list[str]:
