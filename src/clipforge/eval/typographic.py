@@ -385,7 +385,11 @@ def _thumb(image: Image.Image, side: int = 224) -> Image.Image:
 
 
 def plot_examples(examples: Sequence[Example], classes: Sequence[str], path: str | Path, title: str = "") -> Path:
-    """Saves clean (top row) and attacked (bottom row) images with their predictions as a PNG; green is right."""
+    """Saves clean (top row) and attacked (bottom row) images with their predictions as a PNG.
+
+    A prediction is green when right and red when wrong; an attacked image classified as the word written on it (not
+    its own class) says so.
+    """
     from matplotlib.figure import Figure
 
     if not examples:
@@ -401,7 +405,8 @@ def plot_examples(examples: Sequence[Example], classes: Sequence[str], path: str
             ax.set_xticks([])
             ax.set_yticks([])
             colour = "tab:green" if pred == ex.label else "tab:red"
-            ax.set_title(f"{caption}\npred: {classes[pred]}", fontsize=8, color=colour)
+            read = " (the word)" if row == 1 and pred == ex.word != ex.label else ""
+            ax.set_title(f"{caption}\npred: {classes[pred]}{read}", fontsize=8, color=colour)
     axes[0][0].set_ylabel("clean")
     axes[1][0].set_ylabel("attacked")
     fig.suptitle(title or "typographic attack", fontsize=10)
