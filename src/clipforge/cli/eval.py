@@ -95,6 +95,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     lp.set_defaults(func=run_linear_probe)
     from clipforge.cli.eval_typographic import register as register_typographic  # imports this module
     register_typographic(tasks)
+    from clipforge.cli.eval_robustness import register as register_robustness
+    register_robustness(tasks)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
