@@ -181,3 +181,132 @@ def render(
     fill = tuple(int(v) for v in np.clip(rgb + 0.5, 0, 255))
     image = Image.composite(Image.new("RGB", (side, side), fill), backdrop, mask)  # alpha blend in C
     return image, np.asarray(mask)
+
+
+# --- Style shifts: the same scene re-drawn (clipforge.data.synthetic.shifts). ---
+#
+# Each takes a rendered scene (its image and object mask) and an rng, and draws from the rng in the order its docstring
+# states; ``render`` above is untouched, so unshifted images stay the same bytes.
+
+
+def backdrop(rng: np.random.Generator, background: str, side: int) -> np.ndarray:
+    """A fresh grey backdrop (H, W, 3) uint8 with a faint ``background`` texture, as ``render`` draws one.
+
+    Draws from ``rng``, in order: the grey, its tint, the contrast, the texture and its flip.
+    """
+    grey = rng.uniform(100, 160) + rng.uniform(-6, 6, 3)  # (3,)
+    contrast = rng.uniform(8, 16)
+    pattern = texture_bank(background, side)[int(rng.integers(_BANK_SIZE))]
+    flip = int(rng.integers(8))
+    pattern = np.rot90(pattern.T if flip >= 4 else pattern, flip % 4)
+    lut = (grey + 0.5 + contrast * _DECODE).astype(np.uint8)
+    return np.take(lut, pattern, axis=0)
+
+
+def object_fill(image: Image.Image, mask: np.ndarray, fallback: tuple[int, int, int]) -> np.ndarray:
+    """The objects' fill colour (3,): the median of the fully covered pixels (``fallback`` when none is)."""
+    inside = np.asarray(image)[mask == 255]
+    return np.median(inside, axis=0) if len(inside) else np.array(fallback, dtype=np.float64)
+
+
+def _blend(base: np.ndarray, top: np.ndarray, alpha: np.ndarray) -> Image.Image:
+    """``top`` over ``base`` (H, W, 3) with per-pixel ``alpha`` (H, W) in [0, 1], as an RGB image."""
+    out = base.astype(np.float64) * (1 - alpha[..., None]) + top.astype(np.float64) * alpha[..., None]
+    return Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8), "RGB")
+
+
+def outline_band(mask: np.ndarray, width: int = 3) -> np.ndarray:
+    """The objects' edges as an alpha (H, W) in [0, 1]: the mask's dilation minus its erosion (``width`` px)."""
+    from PIL import ImageFilter
+
+    m = Image.fromarray(mask)
+    band = np.asarray(m.filter(ImageFilter.MaxFilter(width)), np.float64) - np.asarray(
+        m.filter(ImageFilter.MinFilter(width)), np.float64)
+    return np.clip(band / 255.0, 0, 1)
+
+
+def draw_outline(rng: np.random.Generator, mask: np.ndarray, fill: np.ndarray, background: str) -> Image.Image:
+    """Outline-only drawing: the objects' edges in their colour on a fresh backdrop; the inside shows the backdrop.
+
+    Draws from ``rng``: the backdrop (:func:`backdrop`).
+    """
+    side = mask.shape[0]
+    base = backdrop(rng, background, side)
+    return _blend(base, np.broadcast_to(fill, base.shape), outline_band(mask))
+
+
+def draw_textured(rng: np.random.Generator, mask: np.ndarray, fill: np.ndarray, background: str) -> Image.Image:
+    """The objects' surface textured: their colour modulated ±40% by a stripe or checker pattern, on a fresh backdrop.
+
+    Draws from ``rng``, in order: the backdrop, the pattern's kind, its bank entry, its strength.
+    """
+    side = mask.shape[0]
+    base = backdrop(rng, background, side)
+    kind = ("stripes", "checker", "dots")[int(rng.integers(3))]
+    t = texture_bank(kind, side)[int(rng.integers(_BANK_SIZE))].astype(np.float64) / 127.5 - 1  # (H, W) in [-1, 1]
+    strength = rng.uniform(0.3, 0.45)
+    top = np.clip(fill[None, None, :] * (1 + strength * t[..., None]) + 60 * strength * t[..., None], 0, 255)
+    return _blend(base, top, mask.astype(np.float64) / 255.0)
+
+
+def draw_on_new_background(rng: np.random.Generator, mask: np.ndarray, fill: np.ndarray) -> Image.Image:
+    """The objects on a backdrop no training scene has: wavy bands between two random colours at full contrast.
+
+    Draws from ``rng``, in order: the two colours, the bands' angle, period, waviness and phase.
+    """
+    side = mask.shape[0]
+    c1, c2 = rng.uniform(30, 225, 3), rng.uniform(30, 225, 3)
+    angle = rng.uniform(0, math.pi)
+    period = rng.uniform(0.12, 0.25) * side
+    wave, phase = rng.uniform(1, 3), rng.uniform(0, 2 * math.pi)
+    yy, xx = np.mgrid[0:side, 0:side].astype(np.float64)
+    u = xx * math.cos(angle) + yy * math.sin(angle)
+    v = -xx * math.sin(angle) + yy * math.cos(angle)
+    t = 0.5 + 0.5 * np.sin(2 * math.pi * u / period + wave * np.sin(2 * math.pi * v / side) + phase)  # (H, W)
+    base = c1 * (1 - t[..., None]) + c2 * t[..., None]
+    return _blend(base, np.broadcast_to(fill, base.shape), mask.astype(np.float64) / 255.0)
+
+
+def add_noise(rng: np.random.Generator, image: Image.Image, sigma: float = 32.0) -> Image.Image:
+    """Gaussian pixel noise of standard deviation ``sigma`` (in 0–255 units). Draws the noise (H, W, 3)."""
+    a = np.asarray(image, np.float64)
+    noisy = a + rng.standard_normal(a.shape) * sigma
+    return Image.fromarray(np.clip(noisy + 0.5, 0, 255).astype(np.uint8), "RGB")
+
+
+def rotate_hue(rng: np.random.Generator, image: Image.Image) -> Image.Image:
+    """A colour shift: every pixel's hue rotated by one angle in [90°, 270°] (YIQ chroma rotation, luma kept), plus a
+    colour cast of up to ±25 per channel. Draws the angle, then the cast (3,)."""
+    theta = math.radians(rng.uniform(90, 270))
+    cast = rng.uniform(-25, 25, 3)
+    to_yiq = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+    c, s = math.cos(theta), math.sin(theta)
+    rot = np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
+    m = np.linalg.inv(to_yiq) @ rot @ to_yiq
+    a = np.asarray(image, np.float64) @ m.T + cast
+    return Image.fromarray(np.clip(a + 0.5, 0, 255).astype(np.uint8), "RGB")
+
+
+def draw_sketch(rng: np.random.Generator, mask: np.ndarray) -> Image.Image:
+    """A pencil sketch: grey strokes along the objects' edges (three slightly offset passes) and light diagonal
+    hatching inside, on off-white paper with faint grain; no colour.
+
+    Draws from ``rng``, in order: the paper's shade, its grain (H, W), each pass's offset (2,), the hatching's
+    direction and spacing, the pencil's shade.
+    """
+    side = mask.shape[0]
+    paper = rng.uniform(225, 245) + rng.standard_normal((side, side)) * 4
+    band = outline_band(mask, 3)
+    strokes = np.zeros_like(band)
+    for _ in range(3):
+        dx, dy = (int(v) for v in rng.integers(-1, 2, 2))
+        strokes = np.maximum(strokes, 0.6 * np.roll(band, (dy, dx), axis=(0, 1)))
+    direction = 1 if rng.integers(2) else -1
+    spacing = int(rng.integers(3, 6))
+    yy, xx = np.mgrid[0:side, 0:side]
+    hatch = ((xx + direction * yy) % spacing == 0) * (mask.astype(np.float64) / 255.0) * 0.35
+    alpha = np.clip(np.maximum(strokes, hatch), 0, 1)
+    pencil = rng.uniform(40, 80)
+    grey = paper * (1 - alpha) + pencil * alpha
+    g = np.clip(grey + 0.5, 0, 255).astype(np.uint8)
+    return Image.fromarray(np.stack([g, g, g], axis=-1), "RGB")
