@@ -260,6 +260,8 @@ def test_cli_on_the_synthetic_world(tiny_dir: Path, tmp_path: Path) -> None:
     (["--font", "/no/such/font.ttf"], "--font: '/no/such/font.ttf' is neither"),
     (["--box-colour", "blurple"], "--box-colour: unknown colour"),
     (["--data", "synthetic:nope"], "--data: synthetic task must be one of"),
+    (["--word", " "], "--word: expected other, own or a word to write"),
+    (["--text-colour", "none"], "--text-colour: the letters need a colour"),
 ])
 def test_cli_errors_name_the_flag(folder: Path, tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                   argv: list[str], message: str) -> None:
@@ -273,4 +275,4 @@ def test_cli_size_and_empty_data(tiny_dir: Path, tmp_path: Path, capsys: pytest.
     assert "--size: expected a number in (0, 1]" in capsys.readouterr().err
     (tmp_path / "empty" / "red").mkdir(parents=True)
     assert cli(tmp_path, tiny_dir, "--data", str(tmp_path / "empty")) == 2
-    assert "clipforge eval: error:" in capsys.readouterr().err
+    assert f"clipforge eval: error: {tmp_path / 'empty'}: no images found" in capsys.readouterr().err
