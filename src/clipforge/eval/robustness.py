@@ -14,12 +14,10 @@ logits are restricted to those classes before the argmax, so a class outside the
 in-distribution accuracy paired with it (the x of the point) is measured the same way, on the in-distribution
 images of those classes (Taori et al.'s ``val-on-imagenet-r-classes``).
 
-Shipped data (``eval/data/robustness_imagenet.json``, sources in its ``_sources``): the 1,000 ImageNet WordNet ids
-in class-index order and ImageNet-R's 200 (hendrycks/imagenet-r ``eval.py``), ImageNet-A's 200
-(hendrycks/natural-adv-examples ``eval.py``), ObjectNet's folder → ImageNet mapping (modestyachts/imagenet-testbed
-``objectnet_metadata``), and baseline lines fitted by clipforge over the "standard training" models of
-imagenet-testbed's published top-1 table (not coefficients the papers print). ImageNet-V2's folders are class
-indices, ImageNet-Sketch's are WordNet ids.
+Shipped data (``eval/data/robustness_imagenet.json``; sources in its ``_sources``): ImageNet's WordNet ids in
+class-index order, ImageNet-R's and ImageNet-A's 200 classes, ObjectNet's folder → ImageNet mapping, and baseline
+lines fitted by clipforge over imagenet-testbed's standard models (not coefficients the papers print). ImageNet-V2's
+folders are class indices, ImageNet-Sketch's WordNet ids.
 """
 
 from __future__ import annotations
@@ -329,8 +327,7 @@ class Point:
         model: The model's name.
         pretrained: Where its weights came from.
         head: ``zeroshot`` or ``linear_probe``.
-        id_acc: Top-1 on the whole in-distribution set.
-        n_id: Its images.
+        id_acc: Top-1 on the whole in-distribution set (of ``n_id`` images).
         shifts: Per shifted set's name, its :class:`ShiftScore`.
         extra: More facts for the results (the probe's C and k).
     """
@@ -370,9 +367,8 @@ def measure_model(model: EvalModel, name: str, pretrained: str, id_data: EvalDat
                   templates: Sequence[str], train_data: EvalDataset | None = None, k_shots: Sequence[int] = (),
                   batch_size: int = 64, use_cache: bool = True, cache_dir: str | Path | None = None,
                   seed: int = 0, progress: bool = False) -> list[Point]:
-    """A model's points: zero-shot, and with ``train_data`` a probe on all of it and one per ``k_shots`` entry.
-
-    Every head scores the same features (each set embedded once).
+    """A model's points: zero-shot, and with ``train_data`` a probe on all of it and one per ``k_shots`` entry; every
+    head scores the same features (each set is embedded once).
 
     Args:
         model: The model.
@@ -461,6 +457,7 @@ def plot_robustness(points: Sequence[Point], fits: dict[str, LinearFit], path: s
     cols = min(3, len(names))
     rows = math.ceil(len(names) / cols)
     fig = Figure(figsize=(4.2 * cols, 4.0 * rows))
+    one_model = len({p.model for p in points}) == 1
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
     for ax, s in zip(axes, names, strict=False):
         pts = [p for p in points if s in p.shifts]
@@ -476,8 +473,11 @@ def plot_robustness(points: Sequence[Point], fits: dict[str, LinearFit], path: s
             zs = p.head == "zeroshot"
             ax.scatter([x], [y], marker="*" if zs else "o", s=90 if zs else 30, c="tab:red" if zs else "tab:green",
                        zorder=3)
-            ax.annotate(f"{p.label} ({fit.effective_robustness(x, y):+.1%})", (x, y), fontsize=6,
-                        xytext=(3, 3), textcoords="offset points")
+            # One model: name the heads alone; fewer-data probes by their k, without a figure (they crowd).
+            short = p.label.rsplit("/", 1)[-1] if one_model else p.label
+            text = short.replace("probe-", "") if p.extra.get("k_shot") else \
+                f"{short} ({fit.effective_robustness(x, y):+.1%})"
+            ax.annotate(text, (x, y), fontsize=7, xytext=(3, -9 if zs else 3), textcoords="offset points")
         ax.set_xscale("logit"), ax.set_yscale("logit")
         ticks = [t for t in _TICKS if lo <= t <= hi]
         for axis, limit in ((ax.xaxis, ax.set_xlim), (ax.yaxis, ax.set_ylim)):
