@@ -11,7 +11,7 @@ import pytest
 from clipforge.config import ConfigError, from_dict
 from clipforge.data.synthetic import SHAPES, SyntheticDataConfig, SyntheticWorld, WorldConfig
 from clipforge.data.synthetic.config import TypographicConfig
-from clipforge.data.synthetic.typographic import BACKGROUND, INK, word_ink
+from clipforge.data.synthetic.typographic import BACKGROUND, INK, mention, word_ink
 from clipforge.train import load_config, parse_overrides
 
 N = 120
@@ -84,10 +84,30 @@ def test_the_label_covers_little_of_the_objects() -> None:
     assert np.mean(covered) < 0.1
 
 
+def test_captions_quote_the_label_when_asked() -> None:
+    assert mention("2 red stars.", "circle", "en") == '2 red stars labelled "circle".'
+    assert mention("a photo of a ring", "star", "en") == 'a photo of a ring labelled "star"'
+    assert mention("黄色い四角が二つ。", "star", "ja") == "黄色い四角が二つ「star」と書いてある。"
+    assert mention("Синий треугольник", "ring", "ru") == "Синий треугольник с надписью «ring»"
+    config = WorldConfig(languages=("en", "ru", "ja"), typographic=TypographicConfig(0.5, 0.5, 0.5))
+    plain, typo = SyntheticWorld(dataclasses.replace(config, typographic=None)), SyntheticWorld(config)
+    quoted = 0
+    for i in range(N):
+        a, b = plain.sample("train", i), typo.sample("train", i)
+        word = b.attributes["text"]
+        if word is None or b.caption == a.caption:
+            assert b.caption == a.caption
+            continue
+        quoted += 1
+        assert b.caption == mention(a.caption, word, b.attributes["language"])
+    assert 0.15 * N < quoted < 0.35 * N
+
+
 @pytest.mark.parametrize(("value", "message"), [
     ({"fraction": 0.0}, r"data\.typographic\.fraction must be a number in \(0, 1\]"),
     ({"fraction": 1.5}, r"data\.typographic\.fraction"),
     ({"own_name_fraction": -0.1}, r"data\.typographic\.own_name_fraction must be a number in \[0, 1\]"),
+    ({"mention_fraction": 2}, r"data\.typographic\.mention_fraction must be a number in \[0, 1\]"),
     ({"fractoin": 0.5}, r"unknown field 'fractoin' \(did you mean 'fraction'\?\)"),
 ])
 def test_bad_typographic_fields_are_named(value: dict, message: str) -> None:
@@ -98,7 +118,7 @@ def test_bad_typographic_fields_are_named(value: dict, message: str) -> None:
 def test_the_train_config_switches_it_on() -> None:
     config = load_config(None, parse_overrides(["data.typographic.fraction=0.25",
                                                 "data.typographic.own_name_fraction=1"]))
-    assert config.data.typographic == TypographicConfig(0.25, 1.0)  # type: ignore[union-attr]
+    assert config.data.typographic == TypographicConfig(0.25, 1.0, 0.0)  # type: ignore[union-attr]
     world = config.data.world_config(64)  # type: ignore[union-attr]
     assert world.typographic == TypographicConfig(0.25, 1.0)
     assert dataclasses.replace(world, typographic=None) == WorldConfig()

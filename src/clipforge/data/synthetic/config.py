@@ -31,10 +31,13 @@ class TypographicConfig:
         fraction: Share of scenes that carry a label, in (0, 1].
         own_name_fraction: Share of labelled scenes whose label names their own shape, in [0, 1]; the others name
             another shape (a typographic attack). Captions always describe the drawn shape.
+        mention_fraction: Share of labelled scenes whose caption also quotes the label (``… labelled "star".``), in
+            [0, 1]: as web captions transcribe the text in photos, which is how CLIP learned to read.
     """
 
     fraction: float = 0.5
     own_name_fraction: float = 0.5
+    mention_fraction: float = 0.0
 
     def check(self, where: str) -> None:
         """Raises ``ConfigError`` naming the first field (``where.typographic.<field>``) outside its bounds."""
@@ -44,6 +47,9 @@ class TypographicConfig:
         if not _is_fraction(self.own_name_fraction):
             raise ConfigError(f"{where}.typographic.own_name_fraction must be a number in [0, 1], "
                               f"got {shorten(self.own_name_fraction)}")
+        if not _is_fraction(self.mention_fraction):
+            raise ConfigError(f"{where}.typographic.mention_fraction must be a number in [0, 1], "
+                              f"got {shorten(self.mention_fraction)}")
 
 
 @dataclass(frozen=True)
@@ -101,7 +107,8 @@ class WorldFields:
                               f"got {shorten(self.contrast_group)}")
         if self.typographic is not None:
             if not isinstance(self.typographic, TypographicConfig):
-                raise ConfigError(f"{where}.typographic must be a mapping {{fraction, own_name_fraction}} or null, "
+                raise ConfigError(f"{where}.typographic must be a mapping {{fraction, own_name_fraction, "
+                                  "mention_fraction}} or null, "
                                   f"got {shorten(self.typographic)}")
             self.typographic.check(where)
 

@@ -3,12 +3,14 @@
 The label is the word in GNU Unifont, drawn by the CLIPPO renderer (``clipforge.text.render``: black ink on its grey
 127 background, 16-pixel glyphs, lower case), pasted where it covers the least of the objects. A labelled scene
 names its own shape with probability ``own_name_fraction``, another shape otherwise (a typographic attack: the
-caption still describes the drawn shape). This is what lets a tiny model trained on the world grow multimodal units
-(Goh et al. 2021): a rendered word alone, as ``clipforge neurons`` shows it, looks like the label of a scene.
+caption still describes the drawn shape); with probability ``mention_fraction`` its caption also quotes the label
+(``mention``), as web captions often transcribe the text in a photo. Labels are what let a model trained on the world
+grow multimodal units (Goh et al. 2021): a rendered word alone, as ``clipforge neurons`` shows it, looks like the label
+of a scene.
 
 Every draw comes from its own stream, ``np.random.default_rng([seed, split_id, index, 0, 0, 97])`` (six entries: no
 other stream of the world has that length), so a typographic world draws the same scenes, pixels under the label and
-captions as the world without labels, and a world without ``typographic`` is untouched.
+captions (but for a quoted label) as the world without labels, and a world without ``typographic`` is untouched.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ _STREAM = 97  # the label's stream: a key of six entries, which no scene, captio
 _PAD = 1  # paper around the ink, in pixels
 _CANDIDATES = 6  # label positions tried; the one that covers the least of the objects wins
 BACKGROUND, INK = 127, 0  # the renderer's defaults, so a label looks like a crop of a rendered word
+_MENTION = {"en": ' labelled "{}"', "ru": " с надписью «{}»", "ja": "「{}」と書いてある"}  # the label stays English
 
 
 def label_rng(seed: int, split_id: int, index: int) -> np.random.Generator:
@@ -90,3 +93,10 @@ def write_label(image: Image.Image, mask: np.ndarray, word: str, rng: np.random.
     out = image.copy()
     out.paste(Image.fromarray(label, "L").convert("RGB"), (x, y))
     return out
+
+
+def mention(caption: str, word: str, language: str) -> str:
+    """``caption`` quoting the label: ``"2 red stars."`` → ``'2 red stars labelled "circle".'`` (a final full stop
+    stays last)."""
+    end = next((p for p in (".", "。") if caption.endswith(p)), "")
+    return caption[: len(caption) - len(end)] + _MENTION[language].format(word) + end

@@ -13,7 +13,7 @@ from clipforge.data.synthetic.captions import make_caption, task_prompts
 from clipforge.data.synthetic.config import WorldConfig
 from clipforge.data.synthetic.dataset import SyntheticDataset
 from clipforge.data.synthetic.drawing import place, render
-from clipforge.data.synthetic.typographic import choose_word, label_rng, write_label
+from clipforge.data.synthetic.typographic import choose_word, label_rng, mention, write_label
 from clipforge.data.synthetic.vocab import (
     BACKGROUNDS,
     COLOUR_RGB,
@@ -197,6 +197,8 @@ class SyntheticWorld:
             attrs["text"] = choose_word(labels, attrs["shape"], typographic)
             if attrs["text"] is not None:
                 image = write_label(image, mask, attrs["text"], labels)
+                if labels.random() < typographic.mention_fraction:
+                    caption = mention(caption, attrs["text"], attrs["language"])
         return Sample(image, caption, attrs, mask)
 
     def captions(self, split: str, index: int, n: int, language: str) -> list[str]:
