@@ -215,10 +215,10 @@ def load_classifier(directory: str | Path, device: str | torch.device = "cpu"
         FileNotFoundError: ``directory/classifier/`` is missing (not a classifier run's model).
         ValueError: the head's width does not match the model's embedding.
     """
-    import clipforge
+    from clipforge.api import load
 
     head, classnames = read_head(Path(directory) / HEAD_DIR)
-    model, eval_tf, tokenizer = clipforge.load(str(directory), device=device)
+    model, eval_tf, tokenizer = load(str(directory), device=device)
     if head.weight.shape[1] != model.config.embed_dim:
         raise ValueError(f"{directory}: the head's width {head.weight.shape[1]} does not match the model's "
                          f"embedding width {model.config.embed_dim}")

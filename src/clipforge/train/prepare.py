@@ -127,7 +127,9 @@ def _resized(config: TrainConfig, start: torch.nn.Module, model_config: ModelCon
     old_text, new_text = getattr(start.config, "text", None), getattr(model_config, "text", None)
     if old_text is not None and new_text is not None and new_text.context_length != old_text.context_length:
         try:
-            resize_context(start, new_text.context_length)  # type: ignore[arg-type]
+            # Long-CLIP keeps the first 20 positions; a context under 22 keeps all but the two it interpolates over
+            keep = min(20, max(old_text.context_length - 2, 0))
+            resize_context(start, new_text.context_length, keep=keep)  # type: ignore[arg-type]
         except ValueError as e:
             raise ConfigError(f"model_overrides.text.context_length: {e}") from None
     return config.with_overrides(start.config)
