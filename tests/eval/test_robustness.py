@@ -252,3 +252,34 @@ def test_registered_on_the_eval_verb() -> None:
     eval_cli.register(parser.add_subparsers(dest="verb"))
     args = parser.parse_args(["eval", "robustness", "--model", "m", "--id", "x", "--shift", "a=b", "--output", "o"])
     assert args.func is eval_robustness.run_robustness and args.shift == [("a", "b")]
+
+
+def test_imagenet_r_mask_end_to_end(tmp_path) -> None:
+    """ImageNet-shaped folders with the fake colour model: the shipped 200-class mask decides the prediction."""
+    wnids = imagenet_data()["wnids"]
+    r_classes = imagenet_subset("imagenet-r")
+    red, green, blue = r_classes[0], r_classes[1], 0  # blue is tench (class 0), outside ImageNet-R's 200
+    names = [f"thing {i}" for i in range(1000)]
+    names[red], names[green], names[blue] = "red", "green", "blue"
+    for w in wnids:
+        (tmp_path / "val" / w).mkdir(parents=True)
+    for i, c in ((red, "red"), (green, "green"), (blue, "blue")):
+        solid(c).save(tmp_path / "val" / wnids[i] / "0.png")
+    for i, rgb in ((red, (160, 0, 255)), (green, (0, 160, 255))):  # blue leads both
+        (tmp_path / "r" / wnids[i]).mkdir(parents=True)
+        Image.new("RGB", (8, 8), rgb).save(tmp_path / "r" / wnids[i] / "0.png")
+    val, r = ImageFolder(tmp_path / "val"), ImageFolder(tmp_path / "r")
+    mapping = class_mapping("imagenet-r", r.classes, val.classes)
+    assert len(mapping.subset) == 2  # the folders given: two of ImageNet-R's classes
+    points = measure_model(fake_model(), "fake", "none", val, {"imagenet-r": (r, mapping)}, names,
+                           ["a photo of a {}."], use_cache=False)
+    assert points[0].id_acc == 1.0
+    assert points[0].shifts["imagenet-r"] == ShiftScore(1.0, 1.0, 2, 2)  # unmasked, both would be "blue"
+
+
+def test_main_prints_one_line_errors(folders, tmp_path, capsys) -> None:
+    from clipforge.cli.main import main
+
+    code = main(base(folders, tmp_path, "--shift", f"odd={folders / 'odd'}", "--fit", "baseline"))
+    err = capsys.readouterr().err
+    assert code == 2 and "clipforge eval: error: --shift odd: class(es) purple are not among" in err

@@ -202,7 +202,7 @@ def _imagenet_index(id_classes: Sequence[str]) -> dict[str, int] | None:
     """WordNet id → in-distribution index when the ID classes are ImageNet's (WordNet-id folders, or the 1,000 class
     names in index order); ``None`` otherwise."""
     wnids = imagenet_data()["wnids"]
-    if id_classes and all(c in set(wnids) for c in id_classes):
+    if id_classes and set(id_classes) <= set(wnids):
         return {c: i for i, c in enumerate(id_classes)}
     if [_key(c) for c in id_classes] == [_key(c) for c in load_classnames("imagenet")]:
         return {w: i for i, w in enumerate(wnids)}
