@@ -13,6 +13,7 @@ VERB_MODULES = [
     "clipforge.cli.models",
     "clipforge.cli.train",
     "clipforge.cli.eval",
+    "clipforge.cli.neurons",
     "clipforge.cli.classify",
     "clipforge.cli.convert",
     "clipforge.cli.export",
