@@ -177,15 +177,16 @@ def main(argv: list[str]) -> int:
                         per_seed.setdefault(f"wise_flyp@{a:g}", []).append(evaluate(merge_models(base, model, a)))
             print(f"seed {seed} {name}: {per_seed[name][-1]}", file=sys.stderr)
     result = {"base": args.base, "steps": args.steps, "batch_size": args.batch_size, "seeds": args.seeds,
-              "images_per_split": args.images, "language": args.language, "classes": evaluate.classnames, "runs_dir": str(out), "runs": runs,
+              "images_per_split": args.images, "language": args.language, "classes": evaluate.classnames,
+              "runs_dir": str(out), "runs": runs,
               "summary": summarise(per_seed), "per_seed": per_seed}
     print(json.dumps(result, indent=1, default=str))
     if args.plot:
-        plot(result["summary"], alphas, args.plot)
+        plot(result["summary"], alphas, args.plot, args.language)
     return 0
 
 
-def plot(summary: dict[str, dict[str, dict[str, float]]], alphas: list[float], path: str) -> None:
+def plot(summary: dict[str, dict[str, dict[str, float]]], alphas: list[float], path: str, language: str = "en") -> None:
     """Target accuracy against the mean kept zero-shot accuracy (shape, colour, count): mean ± std per recipe,
     the WiSE-FT curves from zero-shot (α 0) to each fine-tune (α 1)."""
     import matplotlib
@@ -199,22 +200,24 @@ def plot(summary: dict[str, dict[str, dict[str, float]]], alphas: list[float], p
         kept_std = [s[k]["std"] for k in KEPT[:3]]
         return s["target"]["mean"], sum(kept) / 3, s["target"]["std"], sum(kept_std) / 3
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.6))
-    for fine, colour in (("flyp", "tab:blue"), ("ce", "tab:orange")):
+    colours = {"zero-shot": "0.3", "flyp": "tab:blue", "ce": "tab:orange", "ce_zeros": "tab:red",
+               "ce_probe": "tab:purple"}
+    fig, ax = plt.subplots(figsize=(8.4, 4.6))
+    for fine in ("flyp", "ce"):
         curve = ["zero-shot", *[f"wise_{fine}@{a:g}" for a in alphas], fine]
         if all(n in summary for n in curve):
             xs, ys = zip(*[point(n)[:2] for n in curve], strict=True)
-            ax.plot(xs, ys, "--", color=colour, alpha=0.5, label=f"WiSE-FT (zero-shot → {fine})")
+            ax.plot(xs, ys, "--", marker=".", color=colours[fine], alpha=0.5, label=f"WiSE-FT (zero-shot → {fine})")
     for name in summary:
         if "@" in name:
             continue
         x, y, dx, dy = point(name)
-        ax.errorbar(x, y, xerr=dx, yerr=dy, fmt="o", ms=7, capsize=3, label=name)
+        ax.errorbar(x, y, xerr=dx, yerr=dy, fmt="o", ms=7, capsize=3, label=name, color=colours.get(name))
     ax.set_xlabel("target: held-out colour × shape classes, accuracy")
     ax.set_ylabel("kept: mean English zero-shot accuracy (shape, colour, count)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower left")
-    ax.set_title("FLYP vs cross-entropy fine-tuning of the quickstart model", fontsize=10)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.set_title(f"FLYP vs cross-entropy fine-tuning of the quickstart model (class names: {language})", fontsize=10)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
