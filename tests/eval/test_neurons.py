@@ -24,8 +24,11 @@ from clipforge.eval.neurons import (
     unit_score,
     visualise,
 )
+from clipforge.eval.neurons.layers import text_directions
 from clipforge.eval.neurons.score import find_multimodal
 from clipforge.transforms import EvalTransform
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # an oversubscribed OpenMP pool is several times slower
 
 VIT = {"embed_dim": 16, "vision": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 2, "heads": 2},
        "text": {"width": 32, "heads": 2, "layers": 1, "context_length": 16}}
@@ -84,8 +87,22 @@ def test_resnet_hooks_read_stage_channels(resnet: nn.Module) -> None:
     assert names[:2] == ["visual.layer1", "visual.layer1.0"] and names[-1] == "embedding"
 
 
+def test_text_directions_are_cosines_with_the_words_text_embeddings(vit: nn.Module) -> None:
+    model = eval_model(vit)
+    words = ["circle", "star", "ring"]
+    texts = model.encode_texts([f"a photo of a {w}." for w in words])
+    layer = text_directions(vit, texts, words)
+    images = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        got = layer_activations(vit, layer, images)
+        expected = F.normalize(vit.encode_image(images), dim=-1) @ texts.T
+    torch.testing.assert_close(got, expected)
+    assert layer.units == 3 and layer.names == ("circle", "star", "ring") and layer.name == "embedding.text"
+
+
 def test_a_bad_layer_name_lists_the_valid_ones(resnet: nn.Module) -> None:
-    with pytest.raises(ValueError, match=r"unknown layer 'visual\.layer9'; valid layers: visual\.layer1, .*embedding"):
+    with pytest.raises(ValueError, match=r"unknown layer 'visual\.layer9'; valid layers: visual\.layer1, .*embedding, "
+                                         r"embedding\.text$"):
         get_layer(resnet, "visual.layer9")
 
 

@@ -15,6 +15,8 @@ from clipforge.checkpoints.native import save_pretrained
 from clipforge.cli.main import main
 from clipforge.eval.prompts import load_classnames
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # an oversubscribed OpenMP pool is several times slower
+
 RN = {"embed_dim": 16, "vision": {"image_size": 32, "width": 8, "heads": 2},
       "text": {"width": 32, "heads": 2, "layers": 1, "context_length": 16}}
 COLOURS = {"red": (200, 30, 30), "green": (30, 180, 40), "blue": (30, 40, 210)}
@@ -100,7 +102,7 @@ def test_errors_are_one_line(model_dir: Path, folder: Path, tmp_path: Path,
     assert code == 2
     assert err.strip() == ("clipforge neurons: error: unknown layer 'visual.blocks.0'; valid layers: visual.layer1, "
                            "visual.layer1.0, visual.layer2, visual.layer2.0, visual.layer3, visual.layer3.0, "
-                           "visual.layer4, visual.layer4.0, embedding")
+                           "visual.layer4, visual.layer4.0, embedding, embedding.text")
     (tmp_path / "empty.txt").write_text("\n", encoding="utf-8")
     code, _, err = run(capsys, *base, "--layer", "embedding", "--vocab", str(tmp_path / "empty.txt"))
     assert code == 2 and "no words in the file" in err and err.count("\n") == 1
@@ -115,4 +117,5 @@ def test_errors_are_one_line(model_dir: Path, folder: Path, tmp_path: Path,
     assert exit_.value.code == 2 and "--top-units: not allowed with argument --units" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
     code, out, _ = run(capsys, "--model", str(model_dir), "--list-layers")
-    assert code == 0 and out.splitlines()[-1] == "embedding\tembedding\t16 units"
+    assert code == 0 and out.splitlines()[-2:] == ["embedding\tembedding\t16 units",
+                                                   "embedding.text\ttext-direction\tone unit per vocabulary word"]

@@ -22,6 +22,8 @@ sync_api = pytest.importorskip("playwright.sync_api")
 
 from helpers.browser import ARGS, chromium_path  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # an oversubscribed OpenMP pool is several times slower
+
 VIT = {"embed_dim": 16, "vision": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1, "heads": 2},
        "text": {"width": 32, "heads": 2, "layers": 1, "context_length": 16}}
 PANELS = ("top-images", "quantiles", "top-words", "top-texts", "feature-visualisation")
@@ -42,7 +44,9 @@ class Squares(EvalDataset):
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def report(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     torch.manual_seed(0)
     model = create_model("tiny-vit", **VIT)
     em = EvalModel(model, EvalTransform(32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)), get_text_processor(model), "cpu")
@@ -50,7 +54,8 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
                      featvis_steps=2)
     out = tmp_path_factory.mktemp("neurons")
     write(result, out)
-    return out
+    torch.set_num_threads(threads)
+    yield out
 
 
 @pytest.fixture(scope="module")

@@ -19,17 +19,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-from clipforge.cli.args import non_negative_int, positive_int, verb_parser, whole_numbers
+from clipforge.cli.args import non_negative_int, positive_int, whole_numbers
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Adds the ``neurons`` verb."""
-    p = verb_parser(sub, "neurons", help="multimodal neurons: top images, rendered words, feature visualisations",
-                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser("neurons", help="multimodal neurons: top images, rendered words, feature visualisations",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="a saved model, checkpoint, hub name or preset")
     p.add_argument("--data", help="synthetic[:SPLIT[:SIZE]], an image folder of class folders, a table or a "
                                   "CLIP_benchmark webdataset")
-    p.add_argument("--layer", help="the layer (see --list-layers), e.g. visual.layer4, visual.blocks.3.mlp, embedding")
+    p.add_argument("--layer", help="the layer (see --list-layers), e.g. visual.layer4, visual.blocks.3.mlp, embedding, "
+                                   "embedding.text (the vocabulary's text embeddings as directions)")
     p.add_argument("--list-layers", action="store_true", help="print the model's layers and their unit counts")
     units = p.add_mutually_exclusive_group()
     units.add_argument("--units", type=whole_numbers(0), help="comma-separated units to show, e.g. 3,17,42")
@@ -57,6 +58,7 @@ def run_neurons(args: argparse.Namespace) -> int:
 
     from clipforge.eval.loading import load_eval_model
     from clipforge.eval.neurons import analyse, check_units, get_layer, list_layers, load_vocabulary, write
+    from clipforge.eval.neurons.layers import TEXT_DIRECTIONS
     from clipforge.eval.neurons.record import open_images
     from clipforge.eval.neurons.vocab import image_size
 
@@ -74,9 +76,11 @@ def run_neurons(args: argparse.Namespace) -> int:
     if args.list_layers:
         for layer in list_layers(model.model).values():
             print(f"{layer.name}\t{layer.kind}\t{layer.units} units")
+        print(f"{TEXT_DIRECTIONS}\ttext-direction\tone unit per vocabulary word")
         return 0
-    layer = get_layer(model.model, args.layer)
-    units = check_units(layer, list(args.units)) if args.units else None
+    units = list(args.units) if args.units else None
+    if args.layer != TEXT_DIRECTIONS:
+        check_units(get_layer(model.model, args.layer), units)  # before reading any image
     images = open_images(args.data, image_size(model))
     result = analyse(model, images, args.layer, vocabulary=vocab, units=units, top_units=args.top_units,
                      k=args.top_k, n_words=args.words, featvis_steps=args.featvis_steps, seed=args.seed,

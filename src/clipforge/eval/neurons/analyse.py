@@ -13,7 +13,7 @@ import numpy as np
 from clipforge.eval.adapter import EvalModel
 from clipforge.eval.datasets import EvalDataset
 from clipforge.eval.neurons.featvis import visualise
-from clipforge.eval.neurons.layers import check_units, get_layer
+from clipforge.eval.neurons.layers import TEXT_DIRECTIONS, check_units, get_layer, text_directions
 from clipforge.eval.neurons.record import Recording, collect_images, record
 from clipforge.eval.neurons.report import Shown, UnitPanel, write_report
 from clipforge.eval.neurons.score import UnitScore, find_multimodal, score_units
@@ -27,6 +27,7 @@ from clipforge.eval.neurons.vocab import (
 )
 
 QUANTILES = (0.9, 0.5, 0.1, 0.0)  # the other quantiles a panel shows, one image each
+PROMPT = "a photo of a {}."  # the prompt of an ``embedding.text`` direction (and of the zero-shot labels)
 
 
 @dataclass
@@ -75,8 +76,8 @@ class NeuronsResult:
             quantiles = [{"quantile": q, "source": rec.sources[i], "value": v}
                          for q, i, v in rec.quantile_examples(p.unit, QUANTILES)]
             order = np.argsort(-self.word_values[:, col], kind="stable")
-            units.append({"unit": p.unit, "score": p.score.to_dict() if p.score else None, "top_images": top,
-                          "quantiles": quantiles, "mean": float(rec.mean[col]),
+            units.append({"unit": p.unit, "name": p.name, "score": p.score.to_dict() if p.score else None,
+                          "top_images": top, "quantiles": quantiles, "mean": float(rec.mean[col]),
                           "top_words": [{"word": self.words[i], "value": float(self.word_values[i, col])}
                                         for i in order[:len(p.words)]],
                           "top_texts": [{"text": t, "value": v} for t, v in p.texts],
@@ -112,15 +113,21 @@ def analyse(model: EvalModel, images: EvalDataset, layer_name: str, *, vocabular
     Raises:
         ValueError: an unknown layer (listing the valid ones), a unit out of range, an empty vocabulary, no images.
     """
-    layer = get_layer(model.model, layer_name)
+    classes = getattr(images, "classes", None)
+    words = load_vocabulary(vocabulary, extra=[c.replace("_", " ") for c in classes or []])
+    if layer_name == TEXT_DIRECTIONS:
+        from clipforge.eval.prompts import fill
+
+        prompts = model.encode_texts([fill(PROMPT, w) for w in words], normalize=True)
+        layer = text_directions(model.model, prompts, words)
+    else:
+        layer = get_layer(model.model, layer_name)
     chosen = check_units(layer, units)
     if units is None and top_units is None:
         top_units = 8
     if top_units is not None and top_units < 1:
         raise ValueError(f"top_units must be ≥ 1, got {top_units}")
-    classes = getattr(images, "classes", None)
-    words = load_vocabulary(vocabulary, extra=[c.replace("_", " ") for c in classes or []])
-    labeller = zeroshot_labeller(model, words) if not classes else None
+    labeller = zeroshot_labeller(model, words, PROMPT) if not classes else None
     rec = record(model, layer, images, chosen, k=k, batch_size=batch_size, limit=limit, seed=seed,
                  labeller=labeller, progress=progress)
     if labeller is not None:
@@ -135,7 +142,7 @@ def analyse(model: EvalModel, images: EvalDataset, layer_name: str, *, vocabular
     wanted |= {i for u in shown for _, i, _ in rec.quantile_examples(u, QUANTILES)}
     pictures = collect_images(images, wanted, limit=limit)
     side = image_size(model)
-    texts = text_activations(model, words, shown) if layer.kind == "embedding" else None
+    texts = text_activations(model, words, shown) if layer.kind == "embedding" else None  # axes: the text tower's
     for j, u in enumerate(shown):
         col = rec.column(u)
         top = [Shown(pictures[int(i)], [f"{v:.3g}", _class_of(rec, int(i))])
@@ -150,7 +157,8 @@ def analyse(model: EvalModel, images: EvalDataset, layer_name: str, *, vocabular
             best = np.argsort(-texts[:, j], kind="stable")[:n_words]
             top_texts = [(words[i], float(texts[i, j])) for i in best]
         fv = visualise(model, layer, u, side, steps=featvis_steps, seed=seed + u) if featvis_steps > 0 else None
-        result.panels.append(UnitPanel(u, top, quantiles, shown_words, top_texts, by_unit[u], fv))
+        name = layer.names[u] if layer.names else None
+        result.panels.append(UnitPanel(u, top, quantiles, shown_words, top_texts, by_unit[u], fv, name))
     return result
 
 

@@ -7,6 +7,9 @@ Layer names (``list_layers`` gives a model's own):
 - ``visual.layer<s>`` and ``visual.layer<s>.<j>``: a ResNet stage's (or one of its blocks') output channels.
 - ``embedding``: the axes of the joint embedding space; a unit is a coordinate of the L2-normalised image embedding,
   and its top texts come from the text tower.
+- ``embedding.text``: directions of the joint embedding space named by words: unit ``i`` is the text tower's
+  embedding of the ``i``-th vocabulary word in a prompt (``a photo of a {}.``), and its activation on an image the
+  cosine similarity with it (``text_directions``; the vocabulary decides the units).
 
 A unit's activation on an image is its value averaged over positions (tokens, or the spatial grid), as Goh et al.
 (2021) and Lucid's channel objective take it. Recording stops the forward pass at the hooked module.
@@ -22,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-KINDS = ("residual", "mlp", "channel", "embedding")
+KINDS = ("residual", "mlp", "channel", "embedding", "text-direction")
+TEXT_DIRECTIONS = "embedding.text"
 
 
 @dataclass(frozen=True, eq=False)
@@ -35,6 +39,7 @@ class Layer:
         module: The module whose output holds the units.
         units: How many units the layer has.
         reduce: The module's output → activations (B, units), averaged over positions.
+        names: What each unit stands for, where units have names (``embedding.text``: the words).
     """
 
     name: str
@@ -42,6 +47,7 @@ class Layer:
     module: nn.Module
     units: int
     reduce: Callable[[torch.Tensor], torch.Tensor]
+    names: tuple[str, ...] = ()
 
 
 def _tokens_mean(x: torch.Tensor) -> torch.Tensor:
@@ -92,8 +98,19 @@ def get_layer(model: nn.Module, name: str) -> Layer:
     """
     layers = list_layers(model)
     if name not in layers:
-        raise ValueError(f"unknown layer {name!r}; valid layers: {', '.join(layers)}")
+        raise ValueError(f"unknown layer {name!r}; valid layers: {', '.join([*layers, TEXT_DIRECTIONS])}")
     return layers[name]
+
+
+def text_directions(model: nn.Module, directions: torch.Tensor, words: list[str]) -> Layer:
+    """The ``embedding.text`` layer: unit ``i`` is the unit vector ``directions[i]`` (V, D) of the joint space (the
+    text embedding of ``words[i]``); an image's activation is its normalised embedding's cosine with it."""
+    weights = F.normalize(directions.float(), dim=-1)  # (V, D)
+
+    def cosine(x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x.float(), dim=-1) @ weights.to(x.device).T  # (B, V)
+
+    return Layer(TEXT_DIRECTIONS, "text-direction", cast(nn.Module, model.visual), len(words), cosine, tuple(words))
 
 
 def check_units(layer: Layer, units: list[int] | None) -> list[int]:

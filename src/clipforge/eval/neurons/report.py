@@ -42,6 +42,7 @@ class UnitPanel:
         texts: Its top texts through the text tower, as ``(text, value)`` (embedding units), else empty.
         score: Its multimodal score, when computed.
         featvis: Its feature visualisation, when made.
+        name: What the unit stands for, where units have names (an ``embedding.text`` direction's word).
     """
 
     unit: int
@@ -51,6 +52,11 @@ class UnitPanel:
     texts: list[tuple[str, float]] = field(default_factory=list)
     score: UnitScore | None = None
     featvis: FeatureVisualisation | None = None
+    name: str | None = None
+
+    def title(self, layer: str) -> str:
+        """``layer unit N`` (with the unit's name in quotes, where it has one)."""
+        return f"{layer} unit {self.unit}" + (f" ({self.name!r})" if self.name else "")
 
 
 def _cell(image: Image.Image) -> Image.Image:
@@ -93,7 +99,7 @@ def unit_grid(panel: UnitPanel, layer: str) -> Image.Image:
     head = 16
     grid = Image.new("RGB", (columns * CELL, head + sum(r.height for r in rows)), (255, 255, 255))
     draw = ImageDraw.Draw(grid)
-    title = f"{layer} unit {panel.unit}"
+    title = panel.title(layer)
     if panel.score is not None:
         s = panel.score
         title += (f"   score {s.score:.3f} (concept {s.concept}, purity {s.purity:.2f}, word rank {s.word_rank}, "
@@ -148,7 +154,7 @@ def render_html(panels: list[UnitPanel], layer: str, title: str, summary: dict[s
         parts.append("<h2>Multimodal units</h2><table id='ranking'><tr><th>unit</th><th>score</th><th>concept</th>"
                      f"<th>purity</th><th>word rank</th><th>word z</th><th>top words</th></tr>{rows}</table>")
     for p in panels:
-        head = f"{layer} unit {p.unit}"
+        head = p.title(layer)
         if p.score is not None:
             head += (f" — score {p.score.score:.3f}: concept {p.score.concept}, purity {p.score.purity:.2f}, "
                      f"word rank {p.score.word_rank}, word z {_z(p.score)}")
