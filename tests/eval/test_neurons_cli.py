@@ -85,6 +85,13 @@ def test_a_plain_folder_and_the_synthetic_world(model_dir: Path, folder: Path, t
     assert all(len(u["top_texts"]) == 8 for u in data["units"])  # embedding axes: the text tower's top texts
     classes = {t["class"] for u in data["units"] for t in u["top_images"]}
     assert classes <= set(load_classnames("cifar10"))  # no classes: the zero-shot reading over the vocabulary
+    code, _, err = run(capsys, "--model", str(model_dir), "--data", str(folder), "--layer", "embedding.text",
+                       "--units", "0,11", "--vocab", "synthetic", "--output", str(tmp_path / "text"),
+                       "--featvis-steps", "0", "--no-progress", "--device", "cpu")
+    assert code == 0, err
+    data = json.loads((tmp_path / "text" / "neurons.json").read_text())
+    assert [(u["unit"], u["name"]) for u in data["units"]] == [(0, "circle"), (11, "green")]  # one per word
+    assert data["vocabulary"] == 26  # the folder's classes (red, green, blue) are synthetic words already
     code, _, err = run(capsys, "--model", str(model_dir), "--data", "synthetic:val:20", "--layer", "visual.layer2.0",
                        "--units", "1", "--output", str(tmp_path / "world"), "--featvis-steps", "0", "--no-progress",
                        "--device", "cpu")
