@@ -62,19 +62,26 @@ def test_on_adds_labels_and_changes_nothing_else() -> None:
     assert any(w != s for w, s in labelled)  # attacks: another shape's name
 
 
-def test_labels_are_deterministic_and_per_split() -> None:
+def test_labels_are_deterministic_and_in_the_training_split_unless_asked() -> None:
     config = WorldConfig(typographic=TypographicConfig(fraction=1.0, own_name_fraction=0.0))
-    a, b = SyntheticWorld(config), SyntheticWorld(config)
+    plain, labelled = SyntheticWorld(WorldConfig()), SyntheticWorld(config)
+    for i in range(10):
+        s = labelled.sample("train", i)
+        assert s.attributes["text"] is not None and s.attributes["text"] != s.attributes["shape"]
+        for split in ("val", "test"):  # evaluations during training see the plain scenes
+            a, b = plain.sample(split, i), labelled.sample(split, i)
+            assert a.image.tobytes() == b.image.tobytes() and b.attributes == a.attributes
+    everywhere = WorldConfig(typographic=TypographicConfig(fraction=1.0, splits=("train", "val", "test")))
+    a, b = SyntheticWorld(everywhere), SyntheticWorld(everywhere)
     for i in range(10):
         assert a.sample("val", i).image.tobytes() == b.sample("val", i).image.tobytes()
-        s = a.sample("test", i)
-        assert s.attributes["text"] is not None and s.attributes["text"] != s.attributes["shape"]
+        assert a.sample("test", i).attributes["text"] is not None
 
 
 def test_the_label_covers_little_of_the_objects() -> None:
     """Of the candidate positions the one covering the least of the objects wins: on average well under the share
     a label placed anywhere would cover."""
-    world = SyntheticWorld(WorldConfig(typographic=TypographicConfig(fraction=1.0)))
+    world = SyntheticWorld(WorldConfig(typographic=TypographicConfig(fraction=1.0, splits=("test",))))
     plain = SyntheticWorld(WorldConfig())
     covered = []
     for i in range(40):
@@ -108,6 +115,8 @@ def test_captions_quote_the_label_when_asked() -> None:
     ({"fraction": 1.5}, r"data\.typographic\.fraction"),
     ({"own_name_fraction": -0.1}, r"data\.typographic\.own_name_fraction must be a number in \[0, 1\]"),
     ({"mention_fraction": 2}, r"data\.typographic\.mention_fraction must be a number in \[0, 1\]"),
+    ({"splits": ["train", "dev"]}, r"data\.typographic\.splits must be a non-empty list of distinct splits"),
+    ({"splits": []}, r"data\.typographic\.splits must be"),
     ({"fractoin": 0.5}, r"unknown field 'fractoin' \(did you mean 'fraction'\?\)"),
 ])
 def test_bad_typographic_fields_are_named(value: dict, message: str) -> None:
@@ -118,9 +127,11 @@ def test_bad_typographic_fields_are_named(value: dict, message: str) -> None:
 def test_the_train_config_switches_it_on() -> None:
     config = load_config(None, parse_overrides(["data.typographic.fraction=0.25",
                                                 "data.typographic.own_name_fraction=1"]))
-    assert config.data.typographic == TypographicConfig(0.25, 1.0, 0.0)  # type: ignore[union-attr]
+    assert config.data.typographic == TypographicConfig(0.25, 1.0, 0.0, ("train",))  # type: ignore[union-attr]
     world = config.data.world_config(64)  # type: ignore[union-attr]
     assert world.typographic == TypographicConfig(0.25, 1.0)
     assert dataclasses.replace(world, typographic=None) == WorldConfig()
+    both = load_config(None, parse_overrides(["data.typographic.splits=[train, val]"]))
+    assert both.data.typographic.splits == ("train", "val")  # type: ignore[union-attr]
     with pytest.raises(ConfigError, match="world.typographic must be a mapping"):
         WorldConfig(typographic={"fraction": 0.5})  # type: ignore[arg-type]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from clipforge.config import ConfigError, check_positive, shorten
-from clipforge.data.synthetic.vocab import COUNTS, LANGUAGES, SHAPES
+from clipforge.data.synthetic.vocab import COUNTS, LANGUAGES, SHAPES, SPLITS
 
 
 def _is_int(value: object) -> bool:
@@ -33,11 +33,14 @@ class TypographicConfig:
             another shape (a typographic attack). Captions always describe the drawn shape.
         mention_fraction: Share of labelled scenes whose caption also quotes the label (``… labelled "star".``), in
             [0, 1]: as web captions transcribe the text in photos, which is how CLIP learned to read.
+        splits: The splits that carry labels: ``("train",)`` by default, so that evaluations during training see
+            the plain scenes; add ``val`` or ``test`` to evaluate on typographic scenes.
     """
 
     fraction: float = 0.5
     own_name_fraction: float = 0.5
     mention_fraction: float = 0.0
+    splits: tuple[str, ...] = ("train",)
 
     def check(self, where: str) -> None:
         """Raises ``ConfigError`` naming the first field (``where.typographic.<field>``) outside its bounds."""
@@ -50,6 +53,10 @@ class TypographicConfig:
         if not _is_fraction(self.mention_fraction):
             raise ConfigError(f"{where}.typographic.mention_fraction must be a number in [0, 1], "
                               f"got {shorten(self.mention_fraction)}")
+        if (not isinstance(self.splits, tuple) or not self.splits or len(set(self.splits)) != len(self.splits)
+                or any(split not in SPLITS for split in self.splits)):
+            raise ConfigError(f"{where}.typographic.splits must be a non-empty list of distinct splits of "
+                              f"{list(SPLITS)}, got {shorten(self.splits)}")
 
 
 @dataclass(frozen=True)
@@ -67,8 +74,9 @@ class WorldFields:
             negatives for the one attribute nothing else in a caption predicts. Each member's shape is a
             distinct training shape for the group's colour while they last. 1 (the default) turns it off;
             ``"val"`` and ``"test"`` are never grouped. At most one per shape (8).
-        typographic: Typographic scenes (a shape with a word written in the image; ``TypographicConfig``), in every
-            split; ``None`` (the default) draws none, and every image and caption is the same as without the field.
+        typographic: Typographic scenes (a shape with a word written in the image; ``TypographicConfig``), in the
+            training split unless it names others; ``None`` (the default) draws none, and every image and caption is
+            the same as without the field.
     """
 
     seed: int = 0

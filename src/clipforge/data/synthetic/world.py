@@ -40,7 +40,8 @@ class Sample:
         caption: One caption in ``attributes["language"]``.
         attributes: ``shape``, ``colour``, ``count``, ``size``, ``position`` (a ``POSITIONS`` entry, or
             ``"scattered"`` when ``count > 1``), ``background``, ``language``; in a typographic world
-            (``WorldConfig.typographic``) also ``text``, the word written in the image or ``None``.
+            (``WorldConfig.typographic``) also ``text``, the word written in the image or ``None``, in the
+            splits it labels.
         mask: Object coverage, uint8 (H, W), 255 inside the objects, antialiased at the edges.
     """
 
@@ -192,7 +193,8 @@ class SyntheticWorld:
         attrs["language"] = languages[int(rng.integers(len(languages)))]
         caption = make_caption(attrs, attrs["language"], rng)
         typographic = self.config.typographic
-        if typographic is not None:  # its own stream: the scene, pixels and caption stay those of the plain world
+        if typographic is not None and split in typographic.splits:
+            # The label's own stream: the scene, its pixels and its caption stay those of the plain world.
             labels = label_rng(self.config.seed, SPLITS[split], index)
             attrs["text"] = choose_word(labels, attrs["shape"], typographic)
             if attrs["text"] is not None:
