@@ -34,19 +34,25 @@ from typing import Any
 
 
 def reading(model: Any) -> dict[str, Any]:
-    """Zero-shot shape accuracy on the shapes' names rendered alone (no shape drawn)."""
+    """Zero-shot shape accuracy on the shapes' names rendered alone (no shape drawn), and on 500 plain test scenes
+    (the world's shape task: no labels in them)."""
     import torch
 
-    from clipforge.data.synthetic import SHAPES, task_prompts
+    from clipforge.data.synthetic import SHAPES, SyntheticWorld, WorldConfig, task_prompts
     from clipforge.eval.neurons.vocab import image_size, render_words
     from clipforge.eval.zeroshot import build_classifier
 
     classnames, templates = task_prompts("shape", "en", SHAPES)
     classifier = build_classifier(model, classnames, templates, use_cache=False)  # (D, C)
-    images = torch.stack([model.transform(im) for im in render_words(list(SHAPES), image_size(model))])
+    side = image_size(model)
+    images = torch.stack([model.transform(im) for im in render_words(list(SHAPES), side)])
     predicted = (model.encode_images(images) @ classifier).argmax(dim=1).tolist()
+    task = next(t for t in SyntheticWorld(WorldConfig(image_size=side)).zeroshot_tasks(500) if t.name == "shape")
+    scenes = torch.stack([model.transform(im) for im in task.images])
+    hits = (model.encode_images(scenes) @ classifier).argmax(dim=1) == torch.tensor(task.labels)
     return {"accuracy": sum(p == i for i, p in enumerate(predicted)) / len(SHAPES),
-            "read_as": {s: classnames[p] for s, p in zip(SHAPES, predicted)}}
+            "read_as": {s: classnames[p] for s, p in zip(SHAPES, predicted)},
+            "plain_scenes_shape_accuracy": float(hits.float().mean())}
 
 
 def finder(model: Any, args: argparse.Namespace, name: str, layer: str) -> dict[str, Any]:
