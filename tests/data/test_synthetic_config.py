@@ -12,7 +12,7 @@ from clipforge.data.synthetic import SyntheticDataConfig, WorldConfig, WorldFiel
 from clipforge.train import load_config
 from clipforge.train.data import world_config
 
-WORLD_FIELDS = ("seed", "image_size", "languages", "holdout_fraction", "max_objects", "contrast_group")
+WORLD_FIELDS = ("seed", "image_size", "languages", "holdout_fraction", "max_objects", "contrast_group", "typographic")
 BAD_VALUES = [
     ("seed", -1),
     ("image_size", 8),
@@ -43,7 +43,7 @@ def test_the_world_fields_are_defined_once() -> None:
 def test_the_data_section_keeps_its_yaml_keys() -> None:
     keys = {f.name for f in dataclasses.fields(SyntheticDataConfig)}
     assert keys == {"kind", "seed", "image_size", "languages", "holdout_fraction", "max_objects", "train_size",
-                    "contrast_group", "contrast_start", "augment", "num_workers"}
+                    "contrast_group", "contrast_start", "augment", "num_workers", "typographic"}
     from clipforge.data.config import SyntheticDataConfig as reexported
 
     assert reexported is SyntheticDataConfig
