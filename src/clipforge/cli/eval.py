@@ -1,4 +1,5 @@
-"""``clipforge eval zeroshot|retrieval|linear-probe``: benchmark a model, write CLIP_benchmark-style JSON.
+"""``clipforge eval zeroshot|retrieval|linear-probe|typographic|robustness``: benchmark a model, write
+CLIP_benchmark-style JSON.
 
 Examples::
 
@@ -7,6 +8,9 @@ Examples::
     clipforge eval retrieval --model runs/x/final --data flickr_test.tsv --caption-key caption --output r.json
     clipforge eval linear-probe --model runs/x/final --train-data train/ --data test/ --k-shot 16
     clipforge eval zeroshot --model openai.pt --data imagenet_val/ --alpha drop   # OpenAI's convert("RGB")
+    clipforge eval zeroshot --model runs/ce/final --head runs/ce/final --data test/  # a trained classifier head
+    clipforge eval typographic --model runs/x/final --data synthetic:shape --word other
+    clipforge eval robustness --model runs/x/final --id val/ --shift sketch=sketch/ --output robustness/
 
 ``--data`` is an image folder (one sub-folder per class), a table (CSV/TSV/parquet), or a folder in
 CLIP_benchmark's webdataset layout (``classnames.txt``, ``zeroshot_classification_templates.txt``,
@@ -44,8 +48,10 @@ MAX_CHUNK = 65_536  # --chunk at most: a streamed ranking block is chunk² float
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Adds the ``eval`` verb with its ``zeroshot``, ``retrieval`` and ``linear-probe`` tasks."""
-    p = verb_parser(sub, "eval", help="evaluate a model: zero-shot classification, retrieval, linear probe",
+    """Adds the ``eval`` verb with its ``zeroshot``, ``retrieval``, ``linear-probe``, ``typographic`` and
+    ``robustness`` tasks."""
+    p = verb_parser(sub, "eval", help="evaluate a model: zero-shot classification, retrieval, linear probe, "
+                    "typographic attacks, effective robustness",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     tasks = p.add_subparsers(dest="task", metavar="TASK", required=True)
 
