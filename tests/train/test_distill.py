@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -74,6 +75,11 @@ def test_teacher_equal_to_student_adds_nothing_at_the_first_step(tmp_path: Path,
     assert runs["kl"][0][1] == pytest.approx(runs["plain"][0][1], abs=1e-5)  # KL(student ‖ itself) = 0
     assert runs["ce"][0][1] > runs["plain"][0][1] + 0.1  # plus the teacher's entropy (log 8 at most)
     assert runs["ce"][0][1] < runs["plain"][0][1] + torch.log(torch.tensor(8.0)).item() + 1e-5
+    # the term is logged on its own, unweighted: 0 for KL(student ‖ itself), the entropy gap for cross_entropy
+    logged = {name: json.loads((tmp_path / name / "metrics.jsonl").read_text().splitlines()[0]) for name in runs}
+    assert "distill" not in logged["plain"] and logged["plain"]["step"] == 1
+    assert logged["kl"]["distill"] == pytest.approx(0.0, abs=1e-6)
+    assert logged["ce"]["distill"] == pytest.approx(runs["ce"][0][1] - runs["plain"][0][1], abs=1e-5)
 
 
 def test_a_teacher_of_another_width_trains_the_student_and_stays_as_it_was(tmp_path: Path, one_thread: None) -> None:

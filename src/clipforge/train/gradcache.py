@@ -25,13 +25,15 @@ LossFn = Callable[..., torch.Tensor]
 
 class Distillation(NamedTuple):
     """A teacher's (no-grad) L2-normalised features of this rank's batch and its logit scale, with the term's weight
-    and form (``clip_distill_loss``): the loss becomes ``contrastive + weight × distillation``."""
+    and form (``clip_distill_loss``): the loss becomes ``contrastive + weight × distillation``. ``terms``, when given,
+    receives each step's distillation term (detached, unweighted) for the log."""
 
     image_features: torch.Tensor
     text_features: torch.Tensor
     logit_scale: torch.Tensor
     weight: float = 1.0
     form: str = "kl"
+    terms: list[torch.Tensor] | None = None
 
 
 def encode(model: nn.Module, images: torch.Tensor, texts: torch.Tensor, lock: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,6 +71,8 @@ def global_loss(image_features: torch.Tensor, text_features: torch.Tensor, model
     else:
         term = clip_distill_loss(all_images, all_texts, model.scale(), teacher_images, teacher_texts, d.logit_scale,
                                  form=d.form)
+    if d.terms is not None:
+        d.terms.append(term.detach())
     return loss + d.weight * term
 
 

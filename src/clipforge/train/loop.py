@@ -212,6 +212,7 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None,
     apply_unlock(model, config.unlock, start_step, may_train)
     bar = tqdm(total=config.steps, initial=start_step, disable=not runtime.is_main, dynamic_ncols=True)
     loss_sum, n_logged, t_log = torch.zeros((), device=device), 0, time.perf_counter()
+    distill_terms: list[torch.Tensor] = []  # the distillation term of each step since the last log (no host sync)
     for step, (images, texts, data_info) in enumerate(loader, start=start_step):
         data.consume(data_info)  # skip counts and reader position of this batch (host-side ints, no sync)
         lr = lr_at(step, o.lr, config.schedule.warmup_steps, config.steps, config.schedule.min_lr)
@@ -223,7 +224,7 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None,
             loss = classifier_forward_backward(model, images, texts, accum, amp, config.classifier.label_smoothing)
         else:
             distill = None if teacher is None else teacher_features(teacher, images, texts, config.distill, accum,
-                                                                    amp)
+                                                                    amp)._replace(terms=distill_terms)
             loss = forward_backward(model, images, texts, loss_fn, runtime, accum_steps=accum,
                                     local_loss=config.local_loss, exchange=config.siglip_exchange, lock=config.lock,
                                     autocast=amp, distill=distill)
@@ -243,8 +244,11 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None,
             now = time.perf_counter()
             rate = n_logged * config.batch_size / (now - t_log)
             result.losses.append((done, mean_loss))
-            metrics.log(done, {"loss": mean_loss, "lr": lr, "samples_per_s": rate,
-                               "logit_scale": model.scale().item(), **data.metrics()})
+            logged = {"loss": mean_loss, "lr": lr, "samples_per_s": rate, "logit_scale": model.scale().item()}
+            if distill_terms:  # the unweighted term (KL or cross-entropy, as distill.form says), mean over the steps
+                logged["distill"] = all_reduce_mean(torch.stack(distill_terms).mean(), runtime).item()
+                distill_terms.clear()
+            metrics.log(done, {**logged, **data.metrics()})
             bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.2e}", samples_s=f"{rate:.0f}")
             loss_sum, n_logged, t_log = torch.zeros((), device=device), 0, time.perf_counter()
             if not math.isfinite(mean_loss):
