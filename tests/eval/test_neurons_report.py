@@ -18,9 +18,9 @@ from clipforge.eval.datasets import EvalDataset, Sample
 from clipforge.eval.neurons import analyse, write
 from clipforge.transforms import EvalTransform
 
-sync_api = pytest.importorskip("playwright.sync_api")
+pytest.importorskip("playwright.sync_api")
 
-from helpers.browser import ARGS, chromium_path  # noqa: E402
+from helpers.browser import launched_chromium
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # an oversubscribed OpenMP pool is several times slower
 
@@ -60,10 +60,8 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=chromium_path(), args=ARGS)
+    with launched_chromium() as b:
         yield b
-        b.close()
 
 
 def test_the_page_shows_every_units_panels(report: Path, browser: Any) -> None:

@@ -11,7 +11,10 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 ENV = "CLIPFORGE_BROWSER"
 DEBIAN_PATH = "/usr/bin/chromium"
@@ -50,3 +53,16 @@ def chromium_path() -> str:
     if not ok or found is None:
         raise RuntimeError(f"installing Debian's {PACKAGE!r} package with apt-get failed; see {log}")
     return found
+
+
+@contextmanager
+def launched_chromium() -> Iterator[Any]:
+    """Headless Chromium launched through Playwright's sync API (:func:`chromium_path`, ``ARGS``); closed on exit."""
+    from playwright import sync_api
+
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), args=ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()

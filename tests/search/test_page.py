@@ -19,15 +19,15 @@ import pytest
 
 pytest.importorskip("fastapi")
 pytest.importorskip("pyarrow")
-sync_api = pytest.importorskip("playwright.sync_api")
+pytest.importorskip("playwright.sync_api")
 
-from helpers_serve import draw, live_server, make_collection  # noqa: E402
+from helpers_serve import draw, live_server, make_collection
 
-from clipforge.search.collection import Collection  # noqa: E402
-from clipforge.search.searcher import Searcher  # noqa: E402
-from clipforge.search.server import create_app  # noqa: E402
-from helpers.browser import ARGS, chromium_path  # noqa: E402
-from helpers.images import encode  # noqa: E402
+from clipforge.search.collection import Collection
+from clipforge.search.searcher import Searcher
+from clipforge.search.server import create_app
+from helpers.browser import launched_chromium
+from helpers.images import encode
 
 TOKEN = "page-token-1"
 
@@ -39,10 +39,8 @@ def searcher(tmp_path_factory: pytest.TempPathFactory) -> Searcher:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=chromium_path(), args=ARGS)
+    with launched_chromium() as b:
         yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")
