@@ -22,11 +22,9 @@ from clipforge.eval.zeroshot import build_classifier, evaluate_zeroshot
 from clipforge.models.factory import build_model
 from clipforge.train import Runtime, load_config, parse_overrides, train
 from clipforge.train.classify import ClassifierHead, load_classifier, zero_shot_head
+from helpers.tiny import tiny_vit_overrides
 
-ARCH = ["model_overrides.embed_dim=32", "model_overrides.vision.image_size=32", "model_overrides.vision.patch_size=8",
-        "model_overrides.vision.width=32", "model_overrides.vision.layers=1", "model_overrides.vision.heads=2",
-        "model_overrides.text.width=32", "model_overrides.text.heads=2", "model_overrides.text.layers=1",
-        "model_overrides.text.context_length=16"]
+ARCH = tiny_vit_overrides()
 COLOURS = {"dark_red": (200, 20, 20), "green": (30, 200, 40), "blue": (30, 40, 220)}
 TEMPLATES = ["a photo of a {}.", "a {} square."]
 

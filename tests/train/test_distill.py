@@ -14,11 +14,9 @@ from clipforge.config import ConfigError
 from clipforge.models.factory import build_model
 from clipforge.train import Runtime, load_config, parse_overrides, prepare, train
 from clipforge.train.loss import clip_distill_loss, clip_loss, distill_loss
+from helpers.tiny import tiny_vit_overrides
 
-ARCH = ["model_overrides.embed_dim=16", "model_overrides.vision.image_size=32", "model_overrides.vision.patch_size=8",
-        "model_overrides.vision.width=16", "model_overrides.vision.layers=1", "model_overrides.vision.heads=2",
-        "model_overrides.text.width=16", "model_overrides.text.heads=2", "model_overrides.text.layers=1",
-        "model_overrides.text.context_length=16"]
+ARCH = tiny_vit_overrides(width=16)
 RUN = ["data.train_size=200", "eval.size=4", "eval.retrieval_size=0", "schedule.warmup_steps=1", "batch_size=8",
        "log_every=1", "plots=false", "steps=2"]
 

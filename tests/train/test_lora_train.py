@@ -16,12 +16,10 @@ from clipforge.models.lora import LoRAConfig, apply_lora, lora_config, lora_stat
 from clipforge.train import Runtime, load_config, parse_overrides, prepare, train
 from clipforge.train.checkpoint import load_checkpoint
 from clipforge.train.lora import ADAPTER_WEIGHTS, AdapterError, load_adapters, save_adapters
+from helpers.tiny import tiny_vit_overrides
 
 ROOT = Path(__file__).parents[2]
-ARCH = ["model_overrides.embed_dim=32", "model_overrides.vision.image_size=32", "model_overrides.vision.patch_size=8",
-        "model_overrides.vision.width=32", "model_overrides.vision.layers=1", "model_overrides.vision.heads=2",
-        "model_overrides.text.width=32", "model_overrides.text.heads=2", "model_overrides.text.layers=1",
-        "model_overrides.text.context_length=16"]
+ARCH = tiny_vit_overrides()
 RUN = ["data.train_size=200", "eval.size=10", "eval.retrieval_size=4", "schedule.warmup_steps=1", "batch_size=8",
        "log_every=1", "plots=false", "optim.lr=1e-2", "lora.rank=4"]
 

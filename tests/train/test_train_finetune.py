@@ -13,11 +13,9 @@ from clipforge.checkpoints.open_clip import save_open_clip
 from clipforge.config import ConfigError
 from clipforge.models.factory import build_model
 from clipforge.train import Runtime, load_config, parse_overrides, prepare, train
+from helpers.tiny import tiny_vit_overrides
 
-ARCH = ["model_overrides.embed_dim=32", "model_overrides.vision.image_size=32", "model_overrides.vision.patch_size=8",
-        "model_overrides.vision.width=32", "model_overrides.vision.layers=1", "model_overrides.vision.heads=2",
-        "model_overrides.text.width=32", "model_overrides.text.heads=2", "model_overrides.text.layers=1",
-        "model_overrides.text.context_length=16"]
+ARCH = tiny_vit_overrides()
 RUN = ["data.train_size=500", "eval.size=10", "eval.retrieval_size=4", "schedule.warmup_steps=1", "steps=2",
        "batch_size=8", "log_every=1", "plots=false"]
 

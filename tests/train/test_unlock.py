@@ -15,11 +15,9 @@ from clipforge.train import Runtime, load_config, parse_overrides, prepare, trai
 from clipforge.train.checkpoint import load_checkpoint
 from clipforge.train.finetune_config import UnlockConfig
 from clipforge.train.layer_groups import apply_unlock, layer_map
+from helpers.tiny import tiny_vit_overrides
 
-ARCH = ["model_overrides.embed_dim=16", "model_overrides.vision.image_size=32", "model_overrides.vision.patch_size=8",
-        "model_overrides.vision.width=16", "model_overrides.vision.layers=3", "model_overrides.vision.heads=2",
-        "model_overrides.text.width=16", "model_overrides.text.heads=2", "model_overrides.text.layers=2",
-        "model_overrides.text.context_length=16"]
+ARCH = tiny_vit_overrides(width=16, vision_layers=3, text_layers=2)
 RUN = ["data.train_size=200", "eval.size=4", "eval.retrieval_size=0", "schedule.warmup_steps=1", "batch_size=8",
        "log_every=1", "plots=false", "optim.weight_decay=0.1"]
 

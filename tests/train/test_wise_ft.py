@@ -19,11 +19,9 @@ from clipforge.train.data import world_config
 from clipforge.train.evaluate import build_eval_sets, evaluate_languages
 from clipforge.train.wise_ft import WiseFTConfig, best_alpha
 from clipforge.transforms import model_transforms
+from helpers.tiny import tiny_vit_overrides
 
-ARCH = ["model_overrides.embed_dim=32", "model_overrides.vision.image_size=32", "model_overrides.vision.patch_size=8",
-        "model_overrides.vision.width=32", "model_overrides.vision.layers=1", "model_overrides.vision.heads=2",
-        "model_overrides.text.width=32", "model_overrides.text.heads=2", "model_overrides.text.layers=1",
-        "model_overrides.text.context_length=16"]
+ARCH = tiny_vit_overrides()
 RUN = ["data.train_size=300", "eval.size=12", "eval.retrieval_size=6", "schedule.warmup_steps=1", "steps=3",
        "batch_size=8", "log_every=1", "plots=false", "optim.lr=5e-3"]
 
