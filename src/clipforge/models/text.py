@@ -12,6 +12,26 @@ from clipforge.models.config import TextConfig
 from clipforge.models.layers import Block, Transformer, make_act
 
 
+def trim_tokens(tokens: torch.Tensor, config: TextConfig | None, multiple: int = 8) -> torch.Tensor:
+    """``tokens`` (B, T) cut after the batch's longest caption, rounded up to a multiple of ``multiple`` (≤ T).
+
+    Exact for a causal tower pooled at the end-of-text token (CLIP's): no position attends to a later one, so the
+    positions after every caption's end-of-text token never change a feature. Anything else comes back unchanged:
+    a bidirectional or last-position tower (SigLIP pads on purpose), a model without a token tower (CLIPPO's rendered
+    text, ``config`` None), input that is not (B, T) ids. Call it host-side, before the copy to the device: reading
+    the lengths is a sync on a GPU tensor.
+    """
+    if config is None or not config.causal or config.pool == "last" or tokens.ndim != 2 or tokens.is_floating_point():
+        return tokens
+    T = tokens.shape[1]
+    if config.eot_token_id is None:  # OpenAI: end-of-text is the highest id; padding (0) follows it
+        ends = tokens.argmax(dim=-1)
+    else:
+        ends = (tokens == config.eot_token_id).int().argmax(dim=-1)
+    length = int(ends.max()) + 1 if tokens.shape[0] else T
+    return tokens[:, :min(T, -(-length // multiple) * multiple)]
+
+
 class TextTransformer(nn.Module):
     """Token + positional embeddings → blocks → ``ln_final`` → pooling → projection.
 

@@ -139,6 +139,25 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class FsdpConfig:
+    """FSDP2's options (``parallel: fsdp``; ``clipforge.train.fsdp``).
+
+    Attributes:
+        cpu_offload: Keep the sharded parameters, gradients and optimiser state in CPU memory
+            (``CPUOffloadPolicy``); the optimiser steps on the CPU.
+        reshard_after_forward: Free each block's gathered parameters after its forward pass and gather them again
+            for the backward pass (ZeRO-3); ``false`` keeps them until the backward (ZeRO-2: more memory, less
+            communication).
+        async_checkpoint: Write checkpoints with ``torch.distributed.checkpoint.async_save``: training goes on while
+            the shards are written; ``latest`` moves only once every shard is complete.
+    """
+
+    cpu_offload: bool = False
+    reshard_after_forward: bool = True
+    async_checkpoint: bool = False
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Everything that defines a training run.
 
@@ -184,6 +203,18 @@ class TrainConfig:
             and the final model interpolated at each alpha and evaluated (``wise_ft.json``, ``wise_ft.png``).
         classifier: Cross-entropy fine-tuning on class labels (``clipforge.train.classify``): the image tower and a
             linear head started from the zero-shot classifier; the text tower is frozen and ``loss`` unused.
+        loss_chunk_size: Compute the contrastive loss in blocks of this many rows against all columns, each block
+            recomputed in the backward pass, so the N × N logits never exist at once (memory O(N · chunk)); the loss
+            and gradients equal the plain loss. ``null``: the plain loss.
+        trim_text: Cut each batch's token ids after its longest caption (rounded up to a multiple of 8) before the
+            text tower runs. Exact for causal text towers pooled at the end-of-text token (CLIP's): the positions
+            after it never change the result; a no-op for towers that pad on purpose (SigLIP's) and for CLIPPO.
+        parallel: ``ddp``: every rank holds the whole model and gradients are averaged once per step. ``fsdp``:
+            PyTorch's FSDP2 shards parameters, gradients and optimiser state across ranks
+            (``clipforge.train.fsdp``) and checkpoints are written with Distributed Checkpoint.
+        fsdp: FSDP2's options (``parallel: fsdp`` only).
+        report_to: Where metrics go besides ``metrics.jsonl``: ``tensorboard`` (when installed) and ``wandb``
+            (the ``wandb`` extra; ``WANDB_MODE=offline`` keeps it local).
     """
 
     model: str = "tiny-vit"
@@ -215,6 +246,11 @@ class TrainConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
     wise_ft: WiseFTConfig | None = None
     classifier: ClassifierConfig | None = None
+    loss_chunk_size: int | None = None
+    trim_text: bool = True
+    parallel: Literal["ddp", "fsdp"] = "ddp"
+    fsdp: FsdpConfig = field(default_factory=lambda: FsdpConfig())
+    report_to: tuple[Literal["tensorboard", "wandb"], ...] = ("tensorboard",)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "accum_steps", "log_every", "keep_checkpoints"):
@@ -250,8 +286,25 @@ class TrainConfig:
                               "checkpoint, e.g. model=runs/quickstart/final")
         if self.classifier is not None:
             self._check_classifier()
+        if self.loss_chunk_size is not None and self.loss_chunk_size <= 0:
+            raise ConfigError(f"loss_chunk_size must be positive or null, got {self.loss_chunk_size}")
+        if self.loss_chunk_size is not None and self.siglip_exchange == "ring":
+            raise ConfigError("loss_chunk_size and siglip_exchange: ring both bound the logits in memory; the ring "
+                              "already scores one (local × local) block at a time: choose one")
+        if self.parallel == "fsdp":
+            self._check_fsdp()
         if self.starts_from_preset():  # a checkpoint's architecture is checked when ``prepare`` reads it
             self.check_model(self.model_config())
+
+    def _check_fsdp(self) -> None:
+        """``parallel: fsdp`` shards the weights: options that need every weight whole on one rank are refused."""
+        conflicts = {"lora": self.lora is not None, "classifier": self.classifier is not None,
+                     "wise_ft": self.wise_ft is not None,
+                     "unlock": self.unlock.image_blocks is not None or self.unlock.text_blocks is not None}
+        given = [name for name, on in conflicts.items() if on]
+        if given:
+            raise ConfigError(f"parallel: fsdp does not combine with {', '.join(given)} (each needs the whole model on "
+                              "one rank while it trains or merges); use parallel: ddp for it")
 
     def _check_classifier(self) -> None:
         """A ``classifier`` run needs class labels and trains neither the text tower nor a contrastive term."""

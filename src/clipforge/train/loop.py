@@ -8,6 +8,7 @@ back (the only host sync), every ``eval.every`` steps evaluate, every ``checkpoi
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import sys
@@ -24,6 +25,7 @@ from clipforge.checkpoints.native import load_state_dict_into
 from clipforge.config import to_dict
 from clipforge.data.config import SyntheticDataConfig
 from clipforge.models.factory import build_model as build_model_from_config
+from clipforge.models.text import trim_tokens
 from clipforge.train.checkpoint import (
     load_checkpoint,
     remove_stale_temp_files,
@@ -200,11 +202,15 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None,
         eval_sets = build_eval_sets(world, eval_tf, e.size, e.retrieval_size, e.languages, e.split)
     real_sets = check_eval_sets(config.eval.sets) if runtime.is_main else []  # rank 0 evaluates, the others wait
     check_head_sets(real_sets, None if config.classifier is None else len(data.classnames or ()))
-    metrics = MetricsLog(run_dir, runtime.is_main, start_step if resume is not None else None)
+    metrics = MetricsLog(run_dir, runtime.is_main, start_step if resume is not None else None,
+                         report_to=config.report_to, config=config_to_dict(config))
     loader = data.loader(start_step, config.steps, pin_memory=device.type == "cuda")
 
     # --- The loop. ---
     loss_fn, amp = LOSSES[config.loss], autocast_dtype(config.precision, device)
+    if config.loss_chunk_size is not None:
+        loss_fn = functools.partial(loss_fn, chunk_size=config.loss_chunk_size)
+    trim = config.trim_text and config.classifier is None
     accum = config.accum_steps
     result = TrainResult(run_dir, start_step, checkpoint=checkpoint_path)
     model.train()
@@ -219,6 +225,8 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None,
         set_lr(optimizer, lr)
         if step == config.unlock.at_step:
             apply_unlock(model, config.unlock, step, may_train)
+        if trim:  # host-side, before the copy: the text tower sees the batch's longest caption, not 77 tokens
+            texts = trim_tokens(texts, getattr(model.config, "text", None))
         images, texts = images.to(device, non_blocking=True), texts.to(device, non_blocking=True)
         if config.classifier is not None:  # ``texts`` holds the class indices
             loss = classifier_forward_backward(model, images, texts, accum, amp, config.classifier.label_smoothing)

@@ -28,7 +28,8 @@ class MetricsLog:
             checkpoint) are dropped first, so the file reads as one uninterrupted run.
     """
 
-    def __init__(self, run_dir: str | Path, enabled: bool = True, resume_step: int | None = None):
+    def __init__(self, run_dir: str | Path, enabled: bool = True, resume_step: int | None = None,
+                 report_to: tuple[str, ...] = ("tensorboard",), config: dict[str, Any] | None = None):
         self.enabled = enabled
         self.path = Path(run_dir) / METRICS_FILE
         self.writer = None
@@ -39,6 +40,8 @@ class MetricsLog:
             self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
         elif resume_step is None:
             self.path.write_text("")
+        if "tensorboard" not in report_to:
+            return
         try:
             from torch.utils.tensorboard import SummaryWriter
 
