@@ -166,7 +166,8 @@ class ShardsDataConfig:
     Attributes:
         kind: ``shards``.
         urls: Sources separated by ``::`` (``a/{00000..00099}.tar::b/{0..3}.tar``), or a list with one
-            source per item (an item may itself be a list of shard paths). Brace ranges, globs, folders.
+            source per item (an item may itself be a list of shard paths). Brace ranges, globs, folders;
+            local paths, fsspec URLs (``s3://``, ``gs://``, ``hf://``, ...) or ``pipe:CMD`` commands.
         weights: One relative sampling weight per source; ``null``: uniform over sources.
         resampled: Draw shards with replacement (long runs); else epoch by epoch with no duplicates.
         interleave: Shards each reader has open at once per source (sample-level mixing).

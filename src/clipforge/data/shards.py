@@ -3,6 +3,8 @@
 **Sources.** ``"a/{00000..00099}.tar::b/{0..3}.tar"`` names two sources (``::`` separates them, as in
 OpenCLIP); each is a brace range, a glob, a folder of ``*.tar`` or a file (:func:`expand_shards`). A list
 of strings is one source per item; an item that is itself a list is one source made of those shards.
+Shards may be remote: fsspec URLs (``s3://``, ``gs://``, ``hf://``, ``memory://``) or ``pipe:CMD`` commands
+(:mod:`clipforge.fs`); one that is missing or whose command fails is skipped and counted like a damaged shard.
 Each sample is drawn from source ``i`` with probability ``weights[i] / sum(weights)`` (uniform without
 weights), by a seeded draw that is a pure function of the sample's position in the stream.
 

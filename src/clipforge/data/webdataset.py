@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import glob
 import os
-import re
 import tarfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-Sample = dict[str, object]
+import clipforge.fs as fs
 
-_BRACE = re.compile(r"\{(\d+)\.\.(\d+)\}")
+Sample = dict[str, object]
 
 
 @dataclass
@@ -38,23 +37,29 @@ class ShardStats:
 
 
 def expand_shards(spec: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[str]:
-    """Turns a shard spec into a sorted list of paths.
+    """Turns a shard spec into a sorted list of paths or URLs.
 
     Args:
         spec: A directory (every ``*.tar`` in it), a glob, a brace range (``data/{000..009}.tar``, zero
-            padding kept), a single file, or a list of any of these.
+            padding kept), a single file, or a list of any of these. Each may be a remote URL (``s3://``,
+            ``gs://``, ``hf://``, ``memory://``: any fsspec file system) or a ``pipe:CMD`` command
+            (:mod:`clipforge.fs`); see :func:`expand_remote` for what is looked up there.
 
     Raises:
         FileNotFoundError: When the spec matches no file.
+        ImportError: A remote URL whose file system package is not installed (named).
     """
     if not isinstance(spec, (str, os.PathLike)):
         return [p for s in spec for p in expand_shards(s)]
     text = os.fspath(spec)
+    if fs.is_remote(text):
+        return expand_remote(text)
+    text = fs.local_path(text)
     if os.path.isdir(text):
         paths = sorted(glob.glob(os.path.join(text, "*.tar")))
     else:
         paths = []
-        for pattern in _expand_braces(text):
+        for pattern in fs.expand_braces(text):
             matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
             paths.extend(p for p in matches if os.path.isfile(p))
     if not paths:
@@ -62,14 +67,31 @@ def expand_shards(spec: str | os.PathLike[str] | Iterable[str | os.PathLike[str]
     return paths
 
 
-def _expand_braces(text: str) -> list[str]:
-    match = _BRACE.search(text)
-    if match is None:
-        return [text]
-    lo, hi = match.group(1), match.group(2)
-    width = len(lo) if lo.startswith("0") else 0
-    head, tail = text[: match.start()], text[match.end():]
-    return [p for i in range(int(lo), int(hi) + 1) for p in _expand_braces(f"{head}{i:0{width}d}{tail}")]
+def expand_remote(text: str) -> list[str]:
+    """The shard URLs a remote spec names, with as few requests as webdataset makes.
+
+    A brace range is taken as written, one URL per item, unchecked (a missing shard is skipped and counted
+    when read, like a damaged one); a glob is listed on its file system; a single URL is a folder (its
+    ``*.tar``) or a file, looked up once. ``pipe:`` commands are only brace expanded.
+
+    Raises:
+        FileNotFoundError: The spec lists nothing.
+        ImportError: The URL's file system package is not installed (named).
+    """
+    pieces = fs.expand_braces(text)
+    if fs.scheme(text) != "pipe":
+        fs.filesystem(pieces[0])  # the file system's package is there (no request made)
+    if fs.scheme(text) == "pipe" or len(pieces) > 1:
+        urls = [u for piece in pieces for u in (fs.list_urls(piece) if fs.has_magic(piece) else [piece])]
+    elif fs.has_magic(text):
+        urls = fs.list_urls(text)
+    elif fs.isdir(text):
+        urls = fs.list_urls(fs.join(text, "*.tar"))
+    else:
+        urls = [text] if fs.exists(text) else []
+    if not urls:
+        raise FileNotFoundError(f"no tar shards found for {text!r} ({fs.scheme(text)}:// lists nothing there)")
+    return urls
 
 
 def split_key(member_name: str) -> tuple[str, str]:
@@ -117,7 +139,8 @@ def iter_shard(shard: str | os.PathLike[str], stats: ShardStats | None = None, f
     on member names alone, so the samples are the same whether their bytes are read or skipped.
 
     Args:
-        shard: Path of a tar file.
+        shard: Path of a tar file, or a remote URL or ``pipe:`` command (:func:`clipforge.fs.open_url`): one
+            that is missing, or a command that fails, is a bad shard like a damaged file.
         stats: Filled in while iterating, if given.
         fields: Only keep these fields; all when ``None``.
         skip: Pass over the first ``skip`` samples without reading their bytes (resuming mid-shard). What a
@@ -135,7 +158,7 @@ def iter_shard(shard: str | os.PathLike[str], stats: ShardStats | None = None, f
         return skip > 0 and index < skip
 
     try:
-        with tarfile.open(url, mode="r|*", ignore_zeros=True) as tar:
+        with fs.open_url(url) as stream, tarfile.open(fileobj=stream, mode="r|*", ignore_zeros=True) as tar:
             stats.shards += skip == 0
             for member in tar:
                 members += 1

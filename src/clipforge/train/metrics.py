@@ -8,7 +8,9 @@ matrix in the style of the CLIP paper's Figure 6 (bottom).
 from __future__ import annotations
 
 import json
+import os
 import textwrap
+import uuid
 import warnings
 from pathlib import Path
 from typing import Any
@@ -19,13 +21,24 @@ METRICS_FILE = "metrics.jsonl"
 
 
 class MetricsLog:
-    """Appends one JSON object per record to ``<run>/metrics.jsonl`` (and TensorBoard scalars, if installed).
+    """Appends one JSON object per record to ``<run>/metrics.jsonl``, and scalars to TensorBoard (when installed)
+    and Weights & Biases (when asked for).
+
+    Weights & Biases: ``wandb.init`` in the run directory (``<run>/wandb/``) with the project ``$WANDB_PROJECT``
+    (default ``clipforge``), the run directory's name, the run's config, and a run id kept in ``<run>/wandb_id``:
+    a resumed run continues the same W&B run. ``WANDB_MODE=offline`` logs to files only (``wandb sync`` uploads
+    them later).
 
     Args:
         run_dir: The run directory.
         enabled: ``False`` on every rank but 0: calls become no-ops.
         resume_step: When resuming, records after this step (written by the interrupted run after its last
             checkpoint) are dropped first, so the file reads as one uninterrupted run.
+        report_to: Where scalars go besides the JSONL file: ``tensorboard`` and/or ``wandb``.
+        config: The run's config as a plain dict (shown by W&B).
+
+    Raises:
+        ImportError: ``wandb`` asked for and not installed (``pip install 'clipforge[wandb]'``).
     """
 
     def __init__(self, run_dir: str | Path, enabled: bool = True, resume_step: int | None = None,
@@ -33,8 +46,14 @@ class MetricsLog:
         self.enabled = enabled
         self.path = Path(run_dir) / METRICS_FILE
         self.writer = None
+        self.wandb: Any = None
         if not enabled:
             return
+        unknown = set(report_to) - {"tensorboard", "wandb"}
+        if unknown:
+            raise ValueError(f"report_to: unknown {sorted(unknown)}; expected tensorboard and/or wandb")
+        if "wandb" in report_to:  # first: a missing package fails before the metrics file is touched
+            self.wandb = start_wandb(Path(run_dir), resume_step is not None, config)
         if resume_step is not None and self.path.is_file():
             kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
             self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
@@ -55,15 +74,45 @@ class MetricsLog:
             return
         with self.path.open("a") as f:
             f.write(json.dumps({"step": step, **values}) + "\n")
+        scalars = {k: v for k, v in values.items() if isinstance(v, int | float)}
         if self.writer is not None:
-            for key, value in values.items():
-                if isinstance(value, int | float):
-                    self.writer.add_scalar(key, value, step)
+            for key, value in scalars.items():
+                self.writer.add_scalar(key, value, step)
+        if self.wandb is not None and scalars:
+            self.wandb.log(scalars, step=step)
 
     def close(self) -> None:
-        """Flushes TensorBoard."""
+        """Flushes TensorBoard and finishes the W&B run."""
         if self.writer is not None:
             self.writer.close()
+            self.writer = None
+        if self.wandb is not None:
+            self.wandb.finish()
+            self.wandb = None
+
+
+WANDB_ID_FILE = "wandb_id"
+
+
+def start_wandb(run_dir: Path, resume: bool, config: dict[str, Any] | None) -> Any:
+    """A W&B run for ``run_dir``: the one whose id ``<run>/wandb_id`` holds when resuming, else a new one.
+
+    Raises:
+        ImportError: wandb is not installed.
+    """
+    try:
+        import wandb
+    except ImportError:
+        raise ImportError("report_to: wandb needs the wandb package: pip install 'clipforge[wandb]'") from None
+    id_file = run_dir / WANDB_ID_FILE
+    run_id = id_file.read_text().strip() if resume and id_file.is_file() else ""
+    if not run_id:
+        run_id = uuid.uuid4().hex[:12]  # W&B ids: letters and digits
+        run_dir.mkdir(parents=True, exist_ok=True)
+        id_file.write_text(run_id + "\n")
+    project = os.environ.get("WANDB_PROJECT") or "clipforge"
+    return wandb.init(project=project, dir=str(run_dir), name=run_dir.resolve().name, config=config or {},
+                      resume="allow", id=run_id)
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
