@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 LATEST = "latest"
-_STEP_FILE = re.compile(r"step_\d+\.pt")
+_STEP_FILE = re.compile(r"step_\d+(\.pt)?")  # a file (parallel: ddp) or a Distributed Checkpoint folder (fsdp)
 
 
 class CheckpointSaveError(OSError):
@@ -149,6 +149,48 @@ def verify_checkpoint(path: str | Path) -> str | None:
     return None
 
 
+def _verify(path: Path) -> str | None:
+    """``verify_checkpoint`` for a file, ``clipforge.train.dcp.verify_folder`` for a sharded checkpoint folder."""
+    if path.is_dir():
+        from clipforge.train.dcp import verify_folder
+
+        return verify_folder(path)
+    return verify_checkpoint(path)
+
+
+def check_whole_checkpoint(path: Path, model: torch.nn.Module) -> None:
+    """Refuses a one-file (``parallel: ddp``) checkpoint for a model FSDP has sharded: its optimiser state is keyed by
+    the unsharded parameters' order. (A world of one reads either kind.)
+
+    Raises:
+        CheckpointLoadError: naming the file and the way out.
+    """
+    from clipforge.train.fsdp import is_sharded
+
+    if any(is_sharded(p) for p in model.parameters()):
+        raise CheckpointLoadError(f"{path} is a one-file checkpoint of a parallel: ddp run; a parallel: fsdp run on "
+                                  "several ranks resumes Distributed Checkpoint folders: resume it with parallel: ddp, "
+                                  "or on one process, which reads both kinds")
+
+
+def restore_rng(saved: list[dict[str, Any]], runtime: Any, seed: int, step: int) -> None:
+    """Restores this rank's RNG states from a checkpoint's ``rng`` list (one entry per rank that saved it).
+
+    On the same number of ranks each rank takes its own states: the resumed run draws what the uninterrupted one
+    would have. On another number (a resharded resume) the ranks' random streams cannot continue; each rank is
+    seeded from ``(seed, rank, step)`` instead, which changes only random model ops (dropout, patch dropout): the data
+    of indexable sources is a function of the global position and continues exactly.
+    """
+    if len(saved) == runtime.world_size:
+        set_rng_state(saved[runtime.rank], runtime.device)
+        return
+    set_rng_state(saved[0], runtime.device)  # Python's and NumPy's streams (not used per rank)
+    torch.manual_seed((seed * 1009 + runtime.rank + 1) * 1_000_003 + step)
+    if runtime.is_main:
+        warnings.warn(f"the checkpoint was written by {len(saved)} rank(s) and this run has {runtime.world_size}: "
+                      "random model ops (dropout) are reseeded from (seed, rank, step)", stacklevel=2)
+
+
 def remove_stale_temp_files(directory: str | Path) -> list[Path]:
     """Deletes the temporary files that saves killed mid-write left in ``directory``; returns what it removed.
 
@@ -175,6 +217,8 @@ def resolve_checkpoint(spec: str | Path, directory: str | Path) -> Path | None:
     directory = Path(directory)
     if str(spec) != LATEST:
         path = Path(spec)
+        if path.is_dir() and (path / ".metadata").is_file():  # a sharded checkpoint (``clipforge.train.dcp``)
+            return path
         if path.is_dir():  # a checkpoint folder, or a run dir holding one
             return resolve_checkpoint(LATEST, path if (path / LATEST).is_file() else path / "checkpoints")
         if not path.is_file():
@@ -187,12 +231,13 @@ def resolve_checkpoint(spec: str | Path, directory: str | Path) -> Path | None:
     target = directory / name
     if name and (not _STEP_FILE.fullmatch(name) or target.resolve().parent != directory.resolve()):
         raise CheckpointLoadError(f"{pointer}: must name a step_<N>.pt file in {directory}, got {name[:80]!r}")
-    problem = verify_checkpoint(target) if name else "latest is empty"
+    problem = _verify(target) if name else "latest is empty"
     if problem is None:
         return target
-    for candidate in sorted(directory.glob("step_*.pt"), reverse=True):
+    for candidate in sorted((p for p in directory.glob("step_*") if _STEP_FILE.fullmatch(p.name)),
+                            key=lambda p: p.name.removesuffix(".pt"), reverse=True):
         if candidate != target and candidate.resolve().parent == directory.resolve() and \
-                verify_checkpoint(candidate) is None:
+                _verify(candidate) is None:
             warnings.warn(f"{target}: {problem}; resuming from {candidate.name}, the newest intact checkpoint",
                           stacklevel=2)
             return candidate

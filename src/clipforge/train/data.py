@@ -381,6 +381,9 @@ class TrainData:
             return
         if len(saved["ranks"]) == self.runtime.world_size:
             mine = saved["ranks"][self.runtime.rank]
+        elif self.runtime.is_main:  # another number of ranks: rank 0 carries the totals, so the logged sums continue
+            mine = {"used": sum(r["used"] for r in saved["ranks"]), "positions": {},
+                    "skipped": dict(sum((Counter(r["skipped"]) for r in saved["ranks"]), Counter()))}
         else:
             mine = {"used": 0, "skipped": {}, "positions": {}}
         self.used, self.skipped = mine["used"], Counter(mine["skipped"])

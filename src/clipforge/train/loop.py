@@ -27,16 +27,18 @@ from clipforge.data.config import SyntheticDataConfig
 from clipforge.models.factory import build_model as build_model_from_config
 from clipforge.models.text import trim_tokens
 from clipforge.train.checkpoint import (
+    check_whole_checkpoint,
     load_checkpoint,
     remove_stale_temp_files,
     resolve_checkpoint,
+    restore_rng,
     rng_state,
     save_checkpoint,
-    set_rng_state,
 )
 from clipforge.train.classify import attach_head, classifier_forward_backward, save_with_head, zero_shot_head
 from clipforge.train.config import TrainConfig, config_to_dict, save_config
 from clipforge.train.data import TrainData, world_config
+from clipforge.train.dcp import ShardedCheckpoints, load_sharded
 from clipforge.train.distill import teacher_features
 from clipforge.train.distributed import (
     Runtime,
@@ -48,6 +50,7 @@ from clipforge.train.distributed import (
 )
 from clipforge.train.eval_sets import any_due, check_eval_sets, check_head_sets, evaluate_eval_sets, headline_keys
 from clipforge.train.evaluate import EvalSet, build_eval_sets, evaluate_languages, similarity_matrix
+from clipforge.train.fsdp import clip_grad_norm, replicated_parameters, report_memory, shard_model, whole_model
 from clipforge.train.gradcache import forward_backward
 from clipforge.train.layer_groups import apply_unlock, check_unlock, describe_groups
 from clipforge.train.loss import LOSSES
@@ -161,9 +164,16 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None,
     check_unlock(model, config.unlock, config.lock)
     may_train = {name for name, p in model.named_parameters() if p.requires_grad}
     apply_unlock(model, config.unlock, None, may_train)
+    amp, fsdp = autocast_dtype(config.precision, device), config.parallel == "fsdp"
+    if fsdp:  # FSDP2: shard every block, then every tower, before the optimiser sees the parameters
+        shard_model(model, runtime, amp, config.fsdp.cpu_offload, config.fsdp.reshard_after_forward)
+        report_memory(model, runtime)
     trainable = [p for p in model.parameters() if p.requires_grad]
+    reduced = replicated_parameters(trainable) if fsdp else trainable  # FSDP reduce-scatters the sharded ones
     o = config.optim
-    optimizer = build_optimizer(model, o.lr, o.weight_decay, o.betas, o.eps, device, o.logit_scale_lr_mult,
+    optimizer = build_optimizer(model, o.lr, o.weight_decay, o.betas, o.eps,
+                                torch.device("cpu") if fsdp and config.fsdp.cpu_offload else device,
+                                o.logit_scale_lr_mult,
                                 layer_decay={"image": o.image_layer_decay, "text": o.text_layer_decay})
     apply_unlock(model, config.unlock, 0, may_train)
     if runtime.is_main:
@@ -174,15 +184,20 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None,
     checkpoint_dir = run_dir / "checkpoints"
     if runtime.is_main:
         remove_stale_temp_files(checkpoint_dir)  # left by saves that were killed; no save is running now
+    checkpoints = ShardedCheckpoints(checkpoint_dir, runtime, config.keep_checkpoints, config.fsdp.async_checkpoint)
     if resume is not None:
         checkpoint_path = resolve_checkpoint(resume, checkpoint_dir)
         if checkpoint_path is not None:
-            state = load_checkpoint(checkpoint_path, device)
+            if checkpoint_path.is_dir():  # Distributed Checkpoint: read into this run's sharding, whatever wrote it
+                state = load_sharded(checkpoint_path, model, optimizer)
+            else:
+                check_whole_checkpoint(checkpoint_path, model)
+                state = load_checkpoint(checkpoint_path, device)
+                model.load_state_dict(state["model"])
+                optimizer.load_state_dict(state["optimizer"])
             _warn_config_change(state["config"], config_to_dict(config), runtime)
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
             start_step = state["step"]
-            set_rng_state(state["rng"][runtime.rank], device)
+            restore_rng(state["rng"], runtime, config.seed, start_step)
             data.restore(state.get("data"))
             if runtime.is_main:
                 print(f"resumed from {checkpoint_path} at step {start_step}")
@@ -207,7 +222,7 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None,
     loader = data.loader(start_step, config.steps, pin_memory=device.type == "cuda")
 
     # --- The loop. ---
-    loss_fn, amp = LOSSES[config.loss], autocast_dtype(config.precision, device)
+    loss_fn = LOSSES[config.loss]
     if config.loss_chunk_size is not None:
         loss_fn = functools.partial(loss_fn, chunk_size=config.loss_chunk_size)
     trim = config.trim_text and config.classifier is None
@@ -236,9 +251,10 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None,
             loss = forward_backward(model, images, texts, loss_fn, runtime, accum_steps=accum,
                                     local_loss=config.local_loss, exchange=config.siglip_exchange, lock=config.lock,
                                     autocast=amp, distill=distill)
-        all_reduce_gradients(trainable, runtime)
+        all_reduce_gradients(reduced, runtime)
         if o.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(trainable, o.grad_clip)
+            clip_grad_norm(trainable, o.grad_clip, runtime) if fsdp else torch.nn.utils.clip_grad_norm_(trainable,
+                                                                                                         o.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         loss_sum += loss
@@ -262,13 +278,18 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None,
             if not math.isfinite(mean_loss):
                 raise FloatingPointError(f"loss is {mean_loss} at step {done}")
 
-        if eval_sets and ((config.eval.every and done % config.eval.every == 0) or done == config.steps):
-            result.eval = evaluate_languages(model, eval_sets, text_processor, device)
+        synthetic_due = isinstance(config.data, SyntheticDataConfig) and (
+            (config.eval.every and done % config.eval.every == 0) or done == config.steps)
+        sets_due = any_due(config.eval.sets, config.eval.every, done, config.steps)
+        # FSDP: the ranks gather the whole weights into one copy on rank 0, which evaluates (collective).
+        whole = whole_model(model, runtime, fsdp) if synthetic_due or sets_due else None
+        if eval_sets and synthetic_due:
+            result.eval = evaluate_languages(whole, eval_sets, text_processor, device)
             metrics.log(done, result.eval)
             bar.write(f"step {done}: " + ", ".join(f"{k} {v:.3f}" for k, v in result.eval.items()))
-        if any_due(config.eval.sets, config.eval.every, done, config.steps):
+        if sets_due:
             if runtime.is_main:
-                named = evaluate_eval_sets(model, real_sets, eval_tf, text_processor, device, done, config.steps,
+                named = evaluate_eval_sets(whole, real_sets, eval_tf, text_processor, device, done, config.steps,
                                            config.eval.every)
                 result.eval = {**result.eval, **named}
                 metrics.log(done, named)
@@ -276,12 +297,15 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None,
             barrier(runtime)
             t_log = time.perf_counter()  # evaluation time is not training throughput
         if (config.checkpoint_every and done % config.checkpoint_every == 0) or done == config.steps:
-            result.checkpoint = _save(checkpoint_dir, done, model, optimizer, config, runtime, data)
+            result.checkpoint = _save(checkpoint_dir, done, model, optimizer, config, runtime, data,
+                                      checkpoints if fsdp else None)
         if eval_sets and config.eval.every and done % config.eval.every == 0:
             t_log = time.perf_counter()  # evaluation time is not training throughput
     bar.close()
     metrics.close()
+    checkpoints.wait()  # an asynchronous save still in flight becomes ``latest`` once complete
 
+    model = whole_model(model, runtime, fsdp)  # rank 0: the whole weights (FSDP gathers them; collective)
     if runtime.is_main:
         export_model(model, text_processor, run_dir / "final")
         if config.wise_ft is not None and wise_start is not None:
@@ -301,24 +325,22 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None,
 
 
 def _save(directory: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-          config: TrainConfig, runtime: Runtime, data: TrainData) -> Path:
-    """Writes a training checkpoint (rank 0) with every rank's RNGs and data position; all ranks return its path."""
+          config: TrainConfig, runtime: Runtime, data: TrainData, sharded: ShardedCheckpoints | None) -> Path:
+    """Writes a training checkpoint with every rank's RNGs and data position; all ranks return its path.
+
+    ``parallel: ddp``: rank 0 writes one file. ``fsdp`` (``sharded``): every rank writes its shard (``dcp``)."""
     rngs = gather_objects(rng_state(runtime.device), runtime)
     data_state = data.state(step)
+    # The schedule is a pure function of the step; the data is a function of (seed, step) plus, for tar shards,
+    # each reader's position: all resume from here.
+    extra = {"step": step, "schedule": {"step": step, **config_to_dict(config.schedule)},
+             "data": {**data_state, "seed": config.seed}, "rng": rngs, "config": config_to_dict(config),
+             "model_config": to_dict(model.config)}
+    if sharded is not None:
+        return sharded.save(step, model, optimizer, extra)
     path = directory / f"step_{step:08d}.pt"
     if runtime.is_main:
-        state = {
-            "step": step,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            # The schedule is a pure function of the step; the data is a function of (seed, step) plus, for
-            # tar shards, each reader's position: all resume from here.
-            "schedule": {"step": step, **config_to_dict(config.schedule)},
-            "data": {**data_state, "seed": config.seed},
-            "rng": rngs,
-            "config": config_to_dict(config),
-            "model_config": to_dict(model.config),
-        }
+        state = {**extra, "model": model.state_dict(), "optimizer": optimizer.state_dict()}
         path = save_checkpoint(directory, step, state, keep=config.keep_checkpoints)
     barrier(runtime)
     return path
