@@ -24,12 +24,15 @@ def trim_tokens(tokens: torch.Tensor, config: TextConfig | None, multiple: int =
     if config is None or not config.causal or config.pool == "last" or tokens.ndim != 2 or tokens.is_floating_point():
         return tokens
     T = tokens.shape[1]
-    if config.eot_token_id is None:  # OpenAI: end-of-text is the highest id; padding (0) follows it
-        ends = tokens.argmax(dim=-1)
-    else:
-        ends = (tokens == config.eot_token_id).int().argmax(dim=-1)
-    length = int(ends.max()) + 1 if tokens.shape[0] else T
+    length = int(eot_positions(tokens, config).max()) + 1 if tokens.shape[0] else T  # the tower reads no later position
     return tokens[:, :min(T, -(-length // multiple) * multiple)]
+
+
+def eot_positions(tokens: torch.Tensor, config: TextConfig) -> torch.Tensor:
+    """(B,) where each sequence's features are read: see ``TextConfig.eot_token_id``."""
+    if config.eot_token_id is None:
+        return tokens.argmax(dim=-1)  # OpenAI: end-of-text is the highest id in its vocabulary
+    return (tokens == config.eot_token_id).int().argmax(dim=-1)
 
 
 class TextTransformer(nn.Module):
@@ -87,6 +90,4 @@ class TextTransformer(nn.Module):
 
     def eot_positions(self, tokens: torch.Tensor) -> torch.Tensor:
         """Where each sequence's features are read: see ``TextConfig.eot_token_id``."""
-        if self.config.eot_token_id is None:
-            return tokens.argmax(dim=-1)  # OpenAI: end-of-text is the highest id in its vocabulary
-        return (tokens == self.config.eot_token_id).int().argmax(dim=-1)
+        return eot_positions(tokens, self.config)

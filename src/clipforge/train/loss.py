@@ -8,6 +8,9 @@ tensors as rows and columns these are the ordinary single-process losses.
 ``siglip_ring_loss`` is SigLIP's distributed loss without the gather: the sigmoid loss is a sum over
 pairs, so it splits into blocks; the text blocks travel around the ring (``ring_shift``, the one place
 that talks to other processes) and each block is scored by ``siglip_loss``.
+
+``chunk_size`` on ``clip_loss`` and ``siglip_loss`` computes the same loss in blocks of rows, each recomputed in the
+backward pass, so the (N, M) logits never exist at once (``clipforge.train.chunked_loss``).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from clipforge.train.chunked_loss import check_chunk_size, chunked_clip_loss, chunked_siglip_loss
 from clipforge.train.distributed import Runtime, ring_shift
 
 
@@ -30,6 +34,7 @@ def clip_loss(
     image_columns: torch.Tensor | None = None,
     text_columns: torch.Tensor | None = None,
     offset: int = 0,
+    chunk_size: int | None = None,
 ) -> torch.Tensor:
     """Symmetric InfoNCE (CLIP paper, Figure 3): cross-entropy over rows and over columns, averaged.
 
@@ -43,12 +48,21 @@ def clip_loss(
             In a distributed run: the gathered global batch, so every negative counts.
         text_columns: (M, D) likewise for the image rows; default ``text_features``.
         offset: Index of row 0's positive pair among the columns (``rank * N`` for OpenCLIP's local loss).
+        chunk_size: Compute the loss ``chunk_size`` rows at a time against all columns, each block's logits
+            recomputed in the backward pass: memory O(chunk_size · M) instead of O(N · M), the same loss and
+            gradients. ``None`` (or a chunk of at least N rows): the plain computation.
 
     Returns:
         The scalar loss, averaged over the N rows of both directions.
+
+    Raises:
+        ValueError: ``chunk_size`` is not a positive int.
     """
     image_columns = image_features if image_columns is None else image_columns
     text_columns = text_features if text_columns is None else text_columns
+    if chunk_size is not None and not _fits(chunk_size, image_features):
+        return chunked_clip_loss(image_features, text_features, logit_scale, logit_bias, image_columns, text_columns,
+                                 offset, chunk_size)
     logits_per_image = logit_scale * image_features @ text_columns.T  # (N, M)
     logits_per_text = logit_scale * text_features @ image_columns.T  # (N, M)
     if logit_bias is not None:
@@ -67,6 +81,7 @@ def siglip_loss(
     text_columns: torch.Tensor | None = None,
     offset: int = 0,
     negatives_only: bool = False,
+    chunk_size: int | None = None,
 ) -> torch.Tensor:
     """SigLIP's pairwise sigmoid loss (Zhai et al. 2023, Algorithm 1): each image–text pair is a binary task.
 
@@ -84,12 +99,20 @@ def siglip_loss(
         offset: Column of row 0's positive pair.
         negatives_only: No positive pair among the columns (every sign −1; ``offset`` is ignored): the
             blocks of another rank's texts in ``siglip_ring_loss``.
+        chunk_size: Compute the loss ``chunk_size`` image rows at a time against all text columns, as in
+            ``clip_loss``.
 
     Returns:
         The scalar loss: the sum over columns, averaged over the N rows.
+
+    Raises:
+        ValueError: ``chunk_size`` is not a positive int.
     """
     del image_columns
     text_columns = text_features if text_columns is None else text_columns
+    if chunk_size is not None and not _fits(chunk_size, image_features):
+        return chunked_siglip_loss(image_features, logit_scale, logit_bias, text_columns, offset, negatives_only,
+                                   chunk_size)
     logits = logit_scale * image_features @ text_columns.T  # (N, M)
     if logit_bias is not None:
         logits = logits + logit_bias
@@ -98,6 +121,16 @@ def siglip_loss(
     if not negatives_only:
         signs[torch.arange(n, device=logits.device), torch.arange(offset, offset + n, device=logits.device)] = 1.0
     return -F.logsigmoid(signs * logits.float()).sum() / n
+
+
+def _fits(chunk_size: int, rows: torch.Tensor) -> bool:
+    """Whether one block of ``chunk_size`` rows holds all the rows (then the plain loss is the same work, no recompute).
+
+    Raises:
+        ValueError: ``chunk_size`` is not a positive int.
+    """
+    check_chunk_size(chunk_size)
+    return chunk_size >= rows.shape[0]
 
 
 def siglip_ring_loss(
