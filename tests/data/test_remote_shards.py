@@ -103,14 +103,14 @@ def test_a_missing_remote_shard_and_a_failing_pipe_are_skipped_and_counted(local
 
 def test_resume_on_remote_shards_continues_with_the_next_samples(local, memory):
     """The resume position (open shards, samples taken) is the same for a memory:// URL, a pipe: command
-    (re-run and skipped through on resume) and a local path."""
-    reference = consumed(train_data(str(local)), 0, 6)
+    (re-run and skipped through on resume) and a local path, read by 2 DataLoader workers."""
+    reference = consumed(train_data(str(local), workers=2), 0, 6)
     for spec in (memory, f"pipe:cat {local}/{{00000..00003}}.tar"):
-        first = train_data(spec)
+        first = train_data(spec, workers=2)  # DataLoader workers: forked readers, each running its commands
         assert consumed(first, 0, 3) == reference[:3], spec
         state = first.state(3)
         assert any(taken for _, taken in state["ranks"][0]["positions"][0]["sources"][0]["open"])  # mid-shard
-        resumed = train_data(spec)
+        resumed = train_data(spec, workers=2)
         resumed.restore(state)
         assert consumed(resumed, 3, 6) == reference[3:], spec
 
