@@ -67,8 +67,25 @@ def init_runtime(device: str | None = None) -> Runtime:
     if kind == "cuda":
         torch.cuda.set_device(dev)
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if kind == "cuda" else "gloo", rank=rank, world_size=world_size)
+        dist.init_process_group("nccl" if kind == "cuda" else "gloo", rank=rank, world_size=world_size,
+                                store=_attempt_store(rank, world_size))
     return Runtime(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
+
+
+def _attempt_store(rank: int, world_size: int) -> dist.Store | None:
+    """Under torchrun, the rendezvous store with keys of this restart attempt only; ``None`` (``env://``) otherwise.
+
+    An elastic restart (``torchrun --max-restarts``) reuses the agent's store, where the killed attempt's process
+    group left its keys (each rank's address): a restarted group reading them waits on ranks that no longer exist.
+    Prefixing every key with ``TORCHELASTIC_RESTART_COUNT`` keeps each attempt's group to itself.
+    """
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if attempt is None or "MASTER_ADDR" not in os.environ:
+        return None
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # the agent hosts it; every rank is a client
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size,
+                          is_master=not agent and rank == 0, multi_tenant=not agent)
+    return dist.PrefixStore(f"clipforge/attempt_{attempt}", store)
 
 
 def shutdown(runtime: Runtime) -> None:

@@ -79,6 +79,10 @@ def run(args: argparse.Namespace) -> int:
     from clipforge.checkpoints import convert
 
     check_destination(args.src, args.dst, args.overwrite)
+    if (Path(args.src) / ".metadata").is_file():  # a training run's sharded checkpoint (parallel: fsdp)
+        written = convert_sharded(args)
+        print(f"wrote {written} ({args.to})")
+        return 0
     if args.image_size is not None or args.context_length is not None:
         written = convert_resized(args)
         print(f"wrote {written} ({args.to})")
@@ -87,6 +91,29 @@ def run(args: argparse.Namespace) -> int:
                       allow_jit=args.allow_jit, act=args.act)
     print(f"wrote {written} ({args.to})")
     return 0
+
+
+def convert_sharded(args: argparse.Namespace) -> Path:
+    """Consolidates a Distributed Checkpoint folder (``RUN_DIR/checkpoints/step_N``) into one model in ``args.to``'s
+    format, read in this process alone; the run's own vocabulary (``RUN_DIR/final``) is used when it has one."""
+    import tempfile
+
+    from clipforge.checkpoints import convert
+    from clipforge.checkpoints.native import save_pretrained
+    from clipforge.text import build_text_processor
+    from clipforge.train.dcp import consolidate
+
+    if args.image_size is not None or args.context_length is not None:
+        raise ValueError("--image-size and --context-length apply to model files: consolidate the checkpoint first "
+                         "(--to clipforge), then resize that directory")
+    model, _ = consolidate(Path(args.src))
+    final = Path(args.src).resolve().parent.parent / "final"
+    processor = build_text_processor(model.config, final if final.is_dir() else None)
+    if args.to == "clipforge":
+        return save_pretrained(model, args.dst, processor)
+    with tempfile.TemporaryDirectory() as tmp:
+        save_pretrained(model, tmp, processor)
+        return convert(tmp, args.dst, to=args.to)
 
 
 def check_context_fits(processor: object, context_length: int) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import pickle
 import shutil
+import warnings
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,7 +149,9 @@ class ShardedCheckpoints:
                 future = dcp.async_save(state, storage_writer=_writer(str(path)))
                 self.pending = _Pending(future, step, path, extra)  # type: ignore[arg-type]
                 return path
-            dcp.save(state, storage_writer=_writer(str(path)))
+            with warnings.catch_warnings():  # a world of one writes its one shard, as intended
+                warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+                dcp.save(state, storage_writer=_writer(str(path)))
         except OSError as e:
             raise CheckpointSaveError(f"could not write the step-{step} checkpoint in {path}: {e.strerror or e}; "
                                       "the previous checkpoint is intact") from None
@@ -240,7 +243,9 @@ def load_sharded(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer 
         state = {"model": model_state, "optimizer": optimizer_state}
     _check_same_model(path, state["model"])
     try:
-        dcp.load(state, storage_reader=_reader(str(path)), planner=_planner())
+        with warnings.catch_warnings():  # a world of one reads the shards itself, as intended
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.load(state, storage_reader=_reader(str(path)), planner=_planner())
     except CheckpointLoadError:
         raise
     except Exception as e:  # DCP reports a foreign checkpoint in many ways
