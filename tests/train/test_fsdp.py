@@ -31,7 +31,8 @@ CLIPPO_RUN = ["model=clippo-tiny", "model_overrides.embed_dim=32", *TOWER, "mode
 COMMON = ["data.train_size=400", "eval.size=8", "eval.retrieval_size=4", "schedule.warmup_steps=1", "log_every=1",
           "batch_size=8", "plots=false", "data.augment=true", "optim.grad_clip=0.5"]
 CASES = {"clip": CLIP_RUN, "clip-gradcache": [*CLIP_RUN, "accum_steps=2"], "clippo": CLIPPO_RUN,
-         "clippo-gradcache": [*CLIPPO_RUN, "accum_steps=2"]}
+         "clippo-gradcache": [*CLIPPO_RUN, "accum_steps=2"],
+         "clip-lit-checkpointing": [*CLIP_RUN, "lock=image", "grad_checkpointing=true", "local_loss=true"]}
 RESHARD = [*CLIP_RUN, *COMMON, "steps=6", "checkpoint_every=2", "keep_checkpoints=5", "parallel=fsdp"]
 
 

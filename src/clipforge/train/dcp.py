@@ -231,7 +231,7 @@ def load_sharded(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer 
             missing or unexpected entries, or the tensor whose shape differs).
     """
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
     extra = read_extra(path)
     if optimizer is None:
@@ -241,7 +241,10 @@ def load_sharded(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer 
     else:
         model_state, optimizer_state = get_state_dict(model, optimizer)
         state = {"model": model_state, "optimizer": optimizer_state}
-    _check_same_model(path, state["model"])
+    saved = _check_same_model(path, state["model"])
+    if optimizer is not None:  # parameters that never had a gradient when it was saved have no Adam state there
+        state["optimizer"]["state"] = {name: value for name, value in state["optimizer"]["state"].items()
+                                       if any(key.startswith(f"optimizer.state.{name}.") for key in saved)}
     try:
         with warnings.catch_warnings():  # a world of one reads the shards itself, as intended
             warnings.filterwarnings("ignore", message="torch.distributed is disabled")
@@ -254,12 +257,16 @@ def load_sharded(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer 
     if optimizer is None:
         set_model_state_dict(model, state["model"])
     else:
-        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+        # strict=False: a parameter without Adam state in the checkpoint (no gradient yet) starts without one, as it
+        # was; the model's own entries were checked above.
+        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
+                       options=StateDictOptions(strict=False))
     return extra
 
 
-def _check_same_model(path: Path, model_state: dict[str, Any]) -> None:
-    """Compares the index's model entries with this model's (names and whole shapes) before any read."""
+def _check_same_model(path: Path, model_state: dict[str, Any]) -> set[str]:
+    """Compares the index's model entries with this model's (names and whole shapes) before any read; returns every
+    key the index holds."""
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
     metadata = _reader(str(path)).read_metadata()
@@ -274,6 +281,7 @@ def _check_same_model(path: Path, model_state: dict[str, Any]) -> None:
         if isinstance(entry, TensorStorageMetadata) and tuple(entry.size) != tuple(tensor.shape):
             raise CheckpointLoadError(f"{path} holds another model: {name} has shape {tuple(entry.size)} there, "
                                       f"{tuple(tensor.shape)} in this run's model")
+    return set(metadata.state_dict_metadata)
 
 
 def consolidate(path: Path) -> tuple[nn.Module, dict[str, Any]]:
