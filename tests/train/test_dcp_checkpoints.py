@@ -128,3 +128,26 @@ def test_convert_consolidates_a_sharded_checkpoint(run: Path, tmp_path: Path, ca
 def test_fsdp_names_the_option_it_cannot_combine_with(extra: list[str], named: str):
     with pytest.raises(ConfigError, match=f"parallel: fsdp does not combine with {named}"):
         load_config(None, parse_overrides(["parallel=fsdp", *extra]))
+
+
+def test_checkpoints_at_an_fsspec_url_save_and_resume(run: Path, tmp_path: Path):
+    fsspec = pytest.importorskip("fsspec")
+    url = "memory://clipforge-test/run/checkpoints"
+    try:
+        _train(tmp_path / "remote", f"checkpoint_dir={url}")
+        memory = fsspec.filesystem("memory")
+        assert memory.cat(f"{url}/latest").decode().strip() == "step_00000004"
+        assert not (tmp_path / "remote" / "checkpoints").exists()
+        memory.rm(f"{url}/step_00000004.json")  # as if killed before the record: the newest complete one is used
+        with pytest.warns(UserWarning, match="step_00000002"):
+            resumed = _train(tmp_path / "resumed", f"checkpoint_dir={url}", resume="latest")
+        assert [s for s, _ in resumed.losses] == [3, 4]
+        final, again = _weights(run / "final"), _weights(tmp_path / "resumed" / "final")
+        assert all(torch.equal(final[k], again[k]) for k in final)
+    finally:
+        fsspec.filesystem("memory").rm("memory://clipforge-test", recursive=True)
+
+
+def test_a_url_checkpoint_dir_needs_fsdp():
+    with pytest.raises(ConfigError, match="parallel: fsdp"):
+        load_config(None, parse_overrides(["checkpoint_dir=s3://bucket/run"]))

@@ -213,6 +213,9 @@ class TrainConfig:
             PyTorch's FSDP2 shards parameters, gradients and optimiser state across ranks
             (``clipforge.train.fsdp``) and checkpoints are written with Distributed Checkpoint.
         fsdp: FSDP2's options (``parallel: fsdp`` only).
+        checkpoint_dir: Where training checkpoints go (default ``<output_dir>/checkpoints``): a path, or an fsspec URL
+            (``s3://bucket/run``, ``gs://``, ``hf://``; ``pip install 'clipforge[remote]'`` and the scheme's package)
+            for ``parallel: fsdp``, whose Distributed Checkpoint shards every rank writes there.
         report_to: Where metrics go besides ``metrics.jsonl``: ``tensorboard`` (when installed) and ``wandb``
             (the ``wandb`` extra; ``WANDB_MODE=offline`` keeps it local).
     """
@@ -251,6 +254,7 @@ class TrainConfig:
     parallel: Literal["ddp", "fsdp"] = "ddp"
     fsdp: FsdpConfig = field(default_factory=lambda: FsdpConfig())
     report_to: tuple[Literal["tensorboard", "wandb"], ...] = ("tensorboard",)
+    checkpoint_dir: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "accum_steps", "log_every", "keep_checkpoints"):
@@ -293,6 +297,10 @@ class TrainConfig:
                               "already scores one (local × local) block at a time: choose one")
         if self.parallel == "fsdp":
             self._check_fsdp()
+        if self.checkpoint_dir is not None and self.parallel != "fsdp" and "://" in self.checkpoint_dir and \
+                not self.checkpoint_dir.startswith("file://"):
+            raise ConfigError(f"checkpoint_dir={self.checkpoint_dir!r}: checkpoints at a URL are written with "
+                              "Distributed Checkpoint: set parallel: fsdp (it runs on one process too)")
         if self.starts_from_preset():  # a checkpoint's architecture is checked when ``prepare`` reads it
             self.check_model(self.model_config())
 

@@ -18,9 +18,10 @@ own metadata classes and torch sizes and dtypes; its non-tensor values are read 
 
 from __future__ import annotations
 
+import io
 import json
 import pickle
-import shutil
+import re
 import warnings
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -30,10 +31,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from clipforge.train.checkpoint import CheckpointLoadError, CheckpointSaveError, _atomic_write
+from clipforge.train.checkpoint import CheckpointLoadError, CheckpointSaveError
 from clipforge.train.distributed import Runtime, barrier
+from clipforge.train.locations import Location
 
 EXTRA = "extra.pt"
+_STEP_FOLDER = re.compile(r"step_\d+")
 METADATA = ".metadata"
 _TORCH_GLOBALS = (torch.dtype, torch.layout, torch.memory_format)
 _PLAIN = {("builtins", n) for n in ("set", "frozenset", "slice", "list", "dict", "tuple", "int", "float", "bytes")}
@@ -108,26 +111,33 @@ def _writer(path: str) -> Any:
 class _Pending:
     future: Future
     step: int
-    path: Path
+    folder: Location
     extra: dict[str, Any]
 
 
+def _as_given(folder: Location) -> Path | str:
+    """A local folder as a ``Path``, a remote one as its URL."""
+    return folder.text if folder.remote else folder.path
+
+
 class ShardedCheckpoints:
-    """Writes and prunes the run's DCP checkpoints; optionally asynchronously.
+    """Writes and prunes the run's DCP checkpoints, on the local disk or at an fsspec URL; optionally asynchronously.
 
     Args:
-        directory: The checkpoint folder.
+        directory: The checkpoint folder: a path, or a URL (``s3://bucket/run/checkpoints``; fsspec and the scheme's
+            package installed; every rank must reach it).
         runtime: Every rank creates one and calls ``save``/``wait`` together.
         keep: How many most recent checkpoints to keep.
         asynchronous: ``dcp.async_save``: the state is copied to host memory and written in the background while
             training goes on; the checkpoint becomes ``latest`` at the next ``save`` or ``wait``, once complete.
     """
 
-    def __init__(self, directory: Path, runtime: Runtime, keep: int = 2, asynchronous: bool = False):
-        self.directory, self.runtime, self.keep, self.asynchronous = directory, runtime, keep, asynchronous
+    def __init__(self, directory: Path | str, runtime: Runtime, keep: int = 2, asynchronous: bool = False):
+        self.directory, self.runtime, self.keep, self.asynchronous = Location(directory), runtime, keep, asynchronous
         self.pending: _Pending | None = None
 
-    def save(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, extra: dict[str, Any]) -> Path:
+    def save(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+             extra: dict[str, Any]) -> Path | str:
         """Writes this rank's shard of step ``step`` (and rank 0 the rest); returns the checkpoint's folder.
 
         Raises:
@@ -137,26 +147,26 @@ class ShardedCheckpoints:
         from torch.distributed.checkpoint.state_dict import get_state_dict
 
         self.wait()
-        path = self.directory / f"step_{step:08d}"
+        folder = self.directory.child(f"step_{step:08d}")
         if self.runtime.is_main:
-            shutil.rmtree(path, ignore_errors=True)  # a folder left by a save that was killed
-            path.mkdir(parents=True)
+            folder.remove()  # a folder left by a save that was killed
+            folder.mkdir()
         barrier(self.runtime)
         model_state, optimizer_state = get_state_dict(model, optimizer)
         state = {"model": model_state, "optimizer": optimizer_state}
         try:
             if self.asynchronous:
-                future = dcp.async_save(state, storage_writer=_writer(str(path)))
-                self.pending = _Pending(future, step, path, extra)  # type: ignore[arg-type]
-                return path
+                future = dcp.async_save(state, storage_writer=_writer(str(folder)))
+                self.pending = _Pending(future, step, folder, extra)  # type: ignore[arg-type]
+                return _as_given(folder)
             with warnings.catch_warnings():  # a world of one writes its one shard, as intended
                 warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-                dcp.save(state, storage_writer=_writer(str(path)))
+                dcp.save(state, storage_writer=_writer(str(folder)))
         except OSError as e:
-            raise CheckpointSaveError(f"could not write the step-{step} checkpoint in {path}: {e.strerror or e}; "
+            raise CheckpointSaveError(f"could not write the step-{step} checkpoint in {folder}: {e.strerror or e}; "
                                       "the previous checkpoint is intact") from None
-        self._commit(step, path, extra)
-        return path
+        self._commit(step, folder, extra)
+        return _as_given(folder)
 
     def wait(self) -> None:
         """Finishes an asynchronous save still in flight: waits for every shard, then moves ``latest`` to it."""
@@ -164,61 +174,95 @@ class ShardedCheckpoints:
             return
         pending, self.pending = self.pending, None
         pending.future.result()
-        self._commit(pending.step, pending.path, pending.extra)
+        self._commit(pending.step, pending.folder, pending.extra)
 
-    def _commit(self, step: int, path: Path, extra: dict[str, Any]) -> None:
+    def _commit(self, step: int, folder: Location, extra: dict[str, Any]) -> None:
         """Once every rank's shard is written: ``extra.pt``, the record, then ``latest`` (rank 0); prunes."""
         from clipforge.train.checkpoint import LATEST
 
         barrier(self.runtime)
         if self.runtime.is_main:
+            buffer = io.BytesIO()
+            torch.save({**extra, "format": "dcp"}, buffer)
             try:
-                _atomic_write(path / EXTRA, lambda f: torch.save({**extra, "format": "dcp"}, f))
-                files = {p.name: p.stat().st_size for p in sorted(path.iterdir()) if p.is_file()}
-                record = json.dumps({"folder": path.name, "step": step, "files": files})
-                _atomic_write(path.with_name(path.name + ".json"), lambda f: f.write(record.encode() + b"\n"))
-                _atomic_write(self.directory / LATEST, lambda f: f.write(f"{path.name}\n".encode()))
+                folder.child(EXTRA).write_bytes(buffer.getvalue())
+                record = json.dumps({"folder": folder.name, "step": step, "files": folder.file_sizes()})
+                folder.sibling(folder.name + ".json").write_bytes(record.encode() + b"\n")
+                self.directory.child(LATEST).write_bytes(f"{folder.name}\n".encode())
             except OSError as e:
-                raise CheckpointSaveError(f"could not finish the step-{step} checkpoint in {path}: "
+                raise CheckpointSaveError(f"could not finish the step-{step} checkpoint in {folder}: "
                                           f"{e.strerror or e}; the previous checkpoint is intact") from None
-            for old in sorted(p for p in self.directory.glob("step_*") if p.is_dir())[:-self.keep]:
-                if old != path:
-                    shutil.rmtree(old, ignore_errors=True)
-                    old.with_name(old.name + ".json").unlink(missing_ok=True)
+            steps = [c for c in self.directory.children() if _STEP_FOLDER.fullmatch(c.name)]
+            for old in steps[:-self.keep]:
+                if old != folder:
+                    old.remove()
+                    old.sibling(old.name + ".json").remove()
         barrier(self.runtime)
 
 
-def verify_folder(path: Path) -> str | None:
+def verify_folder(path: Path | str) -> str | None:
     """Why the sharded checkpoint folder ``path`` is not complete (a file missing or of another size than recorded),
     or ``None`` when it is."""
-    if not path.is_dir():
+    folder = Location(path)
+    if not folder.is_dir():
         return "missing"
     try:
-        record = json.loads(path.with_name(path.name + ".json").read_text())
+        record = json.loads(folder.sibling(folder.name + ".json").read_bytes())
         files = dict(record["files"])
     except (OSError, ValueError, KeyError, TypeError):
         return "no record of a completed save (killed while saving?)"
+    present = folder.file_sizes()
     for name, size in files.items():
-        file = path / name
-        if not file.is_file() or file.stat().st_size != size:
-            return f"{name}: {file.stat().st_size if file.is_file() else 'missing'}, {size} bytes recorded"
+        if present.get(name) != size:
+            return f"{name}: {present.get(name, 'missing')}, {size} bytes recorded"
     return None
 
 
-def read_extra(path: Path) -> dict[str, Any]:
+def resolve_remote(spec: str, directory: str) -> str | None:
+    """``resolve_checkpoint`` for a checkpoint folder at a URL: ``latest`` (``None`` when there is none yet; the
+    newest complete folder, with a warning, when the one it names is not) or a folder's URL.
+
+    Raises:
+        CheckpointLoadError: ``latest`` names something other than a ``step_<N>`` folder beside it.
+        FileNotFoundError: no complete checkpoint.
+    """
+    from clipforge.train.checkpoint import LATEST
+
+    if spec != LATEST:
+        return spec
+    folder = Location(directory)
+    pointer = folder.child(LATEST)
+    if not pointer.is_file():
+        return None
+    name = pointer.read_bytes().decode(errors="replace").strip()
+    if not _STEP_FOLDER.fullmatch(name):
+        raise CheckpointLoadError(f"{pointer}: must name a step_<N> folder beside it, got {name[:80]!r}")
+    problem = verify_folder(folder.child(name).text)
+    if problem is None:
+        return folder.child(name).text
+    for candidate in reversed([c for c in folder.children() if _STEP_FOLDER.fullmatch(c.name)]):
+        if candidate.name != name and verify_folder(candidate.text) is None:
+            warnings.warn(f"{folder.child(name)}: {problem}; resuming from {candidate.name}, the newest intact "
+                          "checkpoint", stacklevel=2)
+            return candidate.text
+    raise FileNotFoundError(f"{pointer} names {name} ({problem}) and {directory} holds no other complete checkpoint")
+
+
+def read_extra(path: Path | str) -> dict[str, Any]:
     """The checkpoint folder's ``extra.pt`` (step, data position, RNGs, config), read with ``weights_only``."""
+    where = Location(path).child(EXTRA)
     try:
-        extra = torch.load(path / EXTRA, map_location="cpu", weights_only=True)
+        extra = torch.load(io.BytesIO(where.read_bytes()), map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointLoadError(f"{path}: no {EXTRA}; not a complete clipforge sharded checkpoint") from None
     except Exception as e:  # weights_only refusals and damaged files alike
-        raise CheckpointLoadError(f"{path / EXTRA}: not a readable checkpoint file: {str(e)[:300]}") from None
+        raise CheckpointLoadError(f"{where}: not a readable checkpoint file: {str(e)[:300]}") from None
     if not isinstance(extra, dict) or extra.get("format") != "dcp" or "step" not in extra:
-        raise CheckpointLoadError(f"{path / EXTRA}: not a clipforge sharded checkpoint (no format/step entries)")
+        raise CheckpointLoadError(f"{where}: not a clipforge sharded checkpoint (no format/step entries)")
     return extra
 
 
-def load_sharded(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
+def load_sharded(path: Path | str, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
     """Reads the checkpoint folder into ``model`` (and ``optimizer``), resharding to this process group's layout.
 
     Every rank calls it together. ``optimizer`` may be ``None`` (weights only).
@@ -264,7 +308,7 @@ def load_sharded(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer 
     return extra
 
 
-def _check_same_model(path: Path, model_state: dict[str, Any]) -> set[str]:
+def _check_same_model(path: Path | str, model_state: dict[str, Any]) -> set[str]:
     """Compares the index's model entries with this model's (names and whole shapes) before any read; returns every
     key the index holds."""
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata

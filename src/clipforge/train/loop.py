@@ -24,6 +24,7 @@ from tqdm import tqdm
 from clipforge.checkpoints.native import load_state_dict_into
 from clipforge.config import to_dict
 from clipforge.data.config import SyntheticDataConfig
+from clipforge.fs import is_remote
 from clipforge.models.factory import build_model as build_model_from_config
 from clipforge.models.text import trim_tokens
 from clipforge.train.checkpoint import (
@@ -38,7 +39,7 @@ from clipforge.train.checkpoint import (
 from clipforge.train.classify import attach_head, classifier_forward_backward, save_with_head, zero_shot_head
 from clipforge.train.config import TrainConfig, config_to_dict, save_config
 from clipforge.train.data import TrainData, world_config
-from clipforge.train.dcp import ShardedCheckpoints, load_sharded
+from clipforge.train.dcp import ShardedCheckpoints, load_sharded, resolve_remote
 from clipforge.train.distill import teacher_features
 from clipforge.train.distributed import (
     Runtime,
@@ -85,7 +86,7 @@ class TrainResult:
     step: int
     losses: list[tuple[int, float]] = field(default_factory=list)
     eval: dict[str, float] = field(default_factory=dict)
-    checkpoint: Path | None = None
+    checkpoint: Path | str | None = None
     wall_time: float = 0.0
 
 
@@ -181,14 +182,16 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None,
     teacher = prepared.teacher.to(device) if prepared.teacher is not None else None
 
     start_step, checkpoint_path = 0, None
-    checkpoint_dir = run_dir / "checkpoints"
-    if runtime.is_main:
+    checkpoint_dir: Path | str = config.checkpoint_dir or run_dir / "checkpoints"
+    remote = is_remote(str(checkpoint_dir))  # an fsspec URL (parallel: fsdp only; checked by the config)
+    if runtime.is_main and not remote:
         remove_stale_temp_files(checkpoint_dir)  # left by saves that were killed; no save is running now
     checkpoints = ShardedCheckpoints(checkpoint_dir, runtime, config.keep_checkpoints, config.fsdp.async_checkpoint)
     if resume is not None:
-        checkpoint_path = resolve_checkpoint(resume, checkpoint_dir)
+        checkpoint_path = resolve_remote(resume, str(checkpoint_dir)) if remote else \
+            resolve_checkpoint(resume, checkpoint_dir)
         if checkpoint_path is not None:
-            if checkpoint_path.is_dir():  # Distributed Checkpoint: read into this run's sharding, whatever wrote it
+            if remote or Path(checkpoint_path).is_dir():  # Distributed Checkpoint, read into this run's sharding
                 state = load_sharded(checkpoint_path, model, optimizer)
             else:
                 check_whole_checkpoint(checkpoint_path, model)
