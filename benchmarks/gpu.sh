@@ -2,7 +2,10 @@
 # The GPU checks in one go, most important first, each writing its own file under OUTDIR so that a run cut
 # short still leaves what it finished: the gpu-marked tests, training-step throughput against open_clip
 # (bf16, torch.compile) for ViT-B/32 and ViT-B/16, CLIPPO B/16's training step, the renderer painting on the
-# GPU, and a short CLIPPO training run through the CLI on CUDA.
+# GPU, and a short CLIPPO training run through the CLI on CUDA. Issue #25's measurements follow the B/32 and B/16
+# lines (b32 and b16 are full-length captions): real caption lengths (clipforge trims, open_clip pads), then one GPU
+# at a 32,768 batch (gradient caching + chunked loss + gradient checkpointing) beside the plain 2,048 step, for the
+# time per sample. Each #25 run is capped with timeout so that the whole script stays near 8 minutes.
 #
 #   bash benchmarks/gpu.sh OUTDIR        (needs CUDA; open_clip for the reference rows)
 set -uo pipefail
@@ -20,7 +23,16 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | 
 $py -c "import torch; print('torch', torch.__version__)" | tee -a "$out/summary.txt"
 run tests $py -m pytest -q -m gpu -p no:cacheprovider --continue-on-collection-errors tests
 run b32 $py benchmarks/train_step.py --model ViT-B/32 --batch-size 512 --precision bf16 --compile --steps 15 --warmup 3
+run b32-real timeout 150 $py benchmarks/train_step.py --model ViT-B/32 --batch-size 512 --precision bf16 --compile \
+    --caption-lengths real --steps 10 --warmup 3
 run b16 $py benchmarks/train_step.py --model ViT-B/16 --batch-size 256 --precision bf16 --compile --steps 15 --warmup 3
+run b16-real timeout 150 $py benchmarks/train_step.py --model ViT-B/16 --batch-size 256 --precision bf16 --compile \
+    --caption-lengths real --steps 10 --warmup 3
+run b32-32k timeout 150 $py benchmarks/train_step.py --model ViT-B/32 --batch-size 32768 --accum-steps 16 \
+    --loss-chunk-size 4096 --grad-checkpointing --precision bf16 --caption-lengths real --text-batches 1 --steps 3 \
+    --warmup 1 --no-reference
+run b32-plain2k timeout 90 $py benchmarks/train_step.py --model ViT-B/32 --batch-size 2048 --precision bf16 \
+    --caption-lengths real --text-batches 1 --steps 5 --warmup 1 --no-reference
 run clippo $py benchmarks/train_step.py --model clippo-B/16 --batch-size 256 --precision bf16 --compile --steps 15 \
     --warmup 3
 run render $py benchmarks/render.py --n 4096 --repeats 3 --device cuda

@@ -46,7 +46,8 @@ def loss_and_grads(loss_fn: Callable[..., torch.Tensor], args: dict[str, Any],
 def assert_same(loss_fn: Callable[..., torch.Tensor], args: dict[str, Any], chunk_size: int, **kwargs: Any) -> None:
     plain, plain_grads = loss_and_grads(loss_fn, args, **kwargs)
     chunked, chunked_grads = loss_and_grads(loss_fn, args, chunk_size=chunk_size, **kwargs)
-    assert abs(float(chunked - plain)) <= TOL, (float(chunked), float(plain))
+    # 1e-5, relative once the loss exceeds 1: a SigLIP sum without bias reaches ~54, where one float32 ulp is 4e-6
+    assert abs(float(chunked - plain)) <= TOL * max(1.0, abs(float(plain))), (float(chunked), float(plain))
     assert plain_grads.keys() == chunked_grads.keys()
     for name, grad in plain_grads.items():
         other = chunked_grads[name]
