@@ -5,7 +5,8 @@
 # GPU, and a short CLIPPO training run through the CLI on CUDA. Issue #25's measurements follow the B/32 and B/16
 # lines (b32 and b16 are full-length captions): real caption lengths (clipforge trims, open_clip pads), then one GPU
 # at a 32,768 batch (gradient caching + chunked loss + gradient checkpointing) beside the plain 2,048 step, for the
-# time per sample. Each #25 run is capped with timeout so that the whole script stays near 8 minutes.
+# time per sample. Then issue #23's FSDP2 runs on one GPU. Each #25/#23 run is capped with timeout so that the whole
+# script stays near 8 minutes (not yet run on a GPU: the caps, not a measurement, bound it).
 #
 #   bash benchmarks/gpu.sh OUTDIR        (needs CUDA; open_clip for the reference rows)
 set -uo pipefail
@@ -33,6 +34,12 @@ run b32-32k timeout 150 $py benchmarks/train_step.py --model ViT-B/32 --batch-si
     --warmup 1 --no-reference
 run b32-plain2k timeout 90 $py benchmarks/train_step.py --model ViT-B/32 --batch-size 2048 --precision bf16 \
     --caption-lengths real --text-batches 1 --steps 5 --warmup 1 --no-reference
+# Issue #23: FSDP2's own cost on one GPU (a group of one) beside the plain step, and a model too big for plain
+# training on one GPU trained from CPU memory (FSDP2 CPU offload).
+run fsdp-overhead timeout 90 $py benchmarks/fsdp.py --device cuda --nproc 1 --model ViT-B/16 --batch-size 128 \
+    --steps 5 --warmup 2
+run fsdp-offload-bigG timeout 150 $py benchmarks/fsdp.py --device cuda --nproc 1 --model ViT-bigG/14 --batch-size 16 \
+    --steps 2 --warmup 1 --cpu-offload --fsdp-only
 run clippo $py benchmarks/train_step.py --model clippo-B/16 --batch-size 256 --precision bf16 --compile --steps 15 \
     --warmup 3
 run render $py benchmarks/render.py --n 4096 --repeats 3 --device cuda

@@ -151,3 +151,8 @@ def test_checkpoints_at_an_fsspec_url_save_and_resume(run: Path, tmp_path: Path)
 def test_a_url_checkpoint_dir_needs_fsdp():
     with pytest.raises(ConfigError, match="parallel: fsdp"):
         load_config(None, parse_overrides(["checkpoint_dir=s3://bucket/run"]))
+
+
+def test_cpu_offload_on_a_cpu_device_is_refused_by_name(tmp_path: Path):
+    with pytest.raises(ValueError, match="fsdp.cpu_offload .* needs CUDA"):
+        _train(tmp_path / "offload", "fsdp.cpu_offload=true")

@@ -104,3 +104,23 @@ def test_two_nodes_meet_by_c10d_rendezvous_and_train_like_one_process(tmp_path: 
     assert [node.returncode for node in nodes] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
     assert "fsdp rank 1" in "".join(outputs)  # one world of two ranks, one per node
     assert _max_difference(run_dir, reference) <= 1e-5
+
+
+def test_the_slurm_script_starts_torchrun_and_trains(tmp_path: Path, free_port: int):
+    """examples/slurm/train.sbatch on one 'node' of two workers, with ``srun`` and ``scontrol`` stood in for."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text('#!/bin/bash\nwhile [[ "$1" == --* ]]; do shift; done\nexec "$@"\n')
+    (bin_dir / "scontrol").write_text("#!/bin/bash\necho 127.0.0.1\n")
+    for tool in ("srun", "scontrol"):
+        (bin_dir / tool).chmod(0o755)
+    script = Path(__file__).parents[2] / "examples" / "slurm" / "train.sbatch"
+    env = {**_env(), "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}", "SLURM_NNODES": "1",
+           "SLURM_JOB_NODELIST": "node-[1]", "SLURM_JOB_ID": "42", "GPUS_PER_NODE": "2",
+           "RDZV_PORT": str(free_port), "MAX_RESTARTS": "0"}
+    config = Path(__file__).parents[2] / "configs" / "tiny_synthetic.yaml"
+    done = subprocess.run(["bash", str(script), str(config), *RUN, "steps=2", "parallel=fsdp",
+                           f"output_dir={tmp_path / 'run'}"], env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "fsdp rank 1" in done.stderr
+    assert (tmp_path / "run" / "final" / "model.safetensors").is_file()

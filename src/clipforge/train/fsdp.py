@@ -38,11 +38,12 @@ def is_sharded(tensor: torch.Tensor) -> bool:
 
 
 def shard_model(model: nn.Module, runtime: Runtime, amp: torch.dtype | None, cpu_offload: bool = False,
-                reshard_after_forward: bool = True) -> None:
+                reshard_after_forward: bool = True, in_one_process: bool = False) -> None:
     """Applies FSDP2 to ``model`` in place: every tower block, then every tower; a no-op in a world of one.
 
     Call it after the weights are final on every rank (``broadcast_parameters``) and before the optimiser is built:
-    the optimiser must hold the sharded parameters.
+    the optimiser must hold the sharded parameters. A world of one shards only to offload (``cpu_offload``: a model
+    too big for one GPU trains from CPU memory), in a process group of one that this call starts.
 
     Args:
         model: A CLIP, CLIPPO or SigLIP model (anything with ``towers()``).
@@ -50,13 +51,23 @@ def shard_model(model: nn.Module, runtime: Runtime, amp: torch.dtype | None, cpu
         amp: The autocast dtype (bf16 computes and communicates in it, reduces gradients in fp32); ``None``: fp32.
         cpu_offload: Keep the shards (parameters, gradients, optimiser state) in CPU memory.
         reshard_after_forward: Free the gathered parameters after each unit's forward pass (ZeRO-3).
+        in_one_process: Shard in a world of one too (``benchmarks/fsdp.py`` measures FSDP2's own overhead so).
+
+    Raises:
+        ValueError: ``cpu_offload`` on a CPU device (it moves each unit from CPU memory to the GPU for compute).
     """
-    if not runtime.distributed:
+    if cpu_offload and runtime.device.type != "cuda":
+        raise ValueError("fsdp.cpu_offload keeps the shards in CPU memory and computes on the GPU: it needs CUDA "
+                         f"devices, and this run is on {runtime.device.type}")
+    if not runtime.distributed and not cpu_offload and not in_one_process:
         return
+    if not dist.is_initialized():  # one process offloading to the CPU: FSDP2 needs a group, here of one
+        dist.init_process_group("nccl" if runtime.device.type == "cuda" else "gloo", store=dist.HashStore(),
+                                rank=0, world_size=1)
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
-    mesh = init_device_mesh(runtime.device.type, (runtime.world_size,))
+    mesh = init_device_mesh(runtime.device.type, (dist.get_world_size(),))
     options = {"mesh": mesh, "reshard_after_forward": reshard_after_forward,
                "offload_policy": CPUOffloadPolicy() if cpu_offload else OffloadPolicy()}
     if amp is not None:
@@ -156,7 +167,7 @@ def whole_model(model: nn.Module, runtime: Runtime, sharded: bool) -> nn.Module:
     into an unsharded copy on the run's device, in eval mode (the other ranks get ``model`` back, unused). Otherwise
     ``model`` itself.
     """
-    if not sharded or not runtime.distributed:
+    if not sharded or not any(is_sharded(p) for p in model.parameters()):
         return model
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
