@@ -156,3 +156,15 @@ def test_a_url_checkpoint_dir_needs_fsdp():
 def test_cpu_offload_on_a_cpu_device_is_refused_by_name(tmp_path: Path):
     with pytest.raises(ValueError, match="fsdp.cpu_offload .* needs CUDA"):
         _train(tmp_path / "offload", "fsdp.cpu_offload=true")
+
+
+def test_a_checkpoint_url_without_its_package_is_named_before_any_step(tmp_path: Path, monkeypatch):
+    pytest.importorskip("fsspec")
+    import sys
+
+    monkeypatch.setitem(sys.modules, "s3fs", None)  # as if not installed, even where it is
+    registry = sys.modules["fsspec.registry"]._registry
+    monkeypatch.delitem(registry, "s3", raising=False)
+    with pytest.raises(ImportError, match="s3fs"):
+        _train(tmp_path / "s3", "checkpoint_dir=s3://bucket/run/checkpoints")
+    assert not (tmp_path / "s3" / "metrics.jsonl").exists()

@@ -157,3 +157,19 @@ def test_resume_reshards_from_four_ranks_to_two_to_one(tmp_path: Path, free_port
     for (step, a), (_, b) in zip(result.losses, reference.losses[4:]):
         assert abs(a - b) <= 1e-5, step
     assert _max_difference(_weights(tmp_path / "run"), _weights(tmp_path / "reference")) <= 1e-5
+
+
+def _compile_worker(rank: int, port: int, out: str) -> None:
+    runtime = _join(rank, 2, port)
+    try:
+        train(_config([*CLIP_RUN, *COMMON, "steps=3", "parallel=fsdp", "compile=true"], Path(out) / "compiled"),
+              runtime)
+    finally:
+        shutdown(runtime)
+
+
+@pytest.mark.slow
+def test_fsdp_composes_with_torch_compile(single_runs: tuple[Path, dict[str, list]], tmp_path: Path, free_port: int):
+    mp.spawn(_compile_worker, args=(free_port, str(tmp_path)), nprocs=2, join=True)
+    single_dir, _ = single_runs
+    assert _max_difference(_weights(tmp_path / "compiled"), _weights(single_dir / "clip")) <= 1e-5

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from clipforge.checkpoints.native import load_state_dict_into
 from clipforge.config import to_dict
 from clipforge.data.config import SyntheticDataConfig
-from clipforge.fs import is_remote
+from clipforge.fs import filesystem, is_remote
 from clipforge.models.factory import build_model as build_model_from_config
 from clipforge.models.text import trim_tokens
 from clipforge.train.checkpoint import (
@@ -184,6 +184,8 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None,
     start_step, checkpoint_path = 0, None
     checkpoint_dir: Path | str = config.checkpoint_dir or run_dir / "checkpoints"
     remote = is_remote(str(checkpoint_dir))  # an fsspec URL (parallel: fsdp only; checked by the config)
+    if remote:
+        filesystem(str(checkpoint_dir))  # a missing fsspec or scheme package is named now, not at the first save
     if runtime.is_main and not remote:
         remove_stale_temp_files(checkpoint_dir)  # left by saves that were killed; no save is running now
     checkpoints = ShardedCheckpoints(checkpoint_dir, runtime, config.keep_checkpoints, config.fsdp.async_checkpoint)
