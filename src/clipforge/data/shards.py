@@ -26,6 +26,14 @@ numbers and resuming re-reads at most ``interleave`` partly read shards per sour
 the slot's share were opened, and the open shards with the samples taken from each. A stream built from
 that state continues with exactly the next sample the original would have given, including which
 caption and crop it draws (those rngs are seeded by the sample's position too).
+
+**Other readers** (:func:`reshard`). Positions saved by one number of slots are carried to another by
+continuing the interrupted epoch ``E`` (per source, the lowest epoch a saved slot is in): its partly read
+shards (with the samples taken) and then its unopened shards, in the epoch's order, are dealt out to the
+new slots, new slot ``s`` taking items ``s, s + slots, ...``; each new position holds that explicit
+``share`` for epoch ``E`` only, and from ``E + 1`` on the usual rule applies. Every sample of epoch ``E`` is
+read exactly once over the two runs; samples that slots already in a later epoch had read are read again
+in that epoch.
 """
 
 from __future__ import annotations
@@ -116,6 +124,12 @@ class ShardSource:
         return decode_image(data, self.config.decode, self.min_size)
 
 
+def epoch_share(shards: Sequence[str], source: int, seed: int, epoch: int, slot: int, slots: int) -> list[str]:
+    """Slot ``slot`` of ``slots``'s shards of source ``source`` in ``epoch``: the epoch's order, strided."""
+    order = np.random.default_rng([seed, source, epoch]).permutation(len(shards))
+    return [shards[i] for i in order[slot::slots]]
+
+
 class _Uniforms:
     """Uniform draws in [0, 1) as a pure function of their index: block ``b`` of 4096 comes from rng ``(*key, b)``."""
 
@@ -164,10 +178,12 @@ class SourceStream:
             self._open = [iter_shard(path, stats, skip=taken) for path, taken in self.position["open"]]
 
     def share(self, epoch: int) -> list[str]:
-        """This slot's shards in ``epoch`` (epoch mode), in reading order."""
+        """This slot's shards in ``epoch`` (epoch mode), in reading order: the position's explicit ``share``
+        for its own epoch when it has one (:func:`reshard`), else slot ``slot`` of the epoch's order."""
+        if "share" in self.position and epoch == self.position["epoch"]:
+            return self.position["share"]
         if self._share[0] != epoch:
-            order = np.random.default_rng([self.seed, self.source, epoch]).permutation(len(self.shards))
-            self._share = (epoch, [self.shards[i] for i in order[self.slot::self.slots]])
+            self._share = (epoch, epoch_share(self.shards, self.source, self.seed, epoch, self.slot, self.slots))
         return self._share[1]
 
     def _next_shard(self) -> str | None:
@@ -190,6 +206,7 @@ class SourceStream:
                 p["open"].append([path, 0])
             if not self._open:  # this slot's share of the epoch is read: on to the next epoch
                 p["epoch"], p["opened"] = p["epoch"] + 1, 0
+                p.pop("share", None)  # an explicit share (:func:`reshard`) was for that epoch only
                 continue
             i = int(self._pick(p["draws"]) * len(self._open))
             p["draws"] += 1
@@ -211,7 +228,12 @@ class SourceStream:
 
     def state(self) -> dict[str, Any]:
         """The position (a small JSON-ready dict) from which a new stream continues exactly."""
-        return copy.deepcopy(self.position)
+        share = self.position.get("share")
+        if share is None:
+            return copy.deepcopy(self.position)
+        state = copy.deepcopy({k: v for k, v in self.position.items() if k != "share"})
+        state["share"] = share  # never changed in place, so shared, not copied batch after batch
+        return state
 
 
 class MixedStream:
@@ -284,6 +306,88 @@ def open_stream(sources: Sequence[Sequence[str]], weights: Sequence[float] | Non
                for i, shards in enumerate(sources)]
     emitted = state["emitted"] if state is not None and not resampled else 0
     return MixedStream(streams, weights, (seed, slot, salt if resampled else 0), emitted)
+
+
+def reshard(states: Sequence[dict[str, Any] | None], sources: Sequence[Sequence[str]], seed: int,
+            slots: int) -> tuple[list[dict[str, Any]], list[dict[str, int]]]:
+    """Positions for ``slots`` readers that continue the interrupted epoch of readers saved at another count.
+
+    Args:
+        states: Each old slot's :meth:`MixedStream.state`, in slot order; ``None``: that reader took nothing.
+        sources: Shard paths per source (:func:`parse_sources`).
+        seed: The run's seed.
+        slots: The new number of readers.
+
+    Returns:
+        One :meth:`MixedStream.state` per new slot, and per source what was dealt (:func:`reshard_source`).
+
+    Raises:
+        ValueError: a saved position with another number of sources.
+    """
+    for slot, state in enumerate(states):
+        if state is not None and len(state["sources"]) != len(sources):
+            raise ValueError(f"the saved data position of reader {slot} has {len(state['sources'])} sources, "
+                             f"the config {len(sources)}")
+    dealt = [reshard_source([s["sources"][i] if s is not None else None for s in states], shards, i, seed, slots)
+             for i, shards in enumerate(sources)]
+    # Sample indices past every old reader's keep the new readers' crops and captions fresh, not a replay.
+    emitted = max((s["emitted"] for s in states if s is not None), default=0)
+    positions = [{"emitted": emitted, "sources": [positions[slot] for positions, _ in dealt]} for slot in range(slots)]
+    return positions, [summary for _, summary in dealt]
+
+
+def reshard_source(positions: Sequence[dict[str, Any] | None], shards: Sequence[str], source: int, seed: int,
+                   slots: int) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """One source's positions for ``slots`` new readers: the rest of the lowest epoch ``E`` an old reader is
+    in (its partly read shards, with their offsets, then its unopened shards in the epoch's order), dealt
+    out strided by the new slot, each with its explicit ``share`` of ``E`` (module docstring).
+
+    Args:
+        positions: Each old slot's :meth:`SourceStream.state` for this source; ``None``: never read.
+        shards: The source's shard paths.
+        source: The source's index.
+        seed: The run's seed.
+        slots: The new number of readers.
+
+    Returns:
+        The new positions, and a summary: ``epoch`` (``E``), ``shards`` (left to read in ``E``), ``partly``
+        (of those, partly read), and what is read again in later epochs: ``again_partly`` and
+        ``again_samples`` (partly read shards and the samples taken from them) and ``again_finished`` (shards
+        finished there).
+    """
+    fresh: dict[str, Any] = {"epoch": 0, "opened": 0, "draws": 0, "open": []}
+    # A resampled-mode position has open shards it never counted as opened: no epoch progress to carry.
+    old = [p if p is not None and len(p["open"]) <= p["opened"] else fresh for p in positions]
+    epoch = min(p["epoch"] for p in old)
+    order = np.random.default_rng([seed, source, epoch]).permutation(len(shards))
+    rank: dict[str, int] = {}
+    for r, i in enumerate(order):
+        rank.setdefault(shards[i], r)
+    partly: list[list[Any]] = []
+    unopened: list[str] = []
+    again = Counter[str]()
+    for slot, p in enumerate(old):
+        if p["epoch"] == epoch:
+            share = p["share"] if "share" in p else [shards[i] for i in order[slot::len(old)]]
+            partly += [[path, taken] for path, taken in p["open"]]
+            unopened += share[p["opened"]:]
+        else:  # already past ``epoch``: its share of it is read, and what it read since is read again
+            skipped_epochs = p["epoch"] - epoch - 1
+            again["again_partly"] += len(p["open"])
+            again["again_samples"] += sum(taken for _, taken in p["open"])
+            again["again_finished"] += p["opened"] - len(p["open"]) + skipped_epochs * len(range(slot, len(shards),
+                                                                                                  len(old)))
+    unopened.sort(key=lambda path: rank.get(path, len(shards)))
+    work = partly + [[path, None] for path in unopened]  # None: not opened yet
+    new: list[dict[str, Any]] = []
+    for slot in range(slots):
+        mine = work[slot::slots]
+        open_ = [[path, taken] for path, taken in mine if taken is not None]
+        new.append({"epoch": epoch, "opened": len(open_), "draws": 0, "open": open_,
+                    "share": [path for path, _ in mine]})
+    summary = {"epoch": epoch, "shards": len(work), "partly": len(partly), "again_partly": 0, "again_samples": 0,
+               "again_finished": 0, **again}
+    return new, summary
 
 
 def warn(message: str) -> None:

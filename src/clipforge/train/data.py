@@ -19,9 +19,11 @@ run that starts at ``start`` builds the batches of steps ``start + w, start + w 
 *logical* worker ``step mod N``, so step ``s`` always comes from the same reader, across resumes. The
 checkpoint holds each logical worker's position after the last batch the loop consumed; in epoch mode a
 resumed run continues with exactly the next unseen samples (the same keys, captions and crops as an
-uninterrupted run). In resampled mode the position is not needed: readers are reseeded with the resume
-step, giving fresh draws from the same distribution. With ``gpu_decode`` the workers hand over checked
-JPEG bytes and crop boxes, and :class:`TrainData` decodes them on the device as batches arrive.
+uninterrupted run); on another number of readers it finishes the interrupted epoch, each of its samples
+read once over both runs (``clipforge.data.shards.reshard``). In resampled mode the position is not
+needed: readers are reseeded with the resume step, giving fresh draws from the same distribution. With
+``gpu_decode`` the workers hand over checked JPEG bytes and crop boxes, and :class:`TrainData` decodes
+them on the device as batches arrive.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from clipforge.data import build_source
 from clipforge.data.config import DataConfig, SyntheticDataConfig
 from clipforge.data.decode import DEFAULT_LIMITS, as_bad_sample, decode_image, decode_text, pick_caption
 from clipforge.data.device_decode import DeviceJPEGDecoder, device_decode_unavailable, jpeg_size
-from clipforge.data.shards import ShardSource, check_readers, warn
+from clipforge.data.shards import ShardSource, check_readers, reshard, warn
 from clipforge.data.sources import is_labelled
 from clipforge.data.text_pairs import pair_source, rendered_images
 from clipforge.data.webdataset import ShardStats
@@ -374,8 +376,10 @@ class TrainData:
         """Continues from a checkpoint's data entry (written by :meth:`state`).
 
         Counts always carry over. Reader positions do when the readers are the same (kind, ranks,
-        workers); otherwise epoch mode warns and starts each reader at the epoch after the furthest one
-        saved, so no sample repeats within an epoch, but the rest of the interrupted epoch is not seen.
+        workers). Otherwise epoch mode continues the interrupted epoch: its unread shards (partly read
+        ones at their offsets) are dealt out to the new readers (:func:`clipforge.data.shards.reshard`),
+        so each of its samples is read exactly once over both runs; samples that readers already in a
+        later epoch had read are read again there. Rank 0 warns with the counts.
         """
         if not saved or "ranks" not in saved:
             return
@@ -387,20 +391,40 @@ class TrainData:
         else:
             mine = {"used": 0, "skipped": {}, "positions": {}}
         self.used, self.skipped = mine["used"], Counter(mine["skipped"])
+        workers = max(self.config.num_workers, 1)  # 0 workers read as 1: the same single reader per rank
         same_readers = (saved.get("kind") == self.config.kind and saved["world_size"] == self.runtime.world_size
-                        and saved["num_workers"] == self.config.num_workers)
+                        and max(saved["num_workers"], 1) == workers)
         if same_readers or not isinstance(self.batches, ShardBatches) or self.config.resampled:
             self.positions = {int(k): v for k, v in mine["positions"].items()}
             return
-        epoch = 1 + max((s["epoch"] for r in saved["ranks"] for p in r["positions"].values() for s in p["sources"]),
-                        default=-1)
+        how = (f"the data position was saved for {saved.get('kind')} data read by {saved['world_size']} rank(s) × "
+               f"{saved['num_workers']} worker(s); this run reads {self.config.kind} by {self.runtime.world_size} × "
+               f"{self.config.num_workers}")
+        if saved.get("kind") != self.config.kind:
+            if self.runtime.is_main:
+                warn(f"{how}: starting every reader at the beginning")
+            self.positions = {}
+            return
+        old_workers = max(saved["num_workers"], 1)
+        states = [{int(k): v for k, v in r["positions"].items()}.get(w) for r in saved["ranks"]
+                  for w in range(old_workers)]  # by old slot: rank · workers + worker
+        positions, dealt = reshard(states, self.batches.sources, self.seed, self.runtime.world_size * workers)
         if self.runtime.is_main:
-            warn(f"the data position was saved for {saved.get('kind')} data read by {saved['world_size']} rank(s) × "
-                 f"{saved['num_workers']} worker(s); this run reads {self.config.kind} by {self.runtime.world_size} × "
-                 f"{self.config.num_workers}: starting every reader at epoch {epoch}")
-        fresh = {"epoch": epoch, "opened": 0, "draws": 0, "open": []}
-        self.positions = {w: {"emitted": 0, "sources": [dict(fresh) for _ in self.batches.sources]}
-                          for w in range(max(self.config.num_workers, 1))}
+            warn(f"{how}: " + "; ".join(_resharded(i, d) for i, d in enumerate(dealt)))
+        first = self.runtime.rank * workers
+        self.positions = {w: positions[first + w] for w in range(workers)}
+
+
+def _resharded(source: int, dealt: dict[str, int]) -> str:
+    """What :func:`clipforge.data.shards.reshard_source` did with one source, in words."""
+    text = (f"source {source}: the rest of epoch {dealt['epoch']} ({dealt['shards']} shard(s), {dealt['partly']} "
+            f"partly read) is dealt out to the new readers")
+    again = dealt["again_partly"] + dealt["again_finished"]
+    if again:
+        text += (f", and {again} shard(s) that readers ahead had begun in later epochs are read again there "
+                 f"({dealt['again_finished']} finished, {dealt['again_partly']} partly read with "
+                 f"{dealt['again_samples']} sample(s) taken)")
+    return text
 
 
 def _decode_on_device(loader: Iterable[Batch], decoder: DeviceJPEGDecoder) -> Iterator[Batch]:
