@@ -14,7 +14,7 @@ import torch
 
 from clipforge.data.decode import DecodeLimits
 from clipforge.data.shards import inspect_shards, open_stream, parse_sources
-from clipforge.data.webdataset import ShardStats, iter_shard, write_tar_shard
+from clipforge.data.webdataset import ShardStats, expand_shards, iter_shard, iter_tar_samples, write_tar_shard
 from clipforge.train import Runtime, load_config
 from clipforge.train.data import TrainData
 from clipforge.train.metrics import read_metrics
@@ -208,17 +208,19 @@ def test_training_on_damaged_shards_reports_exact_counts_and_never_hangs(tmp_pat
     assert state["kind"] == "shards" and set(state["ranks"][0]["positions"]) == {0, 1}
 
 
-def test_a_position_saved_for_other_readers_restarts_at_the_next_epoch(tmp_path, capsys):
+def test_a_position_saved_for_other_readers_continues_the_interrupted_epoch(tmp_path, capsys):
     write_good_shards(tmp_path, 4, 3)
     first = train_data(str(tmp_path), batch_size=2, workers=2)
-    consumed_keys(first, 0, 3)
+    seen = [k for batch in consumed_keys(first, 0, 3) for k in batch]
     other = train_data(str(tmp_path), batch_size=2, workers=1)
     other.restore(first.state(3))
-    assert "by 1 rank(s) × 2 worker(s); this run reads shards by 1 × 1: starting every reader at epoch 1" in \
+    assert "by 1 rank(s) × 2 worker(s); this run reads shards by 1 × 1: source 0: the rest of epoch 0 (" in \
         capsys.readouterr().err
     assert other.used == 6  # the counts carry over
-    keys = [k for batch in consumed_keys(other, 3, 9) for k in batch]
-    assert len(set(keys)) == 12 and other.positions[0]["sources"][0]["epoch"] == 1  # epoch 1, whole, no repeats
+    rest = [k for batch in consumed_keys(other, 3, 6) for k in batch]
+    every = [f"{s['__url__']}#{s['__key__']}" for s in iter_tar_samples(expand_shards(tmp_path))]
+    assert Counter(seen + rest) == Counter(every)  # epoch 0 finished: each sample once over both runs
+    assert other.positions[0]["sources"][0]["epoch"] == 0
 
 
 def test_a_source_with_nothing_usable_fails_fast_instead_of_spinning(tmp_path, monkeypatch):
