@@ -14,6 +14,7 @@ from clipforge.models.config import TextConfig
 from clipforge.models.text import trim_tokens
 from clipforge.train import Runtime, load_config, parse_overrides, train
 from clipforge.train.metrics import read_metrics
+from helpers.tiny import tiny_vit_overrides
 
 TOL = 1e-5
 TINY_TEXT = {"width": 32, "heads": 2, "layers": 2, "context_length": 40}
@@ -112,11 +113,8 @@ def test_empty_batch_is_returned_whole() -> None:
     assert trim_tokens(tokens, TextConfig(**TINY_TEXT)).shape == (0, 40)
 
 
-TRAIN = ["model_overrides.embed_dim=32", "model_overrides.vision.image_size=32", "model_overrides.vision.patch_size=8",
-         "model_overrides.vision.width=32", "model_overrides.vision.layers=1", "model_overrides.vision.heads=2",
-         "model_overrides.text.width=32", "model_overrides.text.heads=2", "model_overrides.text.layers=2",
-         "model_overrides.text.context_length=32", "data.train_size=200", "data.num_workers=0", "eval.size=16",
-         "eval.retrieval_size=8", "schedule.warmup_steps=2", "log_every=1", "steps=4", "batch_size=8",
+TRAIN = [*tiny_vit_overrides(text_layers=2, context_length=32), "data.train_size=200", "data.num_workers=0",
+         "eval.size=16", "eval.retrieval_size=8", "schedule.warmup_steps=2", "log_every=1", "steps=4", "batch_size=8",
          "precision=fp32", "plots=false"]
 
 

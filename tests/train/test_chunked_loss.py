@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from clipforge.train.loss import clip_loss, siglip_loss
+from helpers.tiny import tiny_vit_overrides
 
 TOL = 1e-5
 
@@ -130,10 +131,7 @@ def test_bad_chunk_size_is_an_error(bad: Any) -> None:
             loss_fn(**args, chunk_size=bad)
 
 
-TRAIN = ["model_overrides.embed_dim=32", "model_overrides.vision.image_size=32", "model_overrides.vision.patch_size=8",
-         "model_overrides.vision.width=32", "model_overrides.vision.layers=1", "model_overrides.vision.heads=2",
-         "model_overrides.text.width=32", "model_overrides.text.heads=2", "model_overrides.text.layers=1",
-         "model_overrides.text.context_length=16", "data.train_size=200", "data.num_workers=0", "eval.size=16",
+TRAIN = [*tiny_vit_overrides(), "data.train_size=200", "data.num_workers=0", "eval.size=16",
          "eval.retrieval_size=8", "schedule.warmup_steps=2", "log_every=1", "steps=3", "batch_size=8",
          "precision=fp32", "plots=false"]
 

@@ -18,11 +18,9 @@ from clipforge.config import ConfigError
 from clipforge.train import Runtime, load_config, parse_overrides, train
 from clipforge.train.checkpoint import CheckpointLoadError, resolve_checkpoint
 from clipforge.train.dcp import ShardedCheckpoints, load_sharded, read_extra
+from helpers.tiny import tiny_vit_overrides
 
-RUN = ["model_overrides.embed_dim=32", "model_overrides.vision.image_size=32", "model_overrides.vision.patch_size=8",
-       "model_overrides.vision.width=32", "model_overrides.vision.layers=1", "model_overrides.vision.heads=2",
-       "model_overrides.text.width=32", "model_overrides.text.heads=2", "model_overrides.text.layers=1",
-       "model_overrides.text.context_length=16", "data.train_size=200", "eval.size=8", "eval.retrieval_size=4",
+RUN = [*tiny_vit_overrides(), "data.train_size=200", "eval.size=8", "eval.retrieval_size=4",
        "schedule.warmup_steps=1", "log_every=1", "batch_size=8", "plots=false", "parallel=fsdp", "steps=4",
        "checkpoint_every=2", "keep_checkpoints=5"]
 

@@ -19,13 +19,11 @@ import torch
 
 import clipforge
 from clipforge.train import Runtime, load_config, parse_overrides, train
+from helpers.tiny import tiny_vit_overrides
 
 pytestmark = pytest.mark.distributed
 
-RUN = ["model_overrides.embed_dim=32", "model_overrides.vision.image_size=32", "model_overrides.vision.patch_size=8",
-       "model_overrides.vision.width=32", "model_overrides.vision.layers=1", "model_overrides.vision.heads=2",
-       "model_overrides.text.width=32", "model_overrides.text.heads=2", "model_overrides.text.layers=1",
-       "model_overrides.text.context_length=16", "data.train_size=400", "eval.size=8", "eval.retrieval_size=4",
+RUN = [*tiny_vit_overrides(), "data.train_size=400", "eval.size=8", "eval.retrieval_size=4",
        "schedule.warmup_steps=1", "log_every=1", "batch_size=8", "plots=false"]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 

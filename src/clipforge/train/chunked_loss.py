@@ -96,13 +96,13 @@ def chunked_siglip_loss(image_features: torch.Tensor, logit_scale: torch.Tensor,
     total = image_features.new_zeros((), dtype=torch.float32)
     for start in range(0, n, chunk_size):
         stop = min(n, start + chunk_size)
-        block = functools.partial(_siglip_block, offset=offset + start, negatives_only=negatives_only)
+        block = functools.partial(siglip_block_sum, offset=offset + start, negatives_only=negatives_only)
         total = total + checkpoint(block, image_features[start:stop], text_columns, logit_scale, logit_bias,
                                    use_reentrant=False)
     return total / n
 
 
-def _siglip_block(image_rows: torch.Tensor, text_columns: torch.Tensor, logit_scale: torch.Tensor,
+def siglip_block_sum(image_rows: torch.Tensor, text_columns: torch.Tensor, logit_scale: torch.Tensor,
                   logit_bias: torch.Tensor | None, *, offset: int, negatives_only: bool) -> torch.Tensor:
     """``Σ −log σ(z · logit)`` over one block of image rows and every text column (z = +1 on the positives)."""
     logits = logit_scale * image_rows @ text_columns.T  # (c, M)

@@ -146,6 +146,8 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None,
     torch.manual_seed(config.seed * 1009 + runtime.rank + 1)  # per-rank stream for random ops (patch dropout)
     if config.grad_checkpointing:
         model.set_grad_checkpointing(True)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
     lock_tower(model, config.lock)
     train_tf, eval_tf = model_transforms(model.config)
     image_size = model.config.vision.image_size
@@ -248,6 +250,8 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None,
         if trim:  # host-side, before the copy: the text tower sees the batch's longest caption, not 77 tokens
             texts = trim_tokens(texts, getattr(model.config, "text", None))
         images, texts = images.to(device, non_blocking=True), texts.to(device, non_blocking=True)
+        if config.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         if config.classifier is not None:  # ``texts`` holds the class indices
             loss = classifier_forward_backward(model, images, texts, accum, amp, config.classifier.label_smoothing)
         else:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from clipforge.train.chunked_loss import check_chunk_size, chunked_clip_loss, chunked_siglip_loss
+from clipforge.train.chunked_loss import check_chunk_size, chunked_clip_loss, chunked_siglip_loss, siglip_block_sum
 from clipforge.train.distributed import Runtime, ring_shift
 
 
@@ -113,14 +113,8 @@ def siglip_loss(
     if chunk_size is not None and not _fits(chunk_size, image_features):
         return chunked_siglip_loss(image_features, logit_scale, logit_bias, text_columns, offset, negatives_only,
                                    chunk_size)
-    logits = logit_scale * image_features @ text_columns.T  # (N, M)
-    if logit_bias is not None:
-        logits = logits + logit_bias
-    n, m = logits.shape
-    signs = -torch.ones(n, m, device=logits.device, dtype=torch.float32)
-    if not negatives_only:
-        signs[torch.arange(n, device=logits.device), torch.arange(offset, offset + n, device=logits.device)] = 1.0
-    return -F.logsigmoid(signs * logits.float()).sum() / n
+    return siglip_block_sum(image_features, text_columns, logit_scale, logit_bias, offset=offset,
+                            negatives_only=negatives_only) / image_features.shape[0]
 
 
 def _fits(chunk_size: int, rows: torch.Tensor) -> bool:
