@@ -32,7 +32,8 @@ COMMON = ["data.train_size=400", "eval.size=8", "eval.retrieval_size=4", "schedu
           "batch_size=8", "plots=false", "data.augment=true", "optim.grad_clip=0.5"]
 CASES = {"clip": CLIP_RUN, "clip-gradcache": [*CLIP_RUN, "accum_steps=2"], "clippo": CLIPPO_RUN,
          "clippo-gradcache": [*CLIPPO_RUN, "accum_steps=2"],
-         "clip-lit-checkpointing": [*CLIP_RUN, "lock=image", "grad_checkpointing=true", "local_loss=true"]}
+         "clip-lit-checkpointing": [*CLIP_RUN, "lock=image", "grad_checkpointing=true", "local_loss=true"],
+         "clip-ema-smoothing": [*CLIP_RUN, "ema.decay=0.5", "label_smoothing=0.1"]}
 RESHARD = [*CLIP_RUN, *COMMON, "steps=6", "checkpoint_every=2", "keep_checkpoints=5", "parallel=fsdp"]
 
 

@@ -34,7 +34,7 @@ def check_chunk_size(chunk_size: int) -> None:
 
 def chunked_clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
                       logit_bias: torch.Tensor | None, image_columns: torch.Tensor, text_columns: torch.Tensor,
-                      offset: int, chunk_size: int) -> torch.Tensor:
+                      offset: int, chunk_size: int, label_smoothing: float = 0.0) -> torch.Tensor:
     """``clip_loss`` computed ``chunk_size`` rows at a time (see the module docstring).
 
     Args:
@@ -46,6 +46,7 @@ def chunked_clip_loss(image_features: torch.Tensor, text_features: torch.Tensor,
         text_columns: (M, D) the columns of the image rows.
         offset: Column of row 0's positive pair.
         chunk_size: Rows per block.
+        label_smoothing: Each row's target puts this much mass uniformly over the M columns.
 
     Returns:
         The scalar loss: the mean over the N rows of both directions' cross-entropies, halved.
@@ -55,23 +56,23 @@ def chunked_clip_loss(image_features: torch.Tensor, text_features: torch.Tensor,
     total = image_features.new_zeros((), dtype=torch.float32)
     for start in range(0, n, chunk_size):
         stop = min(n, start + chunk_size)
-        block = functools.partial(_clip_block, offset=offset + start)
+        block = functools.partial(clip_block_sum, offset=offset + start, label_smoothing=label_smoothing)
         total = total + checkpoint(block, image_features[start:stop], text_features[start:stop], text_columns,
                                    image_columns, logit_scale, logit_bias, use_reentrant=False)
     return total / (2 * n)
 
 
-def _clip_block(image_rows: torch.Tensor, text_rows: torch.Tensor, text_columns: torch.Tensor,
-                image_columns: torch.Tensor, logit_scale: torch.Tensor, logit_bias: torch.Tensor | None, *,
-                offset: int) -> torch.Tensor:
+def clip_block_sum(image_rows: torch.Tensor, text_rows: torch.Tensor, text_columns: torch.Tensor,
+                   image_columns: torch.Tensor, logit_scale: torch.Tensor, logit_bias: torch.Tensor | None, *,
+                   offset: int, label_smoothing: float = 0.0) -> torch.Tensor:
     """The summed cross-entropies of one block of rows, both directions; row 0's positive sits at column ``offset``."""
     logits_per_image = logit_scale * image_rows @ text_columns.T  # (c, M)
     logits_per_text = logit_scale * text_rows @ image_columns.T  # (c, M)
     if logit_bias is not None:
         logits_per_image, logits_per_text = logits_per_image + logit_bias, logits_per_text + logit_bias
     labels = torch.arange(offset, offset + image_rows.shape[0], device=image_rows.device)
-    return (F.cross_entropy(logits_per_image.float(), labels, reduction="sum")
-            + F.cross_entropy(logits_per_text.float(), labels, reduction="sum"))
+    return (F.cross_entropy(logits_per_image.float(), labels, reduction="sum", label_smoothing=label_smoothing)
+            + F.cross_entropy(logits_per_text.float(), labels, reduction="sum", label_smoothing=label_smoothing))
 
 
 def chunked_siglip_loss(image_features: torch.Tensor, logit_scale: torch.Tensor, logit_bias: torch.Tensor | None,

@@ -21,6 +21,7 @@ from clipforge.models.factory import build_config
 from clipforge.models.lora import LoRAConfig
 from clipforge.models.presets import list_presets
 from clipforge.train.classify import ClassifierConfig
+from clipforge.train.ema import EmaConfig
 from clipforge.train.eval_sets import EvalSetConfig, check_set_names
 from clipforge.train.finetune_config import DistillConfig, UnlockConfig
 from clipforge.train.wise_ft import WiseFTConfig
@@ -219,6 +220,10 @@ class TrainConfig:
         channels_last: Keep the model's 4-D weights and the image batches in channels-last memory order: convolutions
             run faster there (a ResNet tower's step on the CPU: 95 → 70 ms for the quickstart's tiny-rn); the
             numbers agree with the default layout to float rounding.
+        label_smoothing: ``loss: clip`` only: each row's contrastive target keeps ``1 − ε`` on its pair and spreads ε
+            over the batch (a regulariser for small datasets); 0: one-hot targets.
+        ema: An exponential moving average of the weights (``clipforge.train.ema``: ``decay``, ``every``,
+            ``start_step``), evaluated during training and exported as the final model.
         report_to: Where metrics go besides ``metrics.jsonl``: ``tensorboard`` (when installed) and ``wandb``
             (the ``wandb`` extra; ``WANDB_MODE=offline`` keeps it local).
     """
@@ -259,6 +264,8 @@ class TrainConfig:
     report_to: tuple[Literal["tensorboard", "wandb"], ...] = ("tensorboard",)
     checkpoint_dir: str | None = None
     channels_last: bool = False
+    label_smoothing: float = 0.0
+    ema: EmaConfig | None = None
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "accum_steps", "log_every", "keep_checkpoints"):
@@ -299,6 +306,11 @@ class TrainConfig:
         if self.loss_chunk_size is not None and self.siglip_exchange == "ring":
             raise ConfigError("loss_chunk_size and siglip_exchange: ring both bound the logits in memory; the ring "
                               "already scores one (local × local) block at a time: choose one")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"label_smoothing must lie in [0, 1), got {self.label_smoothing}")
+        if self.label_smoothing and self.loss != "clip":
+            raise ConfigError("label_smoothing smooths the softmax targets of loss: clip; SigLIP's sigmoid loss has "
+                              "one binary target per pair")
         if self.parallel == "fsdp":
             self._check_fsdp()
         if self.checkpoint_dir is not None and self.parallel != "fsdp" and "://" in self.checkpoint_dir and \

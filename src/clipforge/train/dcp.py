@@ -136,9 +136,11 @@ class ShardedCheckpoints:
         self.directory, self.runtime, self.keep, self.asynchronous = Location(directory), runtime, keep, asynchronous
         self.pending: _Pending | None = None
 
-    def save(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
-             extra: dict[str, Any]) -> Path | str:
+    def save(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, extra: dict[str, Any],
+             tensors: dict[str, dict[str, torch.Tensor]] | None = None) -> Path | str:
         """Writes this rank's shard of step ``step`` (and rank 0 the rest); returns the checkpoint's folder.
+
+        ``tensors``: more state sharded like the parameters, saved beside them by name (``{"ema": {...}}``).
 
         Raises:
             CheckpointSaveError: a shard could not be written; ``latest`` still names the previous checkpoint.
@@ -153,7 +155,7 @@ class ShardedCheckpoints:
             folder.mkdir()
         barrier(self.runtime)
         model_state, optimizer_state = get_state_dict(model, optimizer)
-        state = {"model": model_state, "optimizer": optimizer_state}
+        state = {"model": model_state, "optimizer": optimizer_state, **(tensors or {})}
         try:
             if self.asynchronous:
                 future = dcp.async_save(state, storage_writer=_writer(str(folder)))
@@ -262,10 +264,12 @@ def read_extra(path: Path | str) -> dict[str, Any]:
     return extra
 
 
-def load_sharded(path: Path | str, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
+def load_sharded(path: Path | str, model: nn.Module, optimizer: torch.optim.Optimizer | None,
+                 tensors: dict[str, dict[str, torch.Tensor]] | None = None) -> dict[str, Any]:
     """Reads the checkpoint folder into ``model`` (and ``optimizer``), resharding to this process group's layout.
 
-    Every rank calls it together. ``optimizer`` may be ``None`` (weights only).
+    Every rank calls it together. ``optimizer`` may be ``None`` (weights only). ``tensors`` (``{"ema": {...}}``) are
+    read in place when the checkpoint holds them; an entry it does not hold is removed from ``tensors``.
 
     Returns:
         The checkpoint's ``extra.pt`` (step, data position, RNG states, config).
@@ -286,6 +290,12 @@ def load_sharded(path: Path | str, model: nn.Module, optimizer: torch.optim.Opti
         model_state, optimizer_state = get_state_dict(model, optimizer)
         state = {"model": model_state, "optimizer": optimizer_state}
     saved = _check_same_model(path, state["model"])
+    for name in list(tensors or {}):
+        assert tensors is not None
+        if any(key.startswith(f"{name}.") for key in saved):
+            state[name] = tensors[name]
+        else:
+            del tensors[name]
     if optimizer is not None:  # parameters that never had a gradient when it was saved have no Adam state there
         state["optimizer"]["state"] = {name: value for name, value in state["optimizer"]["state"].items()
                                        if any(key.startswith(f"optimizer.state.{name}.") for key in saved)}

@@ -13,6 +13,7 @@ import math
 import random
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,7 @@ from clipforge.train.distributed import (
     broadcast_parameters,
     gather_objects,
 )
+from clipforge.train.ema import WeightEma
 from clipforge.train.eval_sets import any_due, check_eval_sets, check_head_sets, evaluate_eval_sets, headline_keys
 from clipforge.train.evaluate import EvalSet, build_eval_sets, evaluate_languages, similarity_matrix
 from clipforge.train.fsdp import clip_grad_norm, replicated_parameters, report_memory, shard_model, whole_model
@@ -191,17 +193,23 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None,
     if runtime.is_main and not remote:
         remove_stale_temp_files(checkpoint_dir)  # left by saves that were killed; no save is running now
     checkpoints = ShardedCheckpoints(checkpoint_dir, runtime, config.keep_checkpoints, config.fsdp.async_checkpoint)
+    ema = WeightEma(model, config.ema) if config.ema is not None else None
     if resume is not None:
         checkpoint_path = resolve_remote(resume, str(checkpoint_dir)) if remote else \
             resolve_checkpoint(resume, checkpoint_dir)
         if checkpoint_path is not None:
+            averaged = {"ema": ema.state_dict()} if ema is not None else {}  # read in place
             if remote or Path(checkpoint_path).is_dir():  # Distributed Checkpoint, read into this run's sharding
-                state = load_sharded(checkpoint_path, model, optimizer)
+                state = load_sharded(checkpoint_path, model, optimizer, averaged)
             else:
                 check_whole_checkpoint(checkpoint_path, model)
                 state = load_checkpoint(checkpoint_path, device)
                 model.load_state_dict(state["model"])
                 optimizer.load_state_dict(state["optimizer"])
+                if ema is not None:
+                    ema.load_state_dict(state["ema"]) if "ema" in state else averaged.clear()
+            if ema is not None and not averaged and runtime.is_main:
+                print("warning: the checkpoint holds no weight average: ema starts from the resumed weights")
             _warn_config_change(state["config"], config_to_dict(config), runtime)
             start_step = state["step"]
             restore_rng(state["rng"], runtime, config.seed, start_step)
@@ -232,6 +240,8 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None,
     loss_fn = LOSSES[config.loss]
     if config.loss_chunk_size is not None:
         loss_fn = functools.partial(loss_fn, chunk_size=config.loss_chunk_size)
+    if config.label_smoothing:
+        loss_fn = functools.partial(loss_fn, label_smoothing=config.label_smoothing)
     trim = config.trim_text and config.classifier is None
     accum = config.accum_steps
     result = TrainResult(run_dir, start_step, checkpoint=checkpoint_path)
@@ -269,6 +279,8 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None,
         loss_sum += loss
         n_logged += 1
         done = step + 1
+        if ema is not None:
+            ema.update(model, done)
         result.step = done
         bar.update(1)
 
@@ -290,30 +302,34 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None,
         synthetic_due = isinstance(config.data, SyntheticDataConfig) and (
             (config.eval.every and done % config.eval.every == 0) or done == config.steps)
         sets_due = any_due(config.eval.sets, config.eval.every, done, config.steps)
-        # FSDP: the ranks gather the whole weights into one copy on rank 0, which evaluates (collective).
-        whole = whole_model(model, runtime, fsdp) if synthetic_due or sets_due else None
-        if eval_sets and synthetic_due:
-            result.eval = evaluate_languages(whole, eval_sets, text_processor, device)
-            metrics.log(done, result.eval)
-            bar.write(f"step {done}: " + ", ".join(f"{k} {v:.3f}" for k, v in result.eval.items()))
-        if sets_due:
-            if runtime.is_main:
-                named = evaluate_eval_sets(whole, real_sets, eval_tf, text_processor, device, done, config.steps,
-                                           config.eval.every)
-                result.eval = {**result.eval, **named}
-                metrics.log(done, named)
-                bar.write(f"step {done}: " + ", ".join(f"{k} {v:.3f}" for k, v in named.items()))
-            barrier(runtime)
-            t_log = time.perf_counter()  # evaluation time is not training throughput
+        # FSDP: the ranks gather the whole weights into one copy on rank 0, which evaluates (collective). With
+        # ``ema`` the averaged weights are evaluated.
+        with ema.swapped_in(model) if ema is not None and (synthetic_due or sets_due) else nullcontext():
+            whole = whole_model(model, runtime, fsdp) if synthetic_due or sets_due else None
+            if eval_sets and synthetic_due:
+                result.eval = evaluate_languages(whole, eval_sets, text_processor, device)
+                metrics.log(done, result.eval)
+                bar.write(f"step {done}: " + ", ".join(f"{k} {v:.3f}" for k, v in result.eval.items()))
+            if sets_due:
+                if runtime.is_main:
+                    named = evaluate_eval_sets(whole, real_sets, eval_tf, text_processor, device, done, config.steps,
+                                               config.eval.every)
+                    result.eval = {**result.eval, **named}
+                    metrics.log(done, named)
+                    bar.write(f"step {done}: " + ", ".join(f"{k} {v:.3f}" for k, v in named.items()))
+                barrier(runtime)
+                t_log = time.perf_counter()  # evaluation time is not training throughput
         if (config.checkpoint_every and done % config.checkpoint_every == 0) or done == config.steps:
             result.checkpoint = _save(checkpoint_dir, done, model, optimizer, config, runtime, data,
-                                      checkpoints if fsdp else None)
+                                      checkpoints if fsdp else None, ema)
         if eval_sets and config.eval.every and done % config.eval.every == 0:
             t_log = time.perf_counter()  # evaluation time is not training throughput
     bar.close()
     metrics.close()
     checkpoints.wait()  # an asynchronous save still in flight becomes ``latest`` once complete
 
+    if ema is not None:  # the final model is the average
+        ema.copy_to(model)
     model = whole_model(model, runtime, fsdp)  # rank 0: the whole weights (FSDP gathers them; collective)
     if runtime.is_main:
         export_model(model, text_processor, run_dir / "final")
@@ -334,7 +350,8 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None,
 
 
 def _save(directory: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-          config: TrainConfig, runtime: Runtime, data: TrainData, sharded: ShardedCheckpoints | None) -> Path:
+          config: TrainConfig, runtime: Runtime, data: TrainData, sharded: ShardedCheckpoints | None,
+          ema: WeightEma | None) -> Path | str:
     """Writes a training checkpoint with every rank's RNGs and data position; all ranks return its path.
 
     ``parallel: ddp``: rank 0 writes one file. ``fsdp`` (``sharded``): every rank writes its shard (``dcp``)."""
@@ -345,11 +362,12 @@ def _save(directory: Path, step: int, model: torch.nn.Module, optimizer: torch.o
     extra = {"step": step, "schedule": {"step": step, **config_to_dict(config.schedule)},
              "data": {**data_state, "seed": config.seed}, "rng": rngs, "config": config_to_dict(config),
              "model_config": to_dict(model.config)}
+    averaged = {"ema": ema.state_dict()} if ema is not None else {}
     if sharded is not None:
-        return sharded.save(step, model, optimizer, extra)
+        return sharded.save(step, model, optimizer, extra, averaged)
     path = directory / f"step_{step:08d}.pt"
     if runtime.is_main:
-        state = {**extra, "model": model.state_dict(), "optimizer": optimizer.state_dict()}
+        state = {**extra, "model": model.state_dict(), "optimizer": optimizer.state_dict(), **averaged}
         path = save_checkpoint(directory, step, state, keep=config.keep_checkpoints)
     barrier(runtime)
     return path

@@ -21,7 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from clipforge.train.chunked_loss import check_chunk_size, chunked_clip_loss, chunked_siglip_loss, siglip_block_sum
+from clipforge.train.chunked_loss import (
+    check_chunk_size,
+    chunked_clip_loss,
+    chunked_siglip_loss,
+    clip_block_sum,
+    siglip_block_sum,
+)
 from clipforge.train.distributed import Runtime, ring_shift
 
 
@@ -35,6 +41,7 @@ def clip_loss(
     text_columns: torch.Tensor | None = None,
     offset: int = 0,
     chunk_size: int | None = None,
+    label_smoothing: float = 0.0,
 ) -> torch.Tensor:
     """Symmetric InfoNCE (CLIP paper, Figure 3): cross-entropy over rows and over columns, averaged.
 
@@ -51,6 +58,8 @@ def clip_loss(
         chunk_size: Compute the loss ``chunk_size`` rows at a time against all columns, each block's logits
             recomputed in the backward pass: memory O(chunk_size · M) instead of O(N · M), the same loss and
             gradients. ``None`` (or a chunk of at least N rows): the plain computation.
+        label_smoothing: Label smoothing of the contrastive targets: each row's target keeps ``1 − ε`` on its pair and
+            spreads ``ε`` uniformly over the M columns (``F.cross_entropy``'s ``label_smoothing``); 0: one-hot.
 
     Returns:
         The scalar loss, averaged over the N rows of both directions.
@@ -62,13 +71,9 @@ def clip_loss(
     text_columns = text_features if text_columns is None else text_columns
     if chunk_size is not None and not _fits(chunk_size, image_features):
         return chunked_clip_loss(image_features, text_features, logit_scale, logit_bias, image_columns, text_columns,
-                                 offset, chunk_size)
-    logits_per_image = logit_scale * image_features @ text_columns.T  # (N, M)
-    logits_per_text = logit_scale * text_features @ image_columns.T  # (N, M)
-    if logit_bias is not None:
-        logits_per_image, logits_per_text = logits_per_image + logit_bias, logits_per_text + logit_bias
-    labels = torch.arange(offset, offset + image_features.shape[0], device=image_features.device)
-    return (F.cross_entropy(logits_per_image.float(), labels) + F.cross_entropy(logits_per_text.float(), labels)) / 2
+                                 offset, chunk_size, label_smoothing)
+    return clip_block_sum(image_features, text_features, text_columns, image_columns, logit_scale, logit_bias,
+                          offset=offset, label_smoothing=label_smoothing) / (2 * image_features.shape[0])
 
 
 def siglip_loss(
