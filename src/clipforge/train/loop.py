@@ -206,8 +206,10 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None,
                 state = load_checkpoint(checkpoint_path, device)
                 model.load_state_dict(state["model"])
                 optimizer.load_state_dict(state["optimizer"])
-                if ema is not None:
-                    ema.load_state_dict(state["ema"]) if "ema" in state else averaged.clear()
+                if ema is not None and "ema" in state:
+                    ema.load_state_dict(state["ema"])
+                elif ema is not None:
+                    averaged.clear()
             if ema is not None and not averaged and runtime.is_main:
                 print("warning: the checkpoint holds no weight average: ema starts from the resumed weights")
             _warn_config_change(state["config"], config_to_dict(config), runtime)
@@ -271,9 +273,10 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None,
                                     local_loss=config.local_loss, exchange=config.siglip_exchange, lock=config.lock,
                                     autocast=amp, distill=distill)
         all_reduce_gradients(reduced, runtime)
-        if o.grad_clip is not None:
-            clip_grad_norm(trainable, o.grad_clip, runtime) if fsdp else torch.nn.utils.clip_grad_norm_(trainable,
-                                                                                                         o.grad_clip)
+        if o.grad_clip is not None and fsdp:
+            clip_grad_norm(trainable, o.grad_clip, runtime)  # sharded gradients: the norm is summed across ranks
+        elif o.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(trainable, o.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         loss_sum += loss
