@@ -82,20 +82,30 @@ class MLP(nn.Module):
         return self.proj(self.act(self.fc(x)))
 
 
+def drop_path(branch: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
+    """Stochastic depth: ``branch`` (B, ...) zeroed for a random ``rate`` of the samples, the rest scaled by
+    ``1 / (1 − rate)`` so the expectation is unchanged; ``branch`` itself when not training or ``rate`` is 0."""
+    if not training or rate == 0.0:
+        return branch
+    keep = torch.empty((branch.shape[0],) + (1,) * (branch.ndim - 1), device=branch.device, dtype=branch.dtype)
+    return branch * keep.bernoulli_(1.0 - rate) / (1.0 - rate)
+
+
 class Block(nn.Module):
-    """Pre-norm residual attention block."""
+    """Pre-norm residual attention block; ``drop_path`` drops its two branches per sample at training time."""
 
     def __init__(self, width: int, heads: int, mlp_ratio: float, act: Callable[[], nn.Module], causal: bool = False,
-                 norm_eps: float = 1e-5):
+                 norm_eps: float = 1e-5, drop_path: float = 0.0):
         super().__init__()
         self.ln_1 = nn.LayerNorm(width, eps=norm_eps)
         self.attn = Attention(width, heads, causal)
         self.ln_2 = nn.LayerNorm(width, eps=norm_eps)
         self.mlp = MLP(width, int(width * mlp_ratio), act)
+        self.drop_path = drop_path
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), key_mask)
-        x = x + self.mlp(self.ln_2(x))
+        x = x + drop_path(self.attn(self.ln_1(x), key_mask), self.drop_path, self.training)
+        x = x + drop_path(self.mlp(self.ln_2(x)), self.drop_path, self.training)
         return x
 
 
@@ -110,12 +120,14 @@ class Transformer(nn.Module):
         act: Activation constructor.
         causal: Causal self-attention (text) or full (images).
         norm_eps: LayerNorm epsilon.
+        drop_path: Stochastic depth of the last block; block ``i`` of ``L`` drops at ``drop_path · i / (L − 1)``.
     """
 
     def __init__(self, width: int, layers: int, heads: int, mlp_ratio: float, act: Callable[[], nn.Module],
-                 causal: bool = False, norm_eps: float = 1e-5):
+                 causal: bool = False, norm_eps: float = 1e-5, drop_path: float = 0.0):
         super().__init__()
-        self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio, act, causal, norm_eps) for _ in range(layers))
+        rates = [drop_path * i / max(layers - 1, 1) for i in range(layers)]
+        self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio, act, causal, norm_eps, rate) for rate in rates)
         self.grad_checkpointing = False
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
