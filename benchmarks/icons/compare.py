@@ -1,0 +1,323 @@
+"""The icon benchmark, side by side: OpenCLIP's trainer and clipforge's recipes on the same shards (issue #20).
+
+Every run trains the same model shape on the same training shards of a ``benchmarks/icons/build.py`` output, for
+the same number of samples (steps × batch), one process per run, one run after another; then clipforge's own
+evaluator scores it on the cross-style zero-shot, cross-style retrieval and unseen-concept zero-shot folders.
+
+    python benchmarks/icons/build.py --cache /tmp/icons-cache --out /tmp/icons-out --sizes 64 \\
+        --sets ph tabler lucide bi --workers 2 --cross-style-classes eval
+    python benchmarks/icons/compare.py --data /tmp/icons-out --work /tmp/icons-compare --seeds 0 1 2
+
+Rows: ``openclip`` (``open_clip_train.main`` with a model config written from the clipforge preset, read back
+and scored by ``clipforge eval``), ``clipforge`` (the plain CLIP recipe), ``+label_smoothing``, ``+ema``,
+``+label_smoothing+ema``. Prints JSON: per row and seed the three scores and the training wall time, the mean
+± std per row, and each row's means as ratios to OpenCLIP's.
+
+What is kept the same: shape, shards, samples seen, batch, AdamW's lr/betas/eps/weight decay, warm-up and cosine
+schedule, gradient clipping, fp32, the training crop (RandomResizedCrop 0.9–1.0 of the area on both sides),
+the evaluator. What differs (OpenCLIP's webdataset reader cannot do otherwise): its ``pilrgb`` decoder drops
+alpha (the icons would be black on black), so it reads a copy of the shards with each PNG composited on white
+(clipforge's rule for transparent images), and it takes the whole ``.txt`` as one caption, so the copy holds
+one seeded caption line per sample and pass (``--passes`` copies of each image, each with its own line), where
+clipforge draws a line per read. OpenCLIP also exempts gains and biases from weight decay; clipforge's optimiser
+groups are its own. Seeds change initialisation and data order on both sides; the data split is the build's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+EVAL_SETS = {"cross_style": ("zeroshot", "cross_style_zeroshot"),
+             "cross_style_retrieval": ("retrieval", "cross_style_retrieval"),
+             "unseen_concepts": ("zeroshot", "unseen_concepts_zeroshot")}
+METRICS = {"cross_style_top1": "cross_style/acc1", "unseen_concepts_top1": "unseen_concepts/acc1",
+           "retrieval_image_r1": "cross_style_retrieval/image_retrieval_recall@1",
+           "retrieval_text_r1": "cross_style_retrieval/text_retrieval_recall@1"}
+# Rows of clipforge recipes: train-config overrides on top of the shared base.
+RECIPES: dict[str, dict[str, Any]] = {
+    "clipforge": {},
+    "clipforge+label_smoothing": {"label_smoothing": 0.1},
+    "clipforge+ema": {"ema": {"decay": 0.99, "start_step": 100}},
+    "clipforge+label_smoothing+ema": {"label_smoothing": 0.1, "ema": {"decay": 0.99, "start_step": 100}},
+}
+ROWS = ("openclip", *RECIPES)
+OPEN_CLIP_MODEL = "clipforge-icons"
+CLIPFORGE = str(Path(sys.executable).parent / "clipforge")  # the entry point of the running environment
+
+
+def model_config(preset: str, overrides: dict[str, Any]) -> Any:
+    """The clipforge ``CLIPConfig`` of ``preset`` with ``overrides`` (the train config's ``model_overrides``)."""
+    from clipforge.models.factory import build_config
+
+    return build_config(preset, **overrides)
+
+
+def write_open_clip_config(config: Any, folder: Path, name: str = OPEN_CLIP_MODEL) -> Path:
+    """Writes ``<folder>/<name>.json``: open_clip's model config for clipforge's ``config`` (the same shape)."""
+    from clipforge.checkpoints.open_clip import open_clip_model_cfg
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
+    path.write_text(json.dumps(open_clip_model_cfg(config), indent=1), encoding="utf-8")
+    return path
+
+
+def white_rgb_png(data: bytes) -> bytes:
+    """A PNG composited on white and saved as RGB (clipforge's alpha rule), for a reader that drops alpha."""
+    from PIL import Image
+
+    image: Image.Image = Image.open(io.BytesIO(data))
+    image.load()
+    if image.mode != "RGB":
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba).convert("RGB")
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+def open_clip_shards(train_dir: Path, out_dir: Path, passes: int, seed: int = 0) -> tuple[list[Path], int]:
+    """Copies the training shards for OpenCLIP's reader: white-composited RGB PNGs, one caption line a sample.
+
+    Each source shard becomes ``passes`` shards; pass ``p`` holds every sample once, captioned with one line of
+    its ``.txt`` drawn by a generator seeded with (``seed``, shard, pass).
+
+    Returns:
+        The written shard paths and the number of samples in them.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sources = sorted(train_dir.glob("*.tar"))
+    if not sources:
+        raise ValueError(f"{train_dir}: no .tar shards (expected a build.py '<size>px/train' folder)")
+    written: list[Path] = []
+    count = 0
+    for p in range(passes):
+        for source in sources:
+            rng = random.Random(f"{seed}/{source.name}/{p}")
+            target = out_dir / f"{len(written):05d}.tar"
+            with tarfile.open(source) as src, tarfile.open(target, "w") as dst:
+                for member in src.getmembers():
+                    f = src.extractfile(member)
+                    if f is None:
+                        continue
+                    data, stem, ext = f.read(), *member.name.split(".", 1)
+                    if ext == "png":
+                        data = white_rgb_png(data)
+                    elif ext == "txt":
+                        lines = [line for line in data.decode("utf-8").splitlines() if line.strip()]
+                        data = rng.choice(lines).encode("utf-8")
+                        count += 1
+                    info = tarfile.TarInfo(f"{p}{stem}.{ext}")  # keys unique across passes
+                    info.size = len(data)
+                    dst.addfile(info, io.BytesIO(data))
+            written.append(target)
+    return written, count
+
+
+def base_train_config(data: Path, size: int, preset: str, overrides: dict[str, Any], steps: int, batch_size: int,
+                      lr: float, weight_decay: float, warmup: int) -> dict[str, Any]:
+    """The train config every clipforge row starts from (a recipe adds its keys)."""
+    folder = data / f"{size}px"
+    sets = [{"name": name, "task": task, "data": str(folder / "eval" / sub), "every": 0}
+            for name, (task, sub) in EVAL_SETS.items()]
+    return {
+        "model": preset, "model_overrides": overrides,
+        "data": {"kind": "shards", "urls": str(folder / "train"), "augment": True, "num_workers": 0},
+        "optim": {"lr": lr, "weight_decay": weight_decay, "betas": [0.9, 0.98], "eps": 1e-6, "grad_clip": 1.0},
+        "schedule": {"warmup_steps": warmup},
+        "eval": {"every": 0, "sets": sets},
+        "steps": steps, "batch_size": batch_size, "log_every": 50, "checkpoint_every": 0,
+        "channels_last": True, "precision": "fp32", "plots": False, "report_to": [],
+    }
+
+
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``extra``'s keys (nested dicts merged)."""
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def final_metrics(run_dir: Path) -> dict[str, float]:
+    """The last record's scores in ``<run>/metrics.jsonl`` (the end-of-run evaluation)."""
+    found: dict[str, float] = {}
+    for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        for short, key in METRICS.items():
+            if key in record:
+                found[short] = float(record[key])
+    missing = sorted(set(METRICS) - set(found))
+    if missing:
+        raise RuntimeError(f"{run_dir}/metrics.jsonl: no {missing} (did the end-of-run evaluation run?)")
+    return found
+
+
+def run_clipforge(config: dict[str, Any], run_dir: Path, seed: int, threads: int) -> dict[str, float]:
+    """Trains one clipforge row in its own process; returns its scores and ``train_s`` (the process's wall time)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    import yaml
+
+    path = run_dir / "train.yaml"
+    path.write_text(yaml.safe_dump({**config, "seed": seed, "output_dir": str(run_dir)}), encoding="utf-8")
+    start = time.perf_counter()
+    run([CLIPFORGE, "train", "--config", str(path), "--device", "cpu",
+         "--threads", str(threads)], run_dir / "train.log")
+    return {**final_metrics(run_dir), "train_s": round(time.perf_counter() - start, 1)}
+
+
+def run(command: list[str], log: Path, env: dict[str, str] | None = None) -> None:
+    """Runs ``command`` with stdout and stderr in ``log``; raises naming the log when it fails."""
+    with log.open("w", encoding="utf-8") as f:
+        done = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    if done.returncode:
+        tail = log.read_text(encoding="utf-8", errors="replace").replace("\r", "\n").splitlines()[-15:]
+        raise RuntimeError(f"{' '.join(command[:4])} ... failed ({done.returncode}); {log}:\n" + "\n".join(tail))
+
+
+def open_clip_command(shards: list[Path], samples: int, config_path: Path, logs: Path, seed: int, batch_size: int,
+                      lr: float, weight_decay: float, warmup: int, threads: int) -> list[str]:
+    """``open_clip_train.main`` for one epoch of ``samples``, with the model config registered first."""
+    first, last = shards[0].stem, shards[-1].stem
+    pattern = str(shards[0].parent / f"{{{first}..{last}}}.tar")
+    launcher = ("import sys, torch, open_clip; torch.set_num_threads(int(sys.argv[1])); "
+                "open_clip.add_model_config(sys.argv[2]); from open_clip_train.main import main; main(sys.argv[3:])")
+    return [sys.executable, "-c", launcher, str(threads), str(config_path),
+            "--train-data", pattern, "--dataset-type", "webdataset", "--train-num-samples", str(samples),
+            "--epochs", "1", "--batch-size", str(batch_size), "--lr", str(lr), "--wd", str(weight_decay),
+            "--warmup", str(warmup), "--beta1", "0.9", "--beta2", "0.98", "--eps", "1e-6",
+            "--grad-clip-norm", "1.0", "--precision", "fp32", "--device", "cpu", "--workers", "1",
+            "--seed", str(seed), "--logs", str(logs), "--name", f"seed{seed}", "--save-frequency", "1",
+            "--zeroshot-frequency", "0", "--val-frequency", "0", "--report-to", "", "--log-every-n-steps", "50",
+            "--model", config_path.stem]
+
+
+def run_open_clip(shards: list[Path], samples: int, config: Any, work: Path, seed: int, batch_size: int,
+                  lr: float, weight_decay: float, warmup: int, threads: int, data: Path, size: int,
+                  pythonpath: str) -> dict[str, float]:
+    """Trains the OpenCLIP row in its own process, then scores its checkpoint with ``clipforge eval``."""
+    shutil.rmtree(work / "logs", ignore_errors=True)  # open_clip refuses to overwrite an experiment
+    work.mkdir(parents=True, exist_ok=True)
+    config_path = write_open_clip_config(config, work / "model_configs")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (pythonpath, os.environ.get("PYTHONPATH")) if p)}
+    command = open_clip_command(shards, samples, config_path, work / "logs", seed, batch_size, lr, weight_decay,
+                                warmup, threads)
+    start = time.perf_counter()
+    run(command, work / "train.log", env)
+    train_s = round(time.perf_counter() - start, 1)
+    checkpoint = work / "logs" / f"seed{seed}" / "checkpoints" / "epoch_1.pt"
+    # Beside the checkpoint, open_clip's config tells clipforge's reader the heads and the activation.
+    (checkpoint.parent / "open_clip_config.json").write_text(config_path.read_text(encoding="utf-8"), "utf-8")
+    scores: dict[str, float] = {}
+    for name, (task, sub) in EVAL_SETS.items():
+        out = work / f"{name}.json"
+        run([CLIPFORGE, "eval", task, "--model", str(checkpoint), "--allow-pickle",
+             "--data", str(data / f"{size}px" / "eval" / sub), "--output", str(out), "--device", "cpu",
+             "--no-progress"], work / f"eval_{name}.log")
+        metrics = json.loads(out.read_text(encoding="utf-8"))["metrics"]
+        for short, key in METRICS.items():
+            prefix, metric = key.split("/")
+            if prefix == name:
+                scores[short] = float(metrics[metric])
+    checkpoint.unlink()  # 1 epoch of optimiser state: not needed once scored
+    return {**scores, "train_s": train_s}
+
+
+def summarise(results: dict[str, list[dict[str, float]]], anchor: str = "openclip") -> dict[str, Any]:
+    """Mean and sample std (n − 1; 0 for one seed) per row and score, and each row's means over ``anchor``'s.
+
+    Args:
+        results: Row name → one dict of scores per seed.
+        anchor: The row the ratios divide by (a ratio is null where the anchor's mean is 0).
+    """
+    summary: dict[str, Any] = {}
+    for row, seeds in results.items():
+        keys = [k for k in seeds[0] if all(k in s for s in seeds)] if seeds else []
+        stats = {}
+        for k in keys:
+            values = [s[k] for s in seeds]
+            std = statistics.stdev(values) if len(values) > 1 else 0.0
+            stats[k] = {"mean": statistics.fmean(values), "std": std, "n": len(values)}
+        summary[row] = stats
+    if anchor in summary:
+        for row, stats in summary.items():
+            ratios = {}
+            for k, s in stats.items():
+                base = summary[anchor].get(k, {}).get("mean")
+                ratios[k] = None if not base else s["mean"] / base
+            summary[row] = {**stats, "ratio_to_" + anchor: ratios}
+    return summary
+
+
+def main() -> None:
+    """Parses arguments, runs every row and seed, prints the JSON."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path, required=True, help="a build.py --out folder")
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--work", type=Path, required=True, help="runs and OpenCLIP's shard copy (outside the repo)")
+    p.add_argument("--model", default="tiny-rn", help="a clipforge CLIP preset (tiny-rn, tiny-vit)")
+    p.add_argument("--text-layers", type=int, default=2, help="text tower depth (the quickstart's 2)")
+    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--weight-decay", type=float, default=0.1)
+    p.add_argument("--warmup", type=int, default=30)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--open-clip-pythonpath", default="",
+                   help="folders with open_clip_train's missing imports (webdataset, braceexpand, a pandas stub)")
+    args = p.parse_args()
+
+    overrides = {"text": {"layers": args.text_layers}}
+    config = model_config(args.model, overrides)
+    samples = args.steps * args.batch_size
+    train_dir = args.data / f"{args.size}px" / "train"
+    pairs = json.loads((args.data / "manifest.json").read_text(encoding="utf-8"))["data"][str(args.size)]["train"]
+    passes = math.ceil(samples / pairs["pairs"])
+    base = base_train_config(args.data, args.size, args.model, overrides, args.steps, args.batch_size, args.lr,
+                             args.weight_decay, args.warmup)
+    results: dict[str, list[dict[str, float]]] = {}
+    started = time.perf_counter()
+    shards: list[Path] = []
+    for seed in args.seeds:  # seeds outside: an interrupted run still has every row of its first seeds
+        for row in args.rows:
+            if row == "openclip":
+                if not shards:
+                    shards, count = open_clip_shards(train_dir, args.work / "open_clip_shards", passes)
+                    if count < samples:
+                        raise ValueError(f"{train_dir}: {count} samples for OpenCLIP, fewer than the {samples} budget")
+                scores = run_open_clip(shards, samples, config, args.work / "openclip" / f"seed{seed}", seed,
+                                       args.batch_size, args.lr, args.weight_decay, args.warmup, args.threads,
+                                       args.data, args.size, args.open_clip_pythonpath)
+            else:
+                scores = run_clipforge(merge(base, RECIPES[row]), args.work / row / f"seed{seed}", seed,
+                                       args.threads)
+            results.setdefault(row, []).append({"seed": seed, **scores})
+            print(f"[compare] {row} seed {seed}: {scores}", file=sys.stderr, flush=True)
+    per_seed = {row: [{k: v for k, v in s.items() if k != "seed"} for s in seeds] for row, seeds in results.items()}
+    print(json.dumps({
+        "model": args.model, "model_overrides": overrides, "image_size": args.size, "steps": args.steps,
+        "batch_size": args.batch_size, "samples": samples, "train_pairs": pairs["pairs"], "seeds": args.seeds,
+        "recipes": {row: RECIPES.get(row, "open_clip_train.main") for row in args.rows},
+        "results": results, "summary": summarise(per_seed), "wall_s": round(time.perf_counter() - started, 1),
+    }, indent=1))
+
+
+if __name__ == "__main__":
+    main()
