@@ -60,7 +60,8 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-@pytest.mark.parametrize("parallel", ["fsdp", pytest.param("ddp", marks=pytest.mark.slow)])
+@pytest.mark.slow  # ~40 s a case; the SLURM test below is the default run's torchrun smoke test
+@pytest.mark.parametrize("parallel", ["fsdp", "ddp"])
 def test_torchrun_restarts_a_killed_worker_and_finishes_like_an_uninterrupted_run(parallel: str, tmp_path: Path,
                                                                                    free_port: int):
     overrides = [*RUN, "steps=40", "checkpoint_every=4", f"parallel={parallel}"]
@@ -89,6 +90,7 @@ def test_torchrun_restarts_a_killed_worker_and_finishes_like_an_uninterrupted_ru
     assert _max_difference(run_dir, reference) <= 1e-5
 
 
+@pytest.mark.slow
 def test_two_nodes_meet_by_c10d_rendezvous_and_train_like_one_process(tmp_path: Path, free_port: int):
     overrides = [*RUN, "steps=3", "parallel=fsdp"]
     reference = _reference(tmp_path, overrides)
