@@ -20,6 +20,7 @@ in fp32, with and without columns and offset, and SigLIP's ``negatives_only``).
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +31,15 @@ def check_chunk_size(chunk_size: int) -> None:
     """Raises ValueError unless ``chunk_size`` is a positive int (not a bool)."""
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
         raise ValueError(f"chunk_size: expected a positive number of rows or None, got {chunk_size!r}")
+
+
+def _sum_blocks(block: Callable[[int, int], torch.Tensor], n: int, chunk_size: int) -> torch.Tensor:
+    """``Σ block(start, stop)`` over the row blocks ``[start, stop)`` of ``chunk_size`` rows (the last may be short)."""
+    check_chunk_size(chunk_size)
+    total = block(0, min(n, chunk_size)).float()  # on the features' device
+    for start in range(chunk_size, n, chunk_size):
+        total = total + block(start, min(n, start + chunk_size))
+    return total
 
 
 def chunked_clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
@@ -51,15 +61,12 @@ def chunked_clip_loss(image_features: torch.Tensor, text_features: torch.Tensor,
     Returns:
         The scalar loss: the mean over the N rows of both directions' cross-entropies, halved.
     """
-    check_chunk_size(chunk_size)
-    n = image_features.shape[0]
-    total = image_features.new_zeros((), dtype=torch.float32)
-    for start in range(0, n, chunk_size):
-        stop = min(n, start + chunk_size)
-        block = functools.partial(clip_block_sum, offset=offset + start, label_smoothing=label_smoothing)
-        total = total + checkpoint(block, image_features[start:stop], text_features[start:stop], text_columns,
-                                   image_columns, logit_scale, logit_bias, use_reentrant=False)
-    return total / (2 * n)
+    def block(start: int, stop: int) -> torch.Tensor:
+        score = functools.partial(clip_block_sum, offset=offset + start, label_smoothing=label_smoothing)
+        return checkpoint(score, image_features[start:stop], text_features[start:stop], text_columns, image_columns,
+                          logit_scale, logit_bias, use_reentrant=False)
+
+    return _sum_blocks(block, image_features.shape[0], chunk_size) / (2 * image_features.shape[0])
 
 
 def clip_block_sum(image_rows: torch.Tensor, text_rows: torch.Tensor, text_columns: torch.Tensor,
@@ -92,15 +99,12 @@ def chunked_siglip_loss(image_features: torch.Tensor, logit_scale: torch.Tensor,
     Returns:
         The scalar loss: the sum over columns, averaged over the N rows.
     """
-    check_chunk_size(chunk_size)
-    n = image_features.shape[0]
-    total = image_features.new_zeros((), dtype=torch.float32)
-    for start in range(0, n, chunk_size):
-        stop = min(n, start + chunk_size)
-        block = functools.partial(siglip_block_sum, offset=offset + start, negatives_only=negatives_only)
-        total = total + checkpoint(block, image_features[start:stop], text_columns, logit_scale, logit_bias,
-                                   use_reentrant=False)
-    return total / n
+    def block(start: int, stop: int) -> torch.Tensor:
+        score = functools.partial(siglip_block_sum, offset=offset + start, negatives_only=negatives_only)
+        return checkpoint(score, image_features[start:stop], text_columns, logit_scale, logit_bias,
+                          use_reentrant=False)
+
+    return _sum_blocks(block, image_features.shape[0], chunk_size) / image_features.shape[0]
 
 
 def siglip_block_sum(image_rows: torch.Tensor, text_columns: torch.Tensor, logit_scale: torch.Tensor,
