@@ -9,9 +9,16 @@ evaluator scores it on the cross-style zero-shot, cross-style retrieval and unse
     python benchmarks/icons/compare.py --data /tmp/icons-out --work /tmp/icons-compare --seeds 0 1 2
 
 Rows: ``openclip`` (``open_clip_train.main`` with a model config written from the clipforge preset, read back
-and scored by ``clipforge eval``), ``clipforge`` (the plain CLIP recipe), ``+label_smoothing``, ``+ema``,
-``+label_smoothing+ema``. Prints JSON: per row and seed the three scores and the training wall time, the mean
-± std per row, and each row's means as ratios to OpenCLIP's.
+and scored by ``clipforge eval``; always available) and the rows of ``recipes.yaml`` beside this script (or
+``--recipes PATH``): each top-level key a row, its value train-config keys merged over the shared base
+(:func:`row_config`). Three keys are the runner's, not the train config's: ``anchor`` (the row its ratios divide
+by; default ``openclip``), and ``model`` / ``model_overrides``, which replace the base's model and overrides
+whole when given. A ``model_overrides`` mapping is not merged into the base's ``{text: {layers: N}}``: CLIPPO rows
+(``model: clippo-tiny``, one tower, no text tower) give ``model_overrides: {}``, and a CLIP row that changes
+its overrides restates the text depth. CLIPPO's 96 px model reads the 64 px shards resized by its transforms.
+Prints JSON: per row and seed the three scores and the training wall time, the mean ± std per row, and each
+row's means as ratios to its anchor's (``ratio_to_<anchor>``), so CLIPPO rows compare with the plain ``clippo``
+row and CLIP rows with OpenCLIP's. ``curve.py`` runs the same rows on the build's learning-curve subsets.
 
 What is kept the same: shape, shards, samples seen, batch, AdamW's lr/betas/eps/weight decay, warm-up and cosine
 schedule, gradient clipping, fp32, the training crop (RandomResizedCrop 0.9–1.0 of the area on both sides),
@@ -26,6 +33,7 @@ groups are its own. Seeds change initialisation and data order on both sides; th
 from __future__ import annotations
 
 import argparse
+import copy
 import io
 import json
 import math
@@ -37,6 +45,8 @@ import subprocess
 import sys
 import tarfile
 import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,14 +57,9 @@ EVAL_SETS = {"cross_style": ("zeroshot", "cross_style_zeroshot"),
 METRICS = {"cross_style_top1": "cross_style/acc1", "unseen_concepts_top1": "unseen_concepts/acc1",
            "retrieval_image_r1": "cross_style_retrieval/image_retrieval_recall@1",
            "retrieval_text_r1": "cross_style_retrieval/text_retrieval_recall@1"}
-# Rows of clipforge recipes: train-config overrides on top of the shared base.
-RECIPES: dict[str, dict[str, Any]] = {
-    "clipforge": {},
-    "clipforge+label_smoothing": {"label_smoothing": 0.1},
-    "clipforge+ema": {"ema": {"decay": 0.99, "start_step": 100}},
-    "clipforge+label_smoothing+ema": {"label_smoothing": 0.1, "ema": {"decay": 0.99, "start_step": 100}},
-}
-ROWS = ("openclip", *RECIPES)
+OPENCLIP = "openclip"  # the row OpenCLIP's trainer runs: not in the recipes file
+RECIPES_PATH = Path(__file__).resolve().with_name("recipes.yaml")
+RUNNER_KEYS = ("anchor", "model", "model_overrides")  # a row's keys that are the runner's, not the train config's
 OPEN_CLIP_MODEL = "clipforge-icons"
 CLIPFORGE = str(Path(sys.executable).parent / "clipforge")  # the entry point of the running environment
 
@@ -154,6 +159,60 @@ def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def load_recipes(path: Path = RECIPES_PATH) -> dict[str, dict[str, Any]]:
+    """The rows of a recipes file, in its order: row name → its keys (an empty or null value: the base alone).
+
+    Raises:
+        ValueError: naming the file and the row: not a mapping, a row named ``openclip`` (OpenCLIP's trainer, always
+            a row), a ``model`` that is not a name, a ``model_overrides`` that is not a mapping, or an ``anchor``
+            that is neither ``openclip`` nor a row of the file.
+        FileNotFoundError: ``path`` does not exist.
+    """
+    import yaml
+
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of row name → train-config keys, got {type(data).__name__}")
+    rows: dict[str, dict[str, Any]] = {}
+    for name, keys in data.items():
+        where = f"{path}: row {name!r}"
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"{where}: a row name must be a non-empty string")
+        if name == OPENCLIP:
+            raise ValueError(f"{where}: {OPENCLIP!r} is OpenCLIP's trainer, always a row; name file rows otherwise")
+        keys = {} if keys is None else keys
+        if not isinstance(keys, dict):
+            raise ValueError(f"{where}: expected a mapping of train-config keys, got {type(keys).__name__}")
+        if "model" in keys and not isinstance(keys["model"], str):
+            raise ValueError(f"{where}: model must be a preset name, got {keys['model']!r}")
+        if "model_overrides" in keys and not isinstance(keys["model_overrides"], dict):
+            raise ValueError(f"{where}: model_overrides must be a mapping (it replaces the base's), "
+                             f"got {keys['model_overrides']!r}")
+        rows[name] = keys
+    for name, keys in rows.items():
+        anchor = keys.get("anchor", OPENCLIP)
+        if anchor != OPENCLIP and anchor not in rows:
+            raise ValueError(f"{path}: row {name!r}: anchor {anchor!r} is not a row (rows: {[OPENCLIP, *rows]})")
+    return rows
+
+
+def anchor_of(row: str, recipes: Mapping[str, Mapping[str, Any]]) -> str:
+    """The row ``row``'s ratios divide by: its ``anchor`` key, else ``openclip`` (whose anchor is itself)."""
+    return str(recipes.get(row, {}).get("anchor", OPENCLIP))
+
+
+def row_config(base: dict[str, Any], recipe: Mapping[str, Any]) -> dict[str, Any]:
+    """The train config of one row: ``recipe``'s train-config keys merged over ``base`` (nested dicts merged, as
+    :func:`merge` does); its ``model`` and ``model_overrides`` replace the base's whole (a mapping of overrides is
+    not merged: ``{}`` drops the base's text depth, which a one-tower CLIPPO model has no tower for); ``anchor`` is
+    left out."""
+    config = merge(base, {k: v for k, v in recipe.items() if k not in RUNNER_KEYS})
+    for key in ("model", "model_overrides"):
+        if key in recipe:
+            config[key] = copy.deepcopy(recipe[key])
+    return config
+
+
 def final_metrics(run_dir: Path) -> dict[str, float]:
     """The last record's scores in ``<run>/metrics.jsonl`` (the end-of-run evaluation)."""
     found: dict[str, float] = {}
@@ -238,14 +297,17 @@ def run_open_clip(shards: list[Path], samples: int, config: Any, work: Path, see
     return {**scores, "train_s": train_s}
 
 
-def summarise(results: dict[str, list[dict[str, float]]], anchor: str = "openclip") -> dict[str, Any]:
-    """Mean and sample std (n − 1; 0 for one seed) per row and score, and each row's means over ``anchor``'s.
+def summarise(results: Mapping[str, list[dict[str, float]]], anchor: str = OPENCLIP,
+              anchors: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Mean and sample std (n − 1; 0 for one seed) per row and score, and each row's means over its anchor's.
 
     Args:
         results: Row name → one dict of scores per seed.
-        anchor: The row the ratios divide by (a ratio is null where the anchor's mean is 0).
+        anchor: The row the ratios divide by, for rows ``anchors`` does not name.
+        anchors: Row name → the row its ratios divide by (``ratio_to_<anchor>``; null where the anchor's mean is 0;
+            left out where the anchor has no results).
     """
-    summary: dict[str, Any] = {}
+    stats_of: dict[str, dict[str, dict[str, float]]] = {}
     for row, seeds in results.items():
         keys = [k for k in seeds[0] if all(k in s for s in seeds)] if seeds else []
         stats = {}
@@ -253,69 +315,160 @@ def summarise(results: dict[str, list[dict[str, float]]], anchor: str = "opencli
             values = [s[k] for s in seeds]
             std = statistics.stdev(values) if len(values) > 1 else 0.0
             stats[k] = {"mean": statistics.fmean(values), "std": std, "n": len(values)}
-        summary[row] = stats
-    if anchor in summary:
-        for row, stats in summary.items():
+        stats_of[row] = stats
+    summary: dict[str, Any] = {}
+    for row, stats in stats_of.items():
+        summary[row] = dict(stats)
+        base_row = (anchors or {}).get(row, anchor)
+        if base_row in stats_of:
             ratios = {}
             for k, s in stats.items():
-                base = summary[anchor].get(k, {}).get("mean")
+                base = stats_of[base_row].get(k, {}).get("mean")
                 ratios[k] = None if not base else s["mean"] / base
-            summary[row] = {**stats, "ratio_to_" + anchor: ratios}
+            summary[row]["ratio_to_" + base_row] = ratios
     return summary
 
 
-def main() -> None:
-    """Parses arguments, runs every row and seed, prints the JSON."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", type=Path, required=True, help="a build.py --out folder")
+@dataclass(frozen=True)
+class Setup:
+    """What every row and seed of a comparison shares: the build, the model shape, the budget and the optimiser."""
+
+    data: Path
+    size: int = 64
+    model: str = "tiny-rn"
+    text_layers: int = 2
+    steps: int = 400
+    batch_size: int = 64
+    lr: float = 5e-4
+    weight_decay: float = 0.1
+    warmup: int = 30
+    threads: int = 2
+    open_clip_pythonpath: str = ""
+    overrides: dict[str, Any] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "overrides", {"text": {"layers": self.text_layers}})
+
+    @property
+    def samples(self) -> int:
+        """The sample budget of every run: steps × batch."""
+        return self.steps * self.batch_size
+
+    def base_config(self, train_dir: Path) -> dict[str, Any]:
+        """The base train config (:func:`base_train_config`) reading its training shards from ``train_dir``."""
+        base = base_train_config(self.data, self.size, self.model, self.overrides, self.steps, self.batch_size,
+                                 self.lr, self.weight_decay, self.warmup)
+        base["data"]["urls"] = str(train_dir)
+        return base
+
+
+def open_clip_inputs(train_dir: Path, out_dir: Path, pairs: int, samples: int) -> list[Path]:
+    """OpenCLIP's copy of ``train_dir`` (:func:`open_clip_shards`) with enough passes for ``samples``, written once:
+    a ``done.json`` in ``out_dir`` naming the same source and passes is reused.
+
+    Raises:
+        ValueError: The copy holds fewer samples than the budget (``pairs`` is wrong for ``train_dir``).
+    """
+    passes = math.ceil(samples / pairs)
+    done = out_dir / "done.json"
+    want = {"train_dir": str(train_dir.resolve()), "passes": passes}
+    if done.exists():
+        record = json.loads(done.read_text(encoding="utf-8"))
+        if {k: record.get(k) for k in want} == want:
+            return [out_dir / name for name in record["shards"]]
+    shutil.rmtree(out_dir, ignore_errors=True)
+    shards, count = open_clip_shards(train_dir, out_dir, passes)
+    if count < samples:
+        raise ValueError(f"{train_dir}: {count} samples for OpenCLIP, fewer than the {samples} budget")
+    done.write_text(json.dumps({**want, "count": count, "shards": [p.name for p in shards]}), encoding="utf-8")
+    return shards
+
+
+def run_row(setup: Setup, row: str, recipes: Mapping[str, Mapping[str, Any]], train_dir: Path, pairs: int,
+            work: Path, seed: int) -> dict[str, float]:
+    """Trains and scores one row and seed on the ``pairs`` training pairs in ``train_dir``, in ``work/<row>/seed<s>``
+    (OpenCLIP's shard copy in ``work/open_clip_shards``); returns the scores and ``train_s``."""
+    if row == OPENCLIP:
+        shards = open_clip_inputs(train_dir, work / "open_clip_shards", pairs, setup.samples)
+        return run_open_clip(shards, setup.samples, model_config(setup.model, setup.overrides),
+                             work / OPENCLIP / f"seed{seed}", seed, setup.batch_size, setup.lr, setup.weight_decay,
+                             setup.warmup, setup.threads, setup.data, setup.size, setup.open_clip_pythonpath)
+    config = row_config(setup.base_config(train_dir), recipes[row])
+    return run_clipforge(config, work / row / f"seed{seed}", seed, setup.threads)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments ``compare.py`` and ``curve.py`` share: the build, the rows, the shape, the budget, the seeds."""
+    p.add_argument("--data", type=Path, help="a build.py --out folder")
     p.add_argument("--size", type=int, default=64)
-    p.add_argument("--work", type=Path, required=True, help="runs and OpenCLIP's shard copy (outside the repo)")
-    p.add_argument("--model", default="tiny-rn", help="a clipforge CLIP preset (tiny-rn, tiny-vit)")
-    p.add_argument("--text-layers", type=int, default=2, help="text tower depth (the quickstart's 2)")
+    p.add_argument("--work", type=Path, help="runs and OpenCLIP's shard copy (outside the repo)")
+    p.add_argument("--recipes", type=Path, default=RECIPES_PATH, help="the rows' file (default: recipes.yaml here)")
+    p.add_argument("--rows", nargs="+", help=f"{OPENCLIP} and rows of --recipes (default: all of them)")
+    p.add_argument("--model", default="tiny-rn", help="the base's clipforge CLIP preset (tiny-rn, tiny-vit)")
+    p.add_argument("--text-layers", type=int, default=2, help="the base's text tower depth (the quickstart's 2)")
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--weight-decay", type=float, default=0.1)
     p.add_argument("--warmup", type=int, default=30)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--open-clip-pythonpath", default="",
                    help="folders with open_clip_train's missing imports (webdataset, braceexpand, a pandas stub)")
-    args = p.parse_args()
 
-    overrides = {"text": {"layers": args.text_layers}}
-    config = model_config(args.model, overrides)
-    samples = args.steps * args.batch_size
+
+def parse_setup(p: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[Setup, dict[str, dict[str, Any]]]:
+    """The shared setup and the recipes file's rows; sets ``args.rows`` (default: every row). Exits through
+    ``p.error`` naming the argument: no ``--data``/``--work``, a bad recipes file, a row not in it."""
+    if args.data is None or args.work is None:
+        p.error("--data and --work are required")
+    try:
+        recipes = load_recipes(args.recipes)
+    except (ValueError, OSError) as e:
+        p.error(f"argument --recipes: {e}")
+    choices = [OPENCLIP, *recipes]
+    args.rows = args.rows or choices
+    unknown = [r for r in args.rows if r not in choices]
+    if unknown:
+        p.error(f"argument --rows: invalid choice: {unknown} (choose from {choices})")
+    for row in args.rows:
+        anchor = anchor_of(row, recipes)
+        if anchor not in args.rows:
+            print(f"[compare] {row}'s anchor {anchor} is not among --rows: no ratio_to_{anchor}", file=sys.stderr)
+    setup = Setup(args.data, args.size, args.model, args.text_layers, args.steps, args.batch_size, args.lr,
+                  args.weight_decay, args.warmup, args.threads, args.open_clip_pythonpath)
+    return setup, recipes
+
+
+def describe(setup: Setup, rows: Sequence[str], recipes: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The JSON's header: the shared setup and each row's keys (``open_clip_train.main`` for OpenCLIP's)."""
+    return {"model": setup.model, "model_overrides": setup.overrides, "image_size": setup.size, "steps": setup.steps,
+            "batch_size": setup.batch_size, "samples": setup.samples,
+            "recipes": {row: recipes[row] if row != OPENCLIP else "open_clip_train.main" for row in rows},
+            "anchors": {row: anchor_of(row, recipes) for row in rows}}
+
+
+def main() -> None:
+    """Parses arguments, runs every row and seed, prints the JSON."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_arguments(p)
+    args = p.parse_args()
+    setup, recipes = parse_setup(p, args)
     train_dir = args.data / f"{args.size}px" / "train"
     pairs = json.loads((args.data / "manifest.json").read_text(encoding="utf-8"))["data"][str(args.size)]["train"]
-    passes = math.ceil(samples / pairs["pairs"])
-    base = base_train_config(args.data, args.size, args.model, overrides, args.steps, args.batch_size, args.lr,
-                             args.weight_decay, args.warmup)
     results: dict[str, list[dict[str, float]]] = {}
     started = time.perf_counter()
-    shards: list[Path] = []
     for seed in args.seeds:  # seeds outside: an interrupted run still has every row of its first seeds
         for row in args.rows:
-            if row == "openclip":
-                if not shards:
-                    shards, count = open_clip_shards(train_dir, args.work / "open_clip_shards", passes)
-                    if count < samples:
-                        raise ValueError(f"{train_dir}: {count} samples for OpenCLIP, fewer than the {samples} budget")
-                scores = run_open_clip(shards, samples, config, args.work / "openclip" / f"seed{seed}", seed,
-                                       args.batch_size, args.lr, args.weight_decay, args.warmup, args.threads,
-                                       args.data, args.size, args.open_clip_pythonpath)
-            else:
-                scores = run_clipforge(merge(base, RECIPES[row]), args.work / row / f"seed{seed}", seed,
-                                       args.threads)
+            scores = run_row(setup, row, recipes, train_dir, pairs["pairs"], args.work, seed)
             results.setdefault(row, []).append({"seed": seed, **scores})
             print(f"[compare] {row} seed {seed}: {scores}", file=sys.stderr, flush=True)
     per_seed = {row: [{k: v for k, v in s.items() if k != "seed"} for s in seeds] for row, seeds in results.items()}
+    anchors = {row: anchor_of(row, recipes) for row in args.rows}
     print(json.dumps({
-        "model": args.model, "model_overrides": overrides, "image_size": args.size, "steps": args.steps,
-        "batch_size": args.batch_size, "samples": samples, "train_pairs": pairs["pairs"], "seeds": args.seeds,
-        "recipes": {row: RECIPES.get(row, "open_clip_train.main") for row in args.rows},
-        "results": results, "summary": summarise(per_seed), "wall_s": round(time.perf_counter() - started, 1),
+        **describe(setup, args.rows, recipes), "train_pairs": pairs["pairs"], "seeds": args.seeds,
+        "results": results, "summary": summarise(per_seed, anchors=anchors),
+        "wall_s": round(time.perf_counter() - started, 1),
     }, indent=1))
 
 

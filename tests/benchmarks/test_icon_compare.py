@@ -95,21 +95,135 @@ def test_open_clip_shards_needs_tars(compare: ModuleType, tmp_path: Path) -> Non
         compare.open_clip_shards(tmp_path, tmp_path / "out", passes=1)
 
 
-def test_train_config_and_recipes(compare: ModuleType, tmp_path: Path) -> None:
-    from clipforge.config import from_dict
-    from clipforge.train.config import TrainConfig
-
+def test_base_train_config(compare: ModuleType, tmp_path: Path) -> None:
     base = compare.base_train_config(tmp_path, 64, "tiny-rn", {"text": {"layers": 2}}, 400, 64, 5e-4, 0.1, 30)
     assert base["data"] == {"kind": "shards", "urls": str(tmp_path / "64px" / "train"), "augment": True,
                             "num_workers": 0}
     assert {s["name"] for s in base["eval"]["sets"]} == set(compare.EVAL_SETS)
-    for row, extra in compare.RECIPES.items():
-        merged = compare.merge(base, extra)
-        assert merged["optim"] == base["optim"] and merged["steps"] == 400, row
-        config = from_dict(TrainConfig, {**merged, "eval": {"every": 0}})  # the folders do not exist here
-        assert config.label_smoothing == extra.get("label_smoothing", 0.0)
-        assert (config.ema is None) == ("ema" not in extra)
+    assert compare.Setup(tmp_path).base_config(tmp_path / "64px" / "train") == base
     assert compare.merge({"a": {"b": 1, "c": 2}}, {"a": {"c": 3}}) == {"a": {"b": 1, "c": 3}}
+
+
+def _contains(full: Any, part: Any) -> bool:
+    """Whether ``part``'s keys and values are all in ``full`` (nested; lists and tuples alike)."""
+    if isinstance(part, dict):
+        return isinstance(full, dict) and all(k in full and _contains(full[k], v) for k, v in part.items())
+    if isinstance(part, (list, tuple)):
+        return isinstance(full, (list, tuple)) and len(full) == len(part) and all(map(_contains, full, part))
+    return bool(full == part)
+
+
+def _load_rows() -> dict[str, Any]:
+    import yaml
+
+    return yaml.safe_load((ROOT / "benchmarks" / "icons" / "recipes.yaml").read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("row", list(_load_rows()))
+def test_recipes_file_row_makes_a_train_config(compare: ModuleType, row: str, tmp_path: Path) -> None:
+    """Every row of recipes.yaml, merged over the base, is a config ``clipforge train --config`` accepts."""
+    import yaml
+
+    from clipforge.train.config import config_to_dict, load_config
+
+    recipes = compare.load_recipes()
+    assert list(recipes) == list(_load_rows()) and compare.OPENCLIP not in recipes
+    recipe = recipes[row]
+    base = compare.Setup(tmp_path).base_config(tmp_path / "64px" / "train")
+    merged = compare.row_config(base, recipe)
+    assert "anchor" not in merged and merged["steps"] == 400 and merged["data"]["kind"] == "shards"
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump({**merged, "seed": 0, "output_dir": str(tmp_path / "run")}), encoding="utf-8")
+    config = load_config(path)  # what `clipforge train --config` does; the model config is built and checked
+    assert config.model == recipe.get("model", "tiny-rn")
+    assert config.model_overrides == recipe.get("model_overrides", {"text": {"layers": 2}})
+    resolved = config_to_dict(config)
+    for key, value in recipe.items():
+        if key not in compare.RUNNER_KEYS:
+            assert _contains(resolved[key], value), (row, key, resolved[key], value)
+    anchor = compare.anchor_of(row, recipes)
+    assert anchor == recipe.get("anchor", "openclip") and (anchor == "openclip" or anchor in recipes)
+    if config.model_config().family == "clippo":
+        assert anchor != "openclip"  # a one-tower row compares with the plain CLIPPO row
+
+
+def test_row_config_merges_and_replaces(compare: ModuleType, tmp_path: Path) -> None:
+    base = compare.Setup(tmp_path, text_layers=3).base_config(tmp_path / "sub")
+    before = json.dumps(base, sort_keys=True)
+    merged = compare.row_config(base, {"label_smoothing": 0.1, "optim": {"lr": 1e-3}, "anchor": "x"})
+    assert merged["optim"] == {**base["optim"], "lr": 1e-3}  # nested dicts merged
+    assert merged["label_smoothing"] == 0.1 and "anchor" not in merged
+    assert merged["model"] == "tiny-rn" and merged["model_overrides"] == {"text": {"layers": 3}}
+    assert merged["data"]["urls"] == str(tmp_path / "sub")
+    clippo = compare.row_config(base, {"model": "clippo-tiny", "model_overrides": {}, "anchor": "clippo"})
+    assert clippo["model"] == "clippo-tiny" and clippo["model_overrides"] == {}  # replaced, not merged
+    siglip = compare.row_config(base, {"model_overrides": {"init_logit_bias": -10.0}})
+    assert siglip["model_overrides"] == {"init_logit_bias": -10.0}  # the base's text depth is gone too
+    assert json.dumps(base, sort_keys=True) == before  # the base is not changed
+    recipes = {"c": {"anchor": "c"}, "d": {}}
+    assert [compare.anchor_of(r, recipes) for r in ("c", "d", "openclip")] == ["c", "openclip", "openclip"]
+
+
+@pytest.mark.parametrize(("text", "match"), [
+    ("openclip: {}\n", "always a row"),
+    ("a: {anchor: b}\n", "anchor 'b' is not a row"),
+    ("a: {model_overrides: [1]}\n", "model_overrides must be a mapping"),
+    ("a: {model: 3}\n", "model must be a preset name"),
+    ("a: [1, 2]\n", "row 'a': expected a mapping"),
+    ("- a\n", "expected a mapping of row name"),
+])
+def test_load_recipes_refuses(compare: ModuleType, tmp_path: Path, text: str, match: str) -> None:
+    path = tmp_path / "recipes.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ValueError, match=match):
+        compare.load_recipes(path)
+
+
+def test_rows_come_from_the_recipes_file(compare: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import argparse
+
+    path = tmp_path / "rows.yaml"
+    path.write_text("plain:\nsmooth: {label_smoothing: 0.1}\nclippo: {anchor: clippo, model: clippo-tiny}\n",
+                    encoding="utf-8")
+    assert compare.load_recipes(path)["plain"] == {}
+
+    def parse(*argv: str) -> tuple[argparse.Namespace, Any]:
+        p = argparse.ArgumentParser()
+        compare.add_arguments(p)
+        args = p.parse_args(["--data", str(tmp_path), "--work", str(tmp_path / "w"), "--recipes", str(path), *argv])
+        return args, compare.parse_setup(p, args)
+
+    args, (setup, recipes) = parse("--steps", "10", "--batch-size", "8")
+    assert args.rows == ["openclip", "plain", "smooth", "clippo"] and setup.samples == 80
+    header = compare.describe(setup, args.rows, recipes)
+    assert header["recipes"] == {"openclip": "open_clip_train.main", "plain": {}, "smooth": {"label_smoothing": 0.1},
+                                 "clippo": {"anchor": "clippo", "model": "clippo-tiny"}}
+    assert header["anchors"] == {"openclip": "openclip", "plain": "openclip", "smooth": "openclip",
+                                 "clippo": "clippo"}
+    args, _ = parse("--rows", "smooth")
+    assert args.rows == ["smooth"] and "no ratio_to_openclip" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse("--rows", "clipforge+ema")  # a row of the default file, not of this one
+    assert "invalid choice: ['clipforge+ema']" in capsys.readouterr().err
+
+
+def test_open_clip_inputs_written_once(compare: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = tmp_path / "train"
+    src.mkdir()
+    _write_tar(src / "00000.tar", {f"{k:08d}": (_png((0, 0, 0, 255)), "ring") for k in range(3)})
+    shards = compare.open_clip_inputs(src, tmp_path / "out", pairs=3, samples=7)  # 3 passes of 3 pairs
+    assert len(shards) == 3 and all(p.exists() for p in shards)
+
+    def fail(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("rewritten")
+
+    monkeypatch.setattr(compare, "open_clip_shards", fail)
+    assert compare.open_clip_inputs(src, tmp_path / "out", pairs=3, samples=9) == shards  # the same 3 passes
+    with pytest.raises(AssertionError, match="rewritten"):
+        compare.open_clip_inputs(src, tmp_path / "out", pairs=3, samples=10)  # 4 passes: a new copy
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="fewer than the 40 budget"):
+        compare.open_clip_inputs(src, tmp_path / "out2", pairs=10, samples=40)  # the pairs are not 10
 
 
 def test_open_clip_command_budget(compare: ModuleType, tmp_path: Path) -> None:
@@ -136,6 +250,18 @@ def test_summarise_maths(compare: ModuleType) -> None:
     zero = compare.summarise({"openclip": [{"acc": 0.0}], "x": [{"acc": 0.2}]})
     assert zero["x"]["ratio_to_openclip"]["acc"] is None
     assert "ratio_to_openclip" not in compare.summarise({"x": [{"acc": 0.2}]})["x"]
+
+
+def test_summarise_divides_by_each_rows_anchor(compare: ModuleType) -> None:
+    results = {"openclip": [{"acc": 0.1}], "clipforge": [{"acc": 0.3}], "clippo": [{"acc": 0.2}],
+               "clippo+x": [{"acc": 0.5}]}
+    summary = compare.summarise(results, anchors={"clippo": "clippo", "clippo+x": "clippo"})
+    assert summary["clipforge"]["ratio_to_openclip"]["acc"] == pytest.approx(3.0)
+    assert summary["clippo+x"]["ratio_to_clippo"]["acc"] == pytest.approx(2.5)
+    assert summary["clippo"]["ratio_to_clippo"]["acc"] == pytest.approx(1.0)
+    assert "ratio_to_openclip" not in summary["clippo+x"] and "ratio_to_clippo" not in summary["clipforge"]
+    alone = compare.summarise({"clippo+x": [{"acc": 0.5}]}, anchors={"clippo+x": "clippo"})
+    assert set(alone["clippo+x"]) == {"acc"}  # no anchor results: no ratio
 
 
 def test_final_metrics_reads_last_record(compare: ModuleType, tmp_path: Path) -> None:
