@@ -109,7 +109,8 @@ class DecodeLimits:
         min_side: Smallest width or height; below: ``bad_size``.
         max_aspect: Largest ratio of the longer side to the shorter (banners, 1-pixel lines); beyond: ``bad_size``.
         alpha: ``white``: composite transparent images on white; ``drop``: discard the alpha channel
-            (OpenAI's ``convert("RGB")``; see the module docstring).
+            (OpenAI's ``convert("RGB")``; see the module docstring); ``keep``: hand transparent images on as RGBA
+            (training's ``augment.backgrounds`` composites them itself, ``clipforge.data.augment``).
         formats: The image formats decoded (PIL's names); any other, even one PIL could open (PSD, ICO, EPS,
             TGA, ...), is ``not_image``. Each extra format is extra parser surface for hostile bytes.
         max_image_bytes: Largest encoded image (a file is checked before it is read); beyond: ``too_large``.
@@ -123,7 +124,7 @@ class DecodeLimits:
     max_pixels: int = 64_000_000
     min_side: int = 8
     max_aspect: float = 20.0
-    alpha: Literal["white", "drop"] = "white"
+    alpha: Literal["white", "drop", "keep"] = "white"
     formats: tuple[str, ...] = FORMATS
     max_image_bytes: int = 100_000_000
     max_text_bytes: int = 65_536
@@ -143,8 +144,8 @@ class DecodeLimits:
         bad = [f"{k}={v}" for k, v in sizes.items() if v <= 0]
         if bad:
             raise ValueError(f"{', '.join(bad)}: must be positive")
-        if self.alpha not in ALPHA_RULES:
-            raise ValueError(f"alpha must be one of {ALPHA_RULES}, got {self.alpha!r}")
+        if self.alpha not in (*ALPHA_RULES, "keep"):
+            raise ValueError(f"alpha must be one of {(*ALPHA_RULES, 'keep')}, got {self.alpha!r}")
         Image.init()
         unknown = [f for f in self.formats if f not in Image.OPEN]
         if unknown or not self.formats:
@@ -236,7 +237,7 @@ def decode_image(data: bytes, limits: DecodeLimits, min_size: int | None = None)
         min_size: The smallest shorter side the caller needs; ``None`` decodes at full size.
 
     Returns:
-        The decoded RGB image.
+        The decoded RGB image (RGBA for a transparent one under ``limits.alpha="keep"``).
 
     Raises:
         BadSample: With the reason (see the module docstring); never another ``Exception``.
@@ -249,11 +250,19 @@ def decode_image(data: bytes, limits: DecodeLimits, min_size: int | None = None)
                 image.draft("RGB", (min_size, min_size))  # both sides stay >= min_size
             image.load()
             image = _reduce(image, min_size) if min_size is not None else image
-            return image if image.mode == "RGB" else to_rgb(image, limits.alpha)
+            if image.mode == "RGB":
+                return image
+            return keep_alpha(image) if limits.alpha == "keep" else to_rgb(image, limits.alpha)
     except (Image.DecompressionBombError, MemoryError) as e:
         raise BadSample("too_large", _describe(e)) from None
     except Exception as e:  # every decoder failure is the sample's, never the run's
         raise _failure(e) from None
+
+
+def keep_alpha(image: Image.Image) -> Image.Image:
+    """A transparent image (RGBA, LA, P with a transparency index) as RGBA; any other as RGB."""
+    transparent = image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info)
+    return image.convert("RGBA" if transparent else "RGB")
 
 
 def _failure(error: Exception) -> BadSample:

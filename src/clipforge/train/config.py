@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from clipforge.config import ConfigError, apply_overrides, from_dict, load_yaml, save_yaml, to_dict
+from clipforge.data.augment import AugmentConfig, TextAugmentConfig
 from clipforge.data.config import DataConfig, ShardsDataConfig, SyntheticDataConfig
 from clipforge.models.config import ModelConfig
 from clipforge.models.factory import build_config
@@ -24,6 +25,7 @@ from clipforge.train.classify import ClassifierConfig
 from clipforge.train.ema import EmaConfig
 from clipforge.train.eval_sets import EvalSetConfig, check_set_names
 from clipforge.train.finetune_config import DistillConfig, UnlockConfig
+from clipforge.train.self_supervised import DeclipConfig, SlipConfig
 from clipforge.train.wise_ft import WiseFTConfig
 
 
@@ -226,6 +228,12 @@ class TrainConfig:
             ``start_step``), evaluated during training and exported as the final model.
         report_to: Where metrics go besides ``metrics.jsonl``: ``tensorboard`` (when installed) and ``wandb``
             (the ``wandb`` extra; ``WANDB_MODE=offline`` keeps it local).
+        augment: Caption-preserving image augmentation in place of the plain random crop (``clipforge.data.augment``:
+            crop scale, rotation, flips without left/right words, colour jitter and backgrounds for transparent
+            images without colour words); needs ``data.augment: true``.
+        text_augment: Tag dropout and shuffling and template mixing of tag-style captions (``clipforge.data.augment``).
+        slip: SLIP's SimCLR loss on two more views of each image (``clipforge.train.self_supervised``).
+        declip: DeCLIP's multi-view and nearest-neighbour supervision (``clipforge.train.self_supervised``).
     """
 
     model: str = "tiny-vit"
@@ -266,6 +274,10 @@ class TrainConfig:
     channels_last: bool = False
     label_smoothing: float = 0.0
     ema: EmaConfig | None = None
+    augment: AugmentConfig | None = None
+    text_augment: TextAugmentConfig | None = None
+    slip: SlipConfig | None = None
+    declip: DeclipConfig | None = None
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "accum_steps", "log_every", "keep_checkpoints"):
@@ -313,12 +325,39 @@ class TrainConfig:
                               "one binary target per pair")
         if self.parallel == "fsdp":
             self._check_fsdp()
+        self._check_recipes()
         if self.checkpoint_dir is not None and self.parallel != "fsdp" and "://" in self.checkpoint_dir and \
                 not self.checkpoint_dir.startswith("file://"):
             raise ConfigError(f"checkpoint_dir={self.checkpoint_dir!r}: checkpoints at a URL are written with "
                               "Distributed Checkpoint: set parallel: fsdp (it runs on one process too)")
         if self.starts_from_preset():  # a checkpoint's architecture is checked when ``prepare`` reads it
             self.check_model(self.model_config())
+
+    def _check_recipes(self) -> None:
+        """The small-data recipes need per-sample CPU augmentation and one plain step (``self_supervised``)."""
+        recipes = {"augment": self.augment, "text_augment": self.text_augment, "slip": self.slip,
+                   "declip": self.declip}
+        given = [name for name, on in recipes.items() if on is not None]
+        if not given:
+            return
+        if self.augment is not None and not self.data.augment:
+            raise ConfigError("augment: the caption-preserving augmentation replaces data.augment's random crop: "
+                              "set data.augment: true")
+        if getattr(self.data, "gpu_decode", False):
+            raise ConfigError(f"{', '.join(given)}: augment each sample on the CPU: set data.gpu_decode: false")
+        if self.classifier is not None or self.text_pairs.fraction:
+            raise ConfigError(f"{', '.join(given)}: the small-data recipes train on image–caption pairs, not with "
+                              "classifier or text_pairs")
+        ssl = [name for name in ("slip", "declip") if recipes[name] is not None]
+        if not ssl:
+            return
+        conflicts = {"accum_steps > 1": self.accum_steps > 1, "parallel: fsdp": self.parallel == "fsdp",
+                     "lock: image": self.lock == "image", "distill": self.distill.teacher is not None,
+                     "siglip_exchange: ring": self.siglip_exchange == "ring"}
+        bad = [name for name, on in conflicts.items() if on]
+        if bad:
+            raise ConfigError(f"{' and '.join(ssl)} run one plain step over the extra views: not with "
+                              f"{', '.join(bad)}")
 
     def _check_fsdp(self) -> None:
         """``parallel: fsdp`` shards the weights: options that need every weight whole on one rank are refused."""

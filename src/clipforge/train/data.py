@@ -29,6 +29,7 @@ them on the device as batches arrive.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import random
 from collections import Counter
@@ -42,6 +43,7 @@ from PIL import Image
 
 from clipforge.config import ConfigError
 from clipforge.data import build_source
+from clipforge.data.augment import AugmentTransform, SampleRecipe, batch_extras
 from clipforge.data.config import DataConfig, SyntheticDataConfig
 from clipforge.data.decode import DEFAULT_LIMITS, as_bad_sample, decode_image, decode_text, pick_caption
 from clipforge.data.device_decode import DeviceJPEGDecoder, device_decode_unavailable, jpeg_size
@@ -87,12 +89,16 @@ class StepBatches(torch.utils.data.Dataset):
             ``floor((j + 1) f) > floor(j f)``, which spreads the slots evenly over the batch (and the ranks).
             Image–caption samples fill the other slots in stream order, pairs follow their own order.
         group_start: The first global batch that keeps a source's groups together (see ``source``).
+        recipe: The small-data recipes' per-sample augmentation and extra views (``clipforge.data.augment``), used
+            in place of ``transform`` when given (with ``augment``).
     """
 
     def __init__(self, source: Sequence[tuple[Image.Image, Any]], transform: Callable, text_processor: Callable,
                  batch_size: int, seed: int, rank: int = 0, world_size: int = 1, augment: bool = True,
-                 pairs: Sequence[tuple[str, str]] | None = None, pair_fraction: float = 0.0, group_start: int = 0):
+                 pairs: Sequence[tuple[str, str]] | None = None, pair_fraction: float = 0.0, group_start: int = 0,
+                 recipe: SampleRecipe | None = None):
         self.source, self.transform, self.text_processor = source, transform, text_processor
+        self.recipe = recipe if augment else None
         self.group_start = group_start
         self.batch_size, self.seed, self.augment = batch_size, seed, augment
         local = batch_size // world_size
@@ -116,7 +122,7 @@ class StepBatches(torch.utils.data.Dataset):
         return 2**62  # indexed by step; the sampler decides which steps are drawn
 
     def __getitem__(self, step: int) -> Batch:
-        images, captions, skipped, pair_rows, firsts = [], [], Counter(), [], []
+        images, captions, skipped, pair_rows, firsts, extras = [], [], Counter(), [], [], []
         image_slots = self.batch_size - self.pairs_per_batch
         for row, j in enumerate(self.positions):
             if self.is_pair_slot(j):
@@ -128,18 +134,26 @@ class StepBatches(torch.utils.data.Dataset):
                 continue
             p = step * image_slots + j - math.floor((j + 1) * self.pair_fraction)  # the image–caption stream
             rng = random.Random(self.seed * 2**40 + p)
-            image, caption = self._sample(p, rng, skipped, grouped=step >= self.group_start)
-            images.append(self.transform(image, rng) if self.augment else self.transform(image))
+            image, texts = self._sample(p, rng, skipped, grouped=step >= self.group_start)
+            if self.recipe is not None:
+                tensor, caption, extra = self.recipe(image, texts, rng)
+                images.append(tensor)
+                extras.append(extra)
+            else:
+                caption = pick_caption(texts, rng)
+                images.append(self.transform(image, rng) if self.augment else self.transform(image))
             captions.append(caption)
         if firsts:
             rendered = rendered_images(self.text_processor.render, firsts, self.transform.mean, self.transform.std)
             for row, image in zip(pair_rows, rendered, strict=True):
                 images[row] = image
-        info = {"size": len(captions), "skipped": dict(skipped), "text_pairs": len(firsts)}
+        info = {"size": len(captions), "skipped": dict(skipped), "text_pairs": len(firsts),
+                **batch_extras(extras, self.text_processor)}
         return torch.stack(images), self.text_processor(captions), info
 
-    def _sample(self, p: int, rng: random.Random, skipped: Counter, grouped: bool = True) -> tuple[Image.Image, str]:
-        """The pair at global position ``p``, or (counting each bad one) the first good replacement."""
+    def _sample(self, p: int, rng: random.Random, skipped: Counter,
+                grouped: bool = True) -> tuple[Image.Image, list[str]]:
+        """The image and captions at global position ``p``, or (counting each bad one) the first good replacement."""
         n, group = len(self.source), getattr(self.source, "group_size", 1) if grouped else 1
         g, member = divmod(p, group)  # sources may declare groups of consecutive items to keep together
         groups = n // group
@@ -148,7 +162,7 @@ class StepBatches(torch.utils.data.Dataset):
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
                 image, text = self.source[index]
-                return image, pick_caption(decode_text(text, limits), rng)
+                return image, decode_text(text, limits)
             except Exception as e:  # the sample boundary: whatever one sample raises is counted (reason ``error``)
                 bad = as_bad_sample(e)
                 skipped[bad.reason] += 1
@@ -175,14 +189,16 @@ class ShardBatches(torch.utils.data.IterableDataset):
         seed: Seeds shard order, source choice, caption picks and crops.
         rank: This process's rank.
         world_size: Number of processes.
+        recipe: The small-data recipes' per-sample augmentation (as in ``StepBatches``).
 
     Raises:
         ValueError: in epoch mode, a source with fewer shards than readers (ranks × workers).
     """
 
     def __init__(self, source: ShardSource, transform: Callable, text_processor: Callable, batch_size: int,
-                 seed: int, rank: int, world_size: int):
+                 seed: int, rank: int, world_size: int, recipe: SampleRecipe | None = None):
         self.source, self.config = source, source.config
+        self.recipe = recipe if source.config.augment else None
         self.transform, self.text_processor = transform, text_processor
         self.local, self.seed, self.rank, self.world_size = batch_size // world_size, seed, rank, world_size
         self.sources = source.sources
@@ -213,18 +229,22 @@ class ShardBatches(torch.utils.data.IterableDataset):
                logical: int) -> Batch:
         """The next ``local`` usable samples of ``stream``, transformed, with their ``info``."""
         c = self.config
-        images, boxes, captions, keys, skipped = [], [], [], [], Counter()
+        images, boxes, captions, keys, skipped, extras = [], [], [], [], Counter(), []
         bad_shards, holes, bad_in_a_row = len(stats.bad_shards), stats.damaged_regions, 0
         while len(images) < self.local:
             index, sample = next(stream)
             rng = random.Random(f"{key}/{index}")  # the sample's own rng: replayed exactly on resume
             try:
                 data, texts = self.source.parts(sample)
-                caption = pick_caption(texts, rng)
-                if self.encoded:
+                if self.recipe is not None:
+                    image, caption, extra = self.recipe(self.source.decode(data), texts, rng)
+                    extras.append(extra)
+                elif self.encoded:
+                    caption = pick_caption(texts, rng)
                     image, box = self._encoded(data, rng)
                     boxes.append(box)
                 else:
+                    caption = pick_caption(texts, rng)
                     image = self.source.decode(data)
                     image = self.transform(image, rng) if c.augment else self.transform(image)
             except Exception as e:  # the sample boundary: whatever one sample raises is counted (reason ``error``)
@@ -246,7 +266,7 @@ class ShardBatches(torch.utils.data.IterableDataset):
         if stats.damaged_regions > holes:
             skipped["tar_holes"] = stats.damaged_regions - holes
         info = {"size": len(captions), "skipped": dict(skipped), "worker": logical, "position": stream.state(),
-                "keys": keys}
+                "keys": keys, **batch_extras(extras, self.text_processor)}
         if self.encoded:
             info["boxes"] = boxes if c.augment else None
             return images, self.text_processor(captions), info  # type: ignore[return-value]
@@ -281,6 +301,8 @@ class TrainData:
         text_pairs: CLIPPO's text/text pairs (a ``TextPairsConfig``); used when its ``fraction`` is > 0.
         classifier: A ``classifier`` run's head config: the batches' second item is then the class indices
             (``long``), not tokens; ``classnames`` holds the class order.
+        recipe: The small-data recipes' per-sample augmentation and extra views (``clipforge.data.augment``); its
+            backgrounds need transparent images as RGBA, so the source then decodes with ``alpha="keep"``.
 
     Raises:
         ConfigError: what ``config`` names on disk is missing (``clipforge.data.check_source``), or it names
@@ -290,7 +312,7 @@ class TrainData:
 
     def __init__(self, config: DataConfig, transform: Callable, text_processor: Callable, batch_size: int,
                  seed: int, runtime: Runtime, image_size: int, text_pairs: TextPairsConfig | None = None,
-                 classifier: ClassifierConfig | None = None):
+                 classifier: ClassifierConfig | None = None, recipe: SampleRecipe | None = None):
         prompts = getattr(config, "captions_from_labels", None)
         if is_labelled(config) and prompts is None and classifier is None:
             raise ConfigError("data: training needs captions; data.label_key and data.layout=classes name class "
@@ -298,6 +320,9 @@ class TrainData:
                               "or train a classifier head on them with classifier: (cross-entropy)")
         self.config, self.runtime, self.batch_size, self.seed = config, runtime, batch_size, seed
         self.batches: StepBatches | ShardBatches
+        if recipe is not None and isinstance(recipe.transform, AugmentTransform) and hasattr(config, "decode") \
+                and recipe.transform.config.backgrounds:  # the transform composites transparent images itself
+            config = dataclasses.replace(config, decode=dataclasses.replace(config.decode, alpha="keep"))
         source = build_source(config, image_size)  # checks what config names on disk first, before any work
         if classifier is not None:  # batches carry class indices where captions go (``clipforge.train.classify``)
             source = class_prompts(classifier, source, getattr(config, "path", ""), "classifier", as_labels=True)
@@ -308,7 +333,7 @@ class TrainData:
         self.class_templates: list[str] | None = getattr(source, "templates", None)
         if isinstance(source, ShardSource):
             self.batches = ShardBatches(source, transform, text_processor, batch_size, seed, runtime.rank,
-                                        runtime.world_size)
+                                        runtime.world_size, recipe)
         else:
             pairs = None
             if text_pairs is not None and text_pairs.fraction:
@@ -316,7 +341,7 @@ class TrainData:
             self.batches = StepBatches(source, transform, text_processor, batch_size, seed, runtime.rank,
                                        runtime.world_size, augment=config.augment, pairs=pairs,
                                        pair_fraction=text_pairs.fraction if pairs is not None else 0.0,
-                                       group_start=getattr(config, "contrast_start", 0))
+                                       group_start=getattr(config, "contrast_start", 0), recipe=recipe)
         self.used, self.skipped = 0, Counter()
         self.positions: dict[int, dict[str, Any]] = {}
         self.decoder = self._device_decoder(transform, runtime) if getattr(config, "gpu_decode", False) else None

@@ -23,7 +23,8 @@ import torch
 from tqdm import tqdm
 
 from clipforge.checkpoints.native import load_state_dict_into
-from clipforge.config import to_dict
+from clipforge.config import ConfigError, to_dict
+from clipforge.data.augment import AugmentTransform, SampleRecipe
 from clipforge.data.config import SyntheticDataConfig
 from clipforge.fs import filesystem, is_remote
 from clipforge.models.factory import build_model as build_model_from_config
@@ -67,6 +68,12 @@ from clipforge.train.metrics import (
 )
 from clipforge.train.optim import build_optimizer, lr_at, set_lr
 from clipforge.train.prepare import Prepared, prepare
+from clipforge.train.self_supervised import (
+    attach_recipe_heads,
+    image_views,
+    recipe_forward_backward,
+    without_recipe_heads,
+)
 from clipforge.train.wise_ft import run_sweep, start_snapshot
 from clipforge.transforms import model_transforms
 
@@ -144,6 +151,7 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None,
 
     # --- Model, optimiser, data. ---
     model, text_processor = build_model(prepared, device, config.model), prepared.text_processor
+    attach_recipe_heads(model, config.slip, config.declip)  # SLIP's projector, DeCLIP's queue (not exported)
     broadcast_parameters(model, runtime)
     torch.manual_seed(config.seed * 1009 + runtime.rank + 1)  # per-rank stream for random ops (patch dropout)
     if config.grad_checkpointing:
@@ -154,7 +162,8 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None,
     train_tf, eval_tf = model_transforms(model.config)
     image_size = model.config.vision.image_size
     data = TrainData(config.data, train_tf if config.data.augment else eval_tf, text_processor, config.batch_size,
-                     config.seed, runtime, image_size, text_pairs=config.text_pairs, classifier=config.classifier)
+                     config.seed, runtime, image_size, text_pairs=config.text_pairs, classifier=config.classifier,
+                     recipe=sample_recipe(config, train_tf))
     if config.classifier is not None:  # the head starts as the zero-shot classifier of the data's classes
         assert data.classnames is not None and data.class_templates is not None
         head = zero_shot_head(model, data.classnames, data.class_templates, eval_tf, text_processor, device,
@@ -253,6 +262,7 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None,
     bar = tqdm(total=config.steps, initial=start_step, disable=not runtime.is_main, dynamic_ncols=True)
     loss_sum, n_logged, t_log = torch.zeros((), device=device), 0, time.perf_counter()
     distill_terms: list[torch.Tensor] = []  # the distillation term of each step since the last log (no host sync)
+    recipe_terms: dict[str, list[torch.Tensor]] = {}  # SLIP's and DeCLIP's terms, the same way
     for step, (images, texts, data_info) in enumerate(loader, start=start_step):
         data.consume(data_info)  # skip counts and reader position of this batch (host-side ints, no sync)
         lr = lr_at(step, o.lr, config.schedule.warmup_steps, config.steps, config.schedule.min_lr)
@@ -266,6 +276,10 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None,
             images = images.contiguous(memory_format=torch.channels_last)
         if config.classifier is not None:  # ``texts`` holds the class indices
             loss = classifier_forward_backward(model, images, texts, accum, amp, config.classifier.label_smoothing)
+        elif config.slip is not None or config.declip is not None:  # the extra views and captions are in data_info
+            loss = recipe_forward_backward(model, images, texts, data_info, loss_fn, runtime, config.slip,
+                                           config.declip, local_loss=config.local_loss, lock=config.lock,
+                                           autocast=amp, terms=recipe_terms)
         else:
             distill = None if teacher is None else teacher_features(teacher, images, texts, config.distill, accum,
                                                                     amp)._replace(terms=distill_terms)
@@ -296,6 +310,9 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None,
             if distill_terms:  # the unweighted term (KL or cross-entropy, as distill.form says), mean over the steps
                 logged["distill"] = all_reduce_mean(torch.stack(distill_terms).mean(), runtime).item()
                 distill_terms.clear()
+            for name, values in recipe_terms.items():
+                logged[name] = all_reduce_mean(torch.stack(values).mean(), runtime).item()
+            recipe_terms.clear()
             metrics.log(done, {**logged, **data.metrics()})
             bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.2e}", samples_s=f"{rate:.0f}")
             loss_sum, n_logged, t_log = torch.zeros((), device=device), 0, time.perf_counter()
@@ -335,7 +352,8 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None,
         ema.copy_to(model)
     model = whole_model(model, runtime, fsdp)  # rank 0: the whole weights (FSDP gathers them; collective)
     if runtime.is_main:
-        export_model(model, text_processor, run_dir / "final")
+        with without_recipe_heads(model):
+            export_model(model, text_processor, run_dir / "final")
         if config.wise_ft is not None and wise_start is not None:
             def evaluate_run(m: torch.nn.Module) -> dict[str, float]:  # the run's end-of-run evaluations
                 named = evaluate_eval_sets(m, real_sets, eval_tf, text_processor, device, config.steps, config.steps,
@@ -350,6 +368,22 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None,
     barrier(runtime)
     result.wall_time = time.perf_counter() - start_time
     return result
+
+
+def sample_recipe(config: TrainConfig, train_tf: Any) -> SampleRecipe | None:
+    """The per-sample augmentation of the small-data recipes (``augment``, ``text_augment``, ``slip``, ``declip``),
+    or ``None`` for the plain transform."""
+    c = config
+    if c.augment is None and c.text_augment is None and c.slip is None and c.declip is None:
+        return None
+    transform = train_tf
+    if c.augment is not None:
+        if not hasattr(train_tf, "crop_box"):
+            raise ConfigError(f"augment: {type(train_tf).__name__} models take their own input layout; the "
+                              "caption-preserving augmentation is for square image inputs")
+        transform = AugmentTransform(train_tf.size, train_tf.mean, train_tf.std, c.augment)
+    return SampleRecipe(transform, c.text_augment, image_views(c.slip, c.declip),
+                        second_caption=c.declip is not None and c.declip.multi_view)
 
 
 def _save(directory: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,

@@ -252,4 +252,24 @@ def clip_distill_loss(
     return (distill_loss(student_i2t, teacher_i2t, form) + distill_loss(student_t2i, teacher_t2i, form)) / 2
 
 
+def simclr_loss(first: torch.Tensor, second: torch.Tensor, temperature: float) -> torch.Tensor:
+    """SimCLR's NT-Xent loss (Chen et al. 2020), SLIP's image-only term: each of the 2N embeddings of two views of
+    N images should pick its other view among the 2N − 1 others.
+
+    Args:
+        first: (N, D) projected embeddings of the first views (normalised here).
+        second: (N, D) those of the second views, in the same order.
+        temperature: Divides the cosine similarities (SLIP: 0.1).
+
+    Returns:
+        The scalar loss, the mean over the 2N rows.
+    """
+    z = F.normalize(torch.cat([first, second]).float(), dim=-1)  # (2N, D)
+    n = first.shape[0]
+    logits = z @ z.T / temperature  # (2N, 2N)
+    logits = logits.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
+    targets = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
+    return F.cross_entropy(logits, targets)
+
+
 LOSSES = {"clip": clip_loss, "siglip": siglip_loss}

@@ -1,0 +1,294 @@
+"""Caption-preserving augmentation for small datasets: image augmentations that never contradict the caption,
+text augmentation of tag-style captions, and the extra views SLIP and DeCLIP train on.
+
+A flip turns "arrow pointing left" into a picture of an arrow pointing right; colour jitter turns "a red car"
+blue. So each sample's augmentation looks at its caption first: no horizontal flip when the caption has a
+left/right word (``left``, ``right``, ``east``, ``clockwise``, ``undo``, ``letter``, ``text``, a digit, ...), no
+colour jitter and no new background when it names a colour. Transparent images (icons, logos, stickers) are
+composited on a random background whose lightness is far from the image's own visible pixels, so the shape stays
+visible; otherwise on white, clipforge's rule everywhere else (``clipforge.data.decode``). Word lists are
+English: captions in another language are not checked (leave ``flip`` and ``color_jitter`` at 0 for them).
+
+Text augmentation is for captions that are a phrase followed by comma-separated tags ("a house icon, building,
+home"): each tag after the first part is dropped with ``tag_dropout``, the tags shuffled, and with
+``template_prob`` the first part is replaced by a template filled with the first tag-free phrase's name.
+
+Every random draw comes from the sample's own ``random.Random`` (``clipforge.train.data``), so a resumed run
+draws the same augmentations as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageEnhance
+
+from clipforge.config import ConfigError
+from clipforge.data.decode import pick_caption
+
+BICUBIC = Image.Resampling.BICUBIC
+_WORD = re.compile(r"[a-z]+|\d")
+DIRECTION_WORDS = frozenset(
+    "left right west east leftward rightward leftwards rightwards clockwise counterclockwise anticlockwise "
+    "ccw cw rtl ltr undo redo forward forwards backward backwards back next previous prev rewind reply redirect "
+    "indent outdent dedent rotate rotation turn login logout signin signout enter exit import export "
+    "letter letters text font alphabet abc number numeric digit digits type typography heading signature "
+    "language translate currency".split()) | frozenset("0123456789")
+COLOUR_WORDS = frozenset(
+    "red green blue yellow orange purple violet pink brown black white grey gray cyan magenta teal navy maroon "
+    "olive lime gold golden silver beige turquoise indigo crimson scarlet colour color colours colors coloured "
+    "colored colourful colorful rainbow palette dark light bright pale monochrome".split())
+
+
+def _words(caption: str) -> set[str]:
+    """The caption's lower-case words, and each digit alone ("arrow-left", "h1" → arrow, left, h, 1)."""
+    return set(_WORD.findall(caption.lower()))
+
+
+def has_direction(caption: str) -> bool:
+    """Whether a mirror image could contradict ``caption`` (a left/right word, writing, or a digit)."""
+    return not _words(caption).isdisjoint(DIRECTION_WORDS)
+
+
+def has_colour(caption: str) -> bool:
+    """Whether ``caption`` names a colour (so jitter or a new background could contradict it)."""
+    return not _words(caption).isdisjoint(COLOUR_WORDS)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Caption-preserving image augmentation (the train config's ``augment``; needs ``data.augment: true``).
+
+    Attributes:
+        scale: Range of a random resized crop's area, as a fraction of the image's (OpenCLIP: 0.9–1.0).
+        ratio: Range of the crop's aspect ratio.
+        rotation: Largest rotation in degrees, drawn uniformly in ±rotation; corners become background.
+        flip: Probability of a horizontal flip, where the caption has no left/right word.
+        color_jitter: Strength ``s``: brightness, contrast and saturation × U(1 − s, 1 + s), hue shifted by
+            U(−s/4, s/4) of the circle; where the caption names no colour.
+        grayscale: Probability of turning the image grey, where the caption names no colour.
+        backgrounds: Probability that a transparent image is composited on a random colour (contrasting with its
+            visible pixels), where the caption names no colour; else on white.
+    """
+
+    scale: tuple[float, float] = (0.9, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    rotation: float = 0.0
+    flip: float = 0.0
+    color_jitter: float = 0.0
+    grayscale: float = 0.0
+    backgrounds: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.scale[0] <= self.scale[1] <= 1:
+            raise ConfigError(f"augment.scale: expected 0 < low <= high <= 1, got {list(self.scale)}")
+        if not 0 < self.ratio[0] <= self.ratio[1]:
+            raise ConfigError(f"augment.ratio: expected 0 < low <= high, got {list(self.ratio)}")
+        if not 0 <= self.rotation <= 180:
+            raise ConfigError(f"augment.rotation: degrees in [0, 180], got {self.rotation}")
+        for name in ("flip", "grayscale", "backgrounds"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"augment.{name}: a probability in [0, 1], got {getattr(self, name)}")
+        if not 0 <= self.color_jitter < 1:
+            raise ConfigError(f"augment.color_jitter: a strength in [0, 1), got {self.color_jitter}")
+
+
+@dataclass(frozen=True)
+class TextAugmentConfig:
+    """Augmentation of captions made of a phrase and comma-separated tags (the train config's ``text_augment``).
+
+    Attributes:
+        tag_dropout: Probability that each tag after the caption's first comma-separated part is dropped.
+        tag_shuffle: Shuffle the tags after the first part.
+        templates: Templates with ``{}`` where a name goes ("an icon of {}.", "a drawing of a {}.").
+        template_prob: Probability of replacing the first part with a template filled with the first tag (the
+            caption's first part is kept when there are no tags or no templates).
+        separator: What separates the parts.
+    """
+
+    tag_dropout: float = 0.0
+    tag_shuffle: bool = False
+    templates: tuple[str, ...] = ()
+    template_prob: float = 0.0
+    separator: str = ","
+
+    def __post_init__(self) -> None:
+        for name in ("tag_dropout", "template_prob"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"text_augment.{name}: a probability in [0, 1], got {getattr(self, name)}")
+        for i, t in enumerate(self.templates):
+            if "{}" not in t:
+                raise ConfigError(f"text_augment.templates[{i}]: {t!r} has no '{{}}' for the name")
+        if self.template_prob and not self.templates:
+            raise ConfigError("text_augment.template_prob: needs text_augment.templates")
+        if not self.separator:
+            raise ConfigError("text_augment.separator: must not be empty")
+
+
+def augment_text(caption: str, config: TextAugmentConfig, rng: random.Random) -> str:
+    """``caption`` with its tags dropped, shuffled and its head templated as ``config`` says."""
+    sep = config.separator
+    parts = [p.strip() for p in caption.split(sep)]
+    head, tags = parts[0], [t for t in parts[1:] if t]
+    if not tags:
+        return caption
+    trailing = "." if tags[-1].endswith(".") else ""
+    tags = [t.rstrip(".") for t in tags]
+    if config.tag_dropout:
+        tags = [t for t in tags if rng.random() >= config.tag_dropout]
+    if config.tag_shuffle and len(tags) > 1:
+        rng.shuffle(tags)
+    if config.templates and config.template_prob and tags and rng.random() < config.template_prob:
+        head = config.templates[rng.randrange(len(config.templates))].format(tags[0]).rstrip(".")
+    return (f"{sep} ".join([head, *tags]) + trailing) if tags else head.rstrip(".") + trailing
+
+
+class AugmentTransform:
+    """The caption-preserving train transform: crop, rotate, flip, background, colour, grey → tensor.
+
+    Called as ``transform(image, rng, caption)``; an RGBA image (``DecodeLimits(alpha="keep")``) is composited on
+    its background after the geometry, so rotated corners take the background too.
+
+    Args:
+        size: Output side in pixels.
+        mean: Per-channel mean.
+        std: Per-channel std.
+        config: What to draw.
+    """
+
+    takes_caption = True
+
+    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float], config: AugmentConfig):
+        self.size, self.mean, self.std, self.config = size, tuple(mean), tuple(std), config
+
+    def crop_box(self, width: int, height: int, rng: random.Random) -> tuple[int, int, int, int]:
+        """torchvision's RandomResizedCrop.get_params over ``config.scale`` and ``config.ratio``."""
+        from clipforge.transforms import TrainTransform
+
+        return TrainTransform(self.size, self.mean, self.std, self.config.scale, self.config.ratio).crop_box(
+            width, height, rng)
+
+    def __call__(self, image: Image.Image, rng: random.Random | None = None, caption: str = "") -> torch.Tensor:
+        from clipforge.transforms import to_tensor
+
+        rng = rng or random.Random()
+        c = self.config
+        directional, coloured = has_direction(caption), has_colour(caption)
+        box = self.crop_box(*image.size, rng)
+        mode = "RGBA" if image.mode == "RGBA" else "RGB"
+        image = image.convert(mode).resize((self.size, self.size), BICUBIC, box=box)
+        if c.rotation:
+            angle = rng.uniform(-c.rotation, c.rotation)
+            image = image.convert("RGBA").rotate(angle, BICUBIC, fillcolor=(0, 0, 0, 0))
+        if c.flip and rng.random() < c.flip and not directional:
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        if image.mode == "RGBA":
+            new = c.backgrounds and rng.random() < c.backgrounds and not coloured
+            image = composite(image, background_for(image, rng) if new else (255, 255, 255))
+        if c.color_jitter and not coloured:
+            image = jitter(image, c.color_jitter, rng)
+        if c.grayscale and rng.random() < c.grayscale and not coloured:
+            image = image.convert("L").convert("RGB")
+        return to_tensor(image, self.mean, self.std)
+
+    def __repr__(self) -> str:
+        return f"AugmentTransform(size={self.size}, {self.config})"
+
+
+def composite(image: Image.Image, colour: tuple[int, int, int]) -> Image.Image:
+    """An RGBA image over a solid ``colour``, as RGB."""
+    background = Image.new("RGBA", image.size, (*colour, 255))
+    return Image.alpha_composite(background, image).convert("RGB")
+
+
+def background_for(image: Image.Image, rng: random.Random) -> tuple[int, int, int]:
+    """A random colour whose lightness is at least 0.45 away from the mean lightness of the visible pixels."""
+    pixels = np.asarray(image, dtype=np.float32) / 255
+    weight = pixels[..., 3]
+    luma = pixels[..., :3] @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    visible = float((luma * weight).sum() / weight.sum()) if weight.sum() > 0 else 0.5
+    low, high = (visible + 0.45, 1.0) if visible < 0.5 else (0.0, visible - 0.45)
+    lightness = rng.uniform(low, high) if high > low else (1.0 if visible < 0.5 else 0.0)
+    r, g, b = colorsys.hls_to_rgb(rng.random(), lightness, rng.uniform(0.0, 0.9))
+    return round(r * 255), round(g * 255), round(b * 255)
+
+
+def jitter(image: Image.Image, strength: float, rng: random.Random) -> Image.Image:
+    """Brightness, contrast and saturation × U(1 − s, 1 + s) and a hue shift of U(−s/4, s/4), in a random order."""
+    ops: list[Any] = [ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color, "hue"]
+    rng.shuffle(ops)
+    for op in ops:
+        if op == "hue":
+            image = shift_hue(image, rng.uniform(-strength / 4, strength / 4))
+        else:
+            image = op(image).enhance(rng.uniform(1 - strength, 1 + strength))
+    return image
+
+
+def shift_hue(image: Image.Image, shift: float) -> Image.Image:
+    """``image`` with its hue turned by ``shift`` of the circle (PIL's HSV, hue 0–255)."""
+    if not shift:
+        return image
+    h, s, v = image.convert("HSV").split()
+    turn = int(round(shift * 256)) % 256
+    h = h.point(lambda x: (x + turn) % 256)
+    return Image.merge("HSV", (h, s, v)).convert("RGB")
+
+
+@dataclass
+class SampleRecipe:
+    """What one sample becomes under the run's small-data recipes: its image tensor and caption, plus the extra
+    image views and second caption SLIP and DeCLIP train on (``clipforge.train.self_supervised``).
+
+    Attributes:
+        transform: The image transform (``AugmentTransform`` takes the caption; any other is called
+            ``transform(image, rng)``).
+        text: Text augmentation, or ``None``.
+        views: Extra image views per sample (each its own draw of ``transform``).
+        second_caption: Also draw a second caption (another line of the sample's captions when it has several,
+            augmented by ``text`` on its own draws).
+    """
+
+    transform: Any
+    text: TextAugmentConfig | None = None
+    views: int = 0
+    second_caption: bool = False
+
+    def __call__(self, image: Image.Image, captions: Sequence[str],
+                 rng: random.Random) -> tuple[torch.Tensor, str, dict[str, Any]]:
+        """``(image tensor, caption, extra)``: ``extra`` holds ``views`` (V, 3, H, W) and ``caption2``."""
+        caption = self._caption(captions, rng)
+        tensor = self._image(image, rng, caption)
+        extra: dict[str, Any] = {}
+        if self.views:
+            extra["views"] = torch.stack([self._image(image, rng, caption) for _ in range(self.views)])
+        if self.second_caption:
+            extra["caption2"] = self._caption(captions, rng)
+        return tensor, caption, extra
+
+    def _caption(self, captions: Sequence[str], rng: random.Random) -> str:
+        caption = pick_caption(captions, rng)
+        return augment_text(caption, self.text, rng) if self.text is not None else caption
+
+    def _image(self, image: Image.Image, rng: random.Random, caption: str) -> torch.Tensor:
+        if getattr(self.transform, "takes_caption", False):
+            return self.transform(image, rng, caption)
+        return self.transform(image, rng)
+
+
+def batch_extras(extras: Sequence[dict[str, Any]], text_processor: Any) -> dict[str, Any]:
+    """The batch's ``info`` entries from its samples' extras: ``views`` (B, V, 3, H, W), ``texts2`` (B, T)."""
+    out: dict[str, Any] = {}
+    if extras and "views" in extras[0]:
+        out["views"] = torch.stack([e["views"] for e in extras])
+    if extras and "caption2" in extras[0]:
+        out["texts2"] = text_processor([e["caption2"] for e in extras])
+    return out
+
