@@ -162,11 +162,15 @@ def test_the_decoder_keeps_alpha_when_asked():
 
 
 def test_a_sample_recipe_draws_views_and_a_second_caption():
-    recipe = SampleRecipe(transform(flip=0.5), TextAugmentConfig(tag_dropout=0.5), views=3, second_caption=True)
+    recipe = SampleRecipe(transform(flip=0.5), TextAugmentConfig(tag_dropout=0.5), views=(transform(),) * 3,
+                          second_caption=True)
     tensor, caption, extra = recipe(glyph(), ["a bracket, corner, angle", "an L, corner"], random.Random(0))
     assert tensor.shape == (3, 32, 32) and extra["views"].shape == (3, 3, 32, 32)
     assert isinstance(caption, str) and isinstance(extra["caption2"], str)
     drawn = {recipe(glyph(), ["a", "b, c", "d"], random.Random(s))[2]["caption2"] for s in range(30)}
+    plain = SampleRecipe(transform(), views=(transform(flip=1.0),))  # each view its own transform
+    main, _, extra = plain(glyph(), ["a bracket"], random.Random(0))
+    assert torch.allclose(extra["views"][0], main.flip(-1))
     assert len(drawn) > 2  # the second caption is a draw of its own
 
 
@@ -190,8 +194,8 @@ def test_shard_batches_carry_the_views_and_the_second_captions(tmp_path: Path):
     plain = TrainTransform(32, *IDENTITY)
 
     def first_batch():
-        recipe = SampleRecipe(AugmentTransform(32, *IDENTITY, AugmentConfig(backgrounds=1.0)), None, views=2,
-                              second_caption=True)
+        augment = AugmentTransform(32, *IDENTITY, AugmentConfig(backgrounds=1.0))
+        recipe = SampleRecipe(augment, None, views=(augment, augment), second_caption=True)
         data = TrainData(config, plain, text, 4, 0, Runtime(), 32, recipe=recipe)
         return next(iter(data.loader(0, 1)))
 

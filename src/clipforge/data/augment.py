@@ -251,24 +251,24 @@ class SampleRecipe:
         transform: The image transform (``AugmentTransform`` takes the caption; any other is called
             ``transform(image, rng)``).
         text: Text augmentation, or ``None``.
-        views: Extra image views per sample (each its own draw of ``transform``).
+        views: The transform of each extra image view per sample (each its own draw), in order.
         second_caption: Also draw a second caption (another line of the sample's captions when it has several,
             augmented by ``text`` on its own draws).
     """
 
     transform: Any
     text: TextAugmentConfig | None = None
-    views: int = 0
+    views: tuple[Any, ...] = ()
     second_caption: bool = False
 
     def __call__(self, image: Image.Image, captions: Sequence[str],
                  rng: random.Random) -> tuple[torch.Tensor, str, dict[str, Any]]:
         """``(image tensor, caption, extra)``: ``extra`` holds ``views`` (V, 3, H, W) and ``caption2``."""
         caption = self._caption(captions, rng)
-        tensor = self._image(image, rng, caption)
+        tensor = self._image(image, rng, caption, self.transform)
         extra: dict[str, Any] = {}
         if self.views:
-            extra["views"] = torch.stack([self._image(image, rng, caption) for _ in range(self.views)])
+            extra["views"] = torch.stack([self._image(image, rng, caption, t) for t in self.views])
         if self.second_caption:
             extra["caption2"] = self._caption(captions, rng)
         return tensor, caption, extra
@@ -277,10 +277,11 @@ class SampleRecipe:
         caption = pick_caption(captions, rng)
         return augment_text(caption, self.text, rng) if self.text is not None else caption
 
-    def _image(self, image: Image.Image, rng: random.Random, caption: str) -> torch.Tensor:
-        if getattr(self.transform, "takes_caption", False):
-            return self.transform(image, rng, caption)
-        return self.transform(image, rng)
+    @staticmethod
+    def _image(image: Image.Image, rng: random.Random, caption: str, transform: Any) -> torch.Tensor:
+        if getattr(transform, "takes_caption", False):
+            return transform(image, rng, caption)
+        return transform(image, rng)
 
 
 def batch_extras(extras: Sequence[dict[str, Any]], text_processor: Any) -> dict[str, Any]:

@@ -8,6 +8,7 @@ back (the only host sync), every ``eval.every`` steps evaluate, every ``checkpoi
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import random
@@ -24,7 +25,7 @@ from tqdm import tqdm
 
 from clipforge.checkpoints.native import load_state_dict_into
 from clipforge.config import ConfigError, to_dict
-from clipforge.data.augment import AugmentTransform, SampleRecipe
+from clipforge.data.augment import AugmentConfig, AugmentTransform, SampleRecipe
 from clipforge.data.config import SyntheticDataConfig
 from clipforge.fs import filesystem, is_remote
 from clipforge.models.factory import build_model as build_model_from_config
@@ -376,13 +377,17 @@ def sample_recipe(config: TrainConfig, train_tf: Any) -> SampleRecipe | None:
     c = config
     if c.augment is None and c.text_augment is None and c.slip is None and c.declip is None:
         return None
+    if (c.augment is not None or c.slip is not None) and not hasattr(train_tf, "crop_box"):
+        raise ConfigError(f"augment, slip: {type(train_tf).__name__} models take their own input layout; the "
+                          "caption-preserving augmentation is for square image inputs")
     transform = train_tf
     if c.augment is not None:
-        if not hasattr(train_tf, "crop_box"):
-            raise ConfigError(f"augment: {type(train_tf).__name__} models take their own input layout; the "
-                              "caption-preserving augmentation is for square image inputs")
         transform = AugmentTransform(train_tf.size, train_tf.mean, train_tf.std, c.augment)
-    return SampleRecipe(transform, c.text_augment, image_views(c.slip, c.declip),
+    slip_transform = None
+    if c.slip is not None:  # SimCLR's wider crops, the run's other augmentations
+        views = dataclasses.replace(c.augment or AugmentConfig(), scale=c.slip.view_scale)
+        slip_transform = AugmentTransform(train_tf.size, train_tf.mean, train_tf.std, views)
+    return SampleRecipe(transform, c.text_augment, image_views(c.slip, c.declip, transform, slip_transform),
                         second_caption=c.declip is not None and c.declip.multi_view)
 
 

@@ -46,17 +46,22 @@ class SlipConfig:
         temperature: SimCLR's temperature (SLIP: 0.1).
         mlp_dim: The projector's hidden width (SLIP: 4096).
         out_dim: The projector's output width (SLIP: 256).
+        view_scale: The crop-area range of the two SimCLR views (SLIP, as SimCLR: 0.08–1); their other
+            augmentations are the run's ``augment`` (caption-preserving, as the main view's).
     """
 
     weight: float = 1.0
     temperature: float = 0.1
     mlp_dim: int = 4096
     out_dim: int = 256
+    view_scale: tuple[float, float] = (0.08, 1.0)
 
     def __post_init__(self) -> None:
         if self.weight <= 0 or self.temperature <= 0:
             raise ConfigError(f"slip.weight and slip.temperature must be positive, got {self.weight}, "
                               f"{self.temperature}")
+        if not 0 < self.view_scale[0] <= self.view_scale[1] <= 1:
+            raise ConfigError(f"slip.view_scale: expected 0 < low <= high <= 1, got {list(self.view_scale)}")
         if self.mlp_dim <= 0 or self.out_dim <= 0:
             raise ConfigError(f"slip.mlp_dim and slip.out_dim must be positive, got {self.mlp_dim}, {self.out_dim}")
 
@@ -83,9 +88,12 @@ class DeclipConfig:
             raise ConfigError("declip: neither multi_view nor nn_weight is on: nothing to add")
 
 
-def image_views(slip: SlipConfig | None, declip: DeclipConfig | None) -> int:
-    """Extra image views per sample the data must draw: one for DeCLIP's multi-view, two for SLIP."""
-    return (1 if declip is not None and declip.multi_view else 0) + (2 if slip is not None else 0)
+def image_views(slip: SlipConfig | None, declip: DeclipConfig | None, transform: Any,
+                slip_transform: Any) -> tuple[Any, ...]:
+    """The transform of each extra image view per sample, in the order ``recipe_forward_backward`` reads them:
+    DeCLIP's second view (``transform``, the main view's), then SLIP's two (``slip_transform``)."""
+    declip_views = (transform,) if declip is not None and declip.multi_view else ()
+    return declip_views + ((slip_transform, slip_transform) if slip is not None else ())
 
 
 class RecipeHeads(nn.Module):
