@@ -118,6 +118,7 @@ def test_a_run_resumes_exactly_and_exports_the_plain_model(tmp_path: Path):
 def test_each_recipe_trains_alone(tmp_path: Path):
     base = [o for o in RUN if not o.startswith(("slip.", "declip.", "augment."))]
     for i, extra in enumerate((["slip.mlp_dim=16"], ["declip.multi_view=true"], ["augment.flip=0.5"],
+                               ["slip.mlp_dim=16", "declip.nn_weight=0.1", "data.augment=false"],
                                ["text_augment.tag_dropout=0.5", "loss=siglip", "model_overrides.init_logit_bias=-10"])):
         config = load_config(None, parse_overrides([*base, *extra, "checkpoint_every=0", "steps=2",
                                                     f"output_dir={tmp_path / str(i)}"]))
@@ -135,3 +136,21 @@ def test_each_recipe_trains_alone(tmp_path: Path):
 def test_refused_combinations_are_named(extra, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, parse_overrides([*tiny_vit_overrides(), "batch_size=8", *extra]))
+
+
+def test_without_data_augment_the_main_view_is_fixed_and_the_extra_views_are_drawn():
+    import random
+
+    from PIL import Image
+
+    from clipforge.train.loop import sample_recipe
+    from clipforge.transforms import model_transforms
+
+    config = load_config(None, parse_overrides([*tiny_vit_overrides(), "batch_size=8", "data.augment=false",
+                                                "slip.mlp_dim=8", "declip.multi_view=true"]))
+    recipe = sample_recipe(config, *model_transforms(config.model_config()))
+    image = Image.fromarray(torch.randint(0, 255, (48, 40, 3), dtype=torch.uint8).numpy())
+    first, _, a = recipe(image, ["a scene"], random.Random(0))
+    second, _, b = recipe(image, ["a scene"], random.Random(1))
+    assert torch.equal(first, second) and a["views"].shape[0] == 3  # DeCLIP's view, then SLIP's two
+    assert not torch.equal(a["views"], b["views"])

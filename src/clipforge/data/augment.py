@@ -242,6 +242,20 @@ def shift_hue(image: Image.Image, shift: float) -> Image.Image:
     return Image.merge("HSV", (h, s, v)).convert("RGB")
 
 
+class Unaugmented:
+    """A transform without random draws (the eval transform) in the recipes' calling convention: with
+    ``data.augment: false`` the main view stays fixed while SLIP's and DeCLIP's extra views are drawn."""
+
+    def __init__(self, transform: Any):
+        self.transform = transform
+
+    def __call__(self, image: Image.Image, rng: random.Random | None = None) -> torch.Tensor:
+        return self.transform(image)
+
+    def __repr__(self) -> str:
+        return f"Unaugmented({self.transform!r})"
+
+
 @dataclass
 class SampleRecipe:
     """What one sample becomes under the run's small-data recipes: its image tensor and caption, plus the extra

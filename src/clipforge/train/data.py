@@ -90,7 +90,7 @@ class StepBatches(torch.utils.data.Dataset):
             Image–caption samples fill the other slots in stream order, pairs follow their own order.
         group_start: The first global batch that keeps a source's groups together (see ``source``).
         recipe: The small-data recipes' per-sample augmentation and extra views (``clipforge.data.augment``), used
-            in place of ``transform`` when given (with ``augment``).
+            in place of ``transform`` (and ``augment``) when given.
     """
 
     def __init__(self, source: Sequence[tuple[Image.Image, Any]], transform: Callable, text_processor: Callable,
@@ -98,7 +98,7 @@ class StepBatches(torch.utils.data.Dataset):
                  pairs: Sequence[tuple[str, str]] | None = None, pair_fraction: float = 0.0, group_start: int = 0,
                  recipe: SampleRecipe | None = None):
         self.source, self.transform, self.text_processor = source, transform, text_processor
-        self.recipe = recipe if augment else None
+        self.recipe = recipe
         self.group_start = group_start
         self.batch_size, self.seed, self.augment = batch_size, seed, augment
         local = batch_size // world_size
@@ -198,7 +198,7 @@ class ShardBatches(torch.utils.data.IterableDataset):
     def __init__(self, source: ShardSource, transform: Callable, text_processor: Callable, batch_size: int,
                  seed: int, rank: int, world_size: int, recipe: SampleRecipe | None = None):
         self.source, self.config = source, source.config
-        self.recipe = recipe if source.config.augment else None
+        self.recipe = recipe
         self.transform, self.text_processor = transform, text_processor
         self.local, self.seed, self.rank, self.world_size = batch_size // world_size, seed, rank, world_size
         self.sources = source.sources

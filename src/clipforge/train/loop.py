@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from clipforge.checkpoints.native import load_state_dict_into
 from clipforge.config import ConfigError, to_dict
-from clipforge.data.augment import AugmentConfig, AugmentTransform, SampleRecipe
+from clipforge.data.augment import AugmentConfig, AugmentTransform, SampleRecipe, Unaugmented
 from clipforge.data.config import SyntheticDataConfig
 from clipforge.fs import filesystem, is_remote
 from clipforge.models.factory import build_model as build_model_from_config
@@ -164,7 +164,7 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None,
     image_size = model.config.vision.image_size
     data = TrainData(config.data, train_tf if config.data.augment else eval_tf, text_processor, config.batch_size,
                      config.seed, runtime, image_size, text_pairs=config.text_pairs, classifier=config.classifier,
-                     recipe=sample_recipe(config, train_tf))
+                     recipe=sample_recipe(config, train_tf, eval_tf))
     if config.classifier is not None:  # the head starts as the zero-shot classifier of the data's classes
         assert data.classnames is not None and data.class_templates is not None
         head = zero_shot_head(model, data.classnames, data.class_templates, eval_tf, text_processor, device,
@@ -371,23 +371,25 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None,
     return result
 
 
-def sample_recipe(config: TrainConfig, train_tf: Any) -> SampleRecipe | None:
+def sample_recipe(config: TrainConfig, train_tf: Any, eval_tf: Any) -> SampleRecipe | None:
     """The per-sample augmentation of the small-data recipes (``augment``, ``text_augment``, ``slip``, ``declip``),
-    or ``None`` for the plain transform."""
+    or ``None`` for the plain transform. With ``data.augment: false`` the main view is ``eval_tf``'s; the extra views
+    are drawn with ``train_tf`` all the same (two identical views would teach SLIP and DeCLIP nothing)."""
     c = config
     if c.augment is None and c.text_augment is None and c.slip is None and c.declip is None:
         return None
     if (c.augment is not None or c.slip is not None) and not hasattr(train_tf, "crop_box"):
         raise ConfigError(f"augment, slip: {type(train_tf).__name__} models take their own input layout; the "
                           "caption-preserving augmentation is for square image inputs")
-    transform = train_tf
+    transform = train_tf if c.data.augment else Unaugmented(eval_tf)
     if c.augment is not None:
         transform = AugmentTransform(train_tf.size, train_tf.mean, train_tf.std, c.augment)
     slip_transform = None
     if c.slip is not None:  # SimCLR's wider crops, the run's other augmentations
         views = dataclasses.replace(c.augment or AugmentConfig(), scale=c.slip.view_scale)
         slip_transform = AugmentTransform(train_tf.size, train_tf.mean, train_tf.std, views)
-    return SampleRecipe(transform, c.text_augment, image_views(c.slip, c.declip, transform, slip_transform),
+    view = transform if c.data.augment else train_tf
+    return SampleRecipe(transform, c.text_augment, image_views(c.slip, c.declip, view, slip_transform),
                         second_caption=c.declip is not None and c.declip.multi_view)
 
 
