@@ -388,6 +388,20 @@ def run_row(setup: Setup, row: str, recipes: Mapping[str, Mapping[str, Any]], tr
             work: Path, seed: int) -> dict[str, float]:
     """Trains and scores one row and seed on the ``pairs`` training pairs in ``train_dir``, in ``work/<row>/seed<s>``
     (OpenCLIP's shard copy in ``work/open_clip_shards``); returns the scores and ``train_s``."""
+    run_dir = work / row / f"seed{seed}"
+    done = run_dir / "scores.json"  # a finished run of the same row, setup and seed is not trained again
+    key = json.dumps({"row": recipes.get(row), "setup": describe(setup, [row], recipes), "train": str(train_dir)},
+                     sort_keys=True, default=str)
+    if done.is_file() and json.loads(done.read_text(encoding="utf-8")).get("key") == key:
+        return json.loads(done.read_text(encoding="utf-8"))["scores"]
+    scores = _train_row(setup, row, recipes, train_dir, pairs, work, seed)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    done.write_text(json.dumps({"key": key, "scores": scores}), encoding="utf-8")
+    return scores
+
+
+def _train_row(setup: Setup, row: str, recipes: Mapping[str, Mapping[str, Any]], train_dir: Path, pairs: int,
+               work: Path, seed: int) -> dict[str, float]:
     if row == OPENCLIP:
         shards = open_clip_inputs(train_dir, work / "open_clip_shards", pairs, setup.samples)
         return run_open_clip(shards, setup.samples, model_config(setup.model, setup.overrides),
@@ -412,7 +426,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-decay", type=float, default=0.1)
     p.add_argument("--warmup", type=int, default=30)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="torch threads of each training process")
+    p.add_argument("--jobs", type=int, default=1, help="training processes at once (each with --threads)")
     p.add_argument("--open-clip-pythonpath", default="",
                    help="folders with open_clip_train's missing imports (webdataset, braceexpand, a pandas stub)")
 
@@ -458,17 +473,26 @@ def main() -> None:
     pairs = json.loads((args.data / "manifest.json").read_text(encoding="utf-8"))["data"][str(args.size)]["train"]
     results: dict[str, list[dict[str, float]]] = {}
     started = time.perf_counter()
-    for seed in args.seeds:  # seeds outside: an interrupted run still has every row of its first seeds
-        for row in args.rows:
-            scores = run_row(setup, row, recipes, train_dir, pairs["pairs"], args.work, seed)
+    if OPENCLIP in args.rows:  # its shard copy, once, before any job needs it
+        open_clip_inputs(train_dir, args.work / "open_clip_shards", pairs["pairs"], setup.samples)
+    runs = [(seed, row) for seed in args.seeds for row in args.rows]  # seeds outer: the first seeds finish first
+
+    def one(run: tuple[int, str]) -> dict[str, float]:
+        scores = run_row(setup, run[1], recipes, train_dir, pairs["pairs"], args.work, run[0])
+        print(f"[compare] {run[1]} seed {run[0]}: {scores}", file=sys.stderr, flush=True)
+        return scores
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:  # each job is its own training process
+        for (seed, row), scores in zip(runs, pool.map(one, runs), strict=True):
             results.setdefault(row, []).append({"seed": seed, **scores})
-            print(f"[compare] {row} seed {seed}: {scores}", file=sys.stderr, flush=True)
     per_seed = {row: [{k: v for k, v in s.items() if k != "seed"} for s in seeds] for row, seeds in results.items()}
     anchors = {row: anchor_of(row, recipes) for row in args.rows}
     print(json.dumps({
         **describe(setup, args.rows, recipes), "train_pairs": pairs["pairs"], "seeds": args.seeds,
         "results": results, "summary": summarise(per_seed, anchors=anchors),
-        "wall_s": round(time.perf_counter() - started, 1),
+        "wall_s": round(time.perf_counter() - started, 1), "jobs": args.jobs, "threads": args.threads,
     }, indent=1))
 
 

@@ -272,3 +272,21 @@ def test_final_metrics_reads_last_record(compare: ModuleType, tmp_path: Path) ->
     (tmp_path / "metrics.jsonl").write_text(json.dumps(lines[0]) + "\n", encoding="utf-8")
     with pytest.raises(RuntimeError, match="cross_style_top1"):
         compare.final_metrics(tmp_path)
+
+
+def test_a_finished_run_is_not_trained_again(compare: ModuleType, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    trained: list[tuple[str, int]] = []
+
+    def fake(setup, row, recipes, train_dir, pairs, work, seed):
+        trained.append((row, seed))
+        return {"cross_style_top1": 0.1 * seed, "train_s": 1.0}
+
+    monkeypatch.setattr(compare, "_train_row", fake)
+    setup, recipes = compare.Setup(tmp_path), {"a": {"label_smoothing": 0.1}, "b": {}}
+    first = compare.run_row(setup, "a", recipes, tmp_path / "train", 10, tmp_path / "work", 2)
+    again = compare.run_row(setup, "a", recipes, tmp_path / "train", 10, tmp_path / "work", 2)
+    assert first == again and trained == [("a", 2)]
+    changed = {"a": {"label_smoothing": 0.2}, "b": {}}  # another recipe under the same name trains again
+    compare.run_row(setup, "a", changed, tmp_path / "train", 10, tmp_path / "work", 2)
+    assert trained == [("a", 2), ("a", 2)]
