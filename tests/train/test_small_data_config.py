@@ -1,0 +1,41 @@
+"""configs/small_data.yaml: the recipe it ships is the icon benchmark's ``clipforge+small_data`` row, and it trains
+on a folder of tar shards as its comment says."""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import yaml
+from PIL import Image
+
+from clipforge.train import Runtime, load_config, parse_overrides, train
+
+ROOT = Path(__file__).resolve().parents[2]
+RECIPE_KEYS = ("slip", "declip", "label_smoothing")
+
+
+def test_the_shipped_recipe_is_the_benchmarks_row():
+    shipped = yaml.safe_load((ROOT / "configs/small_data.yaml").read_text(encoding="utf-8"))
+    row = yaml.safe_load((ROOT / "benchmarks/icons/recipes.yaml").read_text(encoding="utf-8"))["clipforge+small_data"]
+    assert {k: shipped[k] for k in RECIPE_KEYS} == row
+    config = load_config(ROOT / "configs/small_data.yaml", {})
+    assert config.slip is not None and config.declip is not None and config.label_smoothing == 0.1
+
+
+def test_it_trains_on_your_own_shards(tmp_path: Path):
+    from clipforge.data.writer import write_shards
+
+    def sample(i: int) -> tuple[bytes, bytes, dict]:
+        buffer = io.BytesIO()
+        Image.new("RGBA", (64, 64), (0, 0, 0, 0)).rotate(i).save(buffer, format="PNG")
+        return buffer.getvalue(), f"an icon of thing {i}\nthing {i}".encode(), {}
+
+    write_shards(sample, 16, tmp_path / "shards", shard_size=8, progress=False)
+    config = load_config(ROOT / "configs/small_data.yaml", parse_overrides([
+        f"data.urls={tmp_path / 'shards'}", "eval.sets=[]", "steps=2", "batch_size=8", "schedule.warmup_steps=1",
+        "log_every=1", "plots=false", f"output_dir={tmp_path / 'run'}", "declip.queue_size=8",
+        "model_overrides.text.layers=1"]))
+    result = train(config, Runtime())
+    assert math.isfinite(result.losses[-1][1]) and (tmp_path / "run/final").is_dir()
