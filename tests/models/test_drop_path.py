@@ -60,7 +60,27 @@ def test_the_dropped_fraction_and_the_expectation():
 
 
 def test_a_rate_of_one_is_refused():
-    with pytest.raises(ConfigError, match=r"vision.drop_path must be in \[0, 1\)"):
+    with pytest.raises(ConfigError, match=r"vision.drop_path and vision.dropout must be in \[0, 1\)"):
         clipforge.create_model("tiny-vit", vision={"drop_path": 1.0})
-    with pytest.raises(ConfigError, match=r"text.drop_path must be in \[0, 1\)"):
+    with pytest.raises(ConfigError, match=r"text.drop_path and text.dropout must be in \[0, 1\)"):
         clipforge.create_model("tiny-vit", text={"drop_path": -0.1})
+
+
+def test_residual_dropout_is_off_in_eval_mode_and_per_element_in_training():
+    plain = clipforge.create_model("tiny-vit", **TINY)
+    dropping = clipforge.create_model("tiny-vit", **{**TINY, "vision": {**TINY["vision"], "dropout": 0.3},
+                                                     "text": {**TINY["text"], "dropout": 0.3}})
+    dropping.load_state_dict(plain.state_dict())  # dropout adds no parameters
+    images, texts = _inputs()
+    plain.eval()
+    dropping.eval()
+    assert torch.equal(plain.encode_image(images), dropping.encode_image(images))
+    assert torch.equal(plain.encode_text(texts), dropping.encode_text(texts))
+    dropping.train()
+    assert all(b.dropout == 0.3 for b in dropping.visual.transformer.blocks)
+    torch.manual_seed(0)
+    branch = dropping.visual.transformer.blocks[0]._drop(torch.ones(64, 16, 32))
+    assert abs((branch == 0).float().mean().item() - 0.3) < 0.02  # elements, not whole samples
+    assert not torch.equal(dropping.encode_text(texts), dropping.encode_text(texts))
+    with pytest.raises(ConfigError, match="text.dropout"):
+        clipforge.create_model("tiny-vit", **{**TINY, "text": {**TINY["text"], "dropout": 1.0}})

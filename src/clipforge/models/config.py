@@ -43,6 +43,8 @@ class ViTConfig:
             attention and MLP branches are dropped per sample with a rate rising linearly from 0 at the first block
             to this at the last; 0: off. A regulariser for small datasets; the weights and the eval-mode outputs
             do not depend on it.
+        dropout: Dropout on each block's attention and MLP branch outputs at training time (the original
+            Transformer's residual dropout); 0: off (every released CLIP). A regulariser for small datasets.
         proj_bias: A bias on the output projection (big_vision's ``head`` Dense has one; CLIP's has not).
         proj: Whether a linear projection to ``embed_dim`` follows the pooling (CLIP: yes). SigLIP's image tower has
             none: its MAP head's output is the embedding, so the model's ``embed_dim`` must equal ``width``.
@@ -82,6 +84,7 @@ class ViTConfig:
     patch_bias: bool = False
     patch_dropout: float = 0.0
     drop_path: float = 0.0
+    dropout: float = 0.0
     proj_bias: bool = False
     proj: bool = True
     stem: Literal["patch", "conv"] = "patch"
@@ -102,8 +105,9 @@ class ViTConfig:
             raise ConfigError("vision.pool='cls' needs class_token=True")
         if not 0.0 <= self.patch_dropout < 1.0:
             raise ConfigError(f"vision.patch_dropout must be in [0, 1), got {self.patch_dropout}")
-        if not 0.0 <= self.drop_path < 1.0:
-            raise ConfigError(f"vision.drop_path must be in [0, 1), got {self.drop_path}")
+        if not 0.0 <= self.drop_path < 1.0 or not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"vision.drop_path and vision.dropout must be in [0, 1), got {self.drop_path}, "
+                              f"{self.dropout}")
         if self.proj_bias and not self.proj:
             raise ConfigError("vision.proj_bias=True needs proj=True (there is no projection to add a bias to)")
         if self.stem == "conv" and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
@@ -173,6 +177,7 @@ class TextConfig:
         proj_bias: A bias on the output projection (SigLIP's text ``head`` is a Linear with bias; CLIP's has none).
         act: This tower's MLP activation when it differs from the model's ``act`` (``None``: the model's).
         drop_path: Stochastic depth of the blocks at training time, as ``ViTConfig.drop_path``; 0: off.
+        dropout: Residual-branch dropout at training time, as ``ViTConfig.dropout``; 0: off.
     """
 
     vocab_size: int = 49408
@@ -187,10 +192,12 @@ class TextConfig:
     proj_bias: bool = False
     act: Activation | None = None
     drop_path: float = 0.0
+    dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.drop_path < 1.0:
-            raise ConfigError(f"text.drop_path must be in [0, 1), got {self.drop_path}")
+        if not 0.0 <= self.drop_path < 1.0 or not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"text.drop_path and text.dropout must be in [0, 1), got {self.drop_path}, "
+                              f"{self.dropout}")
         check_positive("text", vocab_size=self.vocab_size, context_length=self.context_length, width=self.width,
                   layers=self.layers, heads=self.heads, mlp_ratio=self.mlp_ratio)
         if self.width % self.heads:

@@ -92,21 +92,25 @@ def drop_path(branch: torch.Tensor, rate: float, training: bool) -> torch.Tensor
 
 
 class Block(nn.Module):
-    """Pre-norm residual attention block; ``drop_path`` drops its two branches per sample at training time."""
+    """Pre-norm residual attention block; at training time ``dropout`` drops elements of its two branches' outputs
+    and ``drop_path`` whole branches per sample."""
 
     def __init__(self, width: int, heads: int, mlp_ratio: float, act: Callable[[], nn.Module], causal: bool = False,
-                 norm_eps: float = 1e-5, drop_path: float = 0.0):
+                 norm_eps: float = 1e-5, drop_path: float = 0.0, dropout: float = 0.0):
         super().__init__()
         self.ln_1 = nn.LayerNorm(width, eps=norm_eps)
         self.attn = Attention(width, heads, causal)
         self.ln_2 = nn.LayerNorm(width, eps=norm_eps)
         self.mlp = MLP(width, int(width * mlp_ratio), act)
-        self.drop_path = drop_path
+        self.drop_path, self.dropout = drop_path, dropout
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + drop_path(self.attn(self.ln_1(x), key_mask), self.drop_path, self.training)
-        x = x + drop_path(self.mlp(self.ln_2(x)), self.drop_path, self.training)
+        x = x + drop_path(self._drop(self.attn(self.ln_1(x), key_mask)), self.drop_path, self.training)
+        x = x + drop_path(self._drop(self.mlp(self.ln_2(x))), self.drop_path, self.training)
         return x
+
+    def _drop(self, branch: torch.Tensor) -> torch.Tensor:
+        return F.dropout(branch, self.dropout, self.training) if self.dropout else branch
 
 
 class Transformer(nn.Module):
@@ -121,13 +125,15 @@ class Transformer(nn.Module):
         causal: Causal self-attention (text) or full (images).
         norm_eps: LayerNorm epsilon.
         drop_path: Stochastic depth of the last block; block ``i`` of ``L`` drops at ``drop_path · i / (L − 1)``.
+        dropout: Dropout on every block's branch outputs.
     """
 
     def __init__(self, width: int, layers: int, heads: int, mlp_ratio: float, act: Callable[[], nn.Module],
-                 causal: bool = False, norm_eps: float = 1e-5, drop_path: float = 0.0):
+                 causal: bool = False, norm_eps: float = 1e-5, drop_path: float = 0.0, dropout: float = 0.0):
         super().__init__()
         rates = [drop_path * i / max(layers - 1, 1) for i in range(layers)]
-        self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio, act, causal, norm_eps, rate) for rate in rates)
+        self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio, act, causal, norm_eps, rate, dropout)
+                                    for rate in rates)
         self.grad_checkpointing = False
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:

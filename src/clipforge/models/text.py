@@ -54,7 +54,8 @@ class TextTransformer(nn.Module):
         self.token_embed = nn.Embedding(config.vocab_size, config.width)
         self.pos_embed = nn.Parameter(torch.empty(config.context_length, config.width))
         self.transformer = Transformer(config.width, config.layers, config.heads, config.mlp_ratio, make_act(act),
-                                       causal=config.causal, norm_eps=norm_eps, drop_path=config.drop_path)
+                                       causal=config.causal, norm_eps=norm_eps, drop_path=config.drop_path,
+                                       dropout=config.dropout)
         self.ln_final = nn.LayerNorm(config.width, eps=norm_eps)
         self.proj = nn.Parameter(torch.empty(config.width, embed_dim))
         self.proj_bias = nn.Parameter(torch.zeros(embed_dim)) if config.proj_bias else None

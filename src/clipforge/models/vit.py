@@ -39,7 +39,7 @@ class VisionTransformer(nn.Module):
         self.pos_embed = nn.Parameter(scale * torch.randn(n_tokens, width))
         self.ln_pre = nn.LayerNorm(width, eps=norm_eps) if config.ln_pre else nn.Identity()
         self.transformer = Transformer(width, config.layers, config.heads, config.mlp_ratio, make_act(act),
-                                       norm_eps=norm_eps, drop_path=config.drop_path)
+                                       norm_eps=norm_eps, drop_path=config.drop_path, dropout=config.dropout)
         self.attn_pool: MAPHead | None = None
         if config.pool == "map":
             self.attn_pool = MAPHead(width, config.heads, config.mlp_ratio, make_act(act), norm_eps)
