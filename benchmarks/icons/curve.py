@@ -90,23 +90,38 @@ def curve_json(header: Mapping[str, Any], subsets: Sequence[tuple[int, Path]],
 
 
 def run_curve(setup: compare.Setup, rows: Sequence[str], recipes: Mapping[str, Mapping[str, Any]],
-              subsets: Sequence[tuple[int, Path]], seeds: Sequence[int], work: Path) -> dict[str, Any]:
-    """Runs every row and seed on every subset (subsets outside: OpenCLIP's copy of one is written once); rewrites
-    ``work/curve.json`` after each run and returns the JSON (:func:`curve_json`)."""
+              subsets: Sequence[tuple[int, Path]], seeds: Sequence[int], work: Path, jobs: int = 1) -> dict[str, Any]:
+    """Runs every row and seed on every subset (subsets outside: OpenCLIP's copy of one is written once), ``jobs``
+    training processes at once; rewrites ``work/curve.json`` after each run and returns the JSON (:func:`curve_json`).
+
+    The full training set's runs live in ``work`` itself, where ``compare.py --work`` puts them, so a curve given
+    the comparison's work folder reads those runs back instead of training them again; subset ``n``'s in
+    ``work/curve/<n>``."""
+    from concurrent.futures import ThreadPoolExecutor
+
     header = {**compare.describe(setup, rows, recipes), "seeds": list(seeds)}
     results: dict[str, dict[str, list[dict[str, float]]]] = {}
     started = time.perf_counter()
     work.mkdir(parents=True, exist_ok=True)
     for pairs, folder in subsets:
-        sub_work = work / "curve" / str(pairs)
-        for seed in seeds:
-            for row in rows:
-                scores = compare.run_row(setup, row, recipes, folder, pairs, sub_work, seed)
+        sub_work = work if folder.name == "train" else work / "curve" / str(pairs)
+        if compare.OPENCLIP in rows:  # its shard copy, once, before any job needs it
+            compare.open_clip_inputs(folder, sub_work / "open_clip_shards", pairs, setup.samples)
+        runs = [(seed, row) for seed in seeds for row in rows]
+
+        def one(run: tuple[int, str], folder: Path = folder, pairs: int = pairs,
+                sub_work: Path = sub_work) -> dict[str, float]:
+            scores = compare.run_row(setup, run[1], recipes, folder, pairs, sub_work, run[0])
+            print(f"[curve] {pairs} pairs, {run[1]} seed {run[0]}: {scores}", file=sys.stderr, flush=True)
+            return scores
+
+        with ThreadPoolExecutor(max(1, jobs)) as pool:
+            for (seed, row), scores in zip(runs, pool.map(one, runs), strict=True):
                 results.setdefault(str(pairs), {}).setdefault(row, []).append({"seed": seed, **scores})
-                print(f"[curve] {pairs} pairs, {row} seed {seed}: {scores}", file=sys.stderr, flush=True)
                 out = curve_json(header, subsets, results, setup.samples)
                 (work / "curve.json").write_text(json.dumps(out, indent=1), encoding="utf-8")
-        shutil.rmtree(sub_work / "open_clip_shards", ignore_errors=True)  # up to a pass per sample budget: large
+        if sub_work is not work:
+            shutil.rmtree(sub_work / "open_clip_shards", ignore_errors=True)  # a pass per sample budget: large
     return {**curve_json(header, subsets, results, setup.samples), "wall_s": round(time.perf_counter() - started, 1)}
 
 
@@ -180,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if missing:
             p.error(f"argument --subsets: {missing} are not in the manifest's curve {[n for n, _ in subsets]}")
         subsets = [(n, folder) for n, folder in subsets if n in args.subsets]
-    result = run_curve(setup, args.rows, recipes, subsets, args.seeds, args.work)
+    result = run_curve(setup, args.rows, recipes, subsets, args.seeds, args.work, args.jobs)
     print(json.dumps(result, indent=1))
     if args.plot is not None:
         plot_curve(result, args.plot)

@@ -148,7 +148,8 @@ def test_tiny_curve_end_to_end(curve: ModuleType, mini_build: tuple[Path, dict[s
         assert scores["seed"] == 0 and set(scores) == {"seed", "train_s", *curve.compare.METRICS}
         assert all(0.0 <= scores[k] <= 1.0 for k in curve.compare.METRICS)
         assert set(entry["summary"]["clipforge"]) == {"train_s", *curve.compare.METRICS}  # no openclip: no ratio
-        run = work / "curve" / str(n) / "clipforge" / "seed0"
+        full = Path(entry["folder"]).name == "train"  # the full set's runs sit where compare.py --work puts them
+        run = (work if full else work / "curve" / str(n)) / "clipforge" / "seed0"
         stats = json.loads((Path(entry["folder"]) / "stats.json").read_text())
         assert stats["samples"] == n  # the subset trained on is the manifest's
         assert f"urls: {entry['folder']}" in (run / "train.yaml").read_text()
