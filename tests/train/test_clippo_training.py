@@ -74,7 +74,7 @@ def train_fresh(name: str) -> tuple[list[float], float, float]:
     return losses, mean_offdiag_cosine(out.image_features), mean_offdiag_cosine(out.text_features)
 
 
-@pytest.mark.parametrize("name", ["tiny-vit", "clippo-tiny"])
+@pytest.mark.parametrize("name", ["tiny-vit", pytest.param("clippo-tiny", marks=pytest.mark.slow)])
 def test_fresh_batches_do_not_collapse(name: str, one_thread):
     losses, image_cos, text_cos = train_fresh(name)
     print(name, f"late loss {sum(losses[-5:]) / 5:.3f} (log batch {math.log(BATCH):.3f}), "

@@ -69,7 +69,9 @@ def _shards_with_repeated_keys(folder: Path) -> None:
         write_tar_shard(folder / f"{s:05d}.tar", samples)
 
 
-@pytest.fixture(scope="module", params=["synthetic", "shards", "shards_repeated_keys"])
+# The default run covers tar shards; the synthetic source and shards with repeated keys run in the slow tier.
+@pytest.fixture(scope="module", params=[pytest.param("synthetic", marks=pytest.mark.slow), "shards",
+                                        pytest.param("shards_repeated_keys", marks=pytest.mark.slow)])
 def setting(request, tmp_path_factory):
     """The data overrides and the uninterrupted run's final weights, per data kind."""
     root = tmp_path_factory.mktemp(request.param)
