@@ -392,8 +392,9 @@ def run_row(setup: Setup, row: str, recipes: Mapping[str, Mapping[str, Any]], tr
     done = run_dir / "scores.json"  # a finished run of the same row, setup and seed is not trained again
     key = json.dumps({"row": recipes.get(row), "setup": describe(setup, [row], recipes), "train": str(train_dir)},
                      sort_keys=True, default=str)
-    if done.is_file() and json.loads(done.read_text(encoding="utf-8")).get("key") == key:
-        return json.loads(done.read_text(encoding="utf-8"))["scores"]
+    saved = json.loads(done.read_text(encoding="utf-8")) if done.is_file() else {}
+    if saved.get("key") == key:
+        return saved["scores"]
     scores = _train_row(setup, row, recipes, train_dir, pairs, work, seed)
     run_dir.mkdir(parents=True, exist_ok=True)
     done.write_text(json.dumps({"key": key, "scores": scores}), encoding="utf-8")

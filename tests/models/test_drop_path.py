@@ -26,13 +26,18 @@ def _inputs() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(16, 3, 32, 32, generator=g), torch.randint(1, 1000, (16, 16), generator=g)
 
 
+def _same_in_eval_mode(plain: torch.nn.Module, other: torch.nn.Module) -> None:
+    images, texts = _inputs()
+    plain.eval()
+    other.eval()
+    assert torch.equal(plain.encode_image(images), other.encode_image(images))
+    assert torch.equal(plain.encode_text(texts), other.encode_text(texts))
+
+
 def test_eval_mode_is_untouched_and_training_drops_per_sample():
     plain, dropping = _pair(0.5)
     images, texts = _inputs()
-    plain.eval()
-    dropping.eval()
-    assert torch.equal(plain.encode_image(images), dropping.encode_image(images))
-    assert torch.equal(plain.encode_text(texts), dropping.encode_text(texts))
+    _same_in_eval_mode(plain, dropping)
     plain.train()
     dropping.train()
     assert torch.equal(plain.encode_image(images), plain.encode_image(images))  # rate 0: deterministic
@@ -71,11 +76,8 @@ def test_residual_dropout_is_off_in_eval_mode_and_per_element_in_training():
     dropping = clipforge.create_model("tiny-vit", **{**TINY, "vision": {**TINY["vision"], "dropout": 0.3},
                                                      "text": {**TINY["text"], "dropout": 0.3}})
     dropping.load_state_dict(plain.state_dict())  # dropout adds no parameters
-    images, texts = _inputs()
-    plain.eval()
-    dropping.eval()
-    assert torch.equal(plain.encode_image(images), dropping.encode_image(images))
-    assert torch.equal(plain.encode_text(texts), dropping.encode_text(texts))
+    _, texts = _inputs()
+    _same_in_eval_mode(plain, dropping)
     dropping.train()
     assert all(b.dropout == 0.3 for b in dropping.visual.transformer.blocks)
     torch.manual_seed(0)

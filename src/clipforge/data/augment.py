@@ -166,14 +166,14 @@ class AugmentTransform:
     takes_caption = True
 
     def __init__(self, size: int, mean: Sequence[float], std: Sequence[float], config: AugmentConfig):
+        from clipforge.transforms import TrainTransform
+
         self.size, self.mean, self.std, self.config = size, tuple(mean), tuple(std), config
+        self._crop = TrainTransform(size, mean, std, config.scale, config.ratio)  # its crop draw, over our ranges
 
     def crop_box(self, width: int, height: int, rng: random.Random) -> tuple[int, int, int, int]:
         """torchvision's RandomResizedCrop.get_params over ``config.scale`` and ``config.ratio``."""
-        from clipforge.transforms import TrainTransform
-
-        return TrainTransform(self.size, self.mean, self.std, self.config.scale, self.config.ratio).crop_box(
-            width, height, rng)
+        return self._crop.crop_box(width, height, rng)
 
     def __call__(self, image: Image.Image, rng: random.Random | None = None, caption: str = "") -> torch.Tensor:
         from clipforge.transforms import to_tensor
