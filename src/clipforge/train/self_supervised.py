@@ -73,7 +73,7 @@ class DeclipConfig:
     Attributes:
         multi_view: A second image view and caption per pair; the contrastive loss averages the four pairings.
         nn_weight: The nearest-neighbour term's weight (0: none, and no queue).
-        queue_size: Text embeddings the FIFO queue holds (a multiple of nothing in particular; DeCLIP: 64k).
+        queue_size: Text embeddings the FIFO queue holds (DeCLIP: 64k).
     """
 
     multi_view: bool = True
@@ -112,8 +112,7 @@ class RecipeHeads(nn.Module):
             h, out = slip.mlp_dim, slip.out_dim
             self.projector = nn.Sequential(nn.Linear(embed_dim, h), nn.BatchNorm1d(h), nn.ReLU(inplace=True),
                                            nn.Linear(h, h), nn.BatchNorm1d(h), nn.ReLU(inplace=True), nn.Linear(h, out))
-        self.has_queue = declip is not None and declip.nn_weight > 0
-        size = declip.queue_size if declip is not None and self.has_queue else 0
+        size = declip.queue_size if declip is not None and declip.nn_weight > 0 else 0
         self.register_buffer("queue", torch.zeros(size, embed_dim))  # (Q, D) L2-normalised text embeddings
         self.register_buffer("queue_count", torch.zeros((), dtype=torch.long))  # embeddings pushed so far
 
