@@ -53,7 +53,13 @@ def wandb_records(path: Path):
 
 
 def offline_runs(run_dir: Path) -> dict[str, dict]:
-    """Each offline run under ``run_dir/wandb``: its id → project, config and history rows (key → value)."""
+    """Each offline run under ``run_dir/wandb``: its id → project, config and history rows (key → value).
+
+    ``wandb.finish`` returns once the run's records are handled, while W&B's service may still hold some in its
+    write buffer (a file without its run record was read once on a loaded CI machine); ``wandb.teardown`` stops
+    the service, which closes every run file, so what is read here is what a later ``wandb sync`` would read.
+    """
+    wandb.teardown()
     runs = {}
     for path in sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb")):
         info: dict = {"history": []}
@@ -65,6 +71,7 @@ def offline_runs(run_dir: Path) -> dict[str, dict]:
             elif kind == "history":
                 row = {(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in record.history.item}
                 info["history"].append(row)
+        assert "id" in info, f"{path}: no run record among {path.stat().st_size} bytes"
         runs.setdefault(info["id"], {"project": info["project"], "config": info["config"], "history": []})
         runs[info["id"]]["history"].extend(info["history"])
     return runs
