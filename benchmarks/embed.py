@@ -138,9 +138,6 @@ def main() -> None:
                                                         "published 1,500 images/s on an RTX 3080)")
     args = parser.parse_args()
     device = torch.device(args.device)
-    # Python puts this script's folder first on sys.path, and benchmarks/onnx.py there would be ``import onnx``.
-    here = Path(__file__).resolve().parent
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
 
     import open_clip
 

@@ -17,9 +17,9 @@ Two parts, one JSON object (the layout of ``benchmarks/results/``):
 Targets: int8 throughput at batch 32 at least twice eager's, int8 zero-shot accuracy within 1 point of fp32's on
 every task.
 
-    python benchmarks/onnx.py                                  # ViT-B/32 latency; quickstart trained 300 steps
-    python benchmarks/onnx.py --model runs/quickstart/final    # zero-shot of a trained model
-    python benchmarks/onnx.py --latency-model tiny-vit --repeats 3 --train-steps 40   # a smoke run
+    python benchmarks/onnx_speed.py                                  # ViT-B/32 latency; quickstart trained 300 steps
+    python benchmarks/onnx_speed.py --model runs/quickstart/final    # zero-shot of a trained model
+    python benchmarks/onnx_speed.py --latency-model tiny-vit --repeats 3 --train-steps 40   # a smoke run
 """
 
 from __future__ import annotations
@@ -270,10 +270,6 @@ def git_commit() -> str:
 
 
 def main(argv: list[str]) -> int:
-    # This file is called onnx.py, and Python puts its folder first on sys.path: ``import onnx`` (by onnxruntime's
-    # quantisation and by the exporter) would import this script. The folder holds no module anything imports.
-    here = Path(__file__).resolve().parent
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--latency-model", default="ViT-B/32", help="preset whose image tower is timed")
     parser.add_argument("--batches", default="1,32", help="comma-separated batch sizes (default: 1,32)")
@@ -328,9 +324,9 @@ def main(argv: list[str]) -> int:
                    f"average {load_start[0]:.2f} at the start, {os.getloadavg()[0]:.2f} at the end",
         "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
                      "python": platform.python_version(), "clipforge": f"commit {git_commit()}"},
-        "command": "python benchmarks/onnx.py " + " ".join(argv),
+        "command": "python benchmarks/onnx_speed.py " + " ".join(argv),
         "output": output,
-        "source": f"printed by benchmarks/onnx.py at commit {git_commit()}",
+        "source": f"printed by benchmarks/onnx_speed.py at commit {git_commit()}",
     }
     print(json.dumps(record, indent=1))
     return 0
