@@ -257,7 +257,7 @@ def _to_int8(src: Path, dst: Path) -> None:
     at run time. Convolutions stay float: onnxruntime's ConvInteger is slower than its float Conv on CPU, a ViT's
     only convolution is its patch embedding, and quantize_dynamic cannot quantise a ResNet's convolutions once their
     BatchNorm is folded into them (their weights are no initialisers), so a ResNet image tower's int8 export
-    quantises only its attention pool. ``benchmarks/onnx.py`` measures each of these choices."""
+    quantises only its attention pool. ``benchmarks/onnx_speed.py`` measures each of these choices."""
     import logging
 
     quantization = _require("onnxruntime.quantization", "an int8 export")
@@ -267,7 +267,7 @@ def _to_int8(src: Path, dst: Path) -> None:
     try:
         large = sum(f.stat().st_size for f in src.parent.iterdir()) / 4 > PROTO_LIMIT
         quantization.quantize_dynamic(str(src), str(dst), weight_type=quantization.QuantType.QInt8,
-                                      op_types_to_quantize=list(INT8_OP_TYPES), per_channel=True,
+                                      op_types_to_quantize=list(INT8_OP_TYPES), per_channel=True, reduce_range=True,
                                       use_external_data_format=large)
     finally:
         root.removeFilter(advice)
