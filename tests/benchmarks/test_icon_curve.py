@@ -128,6 +128,7 @@ def test_subsets_come_from_the_manifest(curve: ModuleType, mini_build: tuple[Pat
         curve.curve_subsets(fake, 64)
 
 
+@pytest.mark.slow
 def test_tiny_curve_end_to_end(curve: ModuleType, mini_build: tuple[Path, dict[str, Any]], tmp_path: Path,
                                capsys: pytest.CaptureFixture) -> None:
     """Two steps of the plain clipforge row on each subset of the mini build, one seed: the JSON's shape and the

@@ -62,7 +62,7 @@ def nothing_is_built() -> Iterator[None]:
         raise AssertionError(f"a model was built from {shorten(config)}")
 
     saved = dict(factory.MODEL_CLASSES)
-    factory.MODEL_CLASSES.update(clip=never, clippo=never)
+    factory.MODEL_CLASSES.update(dict.fromkeys(saved, never))  # every family, so a new one cannot slip by
     try:
         yield
     finally:
