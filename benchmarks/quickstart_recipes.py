@@ -1,0 +1,117 @@
+"""The small-data recipe on the synthetic quickstart: configs/quickstart.yaml plain and with the recipe keys of
+configs/small_data.yaml (issue #20's "no worse than the plain recipe on the quickstart"), side by side.
+
+    python benchmarks/quickstart_recipes.py --work /tmp/qs-recipes --seeds 0 1 2 --jobs 2 --threads 1
+
+Each run is ``clipforge train`` in its own process on the quickstart config with ``seed`` set (initialisation and
+data order; the synthetic world, ``data.seed``, and its evaluation sets stay the quickstart's). The ``recipe`` row
+adds ``configs/small_data.yaml``'s recipe keys (``RECIPE_KEYS``) and nothing else: same model, world, steps,
+batch and optimiser. The quickstart draws fresh scenes every step (``data.augment: false``), so the recipe's main
+view is the unaugmented one and its extra views (SLIP's, DeCLIP's) are the model's training crops.
+
+Prints JSON: per row and seed the end-of-run zero-shot and retrieval scores and the wall time, the mean ± std per
+row, and the recipe's means over the plain row's (``ratio_to_plain``). Runs already finished under ``--work`` (a
+``scores.json`` beside the same ``train.yaml``) are read back, not trained again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks" / "icons"))
+import compare  # noqa: E402  # benchmarks/icons/compare.py: the runner's helpers
+
+QUICKSTART = ROOT / "configs" / "quickstart.yaml"
+SMALL_DATA = ROOT / "configs" / "small_data.yaml"
+RECIPE_KEYS = ("augment", "text_augment", "slip", "declip", "label_smoothing")
+
+
+def recipe_keys(path: Path = SMALL_DATA) -> dict[str, Any]:
+    """The recipe of a small-data config: its ``RECIPE_KEYS`` (the rest is the icon run's data and budget)."""
+    config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    found = {k: config[k] for k in RECIPE_KEYS if config.get(k) is not None}
+    if not found:
+        raise ValueError(f"{path}: none of {', '.join(RECIPE_KEYS)} is set; nothing to compare")
+    return found
+
+
+def row_configs(steps: int | None = None) -> dict[str, dict[str, Any]]:
+    """``plain`` (the quickstart config) and ``recipe`` (it plus the small-data recipe), as config dicts."""
+    plain = yaml.safe_load(QUICKSTART.read_text(encoding="utf-8"))
+    if steps is not None:
+        plain["steps"] = steps
+        plain["eval"] = {**plain["eval"], "every": 0}  # only the end-of-run evaluation
+    return {"plain": plain, "recipe": compare.merge(plain, recipe_keys())}
+
+
+def final_scores(run_dir: Path) -> dict[str, float]:
+    """The end-of-run evaluation: every ``zeroshot/`` and ``retrieval/`` score of the last record holding one."""
+    last: dict[str, float] = {}
+    for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        scores = {k: float(v) for k, v in record.items() if k.startswith(("zeroshot/", "retrieval/"))}
+        if scores:
+            last = scores
+    if not last:
+        raise RuntimeError(f"{run_dir}/metrics.jsonl: no zeroshot/ or retrieval/ scores (did the evaluation run?)")
+    return last
+
+
+def train_run(config: dict[str, Any], run_dir: Path, seed: int, threads: int) -> dict[str, float]:
+    """One run in its own process, or its memo (``scores.json``) when ``train.yaml`` is unchanged."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump({**config, "seed": seed, "output_dir": str(run_dir)})
+    path, memo = run_dir / "train.yaml", run_dir / "scores.json"
+    if memo.is_file() and path.is_file() and path.read_text(encoding="utf-8") == text:
+        return json.loads(memo.read_text(encoding="utf-8"))
+    memo.unlink(missing_ok=True)
+    path.write_text(text, encoding="utf-8")
+    start = time.perf_counter()
+    compare.run([compare.CLIPFORGE, "train", "--config", str(path), "--device", "cpu", "--threads", str(threads)],
+                run_dir / "train.log")
+    scores = {**final_scores(run_dir), "train_s": round(time.perf_counter() - start, 1)}
+    memo.write_text(json.dumps(scores), encoding="utf-8")
+    return scores
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--work", type=Path, required=True, help="the runs (outside the repo)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--steps", type=int, help="shorter runs than the quickstart's (a smoke test; default: its own)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads of each run")
+    p.add_argument("--jobs", type=int, default=1, help="runs at once")
+    args = p.parse_args(argv)
+    rows = row_configs(args.steps)
+    tasks = [(row, seed) for seed in args.seeds for row in rows]
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+        futures = {task: pool.submit(train_run, rows[task[0]], args.work / f"{task[0]}-seed{task[1]}", task[1],
+                                     args.threads) for task in tasks}
+        results: dict[str, list[dict[str, float]]] = {row: [] for row in rows}
+        for (row, seed), future in futures.items():
+            results[row].append({"seed": seed, **future.result()})
+            print(f"[quickstart_recipes] {row} seed {seed} done", file=sys.stderr)
+    summary = compare.summarise({row: [{k: v for k, v in r.items() if k != "seed"} for r in runs]
+                                 for row, runs in results.items()}, anchor="plain")
+    print(json.dumps({"benchmark": "quickstart_recipes", "machine": platform.processor() or platform.machine(),
+                      "torch": torch.__version__, "threads": args.threads, "jobs": args.jobs,
+                      "steps": rows["plain"]["steps"], "batch_size": rows["plain"]["batch_size"],
+                      "recipe": recipe_keys(), "results": results, "summary": summary,
+                      "wall_s": round(time.perf_counter() - start, 1)}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

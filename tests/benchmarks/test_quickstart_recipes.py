@@ -1,0 +1,88 @@
+"""``benchmarks/quickstart_recipes.py``: the two rows it trains (the quickstart, and it plus exactly the shipped
+small-data recipe), the scores it reads back, its memo, and one short run of each row end to end."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("quickstart_recipes", ROOT / "benchmarks" / "quickstart_recipes.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_recipe_row_is_the_quickstart_plus_the_shipped_recipe_and_nothing_else(bench: ModuleType) -> None:
+    rows = bench.row_configs()
+    shipped = yaml.safe_load((ROOT / "configs/small_data.yaml").read_text())
+    quickstart = yaml.safe_load((ROOT / "configs/quickstart.yaml").read_text())
+    assert rows["plain"] == quickstart
+    added = {k: v for k, v in rows["recipe"].items() if rows["plain"].get(k) != v}
+    assert added == {k: shipped[k] for k in bench.RECIPE_KEYS if shipped.get(k) is not None}
+    assert {"slip", "declip", "label_smoothing"} <= set(added)  # what the shipped recipe is today
+    short = bench.row_configs(steps=50)
+    assert short["plain"]["steps"] == short["recipe"]["steps"] == 50 and short["plain"]["eval"]["every"] == 0
+
+
+def test_a_config_without_a_recipe_is_an_error_naming_it(bench: ModuleType, tmp_path: Path) -> None:
+    path = tmp_path / "plain.yaml"
+    path.write_text("model: tiny-rn\nsteps: 10\n")
+    with pytest.raises(ValueError, match="plain.yaml: none of augment"):
+        bench.recipe_keys(path)
+
+
+def test_final_scores_are_the_last_evaluation(bench: ModuleType, tmp_path: Path) -> None:
+    records = [{"step": 10, "loss": 2.0}, {"step": 20, "zeroshot/shape": 0.5, "retrieval/x": 0.1},
+               {"step": 30, "loss": 1.0}, {"step": 40, "zeroshot/shape": 0.75, "retrieval/x": 0.2}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert bench.final_scores(tmp_path) == {"zeroshot/shape": 0.75, "retrieval/x": 0.2}
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 1.0}) + "\n")
+    with pytest.raises(RuntimeError, match="no zeroshot/ or retrieval/ scores"):
+        bench.final_scores(tmp_path)
+
+
+def test_a_run_is_trained_once_per_config(bench: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    trained = []
+
+    def fake_run(command: list[str], log: Path) -> None:  # stands for `clipforge train --config train.yaml`
+        config = yaml.safe_load(Path(command[command.index("--config") + 1]).read_text())
+        trained.append(config["seed"])
+        (Path(config["output_dir"]) / "metrics.jsonl").write_text(json.dumps({"zeroshot/shape": 0.5}) + "\n")
+
+    monkeypatch.setattr(bench.compare, "run", fake_run)
+    config = bench.row_configs()["plain"]
+    first = bench.train_run(config, tmp_path / "run", seed=0, threads=1)
+    assert bench.train_run(config, tmp_path / "run", seed=0, threads=1) == first and trained == [0]
+    assert first["zeroshot/shape"] == 0.5
+    bench.train_run(config, tmp_path / "run", seed=1, threads=1)  # another config in the same folder: trained
+    assert trained == [0, 1]
+
+
+@pytest.mark.slow
+def test_both_rows_train_and_a_finished_run_is_read_back(bench: ModuleType, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--work", str(tmp_path), "--seeds", "0", "--steps", "31", "--threads", "1"]
+    assert bench.main(argv) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert set(first["results"]) == {"plain", "recipe"} and first["steps"] == 31
+    for row in ("plain", "recipe"):
+        scores = first["results"][row][0]
+        assert 0.0 <= scores["zeroshot/shape"] <= 1.0 and scores["train_s"] > 0
+    assert set(first["summary"]["recipe"]["ratio_to_plain"]) >= {"zeroshot/shape", "zeroshot/colour"}
+    log = (tmp_path / "recipe-seed0" / "train.log").stat().st_mtime_ns
+    assert bench.main(argv) == 0  # the memo: the same configs are not trained again
+    assert json.loads(capsys.readouterr().out)["results"] == first["results"]
+    assert (tmp_path / "recipe-seed0" / "train.log").stat().st_mtime_ns == log
