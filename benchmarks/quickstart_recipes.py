@@ -2,6 +2,10 @@
 configs/small_data.yaml (issue #20's "no worse than the plain recipe on the quickstart"), side by side.
 
     python benchmarks/quickstart_recipes.py --work /tmp/qs-recipes --seeds 0 1 2 --jobs 2 --threads 1
+    python benchmarks/quickstart_recipes.py --work /tmp/qs-recipes --seeds 0 --recipe-overrides declip.nn_weight=0
+
+``--recipe-overrides`` (an ablation) changes the recipe row alone; it becomes its own row, named with them
+(``recipe[declip.nn_weight=0]``), and its own run folders, so the same ``--work`` keeps the plain row's runs.
 
 Each run is ``clipforge train`` in its own process on the quickstart config with ``seed`` set (initialisation and
 data order; the synthetic world, ``data.seed``, and its evaluation sets stay the quickstart's). The ``recipe`` row
@@ -46,13 +50,19 @@ def recipe_keys(path: Path = SMALL_DATA) -> dict[str, Any]:
     return found
 
 
-def row_configs(steps: int | None = None) -> dict[str, dict[str, Any]]:
-    """``plain`` (the quickstart config) and ``recipe`` (it plus the small-data recipe), as config dicts."""
+def row_configs(steps: int | None = None, recipe_overrides: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """``plain`` (the quickstart config) and ``recipe`` (it plus the small-data recipe, with ``recipe_overrides``:
+    dotted ``key=value`` items applied to that row alone, for ablations), as config dicts."""
+    from clipforge.config import apply_overrides, parse_overrides
+
     plain = yaml.safe_load(QUICKSTART.read_text(encoding="utf-8"))
     if steps is not None:
         plain["steps"] = steps
         plain["eval"] = {**plain["eval"], "every": 0}  # only the end-of-run evaluation
-    return {"plain": plain, "recipe": compare.merge(plain, recipe_keys())}
+    recipe = compare.merge(plain, recipe_keys())
+    if recipe_overrides:
+        recipe = apply_overrides(recipe, parse_overrides(recipe_overrides), "--recipe-overrides")
+    return {"plain": plain, "recipe": recipe}
 
 
 def final_scores(run_dir: Path) -> dict[str, float]:
@@ -92,8 +102,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, help="shorter runs than the quickstart's (a smoke test; default: its own)")
     p.add_argument("--threads", type=int, default=1, help="torch threads of each run")
     p.add_argument("--jobs", type=int, default=1, help="runs at once")
+    p.add_argument("--recipe-overrides", nargs="+", metavar="KEY=VALUE",
+                   help="dotted config overrides of the recipe row alone (an ablation: declip.nn_weight=0)")
+    p.add_argument("--rows", nargs="+", choices=["plain", "recipe"], default=["plain", "recipe"])
     args = p.parse_args(argv)
-    rows = row_configs(args.steps)
+    rows = {k: v for k, v in row_configs(args.steps, args.recipe_overrides).items() if k in args.rows}
+    if args.recipe_overrides and "recipe" in rows:  # its own row (and run folders), beside the shipped recipe's
+        rows[f"recipe[{','.join(args.recipe_overrides)}]"] = rows.pop("recipe")
+    first = next(iter(rows.values()))
     tasks = [(row, seed) for seed in args.seeds for row in rows]
     start = time.perf_counter()
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
@@ -107,8 +123,9 @@ def main(argv: list[str] | None = None) -> int:
                                  for row, runs in results.items()}, anchor="plain")
     print(json.dumps({"benchmark": "quickstart_recipes", "machine": platform.processor() or platform.machine(),
                       "torch": torch.__version__, "threads": args.threads, "jobs": args.jobs,
-                      "steps": rows["plain"]["steps"], "batch_size": rows["plain"]["batch_size"],
-                      "recipe": recipe_keys(), "results": results, "summary": summary,
+                      "steps": first["steps"], "batch_size": first["batch_size"],
+                      "recipe": recipe_keys(), "recipe_overrides": args.recipe_overrides or [],
+                      "results": results, "summary": summary,
                       "wall_s": round(time.perf_counter() - start, 1)}, indent=2))
     return 0
 

@@ -37,6 +37,15 @@ def test_the_recipe_row_is_the_quickstart_plus_the_shipped_recipe_and_nothing_el
     assert short["plain"]["steps"] == short["recipe"]["steps"] == 50 and short["plain"]["eval"]["every"] == 0
 
 
+def test_an_ablation_changes_the_recipe_row_alone(bench: ModuleType) -> None:
+    shipped, ablated = bench.row_configs(), bench.row_configs(recipe_overrides=["declip.nn_weight=0", "slip=null"])
+    assert ablated["plain"] == shipped["plain"]
+    assert ablated["recipe"]["declip"] == {**shipped["recipe"]["declip"], "nn_weight": 0}
+    assert ablated["recipe"]["slip"] is None
+    assert {k: v for k, v in ablated["recipe"].items() if k not in ("declip", "slip")} == \
+        {k: v for k, v in shipped["recipe"].items() if k not in ("declip", "slip")}
+
+
 def test_a_config_without_a_recipe_is_an_error_naming_it(bench: ModuleType, tmp_path: Path) -> None:
     path = tmp_path / "plain.yaml"
     path.write_text("model: tiny-rn\nsteps: 10\n")
