@@ -154,3 +154,75 @@ def test_without_data_augment_the_main_view_is_fixed_and_the_extra_views_are_dra
     second, _, b = recipe(image, ["a scene"], random.Random(1))
     assert torch.equal(first, second) and a["views"].shape[0] == 3  # DeCLIP's view, then SLIP's two
     assert not torch.equal(a["views"], b["views"])
+
+
+def test_the_reading_view_moves_and_scales_the_ink_and_keeps_it_whole():
+    from clipforge.data.augment import reading_view
+    from clipforge.text.render import RenderConfig, UnifontRenderer
+
+    renderer = UnifontRenderer(RenderConfig(image_size=64, mode="improved", monospace=True))
+    pixels = renderer(["a red cart"])[0]
+
+    def box(p):
+        ink = (p != 127).any(0)
+        rows, cols = ink.any(1).nonzero().flatten(), ink.any(0).nonzero().flatten()
+        return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+    top, bottom, left, right = box(pixels)
+    moved = reading_view(pixels, 127, 1.0, 1.0, 1.0)  # full size, to the bottom-right corner
+    t, b, x0, x1 = box(moved)
+    assert (b, x1) == (64, 64) and (b - t, x1 - x0) == (bottom - top, right - left)
+    assert torch.equal(moved[:, t:b, x0:x1], pixels[:, top:bottom, left:right])  # the same glyphs, moved
+    small = reading_view(pixels, 127, 0.5, 0.0, 0.0)
+    t, b, x0, x1 = box(small)
+    assert (t, x0) == (0, 0) and abs((b - t) - (bottom - top) / 2) <= 1 and abs((x1 - x0) - (right - left) / 2) <= 1
+    blank = torch.full((3, 16, 16), 127, dtype=torch.uint8)
+    assert torch.equal(reading_view(blank, 127, 0.7, 0.3, 0.3), blank)
+
+
+def test_the_reading_term_is_the_contrastive_loss_of_the_two_renderings():
+    from clipforge.train.self_supervised import ReadingConfig
+
+    torch.manual_seed(0)
+    model = clipforge.create_model("clippo-tiny", vision={"layers": 1, "width": 32, "heads": 2}, embed_dim=16)
+    render = clipforge.get_text_processor(model)
+    images = torch.randn(4, 3, *(model.config.vision.image_size,) * 2)
+    texts = render(["one", "two cats", "a red cart", "three"])
+    read = torch.stack([t.roll(5, dims=2) for t in texts])  # any second rendering
+    terms: dict = {}
+    loss = recipe_forward_backward(model, images, texts, {"texts_read": read}, clip_loss, Runtime(), None, None,
+                                   reading=ReadingConfig(weight=0.3), terms=terms)
+    with torch.no_grad():
+        scale = model.scale()
+        t1, t2 = model.encode_text(texts, normalize=True), model.encode_text(read, normalize=True)
+        plain = clip_loss(model.encode_image(images, normalize=True), t1, scale)
+        term = clip_loss(t1, t2, scale)
+    assert torch.allclose(terms["reading"][0], term, atol=1e-5) and term > 0.1
+    assert torch.allclose(loss, plain + 0.3 * term, atol=1e-5)
+
+
+def test_a_clippo_run_with_the_reading_term_logs_it_and_resumes_exactly(tmp_path: Path):
+    run = ["model=clippo-tiny", "model_overrides.vision.layers=1", "model_overrides.vision.width=32",
+           "model_overrides.vision.heads=2", "model_overrides.embed_dim=16", "data.train_size=100",
+           "data.num_workers=0", "eval.size=8", "eval.retrieval_size=4", "schedule.warmup_steps=1", "log_every=1",
+           "steps=3", "batch_size=8", "plots=false", "checkpoint_every=1", "keep_checkpoints=10",
+           "reading.scale=[0.5,0.9]"]
+    whole = train(load_config(None, parse_overrides([*run, f"output_dir={tmp_path / 'whole'}"])), Runtime())
+    assert math.isfinite(whole.losses[-1][1])
+    logged = (tmp_path / "whole/metrics.jsonl").read_text().splitlines()
+    assert sum('"reading"' in line for line in logged) == 3
+    train(load_config(None, parse_overrides([*run, f"output_dir={tmp_path / 'resumed'}"])), Runtime(),
+          resume=str(tmp_path / "whole/checkpoints/step_00000001.pt"))
+    a = clipforge.load(str(tmp_path / "whole/final"))[0].state_dict()
+    b = clipforge.load(str(tmp_path / "resumed/final"))[0].state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["reading.weight=0.5"], "needs a CLIPPO model"),
+    (["model=clippo-tiny", "reading.weight=0.5", "lock=text"], "lock: text"),
+    (["model=clippo-tiny", "reading.scale=[0.5,1.5]"], "reading.scale"),
+])
+def test_the_reading_term_refuses_what_it_cannot_do(extra, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, parse_overrides([*tiny_vit_overrides(), "batch_size=8", *extra]))

@@ -1,5 +1,6 @@
 """Caption-preserving augmentation for small datasets: image augmentations that never contradict the caption,
-text augmentation of tag-style captions, and the extra views SLIP and DeCLIP train on.
+text augmentation of tag-style captions, the extra views SLIP and DeCLIP train on, and CLIPPO's second rendering
+of each caption for its reading term.
 
 A flip turns "arrow pointing left" into a picture of an arrow pointing right; colour jitter turns "a red car"
 blue. So each sample's augmentation looks at its caption first: no horizontal flip when the caption has a
@@ -12,6 +13,10 @@ English: captions in another language are not checked (leave ``flip`` and ``colo
 Text augmentation is for captions that are a phrase followed by comma-separated tags ("a house icon, building,
 home"): each tag after the first part is dropped with ``tag_dropout``, the tags shuffled, and with
 ``template_prob`` the first part is replaced by a template filled with the first tag-free phrase's name.
+
+CLIPPO's reading term (``reading``, ``clipforge.train.self_supervised``) pairs each rendered caption with a second
+rendering of the same text, its ink moved to a random place and scaled (``reading_view``): the shared tower learns
+that what was written, not where or how large, is what the pixels mean.
 
 Every random draw comes from the sample's own ``random.Random`` (``clipforge.train.data``), so a resumed run
 draws the same augmentations as an uninterrupted one.
@@ -28,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageEnhance
 
 from clipforge.config import ConfigError
@@ -268,16 +274,20 @@ class SampleRecipe:
         views: The transform of each extra image view per sample (each its own draw), in order.
         second_caption: Also draw a second caption (another line of the sample's captions when it has several,
             augmented by ``text`` on its own draws).
+        reading_scale: CLIPPO's reading term: the scale range of the caption's second rendering (its place is
+            drawn too; ``reading_view``), or ``None``.
     """
 
     transform: Any
     text: TextAugmentConfig | None = None
     views: tuple[Any, ...] = ()
     second_caption: bool = False
+    reading_scale: tuple[float, float] | None = None
 
     def __call__(self, image: Image.Image, captions: Sequence[str],
                  rng: random.Random) -> tuple[torch.Tensor, str, dict[str, Any]]:
-        """``(image tensor, caption, extra)``: ``extra`` holds ``views`` (V, 3, H, W) and ``caption2``."""
+        """``(image tensor, caption, extra)``: ``extra`` holds ``views`` (V, 3, H, W), ``caption2`` and ``reading``
+        (the caption with its second rendering's scale and place)."""
         caption = self._caption(captions, rng)
         tensor = self._image(image, rng, caption, self.transform)
         extra: dict[str, Any] = {}
@@ -285,6 +295,8 @@ class SampleRecipe:
             extra["views"] = torch.stack([self._image(image, rng, caption, t) for t in self.views])
         if self.second_caption:
             extra["caption2"] = self._caption(captions, rng)
+        if self.reading_scale is not None:
+            extra["reading"] = (caption, rng.uniform(*self.reading_scale), rng.random(), rng.random())
         return tensor, caption, extra
 
     def _caption(self, captions: Sequence[str], rng: random.Random) -> str:
@@ -299,11 +311,48 @@ class SampleRecipe:
 
 
 def batch_extras(extras: Sequence[dict[str, Any]], text_processor: Any) -> dict[str, Any]:
-    """The batch's ``info`` entries from its samples' extras: ``views`` (B, V, 3, H, W), ``texts2`` (B, T)."""
+    """The batch's ``info`` entries from its samples' extras: ``views`` (B, V, 3, H, W), ``texts2`` (B, T) and, for
+    CLIPPO's reading term, ``texts_read`` (B, 3, H, W): each caption's second rendering."""
     out: dict[str, Any] = {}
     if extras and "views" in extras[0]:
         out["views"] = torch.stack([e["views"] for e in extras])
     if extras and "caption2" in extras[0]:
         out["texts2"] = text_processor([e["caption2"] for e in extras])
+    if extras and "reading" in extras[0]:
+        pixels = text_processor([e["reading"][0] for e in extras])
+        background = text_processor.config.background
+        out["texts_read"] = torch.stack([reading_view(p, background, *e["reading"][1:])
+                                         for p, e in zip(pixels, extras, strict=True)])
+    return out
+
+
+def reading_view(pixels: torch.Tensor, background: int, scale: float, x: float, y: float) -> torch.Tensor:
+    """A second rendering of the same text: the ink's bounding box scaled by ``scale`` (antialiased) and put at
+    fraction ``x``, ``y`` of the free space of a blank image of the same size.
+
+    Args:
+        pixels: One rendered text, uint8 (3, H, W), ink on a uniform ``background``.
+        background: The renderer's background brightness.
+        scale: Size of the moved text, in (0, 1] of the rendered size.
+        x: Horizontal place in [0, 1]: 0 the left edge, 1 the right.
+        y: Vertical place in [0, 1].
+
+    Returns:
+        uint8 (3, H, W); a blank rendering (no ink) comes back unchanged.
+    """
+    ink = (pixels != background).any(dim=0)
+    if not ink.any():
+        return pixels.clone()
+    rows, cols = ink.any(dim=1).nonzero().flatten(), ink.any(dim=0).nonzero().flatten()
+    crop = pixels[:, int(rows[0]):int(rows[-1]) + 1, int(cols[0]):int(cols[-1]) + 1]
+    h, w = crop.shape[1:]
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    if size != (h, w):
+        crop = F.interpolate(crop[None].float(), size=size, mode="bilinear", antialias=True,
+                             align_corners=False)[0].round().clamp(0, 255).to(torch.uint8)
+    out = torch.full_like(pixels, background)
+    height, width = pixels.shape[1:]
+    top, left = int(y * (height - size[0])), int(x * (width - size[1]))
+    out[:, top:top + size[0], left:left + size[1]] = crop
     return out
 

@@ -25,7 +25,7 @@ from clipforge.train.classify import ClassifierConfig
 from clipforge.train.ema import EmaConfig
 from clipforge.train.eval_sets import EvalSetConfig, check_set_names
 from clipforge.train.finetune_config import DistillConfig, UnlockConfig
-from clipforge.train.self_supervised import DeclipConfig, SlipConfig
+from clipforge.train.self_supervised import DeclipConfig, ReadingConfig, SlipConfig
 from clipforge.train.wise_ft import WiseFTConfig
 
 
@@ -234,6 +234,8 @@ class TrainConfig:
         text_augment: Tag dropout and shuffling and template mixing of tag-style captions (``clipforge.data.augment``).
         slip: SLIP's SimCLR loss on two more views of each image (``clipforge.train.self_supervised``).
         declip: DeCLIP's multi-view and nearest-neighbour supervision (``clipforge.train.self_supervised``).
+        reading: CLIPPO only: each caption against a second rendering of it, moved and scaled
+            (``clipforge.train.self_supervised``).
     """
 
     model: str = "tiny-vit"
@@ -278,6 +280,7 @@ class TrainConfig:
     text_augment: TextAugmentConfig | None = None
     slip: SlipConfig | None = None
     declip: DeclipConfig | None = None
+    reading: ReadingConfig | None = None
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "accum_steps", "log_every", "keep_checkpoints"):
@@ -336,7 +339,7 @@ class TrainConfig:
     def _check_recipes(self) -> None:
         """The small-data recipes need per-sample CPU augmentation and one plain step (``self_supervised``)."""
         recipes = {"augment": self.augment, "text_augment": self.text_augment, "slip": self.slip,
-                   "declip": self.declip}
+                   "declip": self.declip, "reading": self.reading}
         given = [name for name, on in recipes.items() if on is not None]
         if not given:
             return
@@ -348,11 +351,12 @@ class TrainConfig:
         if self.classifier is not None or self.text_pairs.fraction:
             raise ConfigError(f"{', '.join(given)}: the small-data recipes train on image–caption pairs, not with "
                               "classifier or text_pairs")
-        ssl = [name for name in ("slip", "declip") if recipes[name] is not None]
+        ssl = [name for name in ("slip", "declip", "reading") if recipes[name] is not None]
         if not ssl:
             return
         conflicts = {"accum_steps > 1": self.accum_steps > 1, "parallel: fsdp": self.parallel == "fsdp",
                      "lock: image": self.lock == "image", "distill": self.distill.teacher is not None,
+                     "lock: text": self.lock == "text" and self.reading is not None,
                      "siglip_exchange: ring": self.siglip_exchange == "ring"}
         bad = [name for name, on in conflicts.items() if on]
         if bad:
@@ -423,6 +427,9 @@ class TrainConfig:
                               "(SigLIP: -10) and model_overrides.init_logit_scale (SigLIP: 2.302585)")
         if self.text_pairs.fraction and model.family != "clippo":
             raise ConfigError("text_pairs need a CLIPPO model (both texts are rendered as images); "
+                              f"{self.model!r} is a {model.family!r} model")
+        if self.reading is not None and model.family != "clippo":
+            raise ConfigError("reading renders each caption twice: it needs a CLIPPO model (text as pixels); "
                               f"{self.model!r} is a {model.family!r} model")
 
     def check_world_size(self, world_size: int) -> None:

@@ -277,10 +277,11 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None,
             images = images.contiguous(memory_format=torch.channels_last)
         if config.classifier is not None:  # ``texts`` holds the class indices
             loss = classifier_forward_backward(model, images, texts, accum, amp, config.classifier.label_smoothing)
-        elif config.slip is not None or config.declip is not None:  # the extra views and captions are in data_info
+        elif config.slip is not None or config.declip is not None or config.reading is not None:
+            # the extra views, captions and renderings are in data_info
             loss = recipe_forward_backward(model, images, texts, data_info, loss_fn, runtime, config.slip,
-                                           config.declip, local_loss=config.local_loss, lock=config.lock,
-                                           autocast=amp, terms=recipe_terms)
+                                           config.declip, reading=config.reading, local_loss=config.local_loss,
+                                           lock=config.lock, autocast=amp, terms=recipe_terms)
         else:
             distill = None if teacher is None else teacher_features(teacher, images, texts, config.distill, accum,
                                                                     amp)._replace(terms=distill_terms)
@@ -372,11 +373,12 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None,
 
 
 def sample_recipe(config: TrainConfig, train_tf: Any, eval_tf: Any) -> SampleRecipe | None:
-    """The per-sample augmentation of the small-data recipes (``augment``, ``text_augment``, ``slip``, ``declip``),
+    """The per-sample augmentation of the small-data recipes (``augment``, ``text_augment``, ``slip``, ``declip``,
+    ``reading``),
     or ``None`` for the plain transform. With ``data.augment: false`` the main view is ``eval_tf``'s; the extra views
     are drawn with ``train_tf`` all the same (two identical views would teach SLIP and DeCLIP nothing)."""
     c = config
-    if c.augment is None and c.text_augment is None and c.slip is None and c.declip is None:
+    if all(r is None for r in (c.augment, c.text_augment, c.slip, c.declip, c.reading)):
         return None
     if (c.augment is not None or c.slip is not None) and not hasattr(train_tf, "crop_box"):
         raise ConfigError(f"augment, slip: {type(train_tf).__name__} models take their own input layout; the "
@@ -390,7 +392,8 @@ def sample_recipe(config: TrainConfig, train_tf: Any, eval_tf: Any) -> SampleRec
         slip_transform = AugmentTransform(train_tf.size, train_tf.mean, train_tf.std, views)
     view = transform if c.data.augment else train_tf
     return SampleRecipe(transform, c.text_augment, image_views(c.slip, c.declip, view, slip_transform),
-                        second_caption=c.declip is not None and c.declip.multi_view)
+                        second_caption=c.declip is not None and c.declip.multi_view,
+                        reading_scale=c.reading.scale if c.reading is not None else None)
 
 
 def _save(directory: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,

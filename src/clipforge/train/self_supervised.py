@@ -13,6 +13,11 @@ FIFO queue of past text embeddings; each image is also contrasted with the queue
 caption's embedding (detached). ``loss = mean over pairings + declip.nn_weight × nn term``. DeCLIP's other term,
 image self-supervision, is SLIP's here; its masked-language term is not built.
 
+**Reading** (CLIPPO only): a curriculum for the one shared tower, which at small scale learns colour long before it
+reads. Each caption is rendered a second time with its ink moved and scaled (``clipforge.data.augment.reading_view``)
+and the two renderings are a positive pair under the run's contrastive loss, as CLIPPO's text/text pairs are;
+``loss = … + reading.weight × contrastive(rendered, re-rendered)``.
+
 The projector and the queue live on the model as ``model.recipe_heads`` (a ``RecipeHeads``): so the optimiser,
 gradient all-reduce, checkpoints and resume hold them like any weight; the final model is exported without them
 (``without_recipe_heads``). The extra views and captions come from the data (``clipforge.data.augment``); every
@@ -88,6 +93,26 @@ class DeclipConfig:
             raise ConfigError("declip: neither multi_view nor nn_weight is on: nothing to add")
 
 
+@dataclass(frozen=True)
+class ReadingConfig:
+    """CLIPPO's reading term (the train config's ``reading``): each caption against its own second rendering.
+
+    Attributes:
+        weight: The term's weight beside the image–text loss.
+        scale: The range of the second rendering's size, as a fraction of the first (its place is uniform over the
+            free space).
+    """
+
+    weight: float = 0.5
+    scale: tuple[float, float] = (0.6, 1.0)
+
+    def __post_init__(self) -> None:
+        if self.weight <= 0:
+            raise ConfigError(f"reading.weight must be positive, got {self.weight}")
+        if not 0 < self.scale[0] <= self.scale[1] <= 1:
+            raise ConfigError(f"reading.scale: expected 0 < low <= high <= 1, got {list(self.scale)}")
+
+
 def image_views(slip: SlipConfig | None, declip: DeclipConfig | None, transform: Any,
                 slip_transform: Any) -> tuple[Any, ...]:
     """The transform of each extra image view per sample, in the order ``recipe_forward_backward`` reads them:
@@ -160,20 +185,22 @@ def without_recipe_heads(model: nn.Module) -> Iterator[nn.Module]:
 
 def recipe_forward_backward(model: nn.Module, images: torch.Tensor, texts: torch.Tensor, info: dict[str, Any],
                             loss_fn: Callable[..., torch.Tensor], runtime: Runtime, slip: SlipConfig | None,
-                            declip: DeclipConfig | None, *, local_loss: bool = False, lock: str = "none",
-                            autocast: torch.dtype | None = None,
+                            declip: DeclipConfig | None, *, reading: ReadingConfig | None = None,
+                            local_loss: bool = False, lock: str = "none", autocast: torch.dtype | None = None,
                             terms: dict[str, list[torch.Tensor]] | None = None) -> torch.Tensor:
-    """The step's loss with SLIP's and DeCLIP's terms; accumulates the gradients (no optimiser step).
+    """The step's loss with SLIP's, DeCLIP's and the reading terms; accumulates the gradients (no optimiser step).
 
     Args:
         model: A contrastive model; with ``recipe_heads`` when SLIP or DeCLIP's queue is on.
         images: This rank's (B, 3, H, W) images.
         texts: This rank's text input.
-        info: The batch's info: ``views`` (B, V, 3, H, W) and, for DeCLIP's multi-view, ``texts2``.
+        info: The batch's info: ``views`` (B, V, 3, H, W), for DeCLIP's multi-view ``texts2``, for the reading term
+            ``texts_read`` (each caption's second rendering).
         loss_fn: The contrastive loss (``clipforge.train.loss``).
         runtime: Rank and world size, for the gathers.
         slip: SLIP's options or ``None``.
         declip: DeCLIP's options or ``None``.
+        reading: The reading term's options (CLIPPO) or ``None``.
         local_loss: Each rank's own rows against every column (``global_loss``).
         lock: ``none`` or ``text`` (a locked text tower runs without a graph).
         autocast: The autocast dtype (``None``: full precision).
@@ -203,6 +230,12 @@ def recipe_forward_backward(model: nn.Module, images: torch.Tensor, texts: torch
             loss = (loss + contrastive(image2, text2) + contrastive(image_features, text2)
                     + contrastive(image2, text_features)) / 4
         record.setdefault("contrastive", []).append(loss.detach())
+        if reading is not None:
+            assert "texts_read" in info, "reading: the data renders each caption a second time"
+            read = model.encode_text(info["texts_read"].to(device, non_blocking=True), normalize=True)
+            term = contrastive(text_features, read)
+            record.setdefault("reading", []).append(term.detach())
+            loss = loss + reading.weight * term
         if declip is not None and declip.nn_weight:
             assert heads is not None
             all_texts = gather_features(text_features.detach(), runtime)
