@@ -21,7 +21,7 @@ def test_the_shipped_recipe_is_the_benchmarks_row():
     row = yaml.safe_load((ROOT / "benchmarks/icons/recipes.yaml").read_text(encoding="utf-8"))["clipforge+small_data"]
     assert {k: shipped[k] for k in RECIPE_KEYS} == row
     config = load_config(ROOT / "configs/small_data.yaml", {})
-    assert config.slip is not None and config.declip is not None and config.label_smoothing == 0.1
+    assert config.slip is not None and config.declip is not None and config.label_smoothing == 0.03
 
 
 def test_it_trains_on_your_own_shards(tmp_path: Path):
