@@ -22,6 +22,7 @@ from clipforge.data.augment import (
     background_for,
     has_colour,
     has_direction,
+    reweight,
 )
 from clipforge.data.decode import DecodeLimits, decode_image
 
@@ -104,6 +105,22 @@ def test_colour_jitter_and_grayscale_skip_colour_words():
     assert np.allclose(grey[..., 0], grey[..., 1]) and np.allclose(grey[..., 1], grey[..., 2])
 
 
+def test_stroke_changes_the_line_weight_and_skips_weight_and_style_words():
+    image = glyph()
+    ink = np.asarray(image.getchannel("A")) > 0  # the L's strokes are 5 pixels wide
+    bolder, lighter = (np.asarray(reweight(image, r).getchannel("A")) > 0 for r in (1, -1))
+    assert (bolder & ink).sum() == ink.sum() and bolder.sum() > ink.sum()  # the strokes grew by a pixel
+    assert (lighter & ~ink).sum() == 0 and 0 < lighter.sum() < ink.sum()  # and shrank, the L still there
+    assert (np.asarray(reweight(image, 2).getchannel("A")) > 0).sum() > bolder.sum()
+    drawn = [(pixels(transform(stroke=1.0, stroke_radius=2)(image, random.Random(seed), "a bracket"))[..., 0] < 0.5)
+             for seed in range(8)]
+    assert all((d & ink).sum() == ink.sum() and d.sum() > ink.sum() for d in drawn)  # always bolder, never lighter
+    assert len({int(d.sum()) for d in drawn}) == 2  # by 1 or 2 pixels
+    for caption in ("a bold bracket", "bracket, filled", "an outline bracket"):
+        kept = pixels(transform(stroke=1.0)(image, random.Random(0), caption))
+        np.testing.assert_allclose(kept, on_white(image), atol=1e-6)
+
+
 def test_rotation_fills_the_corners_with_the_background():
     black = Image.new("RGB", (32, 32), (0, 0, 0))
     out = pixels(transform(rotation=30)(black, random.Random(3), "a square"))
@@ -138,6 +155,8 @@ def test_text_augmentation():
     ({"flip": 1.5}, "augment.flip"),
     ({"color_jitter": 1.0}, "augment.color_jitter"),
     ({"rotation": -1}, "augment.rotation"),
+    ({"stroke": 2.0}, "augment.stroke"),
+    ({"stroke_radius": 0}, "augment.stroke_radius"),
 ])
 def test_bad_augment_options_are_named(options, message):
     with pytest.raises(ConfigError, match=message):

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageEnhance
+from PIL import Image, ImageEnhance, ImageFilter
 
 from clipforge.config import ConfigError
 from clipforge.data.decode import pick_caption
@@ -62,10 +62,19 @@ def has_direction(caption: str) -> bool:
     """Whether a mirror image could contradict ``caption`` (a left/right word, writing, or a digit)."""
     return not _words(caption).isdisjoint(DIRECTION_WORDS)
 
+STROKE_WORDS = frozenset(
+    "bold bolder thin thinner thick light regular heavy weight fill filled solid outline outlined line lines stroke "
+    "strokes duotone hairline".split())
+
 
 def has_colour(caption: str) -> bool:
     """Whether ``caption`` names a colour (so jitter or a new background could contradict it)."""
     return not _words(caption).isdisjoint(COLOUR_WORDS)
+
+
+def has_stroke_word(caption: str) -> bool:
+    """Whether ``caption`` names a stroke weight or a drawing style (so thickening the lines could contradict it)."""
+    return not _words(caption).isdisjoint(STROKE_WORDS)
 
 
 @dataclass(frozen=True)
@@ -82,6 +91,11 @@ class AugmentConfig:
         grayscale: Probability of turning the image grey, where the caption names no colour.
         backgrounds: Probability that a transparent image is composited on a random colour (contrasting with its
             visible pixels), where the caption names no colour; else on white.
+        stroke: Probability of drawing a transparent image's strokes bolder (its alpha dilated by 1 to
+            ``stroke_radius`` pixels at the output size), where the caption names no weight or style (``bold``,
+            ``thin``, ``filled``, ``outline``, ...): line icons drawn as bold and filled styles draw them. Never
+            lighter: eroding a 64-pixel line icon by one pixel erases its thinnest strokes.
+        stroke_radius: The largest change, in pixels (each draw uniform in 1 … stroke_radius).
     """
 
     scale: tuple[float, float] = (0.9, 1.0)
@@ -91,6 +105,8 @@ class AugmentConfig:
     color_jitter: float = 0.0
     grayscale: float = 0.0
     backgrounds: float = 0.0
+    stroke: float = 0.0
+    stroke_radius: int = 1
 
     def __post_init__(self) -> None:
         if not 0 < self.scale[0] <= self.scale[1] <= 1:
@@ -99,11 +115,18 @@ class AugmentConfig:
             raise ConfigError(f"augment.ratio: expected 0 < low <= high, got {list(self.ratio)}")
         if not 0 <= self.rotation <= 180:
             raise ConfigError(f"augment.rotation: degrees in [0, 180], got {self.rotation}")
-        for name in ("flip", "grayscale", "backgrounds"):
+        if self.stroke_radius < 1:
+            raise ConfigError(f"augment.stroke_radius: pixels, at least 1, got {self.stroke_radius}")
+        for name in ("flip", "grayscale", "backgrounds", "stroke"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"augment.{name}: a probability in [0, 1], got {getattr(self, name)}")
         if not 0 <= self.color_jitter < 1:
             raise ConfigError(f"augment.color_jitter: a strength in [0, 1), got {self.color_jitter}")
+
+    @property
+    def needs_alpha(self) -> bool:
+        """Whether transparent images must reach the transform as RGBA (new backgrounds, stroke weights)."""
+        return bool(self.backgrounds or self.stroke)
 
 
 @dataclass(frozen=True)
@@ -190,6 +213,8 @@ class AugmentTransform:
         box = self.crop_box(*image.size, rng)
         mode = "RGBA" if image.mode == "RGBA" else "RGB"
         image = image.convert(mode).resize((self.size, self.size), BICUBIC, box=box)
+        if c.stroke and image.mode == "RGBA" and rng.random() < c.stroke and not has_stroke_word(caption):
+            image = reweight(image, rng.randint(1, c.stroke_radius))
         if c.rotation:
             angle = rng.uniform(-c.rotation, c.rotation)
             image = image.convert("RGBA").rotate(angle, BICUBIC, fillcolor=(0, 0, 0, 0))
@@ -206,6 +231,17 @@ class AugmentTransform:
 
     def __repr__(self) -> str:
         return f"AugmentTransform(size={self.size}, {self.config})"
+
+
+def reweight(image: Image.Image, radius: int) -> Image.Image:
+    """An RGBA image with its strokes ``radius`` pixels bolder (> 0: the alpha dilated) or lighter (< 0: eroded).
+    Where alpha grows, the pixels keep their own colour (a rasterised SVG's transparent pixels are its ink colour
+    or black)."""
+    size = 2 * abs(radius) + 1
+    alpha = image.getchannel("A").filter(ImageFilter.MaxFilter(size) if radius > 0 else ImageFilter.MinFilter(size))
+    out = image.copy()
+    out.putalpha(alpha)
+    return out
 
 
 def composite(image: Image.Image, colour: tuple[int, int, int]) -> Image.Image:

@@ -302,7 +302,8 @@ class TrainData:
         classifier: A ``classifier`` run's head config: the batches' second item is then the class indices
             (``long``), not tokens; ``classnames`` holds the class order.
         recipe: The small-data recipes' per-sample augmentation and extra views (``clipforge.data.augment``); its
-            backgrounds need transparent images as RGBA, so the source then decodes with ``alpha="keep"``.
+            backgrounds and stroke weights need transparent images as RGBA, so the source then decodes with
+            ``alpha="keep"``.
 
     Raises:
         ConfigError: what ``config`` names on disk is missing (``clipforge.data.check_source``), or it names
@@ -321,7 +322,7 @@ class TrainData:
         self.config, self.runtime, self.batch_size, self.seed = config, runtime, batch_size, seed
         self.batches: StepBatches | ShardBatches
         if recipe is not None and isinstance(recipe.transform, AugmentTransform) and hasattr(config, "decode") \
-                and recipe.transform.config.backgrounds:  # the transform composites transparent images itself
+                and recipe.transform.config.needs_alpha:  # the transform composites transparent images itself
             config = dataclasses.replace(config, decode=dataclasses.replace(config.decode, alpha="keep"))
         source = build_source(config, image_size)  # checks what config names on disk first, before any work
         if classifier is not None:  # batches carry class indices where captions go (``clipforge.train.classify``)
