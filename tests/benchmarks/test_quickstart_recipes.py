@@ -31,10 +31,22 @@ def test_the_recipe_row_is_the_quickstart_plus_the_shipped_recipe_and_nothing_el
     quickstart = yaml.safe_load((ROOT / "configs/quickstart.yaml").read_text())
     assert rows["plain"] == quickstart
     added = {k: v for k, v in rows["recipe"].items() if rows["plain"].get(k) != v}
-    assert added == {k: shipped[k] for k in bench.RECIPE_KEYS if shipped.get(k) is not None}
+    expected = {k: shipped[k] for k in bench.RECIPE_KEYS if shipped.get(k) is not None}
+    if set(expected.get("augment", {})) <= bench.TRANSPARENT_ONLY:  # a no-op on opaque scenes: left out
+        expected.pop("augment", None)
+    assert added == expected
     assert {"slip", "declip", "label_smoothing"} <= set(added)  # what the shipped recipe is today
     short = bench.row_configs(steps=50)
     assert short["plain"]["steps"] == short["recipe"]["steps"] == 50 and short["plain"]["eval"]["every"] == 0
+
+
+def test_an_augment_for_transparent_images_alone_is_left_out_on_the_opaque_quickstart(
+        bench: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    shipped = bench.recipe_keys()
+    monkeypatch.setattr(bench, "recipe_keys", lambda: {**shipped, "augment": {"stroke": 0.5, "stroke_radius": 2}})
+    assert "augment" not in bench.row_configs()["recipe"] or bench.row_configs()["recipe"]["augment"] is None
+    monkeypatch.setattr(bench, "recipe_keys", lambda: {**shipped, "augment": {"stroke": 0.5, "flip": 0.5}})
+    assert bench.row_configs()["recipe"]["augment"] == {"stroke": 0.5, "flip": 0.5}  # a flip would act: kept
 
 
 def test_an_ablation_changes_the_recipe_row_alone(bench: ModuleType) -> None:
