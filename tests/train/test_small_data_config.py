@@ -13,7 +13,7 @@ from PIL import Image
 from clipforge.train import Runtime, load_config, parse_overrides, train
 
 ROOT = Path(__file__).resolve().parents[2]
-RECIPE_KEYS = ("slip", "declip", "label_smoothing")
+RECIPE_KEYS = ("slip", "declip", "augment", "label_smoothing")
 
 
 def test_the_shipped_recipe_is_the_benchmarks_row():
@@ -22,6 +22,7 @@ def test_the_shipped_recipe_is_the_benchmarks_row():
     assert {k: shipped[k] for k in RECIPE_KEYS} == row
     config = load_config(ROOT / "configs/small_data.yaml", {})
     assert config.slip is not None and config.declip is not None and config.label_smoothing == 0.03
+    assert config.augment is not None and config.augment.stroke == 0.5
 
 
 def test_it_trains_on_your_own_shards(tmp_path: Path):
