@@ -108,9 +108,8 @@ def test_colour_jitter_and_grayscale_skip_colour_words():
 def test_stroke_changes_the_line_weight_and_skips_weight_and_style_words():
     image = glyph()
     ink = np.asarray(image.getchannel("A")) > 0  # the L's strokes are 5 pixels wide
-    bolder, lighter = (np.asarray(reweight(image, r).getchannel("A")) > 0 for r in (1, -1))
+    bolder = np.asarray(reweight(image, 1).getchannel("A")) > 0
     assert (bolder & ink).sum() == ink.sum() and bolder.sum() > ink.sum()  # the strokes grew by a pixel
-    assert (lighter & ~ink).sum() == 0 and 0 < lighter.sum() < ink.sum()  # and shrank, the L still there
     assert (np.asarray(reweight(image, 2).getchannel("A")) > 0).sum() > bolder.sum()
     drawn = [(pixels(transform(stroke=1.0, stroke_radius=2)(image, random.Random(seed), "a bracket"))[..., 0] < 0.5)
              for seed in range(8)]

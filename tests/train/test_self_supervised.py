@@ -180,6 +180,27 @@ def test_the_reading_view_moves_and_scales_the_ink_and_keeps_it_whole():
     assert torch.equal(reading_view(blank, 127, 0.7, 0.3, 0.3), blank)
 
 
+def test_the_batch_moves_its_own_renderings_for_the_reading_term():
+    import random
+
+    from PIL import Image
+
+    from clipforge.data.augment import SampleRecipe, batch_extras, reading_view
+    from clipforge.text.render import RenderConfig, UnifontRenderer
+
+    renderer = UnifontRenderer(RenderConfig(image_size=64, mode="improved", monospace=True))
+    recipe = SampleRecipe(lambda image, rng: torch.zeros(3, 8, 8), reading_scale=(0.5, 0.9))
+    image, samples = Image.new("RGB", (8, 8)), []
+    for i, caption in enumerate(["a red cart", "two cats"]):
+        samples.append(recipe(image, [caption], random.Random(i)))
+    texts = renderer([caption for _, caption, _ in samples])
+    read = batch_extras([extra for _, _, extra in samples], renderer, texts)["texts_read"]
+    for row, (_, _, extra) in enumerate(samples):
+        assert 0.5 <= extra["reading"][0] <= 0.9
+        assert torch.equal(read[row], reading_view(texts[row], 127, *extra["reading"]))
+    assert not torch.equal(read[0], texts[0])
+
+
 def test_the_reading_term_is_the_contrastive_loss_of_the_two_renderings():
     from clipforge.train.self_supervised import ReadingConfig
 

@@ -234,11 +234,9 @@ class AugmentTransform:
 
 
 def reweight(image: Image.Image, radius: int) -> Image.Image:
-    """An RGBA image with its strokes ``radius`` pixels bolder (> 0: the alpha dilated) or lighter (< 0: eroded).
-    Where alpha grows, the pixels keep their own colour (a rasterised SVG's transparent pixels are its ink colour
-    or black)."""
-    size = 2 * abs(radius) + 1
-    alpha = image.getchannel("A").filter(ImageFilter.MaxFilter(size) if radius > 0 else ImageFilter.MinFilter(size))
+    """An RGBA image with its strokes ``radius`` (≥ 1) pixels bolder: the alpha dilated. Where alpha grows, the
+    pixels keep their own colour (a rasterised SVG's transparent pixels are its ink colour or black)."""
+    alpha = image.getchannel("A").filter(ImageFilter.MaxFilter(2 * radius + 1))
     out = image.copy()
     out.putalpha(alpha)
     return out
@@ -323,7 +321,7 @@ class SampleRecipe:
     def __call__(self, image: Image.Image, captions: Sequence[str],
                  rng: random.Random) -> tuple[torch.Tensor, str, dict[str, Any]]:
         """``(image tensor, caption, extra)``: ``extra`` holds ``views`` (V, 3, H, W), ``caption2`` and ``reading``
-        (the caption with its second rendering's scale and place)."""
+        (the scale and place of the caption's second rendering)."""
         caption = self._caption(captions, rng)
         tensor = self._image(image, rng, caption, self.transform)
         extra: dict[str, Any] = {}
@@ -332,7 +330,7 @@ class SampleRecipe:
         if self.second_caption:
             extra["caption2"] = self._caption(captions, rng)
         if self.reading_scale is not None:
-            extra["reading"] = (caption, rng.uniform(*self.reading_scale), rng.random(), rng.random())
+            extra["reading"] = (rng.uniform(*self.reading_scale), rng.random(), rng.random())
         return tensor, caption, extra
 
     def _caption(self, captions: Sequence[str], rng: random.Random) -> str:
@@ -346,19 +344,20 @@ class SampleRecipe:
         return transform(image, rng)
 
 
-def batch_extras(extras: Sequence[dict[str, Any]], text_processor: Any) -> dict[str, Any]:
+def batch_extras(extras: Sequence[dict[str, Any]], text_processor: Any, texts: Any = None) -> dict[str, Any]:
     """The batch's ``info`` entries from its samples' extras: ``views`` (B, V, 3, H, W), ``texts2`` (B, T) and, for
-    CLIPPO's reading term, ``texts_read`` (B, 3, H, W): each caption's second rendering."""
+    CLIPPO's reading term, ``texts_read`` (B, 3, H, W): each caption's second rendering, moved and scaled from
+    ``texts`` (the batch's captions as the renderer drew them: not rendered again)."""
     out: dict[str, Any] = {}
     if extras and "views" in extras[0]:
         out["views"] = torch.stack([e["views"] for e in extras])
     if extras and "caption2" in extras[0]:
         out["texts2"] = text_processor([e["caption2"] for e in extras])
     if extras and "reading" in extras[0]:
-        pixels = text_processor([e["reading"][0] for e in extras])
+        assert texts is not None, "the reading term moves the batch's rendered captions: pass them"
         background = text_processor.config.background
-        out["texts_read"] = torch.stack([reading_view(p, background, *e["reading"][1:])
-                                         for p, e in zip(pixels, extras, strict=True)])
+        out["texts_read"] = torch.stack([reading_view(p, background, *e["reading"])
+                                         for p, e in zip(texts, extras, strict=True)])
     return out
 
 

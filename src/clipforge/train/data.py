@@ -147,9 +147,10 @@ class StepBatches(torch.utils.data.Dataset):
             rendered = rendered_images(self.text_processor.render, firsts, self.transform.mean, self.transform.std)
             for row, image in zip(pair_rows, rendered, strict=True):
                 images[row] = image
+        texts = self.text_processor(captions)
         info = {"size": len(captions), "skipped": dict(skipped), "text_pairs": len(firsts),
-                **batch_extras(extras, self.text_processor)}
-        return torch.stack(images), self.text_processor(captions), info
+                **batch_extras(extras, self.text_processor, texts)}
+        return torch.stack(images), texts, info
 
     def _sample(self, p: int, rng: random.Random, skipped: Counter,
                 grouped: bool = True) -> tuple[Image.Image, list[str]]:
@@ -265,12 +266,13 @@ class ShardBatches(torch.utils.data.IterableDataset):
             skipped["shard_errors"] = len(stats.bad_shards) - bad_shards
         if stats.damaged_regions > holes:
             skipped["tar_holes"] = stats.damaged_regions - holes
+        texts = self.text_processor(captions)
         info = {"size": len(captions), "skipped": dict(skipped), "worker": logical, "position": stream.state(),
-                "keys": keys, **batch_extras(extras, self.text_processor)}
+                "keys": keys, **batch_extras(extras, self.text_processor, texts)}
         if self.encoded:
             info["boxes"] = boxes if c.augment else None
-            return images, self.text_processor(captions), info  # type: ignore[return-value]
-        return torch.stack(images), self.text_processor(captions), info
+            return images, texts, info  # type: ignore[return-value]
+        return torch.stack(images), texts, info
 
     def _encoded(self, data: bytes, rng: random.Random) -> tuple[bytes, tuple[int, int, int, int] | None]:
         """A checked JPEG for the device decoder, and its crop box (drawn here, on the CPU).
