@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from clipforge.config import ConfigError
 from clipforge.data.augment import (
@@ -20,8 +20,10 @@ from clipforge.data.augment import (
     TextAugmentConfig,
     augment_text,
     background_for,
+    fill_shapes,
     has_colour,
     has_direction,
+    nesting,
     reweight,
 )
 from clipforge.data.decode import DecodeLimits, decode_image
@@ -120,6 +122,43 @@ def test_stroke_changes_the_line_weight_and_skips_weight_and_style_words():
         np.testing.assert_allclose(kept, on_white(image), atol=1e-6)
 
 
+def framed(size: int = 32) -> Image.Image:
+    """A black square outline (depth 1) around a hole (2) holding a smaller square outline (3) around its own
+    hole (4), on a transparent background (0)."""
+    image = Image.new("RGBA", (size, size), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((2, 2, size - 3, size - 3), outline=(0, 0, 0, 255), width=2)
+    draw.rectangle((10, 10, size - 11, size - 11), outline=(0, 0, 0, 255), width=2)
+    return image
+
+
+def test_nesting_counts_the_shapes_from_the_outside_in():
+    depth = nesting(np.asarray(framed().getchannel("A")) > 0)
+    assert [depth[16, x] for x in (0, 2, 5, 10, 16)] == [0, 1, 2, 3, 4]
+    assert set(np.unique(depth)) == {0, 1, 2, 3, 4}
+    assert (nesting(np.asarray(glyph().getchannel("A")) > 0) <= 1).all()  # an open shape encloses nothing
+    assert (nesting(np.zeros((8, 8), bool)) == 0).all()
+
+
+def test_fill_draws_line_drawings_filled_and_keeps_the_inner_ink_visible():
+    image = framed()
+    before = np.asarray(image.getchannel("A")).astype(int)
+    depth = nesting(before > 0)
+    solid = np.asarray(fill_shapes(image, 1.0).getchannel("A")).astype(int)
+    assert (solid[depth <= 1] == before[depth <= 1]).all()  # the outside and the outer strokes as they were
+    assert (solid[depth == 2] == 255).all() and (solid[depth == 4] == 255).all()  # the holes filled
+    assert (solid[depth == 3] == 0).all()  # the inner strokes knocked out of the solid fill
+    faint = np.asarray(fill_shapes(image, 0.25).getchannel("A")).astype(int)
+    assert (faint[depth == 2] == 64).all() and (faint[depth == 4] == 64).all()
+    assert (faint[depth == 3] == 255).all() and (faint[depth <= 1] == before[depth <= 1]).all()  # kept as ink
+    assert np.asarray(fill_shapes(glyph(), 1.0)).tobytes() == np.asarray(glyph()).tobytes()  # nothing to fill
+    filled = pixels(transform(fill=1.0, fill_opacity=(1.0, 1.0))(image, random.Random(0), "a box"))
+    np.testing.assert_allclose(filled, on_white(fill_shapes(image, 1.0)), atol=1e-6)
+    for caption in ("an outline box", "box, solid", "a thin box"):
+        kept = pixels(transform(fill=1.0)(image, random.Random(0), caption))
+        np.testing.assert_allclose(kept, on_white(image), atol=1e-6)
+
+
 def test_rotation_fills_the_corners_with_the_background():
     black = Image.new("RGB", (32, 32), (0, 0, 0))
     out = pixels(transform(rotation=30)(black, random.Random(3), "a square"))
@@ -156,6 +195,9 @@ def test_text_augmentation():
     ({"rotation": -1}, "augment.rotation"),
     ({"stroke": 2.0}, "augment.stroke"),
     ({"stroke_radius": 0}, "augment.stroke_radius"),
+    ({"fill": -0.1}, "augment.fill"),
+    ({"fill_opacity": (0.0, 1.0)}, "augment.fill_opacity"),
+    ({"fill_opacity": (0.8, 0.5)}, "augment.fill_opacity"),
 ])
 def test_bad_augment_options_are_named(options, message):
     with pytest.raises(ConfigError, match=message):

@@ -96,6 +96,10 @@ class AugmentConfig:
             ``thin``, ``filled``, ``outline``, ...): line icons drawn as bold and filled styles draw them. Never
             lighter: eroding a 64-pixel line icon by one pixel erases its thinnest strokes.
         stroke_radius: The largest change, in pixels (each draw uniform in 1 … stroke_radius).
+        fill: Probability of drawing a transparent line drawing filled (``fill_shapes``: the shapes its outer
+            strokes enclose filled with its ink colour, the ink inside them kept in the opposite tone), where the
+            caption names no weight or style: line icons drawn as solid and duotone (a faint fill) styles draw them.
+        fill_opacity: Range of the fill's opacity, drawn uniformly.
     """
 
     scale: tuple[float, float] = (0.9, 1.0)
@@ -107,6 +111,8 @@ class AugmentConfig:
     backgrounds: float = 0.0
     stroke: float = 0.0
     stroke_radius: int = 1
+    fill: float = 0.0
+    fill_opacity: tuple[float, float] = (0.2, 1.0)
 
     def __post_init__(self) -> None:
         if not 0 < self.scale[0] <= self.scale[1] <= 1:
@@ -117,7 +123,9 @@ class AugmentConfig:
             raise ConfigError(f"augment.rotation: degrees in [0, 180], got {self.rotation}")
         if self.stroke_radius < 1:
             raise ConfigError(f"augment.stroke_radius: pixels, at least 1, got {self.stroke_radius}")
-        for name in ("flip", "grayscale", "backgrounds", "stroke"):
+        if not 0 < self.fill_opacity[0] <= self.fill_opacity[1] <= 1:
+            raise ConfigError(f"augment.fill_opacity: expected 0 < low <= high <= 1, got {list(self.fill_opacity)}")
+        for name in ("flip", "grayscale", "backgrounds", "stroke", "fill"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"augment.{name}: a probability in [0, 1], got {getattr(self, name)}")
         if not 0 <= self.color_jitter < 1:
@@ -125,8 +133,8 @@ class AugmentConfig:
 
     @property
     def needs_alpha(self) -> bool:
-        """Whether transparent images must reach the transform as RGBA (new backgrounds, stroke weights)."""
-        return bool(self.backgrounds or self.stroke)
+        """Whether transparent images must reach the transform as RGBA (new backgrounds, stroke weights, fills)."""
+        return bool(self.backgrounds or self.stroke or self.fill)
 
 
 @dataclass(frozen=True)
@@ -213,8 +221,11 @@ class AugmentTransform:
         box = self.crop_box(*image.size, rng)
         mode = "RGBA" if image.mode == "RGBA" else "RGB"
         image = image.convert(mode).resize((self.size, self.size), BICUBIC, box=box)
-        if c.stroke and image.mode == "RGBA" and rng.random() < c.stroke and not has_stroke_word(caption):
+        styled = has_stroke_word(caption)
+        if c.stroke and image.mode == "RGBA" and rng.random() < c.stroke and not styled:
             image = reweight(image, rng.randint(1, c.stroke_radius))
+        if c.fill and image.mode == "RGBA" and rng.random() < c.fill and not styled:  # after: keeps knock-outs
+            image = fill_shapes(image, rng.uniform(*c.fill_opacity))
         if c.rotation:
             angle = rng.uniform(-c.rotation, c.rotation)
             image = image.convert("RGBA").rotate(angle, BICUBIC, fillcolor=(0, 0, 0, 0))
@@ -240,6 +251,66 @@ def reweight(image: Image.Image, radius: int) -> Image.Image:
     out = image.copy()
     out.putalpha(alpha)
     return out
+
+
+def _grow(mask: np.ndarray) -> np.ndarray:
+    """A boolean mask and its 4-neighbours."""
+    grown = mask.copy()
+    grown[1:, :] |= mask[:-1, :]
+    grown[:-1, :] |= mask[1:, :]
+    grown[:, 1:] |= mask[:, :-1]
+    grown[:, :-1] |= mask[:, 1:]
+    return grown
+
+
+def _flood(seeds: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    """The pixels of ``allowed`` joined (4-connected, through ``allowed``) to ``seeds & allowed``."""
+    region = seeds & allowed
+    while True:  # one step of growth per pass, until it stops
+        grown = _grow(region) & allowed
+        if np.array_equal(grown, region):
+            return region
+        region = grown
+
+
+def nesting(ink: np.ndarray) -> np.ndarray:
+    """Each pixel's depth in a boolean ``ink`` mask's nesting of shapes: 0 the outside (not ink, joined to the
+    border), 1 the ink that bounds it, 2 the holes that ink encloses, 3 the ink drawn inside those holes, and so
+    on (even depths are not ink, odd ones ink; 4-connected)."""
+    depth = np.full(ink.shape, -1, dtype=np.int64)
+    border = np.zeros_like(ink)
+    border[0, :] = border[-1, :] = border[:, 0] = border[:, -1] = True
+    level, region = 0, _flood(border, ~ink)
+    while True:
+        depth[region] = level
+        unassigned = depth < 0
+        if not unassigned.any():
+            return depth
+        level += 1
+        kind = ink if level % 2 else ~ink
+        region = _flood(_grow(~unassigned) & unassigned, kind & unassigned)
+
+
+def fill_shapes(image: Image.Image, opacity: float) -> Image.Image:
+    """An RGBA line drawing as a filled one: the shapes its outer strokes enclose filled with its ink colour (the
+    alpha-weighted mean of its visible pixels) at ``opacity``, keeping any alpha already larger (antialiasing);
+    the ink drawn inside them stays visible in the opposite tone — kept as ink under a faint fill (< 0.5, a
+    duotone look), knocked out of a solid one (its alpha ``opacity × (1 − alpha)``)."""
+    pixels = np.asarray(image, dtype=np.float32)
+    alpha = pixels[..., 3] / 255
+    depth = nesting(alpha >= 0.5)
+    holes, inner = (depth >= 2) & (depth % 2 == 0), (depth >= 3) & (depth % 2 == 1)
+    if not holes.any():
+        return image
+    ink = (pixels[..., :3] * alpha[..., None]).sum((0, 1)) / alpha.sum()
+    out = pixels.copy()
+    filled = holes | (_grow(holes) & (depth == 1))  # with the strokes' antialiased inner edge
+    out[filled, :3] = ink
+    out[filled, 3] = np.maximum(alpha[filled], opacity) * 255
+    if opacity >= 0.5:
+        out[inner, :3] = ink
+        out[inner, 3] = opacity * (1 - alpha[inner]) * 255
+    return Image.fromarray(np.clip(out.round(), 0, 255).astype(np.uint8), "RGBA")
 
 
 def composite(image: Image.Image, colour: tuple[int, int, int]) -> Image.Image:

@@ -304,7 +304,7 @@ class TrainData:
         classifier: A ``classifier`` run's head config: the batches' second item is then the class indices
             (``long``), not tokens; ``classnames`` holds the class order.
         recipe: The small-data recipes' per-sample augmentation and extra views (``clipforge.data.augment``); its
-            backgrounds and stroke weights need transparent images as RGBA, so the source then decodes with
+            backgrounds, stroke weights and fills need transparent images as RGBA, so the source then decodes with
             ``alpha="keep"``.
 
     Raises:
