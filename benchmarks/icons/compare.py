@@ -293,7 +293,10 @@ def run_open_clip(shards: list[Path], samples: int, config: Any, work: Path, see
             prefix, metric = key.split("/")
             if prefix == name:
                 scores[short] = float(metrics[metric])
-    checkpoint.unlink()  # 1 epoch of optimiser state: not needed once scored
+    import torch  # the weights stay for by_style.py; the optimiser state is not needed once scored
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    torch.save({key: state[key] for key in ("epoch", "name", "state_dict") if key in state}, checkpoint)
     return {**scores, "train_s": train_s}
 
 
