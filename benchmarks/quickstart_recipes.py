@@ -9,10 +9,10 @@ configs/small_data.yaml (issue #20's "no worse than the plain recipe on the quic
 
 Each run is ``clipforge train`` in its own process on the quickstart config with ``seed`` set (initialisation and
 data order; the synthetic world, ``data.seed``, and its evaluation sets stay the quickstart's). The ``recipe`` row
-adds ``configs/small_data.yaml``'s recipe keys (``RECIPE_KEYS``) and nothing else: same model, world, steps,
-batch and optimiser. The quickstart draws fresh scenes every step (``data.augment: false``), so the recipe's main
+adds ``configs/small_data.yaml``'s recipe keys (``RECIPE_KEYS``) and its learning rate, and nothing else: same
+model, world, steps, batch and the rest of the optimiser. The quickstart draws fresh scenes every step (``data.augment: false``), so the recipe's main
 view is the unaugmented one and its extra views (SLIP's, DeCLIP's) are the model's training crops. An ``augment``
-that only acts on transparent images (``stroke``, ``backgrounds``) is left out: the scenes are opaque, so it would
+that only acts on transparent images (``stroke``, ``fill``, ``backgrounds``) is left out: the scenes are opaque, so it would
 change nothing but need ``data.augment: true``, whose crops the quickstart does not use.
 
 Prints JSON: per row and seed the end-of-run zero-shot and retrieval scores and the wall time, the mean ± std per
@@ -41,17 +41,20 @@ import compare  # noqa: E402  # benchmarks/icons/compare.py: the runner's helper
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 SMALL_DATA = ROOT / "configs" / "small_data.yaml"
 RECIPE_KEYS = ("augment", "text_augment", "slip", "declip", "label_smoothing")
+RECIPE_OPTIM_KEYS = ("lr",)  # the recipe's learning rate (its other optimiser settings are the icon run's)
 # ``augment`` options that act on transparent images alone: a no-op on the quickstart's opaque scenes.
-TRANSPARENT_ONLY = frozenset({"stroke", "stroke_radius", "backgrounds"})
+TRANSPARENT_ONLY = frozenset({"stroke", "stroke_radius", "fill", "fill_opacity", "backgrounds"})
 
 
 def recipe_keys(path: Path = SMALL_DATA) -> dict[str, Any]:
-    """The recipe of a small-data config: its ``RECIPE_KEYS`` (the rest is the icon run's data and budget)."""
+    """The recipe of a small-data config: its ``RECIPE_KEYS`` and ``optim.lr`` (the rest is the icon run's data,
+    budget and optimiser)."""
     config = yaml.safe_load(path.read_text(encoding="utf-8"))
     found = {k: config[k] for k in RECIPE_KEYS if config.get(k) is not None}
     if not found:
         raise ValueError(f"{path}: none of {', '.join(RECIPE_KEYS)} is set; nothing to compare")
-    return found
+    optim = {k: v for k, v in (config.get("optim") or {}).items() if k in RECIPE_OPTIM_KEYS}
+    return {**found, "optim": optim} if optim else found
 
 
 def row_configs(steps: int | None = None, recipe_overrides: list[str] | None = None) -> dict[str, dict[str, Any]]:
