@@ -462,7 +462,8 @@ def parse_setup(p: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[S
 def describe(setup: Setup, rows: Sequence[str], recipes: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """The JSON's header: the shared setup and each row's keys (``open_clip_train.main`` for OpenCLIP's)."""
     return {"model": setup.model, "model_overrides": setup.overrides, "image_size": setup.size, "steps": setup.steps,
-            "batch_size": setup.batch_size, "samples": setup.samples,
+            "batch_size": setup.batch_size, "samples": setup.samples, "lr": setup.lr,
+            "weight_decay": setup.weight_decay, "warmup": setup.warmup,
             "recipes": {row: recipes[row] if row != OPENCLIP else "open_clip_train.main" for row in rows},
             "anchors": {row: anchor_of(row, recipes) for row in rows}}
 

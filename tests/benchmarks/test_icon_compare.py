@@ -290,3 +290,6 @@ def test_a_finished_run_is_not_trained_again(compare: ModuleType, tmp_path: Path
     changed = {"a": {"label_smoothing": 0.2}, "b": {}}  # another recipe under the same name trains again
     compare.run_row(setup, "a", changed, tmp_path / "train", 10, tmp_path / "work", 2)
     assert trained == [("a", 2), ("a", 2)]
+    faster = compare.Setup(tmp_path, lr=2e-3)  # so does the same recipe under another shared learning rate
+    compare.run_row(faster, "a", changed, tmp_path / "train", 10, tmp_path / "work", 2)
+    assert trained == [("a", 2), ("a", 2), ("a", 2)]
