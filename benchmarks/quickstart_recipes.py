@@ -10,10 +10,11 @@ configs/small_data.yaml (issue #20's "no worse than the plain recipe on the quic
 Each run is ``clipforge train`` in its own process on the quickstart config with ``seed`` set (initialisation and
 data order; the synthetic world, ``data.seed``, and its evaluation sets stay the quickstart's). The ``recipe`` row
 adds ``configs/small_data.yaml``'s recipe keys (``RECIPE_KEYS``) and its learning rate, and nothing else: same
-model, world, steps, batch and the rest of the optimiser. The quickstart draws fresh scenes every step (``data.augment: false``), so the recipe's main
-view is the unaugmented one and its extra views (SLIP's, DeCLIP's) are the model's training crops. An ``augment``
-that only acts on transparent images (``stroke``, ``fill``, ``backgrounds``) is left out: the scenes are opaque, so it would
-change nothing but need ``data.augment: true``, whose crops the quickstart does not use.
+model, world, steps, batch and the rest of the optimiser. The quickstart draws fresh scenes every step
+(``data.augment: false``), so the recipe's main view is the unaugmented one and its extra views (SLIP's, DeCLIP's)
+are the model's training crops. An ``augment`` that only acts on transparent images (``stroke``, ``fill``,
+``backgrounds``) is left out: the scenes are opaque, so it would change nothing but need ``data.augment: true``,
+whose crops the quickstart does not use.
 
 Prints JSON: per row and seed the end-of-run zero-shot and retrieval scores and the wall time, the mean ± std per
 row, and the recipe's means over the plain row's (``ratio_to_plain``). Runs already finished under ``--work`` (a

@@ -34,7 +34,7 @@ def test_the_recipe_row_is_the_quickstart_plus_the_shipped_recipe_and_nothing_el
     expected = {k: shipped[k] for k in bench.RECIPE_KEYS if shipped.get(k) is not None}
     if set(expected.get("augment", {})) <= bench.TRANSPARENT_ONLY:  # a no-op on opaque scenes: left out
         expected.pop("augment", None)
-    expected["optim"] = {**quickstart["optim"], "lr": shipped["optim"]["lr"]}  # the recipe's lr, the rest the quickstart's
+    expected["optim"] = {**quickstart["optim"], "lr": shipped["optim"]["lr"]}  # the recipe's lr; the rest stays
     assert added == expected
     assert {"slip", "declip", "label_smoothing", "optim"} <= set(added)  # what the shipped recipe is today
     short = bench.row_configs(steps=50)
