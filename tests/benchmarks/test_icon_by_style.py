@@ -3,10 +3,8 @@ images carry their set and style, against clipforge's own zero-shot evaluator on
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
-import sys
 import tarfile
 from pathlib import Path
 from types import ModuleType
@@ -20,6 +18,7 @@ from clipforge.checkpoints.native import save_pretrained
 from clipforge.eval.datasets import open_dataset
 from clipforge.eval.loading import load_eval_model
 from clipforge.eval.zeroshot import evaluate_zeroshot
+from helpers.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 RN = {"embed_dim": 16, "vision": {"image_size": 32, "width": 8, "heads": 2},
@@ -30,13 +29,7 @@ STYLES = ["ph:duotone", "tabler:filled"]
 
 @pytest.fixture(scope="module")
 def by_style() -> ModuleType:
-    sys.path.insert(0, str(ROOT / "benchmarks" / "icons"))
-    spec = importlib.util.spec_from_file_location("icons_by_style", ROOT / "benchmarks" / "icons" / "by_style.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/icons/by_style.py", "icons_by_style")
 
 
 def write_folder(folder: Path, images: int = 18, json_for: bool = True) -> None:

@@ -3,11 +3,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import math
-import sys
 import tarfile
 from pathlib import Path
 from types import ModuleType
@@ -17,18 +15,14 @@ import pytest
 from PIL import Image
 
 from clipforge import create_model
+from helpers.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def compare() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("icons_compare", ROOT / "benchmarks" / "icons" / "compare.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/icons/compare.py", "icons_compare")
 
 
 @pytest.mark.parametrize("preset", ["tiny-rn", "tiny-vit"])

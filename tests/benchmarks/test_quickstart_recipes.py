@@ -3,26 +3,21 @@ small-data recipe), the scores it reads back, its memo, and one short run of eac
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 import yaml
 
+from helpers.scripts import load_script
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("quickstart_recipes", ROOT / "benchmarks" / "quickstart_recipes.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/quickstart_recipes.py", "quickstart_recipes")
 
 
 def test_the_recipe_row_is_the_quickstart_plus_the_shipped_recipe_and_nothing_else(bench: ModuleType) -> None:
