@@ -22,5 +22,7 @@ def test_channels_last_trains_like_the_default_layout(model: str, tmp_path: Path
                                                     f"output_dir={tmp_path / layout}"]))
         runs[layout] = train(config, Runtime())
     for (_, a), (_, b) in zip(runs["false"].losses, runs["true"].losses):
-        assert abs(a - b) <= 1e-4 * max(1.0, abs(a))
+        # fp32 convolutions pick other kernels per layout (and per load: a CI run saw 1.35e-4 relative at step 3);
+        # a wrong layout would differ by far more than 5e-4
+        assert abs(a - b) <= 5e-4 * max(1.0, abs(a))
     assert len(runs["true"].losses) == 3
