@@ -20,14 +20,15 @@ Prints JSON: per row and seed the three scores and the training wall time, the m
 row's means as ratios to its anchor's (``ratio_to_<anchor>``), so CLIPPO rows compare with the plain ``clippo``
 row and CLIP rows with OpenCLIP's. ``curve.py`` runs the same rows on the build's learning-curve subsets.
 
-What is kept the same: shape, shards, samples seen, batch, AdamW's lr/betas/eps/weight decay, warm-up and cosine
-schedule, gradient clipping, fp32, the training crop (RandomResizedCrop 0.9–1.0 of the area on both sides),
-the evaluator. What differs (OpenCLIP's webdataset reader cannot do otherwise): its ``pilrgb`` decoder drops
-alpha (the icons would be black on black), so it reads a copy of the shards with each PNG composited on white
-(clipforge's rule for transparent images), and it takes the whole ``.txt`` as one caption, so the copy holds
-one seeded caption line per sample and pass (``--passes`` copies of each image, each with its own line), where
-clipforge draws a line per read. OpenCLIP also exempts gains and biases from weight decay; clipforge's optimiser
-groups are its own. Seeds change initialisation and data order on both sides; the data split is the build's.
+What is kept the same: shape, shards, samples seen, batch (unless a row sets its own ``batch_size``: then its steps
+are the same samples over that batch; a row never sets ``steps``), AdamW's lr/betas/eps/weight decay, warm-up and
+cosine schedule, gradient clipping, fp32, the training crop (RandomResizedCrop 0.9–1.0 of the area on both sides),
+the evaluator. What differs (OpenCLIP's webdataset reader cannot do otherwise): its ``pilrgb`` decoder drops alpha
+(the icons would be black on black), so it reads a copy of the shards with each PNG composited on white (clipforge's
+rule for transparent images), and it takes the whole ``.txt`` as one caption, so the copy holds one seeded caption
+line per sample and pass (``--passes`` copies of each image, each with its own line), where clipforge draws a line
+per read. OpenCLIP also exempts gains and biases from weight decay; clipforge's optimiser groups are its own. Seeds
+change initialisation and data order on both sides; the data split is the build's.
 """
 
 from __future__ import annotations
@@ -188,6 +189,12 @@ def load_recipes(path: Path = RECIPES_PATH) -> dict[str, dict[str, Any]]:
         if "model_overrides" in keys and not isinstance(keys["model_overrides"], dict):
             raise ValueError(f"{where}: model_overrides must be a mapping (it replaces the base's), "
                              f"got {keys['model_overrides']!r}")
+        if "steps" in keys:
+            raise ValueError(f"{where}: a row cannot set steps: every row trains the setup's number of samples; "
+                             "set batch_size and the steps follow from it")
+        batch = keys.get("batch_size")
+        if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+            raise ValueError(f"{where}: batch_size must be a positive integer, got {batch!r}")
         rows[name] = keys
     for name, keys in rows.items():
         anchor = keys.get("anchor", OPENCLIP)
@@ -205,11 +212,22 @@ def row_config(base: dict[str, Any], recipe: Mapping[str, Any]) -> dict[str, Any
     """The train config of one row: ``recipe``'s train-config keys merged over ``base`` (nested dicts merged, as
     :func:`merge` does); its ``model`` and ``model_overrides`` replace the base's whole (a mapping of overrides is
     not merged: ``{}`` drops the base's text depth, which a one-tower CLIPPO model has no tower for); ``anchor`` is
-    left out."""
+    left out. A row's ``batch_size`` keeps the base's sample budget: its steps are the budget over its batch (the
+    warm-up stays the base's number of steps).
+
+    Raises:
+        ValueError: the row's batch does not divide the budget.
+    """
     config = merge(base, {k: v for k, v in recipe.items() if k not in RUNNER_KEYS})
     for key in ("model", "model_overrides"):
         if key in recipe:
             config[key] = copy.deepcopy(recipe[key])
+    if "batch_size" in recipe:  # the same samples in fewer, larger steps (or more, smaller ones)
+        samples = base["steps"] * base["batch_size"]
+        if samples % recipe["batch_size"]:
+            raise ValueError(f"row batch_size {recipe['batch_size']} does not divide the budget of {samples} samples "
+                             f"({base['steps']} steps of {base['batch_size']})")
+        config["steps"] = samples // recipe["batch_size"]
     return config
 
 

@@ -125,7 +125,8 @@ def test_recipes_file_row_makes_a_train_config(compare: ModuleType, row: str, tm
     recipe = recipes[row]
     base = compare.Setup(tmp_path).base_config(tmp_path / "64px" / "train")
     merged = compare.row_config(base, recipe)
-    assert "anchor" not in merged and merged["steps"] == 400 and merged["data"]["kind"] == "shards"
+    assert "anchor" not in merged and merged["data"]["kind"] == "shards"
+    assert merged["steps"] * merged["batch_size"] == 400 * 64  # every row trains the same samples
     path = tmp_path / "train.yaml"
     path.write_text(yaml.safe_dump({**merged, "seed": 0, "output_dir": str(tmp_path / "run")}), encoding="utf-8")
     config = load_config(path)  # what `clipforge train --config` does; the model config is built and checked
@@ -158,11 +159,24 @@ def test_row_config_merges_and_replaces(compare: ModuleType, tmp_path: Path) -> 
     assert [compare.anchor_of(r, recipes) for r in ("c", "d", "openclip")] == ["c", "openclip", "openclip"]
 
 
+def test_a_rows_batch_keeps_the_sample_budget(compare: ModuleType, tmp_path: Path) -> None:
+    base = compare.Setup(tmp_path, steps=400, batch_size=64, warmup=30).base_config(tmp_path)
+    wide = compare.row_config(base, {"batch_size": 128, "optim": {"lr": 2e-3}})
+    assert (wide["batch_size"], wide["steps"]) == (128, 200)  # 25,600 samples either way
+    assert wide["schedule"] == base["schedule"] and (base["batch_size"], base["steps"]) == (64, 400)
+    assert compare.row_config(base, {"batch_size": 32})["steps"] == 800
+    with pytest.raises(ValueError, match="batch_size 48 does not divide the budget of 25600 samples"):
+        compare.row_config(base, {"batch_size": 48})
+
+
 @pytest.mark.parametrize(("text", "match"), [
     ("openclip: {}\n", "always a row"),
     ("a: {anchor: b}\n", "anchor 'b' is not a row"),
     ("a: {model_overrides: [1]}\n", "model_overrides must be a mapping"),
     ("a: {model: 3}\n", "model must be a preset name"),
+    ("a: {steps: 200}\n", "row 'a': a row cannot set steps"),
+    ("a: {batch_size: 0}\n", "batch_size must be a positive integer, got 0"),
+    ("a: {batch_size: 12.5}\n", "batch_size must be a positive integer"),
     ("a: [1, 2]\n", "row 'a': expected a mapping"),
     ("- a\n", "expected a mapping of row name"),
 ])
