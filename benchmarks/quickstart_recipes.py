@@ -9,8 +9,9 @@ configs/small_data.yaml (issue #20's "no worse than the plain recipe on the quic
 
 Each run is ``clipforge train`` in its own process on the quickstart config with ``seed`` set (initialisation and
 data order; the synthetic world, ``data.seed``, and its evaluation sets stay the quickstart's). The ``recipe`` row
-adds ``configs/small_data.yaml``'s recipe keys (``RECIPE_KEYS``) and its learning rate, and nothing else: same
-model, world, steps, batch and the rest of the optimiser. The quickstart draws fresh scenes every step
+adds ``configs/small_data.yaml``'s recipe keys (``RECIPE_KEYS``), its learning rate and its batch, and nothing
+else: same model, world, number of samples (the steps are the plain row's samples over the recipe's batch) and the
+rest of the optimiser. The quickstart draws fresh scenes every step
 (``data.augment: false``), so the recipe's main view is the unaugmented one and its extra views (SLIP's, DeCLIP's)
 are the model's training crops. An ``augment`` that only acts on transparent images (``stroke``, ``fill``,
 ``backgrounds``) is left out: the scenes are opaque, so it would change nothing but need ``data.augment: true``,
@@ -43,19 +44,24 @@ QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 SMALL_DATA = ROOT / "configs" / "small_data.yaml"
 RECIPE_KEYS = ("augment", "text_augment", "slip", "declip", "label_smoothing")
 RECIPE_OPTIM_KEYS = ("lr",)  # the recipe's learning rate (its other optimiser settings are the icon run's)
+RECIPE_BATCH_KEY = "batch_size"  # the recipe's batch: the same samples in its number of steps
 # ``augment`` options that act on transparent images alone: a no-op on the quickstart's opaque scenes.
 TRANSPARENT_ONLY = frozenset({"stroke", "stroke_radius", "fill", "fill_opacity", "backgrounds"})
 
 
 def recipe_keys(path: Path = SMALL_DATA) -> dict[str, Any]:
-    """The recipe of a small-data config: its ``RECIPE_KEYS`` and ``optim.lr`` (the rest is the icon run's data,
-    budget and optimiser)."""
+    """The recipe of a small-data config: its ``RECIPE_KEYS``, ``optim.lr`` and ``batch_size`` (the rest is the
+    icon run's data, budget and optimiser)."""
     config = yaml.safe_load(path.read_text(encoding="utf-8"))
     found = {k: config[k] for k in RECIPE_KEYS if config.get(k) is not None}
     if not found:
         raise ValueError(f"{path}: none of {', '.join(RECIPE_KEYS)} is set; nothing to compare")
     optim = {k: v for k, v in (config.get("optim") or {}).items() if k in RECIPE_OPTIM_KEYS}
-    return {**found, "optim": optim} if optim else found
+    if optim:
+        found["optim"] = optim
+    if config.get(RECIPE_BATCH_KEY) is not None:
+        found[RECIPE_BATCH_KEY] = config[RECIPE_BATCH_KEY]
+    return found
 
 
 def row_configs(steps: int | None = None, recipe_overrides: list[str] | None = None) -> dict[str, dict[str, Any]]:
@@ -73,6 +79,11 @@ def row_configs(steps: int | None = None, recipe_overrides: list[str] | None = N
     recipe = compare.merge(plain, keys)
     if recipe_overrides:
         recipe = apply_overrides(recipe, parse_overrides(recipe_overrides), "--recipe-overrides")
+    samples = plain["steps"] * plain["batch_size"]
+    if samples % recipe["batch_size"]:
+        raise ValueError(f"the recipe's batch_size {recipe['batch_size']} does not divide the quickstart's "
+                         f"{samples} samples ({plain['steps']} steps of {plain['batch_size']})")
+    recipe["steps"] = samples // recipe["batch_size"]  # the same samples as the plain row
     return {"plain": plain, "recipe": recipe}
 
 
@@ -120,7 +131,6 @@ def main(argv: list[str] | None = None) -> int:
     rows = {k: v for k, v in row_configs(args.steps, args.recipe_overrides).items() if k in args.rows}
     if args.recipe_overrides and "recipe" in rows:  # its own row (and run folders), beside the shipped recipe's
         rows[f"recipe[{','.join(args.recipe_overrides)}]"] = rows.pop("recipe")
-    first = next(iter(rows.values()))
     tasks = [(row, seed) for seed in args.seeds for row in rows]
     start = time.perf_counter()
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
@@ -134,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
                                  for row, runs in results.items()}, anchor="plain")
     print(json.dumps({"benchmark": "quickstart_recipes", "machine": platform.processor() or platform.machine(),
                       "torch": torch.__version__, "threads": args.threads, "jobs": args.jobs,
-                      "steps": first["steps"], "batch_size": first["batch_size"],
+                      "steps": {row: config["steps"] for row, config in rows.items()},
+                      "batch_size": {row: config["batch_size"] for row, config in rows.items()},
                       "recipe": recipe_keys(), "recipe_overrides": args.recipe_overrides or [],
                       "results": results, "summary": summary,
                       "wall_s": round(time.perf_counter() - start, 1)}, indent=2))

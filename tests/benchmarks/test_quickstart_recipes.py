@@ -30,10 +30,20 @@ def test_the_recipe_row_is_the_quickstart_plus_the_shipped_recipe_and_nothing_el
     if set(expected.get("augment", {})) <= bench.TRANSPARENT_ONLY:  # a no-op on opaque scenes: left out
         expected.pop("augment", None)
     expected["optim"] = {**quickstart["optim"], "lr": shipped["optim"]["lr"]}  # the recipe's lr; the rest stays
+    expected["batch_size"] = shipped["batch_size"]  # the recipe's batch, at the quickstart's number of samples
+    expected["steps"] = quickstart["steps"] * quickstart["batch_size"] // shipped["batch_size"]
     assert added == expected
-    assert {"slip", "declip", "label_smoothing", "optim"} <= set(added)  # what the shipped recipe is today
+    assert {"slip", "declip", "label_smoothing", "optim", "batch_size"} <= set(added)  # the shipped recipe today
+    assert rows["recipe"]["steps"] * rows["recipe"]["batch_size"] == quickstart["steps"] * quickstart["batch_size"]
     short = bench.row_configs(steps=50)
-    assert short["plain"]["steps"] == short["recipe"]["steps"] == 50 and short["plain"]["eval"]["every"] == 0
+    assert short["plain"]["steps"] == 50 and short["plain"]["eval"]["every"] == 0
+    assert short["recipe"]["steps"] * short["recipe"]["batch_size"] == 50 * quickstart["batch_size"]
+
+
+def test_a_batch_that_does_not_divide_the_samples_is_an_error(bench: ModuleType) -> None:
+    with pytest.raises(ValueError, match="batch_size 96 does not divide the quickstart's"):
+        bench.row_configs(steps=50, recipe_overrides=["batch_size=96"])
+    assert bench.row_configs(steps=50, recipe_overrides=["batch_size=64"])["recipe"]["steps"] == 50
 
 
 def test_an_augment_for_transparent_images_alone_is_left_out_on_the_opaque_quickstart(
@@ -91,10 +101,11 @@ def test_a_run_is_trained_once_per_config(bench: ModuleType, tmp_path: Path, mon
 @pytest.mark.slow
 def test_both_rows_train_and_a_finished_run_is_read_back(bench: ModuleType, tmp_path: Path,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["--work", str(tmp_path), "--seeds", "0", "--steps", "31", "--threads", "1"]
+    argv = ["--work", str(tmp_path), "--seeds", "0", "--steps", "32", "--threads", "1"]
     assert bench.main(argv) == 0
     first = json.loads(capsys.readouterr().out)
-    assert set(first["results"]) == {"plain", "recipe"} and first["steps"] == 31
+    assert set(first["results"]) == {"plain", "recipe"} and first["steps"]["plain"] == 32
+    assert first["steps"]["recipe"] * first["batch_size"]["recipe"] == 32 * first["batch_size"]["plain"]
     for row in ("plain", "recipe"):
         scores = first["results"][row][0]
         assert 0.0 <= scores["zeroshot/shape"] <= 1.0 and scores["train_s"] > 0
