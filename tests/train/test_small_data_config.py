@@ -19,10 +19,12 @@ RECIPE_KEYS = ("slip", "declip", "augment", "label_smoothing")
 def test_the_shipped_recipe_is_the_benchmarks_row():
     shipped = yaml.safe_load((ROOT / "configs/small_data.yaml").read_text(encoding="utf-8"))
     row = yaml.safe_load((ROOT / "benchmarks/icons/recipes.yaml").read_text(encoding="utf-8"))["clipforge+small_data"]
-    assert {**{k: shipped[k] for k in RECIPE_KEYS}, "optim": {"lr": shipped["optim"]["lr"]}} == row
+    assert {**{k: shipped[k] for k in RECIPE_KEYS}, "optim": {"lr": shipped["optim"]["lr"]},
+            "batch_size": shipped["batch_size"]} == row
+    assert shipped["steps"] * shipped["batch_size"] == 400 * 64  # the benchmark's budget: 25,600 samples
     config = load_config(ROOT / "configs/small_data.yaml", {})
     assert config.slip is not None and config.declip is not None and config.label_smoothing == 0.03
-    assert config.optim.lr == 2e-3  # 4x the plain recipe's: part of the recipe
+    assert config.optim.lr == 2e-3 and config.batch_size == 128  # 4x the plain recipe's lr, 2x its batch
     assert config.augment is not None and config.augment.stroke == 0.5
 
 
