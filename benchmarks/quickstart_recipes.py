@@ -79,11 +79,7 @@ def row_configs(steps: int | None = None, recipe_overrides: list[str] | None = N
     recipe = compare.merge(plain, keys)
     if recipe_overrides:
         recipe = apply_overrides(recipe, parse_overrides(recipe_overrides), "--recipe-overrides")
-    samples = plain["steps"] * plain["batch_size"]
-    if samples % recipe["batch_size"]:
-        raise ValueError(f"the recipe's batch_size {recipe['batch_size']} does not divide the quickstart's "
-                         f"{samples} samples ({plain['steps']} steps of {plain['batch_size']})")
-    recipe["steps"] = samples // recipe["batch_size"]  # the same samples as the plain row
+    recipe["steps"] = compare.steps_at(plain["steps"], plain["batch_size"], recipe["batch_size"])  # plain's samples
     return {"plain": plain, "recipe": recipe}
 
 

@@ -223,12 +223,21 @@ def row_config(base: dict[str, Any], recipe: Mapping[str, Any]) -> dict[str, Any
         if key in recipe:
             config[key] = copy.deepcopy(recipe[key])
     if "batch_size" in recipe:  # the same samples in fewer, larger steps (or more, smaller ones)
-        samples = base["steps"] * base["batch_size"]
-        if samples % recipe["batch_size"]:
-            raise ValueError(f"row batch_size {recipe['batch_size']} does not divide the budget of {samples} samples "
-                             f"({base['steps']} steps of {base['batch_size']})")
-        config["steps"] = samples // recipe["batch_size"]
+        config["steps"] = steps_at(base["steps"], base["batch_size"], recipe["batch_size"])
     return config
+
+
+def steps_at(steps: int, batch_size: int, new_batch_size: int) -> int:
+    """The steps of ``new_batch_size`` that train the samples of ``steps`` × ``batch_size``.
+
+    Raises:
+        ValueError: ``new_batch_size`` does not divide that budget.
+    """
+    samples = steps * batch_size
+    if samples % new_batch_size:
+        raise ValueError(f"batch_size {new_batch_size} does not divide the budget of {samples} samples "
+                         f"({steps} steps of {batch_size})")
+    return samples // new_batch_size
 
 
 def final_metrics(run_dir: Path) -> dict[str, float]:

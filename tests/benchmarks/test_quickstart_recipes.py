@@ -41,7 +41,7 @@ def test_the_recipe_row_is_the_quickstart_plus_the_shipped_recipe_and_nothing_el
 
 
 def test_a_batch_that_does_not_divide_the_samples_is_an_error(bench: ModuleType) -> None:
-    with pytest.raises(ValueError, match="batch_size 96 does not divide the quickstart's"):
+    with pytest.raises(ValueError, match="batch_size 96 does not divide the budget of 3200 samples"):
         bench.row_configs(steps=50, recipe_overrides=["batch_size=96"])
     assert bench.row_configs(steps=50, recipe_overrides=["batch_size=64"])["recipe"]["steps"] == 50
 
