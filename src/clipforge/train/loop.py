@@ -57,6 +57,7 @@ from clipforge.train.eval_sets import any_due, check_eval_sets, check_head_sets,
 from clipforge.train.evaluate import EvalSet, build_eval_sets, evaluate_languages, similarity_matrix
 from clipforge.train.fsdp import clip_grad_norm, replicated_parameters, report_memory, shard_model, whole_model
 from clipforge.train.gradcache import forward_backward
+from clipforge.train.host_memory import keep_freed_memory
 from clipforge.train.layer_groups import apply_unlock, check_unlock, describe_groups
 from clipforge.train.loss import LOSSES
 from clipforge.train.metrics import (
@@ -146,6 +147,8 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None,
     config.check_world_size(runtime.world_size)
     prepared = prepared if prepared is not None else prepare(config)
     device, run_dir = runtime.device, Path(config.output_dir)
+    if device.type == "cpu":
+        keep_freed_memory()  # a page fault per 4 KiB of each step's large tensors otherwise (host_memory.py)
     random.seed(config.seed)
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)
