@@ -46,6 +46,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_name  # benchmarks/machine.py
+
 
 def write_jpegs(folder: Path, n: int, size: tuple[int, int] = (640, 480), seed: int = 0) -> list[Path]:
     """``n`` photo-like JPEGs (smooth colour fields plus grain, quality 90) in ``folder``."""
@@ -206,7 +209,7 @@ def main() -> None:
     report = {
         "date": datetime.date.today().isoformat(),
         "command": "python " + " ".join(sys.argv),
-        "machine": {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+        "machine": {"cpu": cpu_name(), "cpu_count": os.cpu_count(),
                     "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                     "load_average_at_end": [round(x, 2) for x in os.getloadavg()]},
         "versions": {"torch": torch.__version__, "open_clip": open_clip.__version__, "pillow": Image.__version__,

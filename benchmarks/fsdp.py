@@ -20,10 +20,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import socket
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -37,6 +37,9 @@ from clipforge.train.fsdp import clip_grad_norm, memory_report, replicated_param
 from clipforge.train.gradcache import forward_backward
 from clipforge.train.loss import clip_loss
 from clipforge.train.optim import build_optimizer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_name  # benchmarks/machine.py
 
 
 def _worker(rank: int, args: argparse.Namespace, mode: str, port: int, out: str) -> None:
@@ -119,7 +122,7 @@ def main() -> None:
                for mode, m in modes.items()}
     print(json.dumps({"model": args.model, "nproc": args.nproc, "global_batch": args.batch_size,
                       "device": args.device, "threads_per_process": args.threads, "steps": args.steps,
-                      "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
+                      "machine": cpu_name(), "torch": torch.__version__,
                       "summary": summary,
                       "fsdp_step_time_ratio": round(modes["fsdp"]["step_s_median"] / modes["ddp"]["step_s_median"], 3)
                       if "ddp" in modes else None, "cpu_offload": args.cpu_offload,

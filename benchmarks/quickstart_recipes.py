@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +34,9 @@ from typing import Any
 
 import torch
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_name  # benchmarks/machine.py
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks" / "icons"))
@@ -138,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[quickstart_recipes] {row} seed {seed} done", file=sys.stderr)
     summary = compare.summarise({row: [{k: v for k, v in r.items() if k != "seed"} for r in runs]
                                  for row, runs in results.items()}, anchor="plain")
-    print(json.dumps({"benchmark": "quickstart_recipes", "machine": platform.processor() or platform.machine(),
+    print(json.dumps({"benchmark": "quickstart_recipes", "machine": cpu_name(),
                       "torch": torch.__version__, "threads": args.threads, "jobs": args.jobs,
                       "steps": {row: config["steps"] for row, config in rows.items()},
                       "batch_size": {row: config["batch_size"] for row, config in rows.items()},
