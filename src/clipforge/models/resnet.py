@@ -18,11 +18,28 @@ from torch import nn
 from clipforge.models.config import ResNetConfig
 
 
+class BatchNorm2d(nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` that computes a channels-last CPU input of few channels in the contiguous layout.
+
+    PyTorch's channels-last BatchNorm on the CPU is slow when the channel count is not a multiple of 16 and it
+    runs on more than one thread: a (64, 8, 32, 32) batch (the stem of a width-16 tower) takes 5.1 ms forward and
+    backward on 2 cores, against 0.8 ms in the contiguous layout and 1.4 ms on one thread. The two layout copies
+    cost far less. The result is the same normalisation (the same statistics, to float rounding), handed back in
+    the input's layout; parameters, buffers and state-dict keys are ``nn.BatchNorm2d``'s.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.device.type == "cpu" and self.num_features % 16 and x.dim() == 4 and not x.is_contiguous()
+                and x.is_contiguous(memory_format=torch.channels_last)):
+            return super().forward(x.contiguous()).contiguous(memory_format=torch.channels_last)
+        return super().forward(x)
+
+
 def norm_layer(kind: str, channels: int) -> nn.BatchNorm2d | nn.GroupNorm:
     """BatchNorm (OpenAI's), or GroupNorm with about 16 channels a group (at most 32 groups), which keeps no
     batch statistics: what a tower shared by two kinds of input (CLIPPO) needs."""
     if kind == "batch":
-        return nn.BatchNorm2d(channels)
+        return BatchNorm2d(channels)
     return nn.GroupNorm(math.gcd(channels, min(32, max(1, channels // 16))), channels)
 
 
