@@ -45,6 +45,10 @@ class OptimConfig:
             ``L`` blocks (0: embeddings; L + 1: the head) trains at ``decay ** (L + 1 - i)`` times the rate; 1: off.
             CLIPPO's one tower uses it.
         text_layer_decay: Likewise for the text tower.
+        lazy_embedding: The token table trains by sparse gradients with a lazy AdamW update (``LazyAdamW``): only
+            the rows a batch uses are updated (and clipped). On a CPU, where a small model's step spends ~15 % on
+            the whole 49,408-row table, it is faster; a row missing from a batch keeps still rather than coasting
+            on its momentum. One process only (``parallel: ddp`` at world size 1).
     """
 
     lr: float = 5e-4
@@ -55,6 +59,7 @@ class OptimConfig:
     logit_scale_lr_mult: float = 1.0
     image_layer_decay: float = 1.0
     text_layer_decay: float = 1.0
+    lazy_embedding: bool = False
 
     def __post_init__(self) -> None:
         if self.lr <= 0 or self.weight_decay < 0 or self.eps <= 0 or self.logit_scale_lr_mult <= 0:
@@ -328,6 +333,9 @@ class TrainConfig:
                               "one binary target per pair")
         if self.parallel == "fsdp":
             self._check_fsdp()
+        if self.optim.lazy_embedding and self.parallel == "fsdp":
+            raise ConfigError("optim.lazy_embedding: sparse gradients are not sharded by FSDP: set parallel: ddp "
+                              "(one process)")
         self._check_recipes()
         if self.checkpoint_dir is not None and self.parallel != "fsdp" and "://" in self.checkpoint_dir and \
                 not self.checkpoint_dir.startswith("file://"):
@@ -433,7 +441,11 @@ class TrainConfig:
                               f"{self.model!r} is a {model.family!r} model")
 
     def check_world_size(self, world_size: int) -> None:
-        """Raises ``ConfigError`` unless the global batch splits evenly into ``world_size × accum_steps``."""
+        """Raises ``ConfigError`` unless the global batch splits evenly into ``world_size × accum_steps`` (and,
+        with ``optim.lazy_embedding``, unless the world is one process: its sparse gradients are not averaged)."""
+        if self.optim.lazy_embedding and world_size > 1:
+            raise ConfigError(f"optim.lazy_embedding trains on one process; this run has {world_size}: set "
+                              "optim.lazy_embedding: false")
         if self.batch_size % (world_size * self.accum_steps):
             raise ConfigError(f"batch_size={self.batch_size} is not divisible by world_size × accum_steps = "
                               f"{world_size} × {self.accum_steps}")

@@ -68,7 +68,7 @@ from clipforge.train.metrics import (
     plot_zeroshot,
     read_metrics,
 )
-from clipforge.train.optim import build_optimizer, lr_at, set_lr
+from clipforge.train.optim import build_optimizer, coalesce_sparse_grads, lr_at, set_lr
 from clipforge.train.prepare import Prepared, prepare
 from clipforge.train.self_supervised import (
     attach_recipe_heads,
@@ -192,7 +192,8 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None,
     optimizer = build_optimizer(model, o.lr, o.weight_decay, o.betas, o.eps,
                                 torch.device("cpu") if fsdp and config.fsdp.cpu_offload else device,
                                 o.logit_scale_lr_mult,
-                                layer_decay={"image": o.image_layer_decay, "text": o.text_layer_decay})
+                                layer_decay={"image": o.image_layer_decay, "text": o.text_layer_decay},
+                                lazy_embedding=o.lazy_embedding)
     apply_unlock(model, config.unlock, 0, may_train)
     if runtime.is_main:
         print(f"parameter groups:\n{describe_groups(model, optimizer.param_groups)}", file=sys.stderr)
@@ -291,6 +292,8 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None,
             loss = forward_backward(model, images, texts, loss_fn, runtime, accum_steps=accum,
                                     local_loss=config.local_loss, exchange=config.siglip_exchange, lock=config.lock,
                                     autocast=amp, distill=distill)
+        if o.lazy_embedding:
+            coalesce_sparse_grads(trainable)  # one row per token used, so the clipping norm is the gradient's
         all_reduce_gradients(reduced, runtime)
         if o.grad_clip is not None and fsdp:
             clip_grad_norm(trainable, o.grad_clip, runtime)  # sharded gradients: the norm is summed across ranks

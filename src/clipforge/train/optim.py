@@ -91,11 +91,99 @@ def _layer_decay_groups(model: nn.Module, weight_decay: float, logit_scale_lr_mu
 
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float],
                     eps: float, device: torch.device, logit_scale_lr_mult: float = 1.0,
-                    layer_decay: dict[str, float] | None = None) -> torch.optim.AdamW:
+                    layer_decay: dict[str, float] | None = None, lazy_embedding: bool = False) -> torch.optim.AdamW:
     """AdamW over ``param_groups(model)``, with the fused kernel on CUDA and on the CPU (one kernel over all
-    tensors instead of a loop over them; for a tiny model the 49,408-row token table dominates the update)."""
+    tensors instead of a loop over them; for a tiny model the 49,408-row token table dominates the update).
+
+    With ``lazy_embedding`` the model's ``nn.Embedding`` tables produce sparse gradients (``sparse_embeddings``) and
+    the optimiser is :class:`LazyAdamW`, which updates only the rows a step's batch used.
+    """
     groups = param_groups(model, weight_decay, logit_scale_lr_mult, layer_decay)
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=device.type in ("cuda", "cpu"))
+    fused = device.type in ("cuda", "cpu")
+    if lazy_embedding:
+        sparse_embeddings(model)
+        return LazyAdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused)
+
+
+def sparse_embeddings(model: nn.Module) -> list[nn.Parameter]:
+    """Makes every trainable ``nn.Embedding`` of ``model`` produce a sparse (row) gradient; returns their weights."""
+    weights = []
+    for module in model.modules():
+        if isinstance(module, nn.Embedding) and module.weight.requires_grad:
+            module.sparse = True
+            weights.append(module.weight)
+    return weights
+
+
+class LazyAdamW(torch.optim.AdamW):
+    """AdamW whose sparse-gradient parameters (embedding tables) update only the rows the gradient holds.
+
+    Dense gradients take AdamW's own step (fused where asked). A sparse gradient (``nn.Embedding(sparse=True)``)
+    updates its rows as AdamW would update them — the moments, the bias correction by the parameter's step
+    count, decoupled weight decay — and leaves every other row, and its moments, as they are: the "lazy" Adam of
+    TensorFlow's ``LazyAdam`` and torch's ``SparseAdam``, with AdamW's decay. A row that never had a gradient
+    gets no update from AdamW either (its moments are zero); a row absent from this batch but not from earlier
+    ones would still move under AdamW's decaying momentum, and does not here. The saving is the dense work on
+    the whole table each step: zeroing its gradient, its share of the clipping norm and of the update (~12 ms
+    of the quickstart's ~85 ms step on 2 CPU cores, where the 49,408-row table is most of the model).
+
+    The state (``step``, ``exp_avg``, ``exp_avg_sq`` per parameter) is AdamW's, so a checkpoint of either loads
+    into the other. Sparse gradients must be coalesced before clipping (``coalesce_sparse_grads``).
+    """
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[no-untyped-def]
+        sparse = [p for group in self.param_groups for p in group["params"]
+                  if p.grad is not None and p.grad.is_sparse]
+        grads = [p.grad for p in sparse]
+        for p in sparse:
+            p.grad = None  # AdamW's own step skips them
+        try:
+            loss = super().step(closure)
+        finally:
+            for p, g in zip(sparse, grads, strict=True):
+                p.grad = g
+        if sparse:
+            ids = {id(p) for p in sparse}
+            for group in self.param_groups:
+                for p in group["params"]:
+                    if id(p) in ids:
+                        self._lazy_update(p, group)
+        return loss
+
+    def _lazy_update(self, param: torch.Tensor, group: dict) -> None:
+        if group["amsgrad"] or group["maximize"]:
+            raise ValueError("LazyAdamW: amsgrad and maximize are not supported for sparse gradients")
+        assert param.grad is not None
+        grad = param.grad.coalesce()
+        rows, values = grad.indices()[0], grad.values()
+        state = self.state[param]
+        if not state:
+            state["step"] = torch.zeros((), dtype=torch.float32, device=param.device)
+            state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        state["step"] += 1
+        step = float(state["step"])
+        beta1, beta2 = group["betas"]
+        lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
+        p_rows = param[rows]
+        m = state["exp_avg"][rows].lerp_(values, 1 - beta1)
+        v = state["exp_avg_sq"][rows].mul_(beta2).addcmul_(values, values, value=1 - beta2)
+        state["exp_avg"][rows] = m
+        state["exp_avg_sq"][rows] = v
+        if weight_decay:
+            p_rows.mul_(1 - lr * weight_decay)
+        denom = (v.sqrt() / math.sqrt(1 - beta2 ** step)).add_(eps)
+        param[rows] = p_rows.addcdiv_(m, denom, value=-lr / (1 - beta1 ** step))
+
+
+def coalesce_sparse_grads(params: list[torch.Tensor]) -> None:
+    """Coalesces each sparse gradient in place (duplicate rows summed), so its norm and its update are the
+    gradient's: an embedding's raw sparse gradient holds one row per token occurrence."""
+    for p in params:
+        if p.grad is not None and p.grad.is_sparse:
+            p.grad = p.grad.coalesce()
 
 
 def lr_at(step: int, base_lr: float, warmup_steps: int, total_steps: int, min_lr: float = 0.0) -> float:
