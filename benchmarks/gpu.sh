@@ -3,7 +3,8 @@
 # short still leaves what it finished: the gpu-marked tests, training-step throughput against open_clip
 # (bf16, torch.compile) for ViT-B/32 and ViT-B/16, CLIPPO B/16's training step, the renderer painting on the
 # GPU, and a short CLIPPO training run through the CLI on CUDA. Issue #25's measurements follow the B/32 and B/16
-# lines (b32 and b16 are full-length captions): real caption lengths (clipforge trims, open_clip pads), then one GPU
+# lines (b32 and b16 are full-length captions): real caption lengths (clipforge trims, open_clip pads; b32-real-bucket:
+# trimmed against bucket_text, eager), then one GPU
 # at a 32,768 batch (gradient caching + chunked loss + gradient checkpointing) beside the plain 2,048 step, for the
 # time per sample. Then issue #23's FSDP2 runs on one GPU. Each #25/#23 run is capped with timeout so that the whole
 # script stays near 8 minutes (not yet run on a GPU: the caps, not a measurement, bound it).
@@ -26,6 +27,8 @@ run tests $py -m pytest -q -m gpu -p no:cacheprovider --continue-on-collection-e
 run b32 $py benchmarks/train_step.py --model ViT-B/32 --batch-size 512 --precision bf16 --compile --steps 15 --warmup 3
 run b32-real timeout 150 $py benchmarks/train_step.py --model ViT-B/32 --batch-size 512 --precision bf16 --compile \
     --caption-lengths real --steps 10 --warmup 3
+run b32-real-bucket timeout 90 $py benchmarks/train_step.py --model ViT-B/32 --batch-size 512 --precision bf16 \
+    --caption-lengths real --bucket-text --no-reference --steps 10 --warmup 3  # eager: trimmed vs length buckets
 run b16 $py benchmarks/train_step.py --model ViT-B/16 --batch-size 256 --precision bf16 --compile --steps 15 --warmup 3
 run b16-real timeout 150 $py benchmarks/train_step.py --model ViT-B/16 --batch-size 256 --precision bf16 --compile \
     --caption-lengths real --steps 10 --warmup 3

@@ -6,6 +6,7 @@ peak CUDA memory and, on a GPU with a known peak, MFU.
 
     python benchmarks/train_step.py --model ViT-B/32 --batch-size 512 --precision bf16 --compile
     python benchmarks/train_step.py --model ViT-B/32 --batch-size 512 --precision bf16 --compile --caption-lengths real
+    python benchmarks/train_step.py --model ViT-B/32 --batch-size 512 --caption-lengths real --bucket-text  # + a row
     python benchmarks/train_step.py --model tiny-vit --batch-size 64 --steps 10   # CPU smoke run
     python benchmarks/train_step.py --model clippo-B/16 --batch-size 256 --compile   # CLIPPO: no reference
     python benchmarks/train_step.py --model ViT-B/32 --batch-size 32768 --accum-steps 16 --loss-chunk-size 4096 \\
@@ -15,8 +16,9 @@ Caption lengths: both sides get the same token ids, padded to the context (77 fo
 end-of-text token at the last position (the most text work there is). ``real`` draws each caption's length from
 ``benchmarks/data/caption_lengths.json`` (CC3M's published tokens-per-caption statistics in CLIP BPE tokens: its
 source and derivation are inside). clipforge cuts each batch after its longest caption (``trim_tokens``, host-side,
-as the training loop does); open_clip runs its normal path on the padded ids. Each side's step copies its text
-from the host, as a data loader would hand it over.
+as the training loop does); open_clip runs its normal path on the padded ids. ``--bucket-text`` adds a clipforge row
+with the captions grouped by length, one text pass per group (``length_buckets``, the loop's ``bucket_text``). Each
+side's step copies its text from the host, as a data loader would hand it over.
 
 CLIPPO models take rendered alt-texts (uint8 pixels, rendered once before timing) as their text input;
 open_clip has no CLIPPO, so they are timed alone.
@@ -37,7 +39,7 @@ import torch
 
 import clipforge
 from clipforge.models.config import CLIPConfig, CLIPPOConfig, ViTConfig
-from clipforge.models.text import trim_tokens
+from clipforge.models.text import TokenBuckets, length_buckets, trim_tokens
 from clipforge.train import Runtime
 from clipforge.train.gradcache import forward_backward
 from clipforge.train.loss import clip_loss
@@ -122,6 +124,20 @@ def rendered_text(model: torch.nn.Module, batch_size: int) -> torch.Tensor:
     return clipforge.get_text_processor(model)(texts)
 
 
+def text_shape(text: torch.Tensor | TokenBuckets) -> tuple[int, ...]:
+    """What a step's text work depends on: its width, or each length group's shape."""
+    if isinstance(text, TokenBuckets):
+        return tuple(n for part in text.parts for n in part.shape)
+    return tuple(text.shape[1:])
+
+
+def tokens_per_caption(text: torch.Tensor | TokenBuckets) -> float:
+    """The positions the text tower runs per caption."""
+    if isinstance(text, TokenBuckets):
+        return sum(part.numel() for part in text.parts) / len(text.inverse)
+    return float(text.shape[1])
+
+
 def count_flops(step: Callable, images: torch.Tensor, text: torch.Tensor) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -148,8 +164,8 @@ def bench(name: str, model: torch.nn.Module, encode: Callable, args: argparse.Na
     flops_by_width: dict[tuple[int, ...], int] = {}
     for text in texts:  # an eager step per distinct text width: its FLOPs, and a warm-up
         prepared = prepare(text)
-        if tuple(prepared.shape[1:]) not in flops_by_width:
-            flops_by_width[tuple(prepared.shape[1:])] = count_flops(eager, images, prepared)
+        if text_shape(prepared) not in flops_by_width:
+            flops_by_width[text_shape(prepared)] = count_flops(eager, images, prepared)
     for i in range(max(args.warmup, len(texts) if args.compile else 0)):  # compile sees every width
         step(images, prepare(texts[i % len(texts)]))
     if device.type == "cuda":
@@ -163,8 +179,8 @@ def bench(name: str, model: torch.nn.Module, encode: Callable, args: argparse.Na
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-        flops.append(flops_by_width[tuple(text.shape[1:])])
-        widths.append(text.shape[1])
+        flops.append(flops_by_width[text_shape(text)])
+        widths.append(tokens_per_caption(text))
     median, mean_flops = statistics.median(times), statistics.mean(flops)
     result: dict[str, Any] = {
         "impl": name,
@@ -204,6 +220,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="clipforge's gradient caching over this many micro-batches (no open_clip reference)")
     parser.add_argument("--grad-checkpointing", action="store_true", help="clipforge recomputes activations")
     parser.add_argument("--no-trim", action="store_true", help="clipforge runs the padded ids too")
+    parser.add_argument("--bucket-text", action="store_true",
+                        help="also time clipforge with the captions grouped by length (bucket_text)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
     parser.add_argument("--no-reference", action="store_true", help="skip open_clip")
     args = parser.parse_args(argv)
@@ -249,6 +267,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.loss_chunk_size is not None:
         loss_fn = functools.partial(clip_loss, chunk_size=args.loss_chunk_size)
     results = [bench("clipforge", model, ours, args, config, device, texts, ours_prepare, loss_fn, args.accum_steps)]
+    if args.bucket_text and isinstance(config, CLIPConfig) and args.accum_steps == 1:
+        bucketed = bench("clipforge bucket_text", model, ours, args, config, device, texts,
+                         lambda t: length_buckets(t, config.text).to(device, non_blocking=True), loss_fn)
     if not args.no_reference and args.accum_steps == 1 and isinstance(config, CLIPConfig):
         try:
             ref = open_clip_model(config)
@@ -268,6 +289,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # the ratio of the step medians (same batch), not of the rounded rates: a CPU step runs at a few samples/s
         report["speedup"] = round(results[1]["step_ms_median"] / results[0]["step_ms_median"], 3)
         report["flops_ratio"] = round(results[0]["gflops_per_step"] / results[1]["gflops_per_step"], 3)
+    if args.bucket_text and isinstance(config, CLIPConfig) and args.accum_steps == 1:
+        results.append(bucketed)  # the trimmed step's median over the bucketed one's, the same batches
+        report["bucket_speedup"] = round(results[0]["step_ms_median"] / bucketed["step_ms_median"], 3)
     print(json.dumps(report, indent=2))
     return report
 

@@ -87,3 +87,16 @@ def test_bad_options_are_errors(script: ModuleType) -> None:
         script.parse_args(["--batch-size", "10", "--accum-steps", "4"])
     with pytest.raises(SystemExit):
         script.parse_args(["--caption-lengths", "short"])
+
+
+def test_bucket_text_row_runs_fewer_text_positions_on_real_lengths(script: ModuleType, one_thread: Any,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """``--bucket-text`` adds a clipforge row on the same batches whose text tower runs each length group cut to its
+    own longest caption: fewer positions a caption and fewer FLOPs than the trimmed row (real caption lengths)."""
+    report = script.main(["--model", "tiny-vit", "--batch-size", "32", "--steps", "1", "--warmup", "0",
+                          "--text-batches", "1", "--caption-lengths", "real", "--bucket-text", "--no-reference"])
+    assert json.loads(capsys.readouterr().out) == report
+    trimmed, bucketed = report["results"]
+    assert (trimmed["impl"], bucketed["impl"]) == ("clipforge", "clipforge bucket_text")
+    assert bucketed["text_tokens_mean"] < trimmed["text_tokens_mean"] <= 32
+    assert bucketed["gflops_per_step"] < trimmed["gflops_per_step"] and report["bucket_speedup"] > 0

@@ -4,6 +4,8 @@ asked)."""
 
 from __future__ import annotations
 
+import torch
+
 
 def tiny_vit_overrides(width: int = 32, vision_layers: int = 1, text_layers: int = 1,
                        context_length: int = 16) -> list[str]:
@@ -13,3 +15,23 @@ def tiny_vit_overrides(width: int = 32, vision_layers: int = 1, text_layers: int
             f"model_overrides.vision.layers={vision_layers}", "model_overrides.vision.heads=2",
             f"model_overrides.text.width={width}", "model_overrides.text.heads=2",
             f"model_overrides.text.layers={text_layers}", f"model_overrides.text.context_length={context_length}"]
+
+
+TINY_TEXT = {"width": 32, "heads": 2, "layers": 2, "context_length": 40}  # a text tower of a few ms
+
+
+def padded_tokens(lengths: list[int], context: int, vocab: int, eot: int, *, pad: int = 0,
+                  low: int = 1, high: int | None = None, seed: int = 0) -> torch.Tensor:
+    """(B, context) ids: a start token, random ids, end-of-text at ``length - 1``, then ``pad``."""
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.full((len(lengths), context), pad, dtype=torch.long)
+    for row, length in enumerate(lengths):
+        tokens[row, :length] = torch.randint(low, high or eot, (length,), generator=g)
+        tokens[row, length - 1] = eot
+    return tokens
+
+
+# Four fp32 steps on the synthetic world with a 32-token context: the text-trimming tests' run.
+TEXT_RUN = [*tiny_vit_overrides(text_layers=2, context_length=32), "data.train_size=200", "data.num_workers=0",
+            "eval.size=16", "eval.retrieval_size=8", "schedule.warmup_steps=2", "log_every=1", "steps=4",
+            "batch_size=8", "precision=fp32", "plots=false"]

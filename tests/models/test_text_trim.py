@@ -14,21 +14,9 @@ from clipforge.models.config import TextConfig
 from clipforge.models.text import trim_tokens
 from clipforge.train import Runtime, load_config, parse_overrides, train
 from clipforge.train.metrics import read_metrics
-from helpers.tiny import tiny_vit_overrides
+from helpers.tiny import TEXT_RUN, TINY_TEXT, padded_tokens
 
 TOL = 1e-5
-TINY_TEXT = {"width": 32, "heads": 2, "layers": 2, "context_length": 40}
-
-
-def padded_tokens(lengths: list[int], context: int, vocab: int, eot: int, *, pad: int = 0,
-                  low: int = 1, high: int | None = None, seed: int = 0) -> torch.Tensor:
-    """(B, context) ids: a start token, random ids, end-of-text at ``length - 1``, then ``pad``."""
-    g = torch.Generator().manual_seed(seed)
-    tokens = torch.full((len(lengths), context), pad, dtype=torch.long)
-    for row, length in enumerate(lengths):
-        tokens[row, :length] = torch.randint(low, high or eot, (length,), generator=g)
-        tokens[row, length - 1] = eot
-    return tokens
 
 
 def text_features(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
@@ -113,13 +101,8 @@ def test_empty_batch_is_returned_whole() -> None:
     assert trim_tokens(tokens, TextConfig(**TINY_TEXT)).shape == (0, 40)
 
 
-TRAIN = [*tiny_vit_overrides(text_layers=2, context_length=32), "data.train_size=200", "data.num_workers=0",
-         "eval.size=16", "eval.retrieval_size=8", "schedule.warmup_steps=2", "log_every=1", "steps=4", "batch_size=8",
-         "precision=fp32", "plots=false"]
-
-
 def run_losses(tmp_path: Path, name: str, *extra: str) -> list[float]:
-    config = load_config(None, parse_overrides([*TRAIN, *extra, f"output_dir={tmp_path / name}"]))
+    config = load_config(None, parse_overrides([*TEXT_RUN, *extra, f"output_dir={tmp_path / name}"]))
     train(config, Runtime())
     return [r["loss"] for r in read_metrics(tmp_path / name / "metrics.jsonl") if "loss" in r]
 

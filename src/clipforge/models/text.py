@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import cast
+from typing import NamedTuple, cast
 
 import torch
 from torch import nn
@@ -21,11 +21,55 @@ def trim_tokens(tokens: torch.Tensor, config: TextConfig | None, multiple: int =
     text, ``config`` None), input that is not (B, T) ids. Call it host-side, before the copy to the device: reading
     the lengths is a sync on a GPU tensor.
     """
-    if config is None or not config.causal or config.pool == "last" or tokens.ndim != 2 or tokens.is_floating_point():
+    if not cuttable(tokens, config):
         return tokens
+    assert config is not None
     T = tokens.shape[1]
     length = int(eot_positions(tokens, config).max()) + 1 if tokens.shape[0] else T  # the tower reads no later position
     return tokens[:, :min(T, -(-length // multiple) * multiple)]
+
+
+def cuttable(tokens: torch.Tensor, config: TextConfig | None) -> bool:
+    """Whether cutting (B, T) ids after their end-of-text tokens leaves the features as they are: a causal tower
+    pooled at the end-of-text token, fed token ids."""
+    return config is not None and config.causal and config.pool != "last" and tokens.ndim == 2 \
+        and not tokens.is_floating_point()
+
+
+class TokenBuckets(NamedTuple):
+    """A batch's token ids grouped by length, for a causal tower to run once per group (``length_buckets``).
+
+    ``parts[i]`` is (n_i, T_i): the captions whose end-of-text token lies within T_i, cut there; ``inverse`` maps
+    the concatenated parts' rows back to the batch's order.
+    """
+
+    parts: tuple[torch.Tensor, ...]
+    inverse: torch.Tensor
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> TokenBuckets:
+        """The same buckets on ``device``."""
+        return TokenBuckets(tuple(p.to(device, non_blocking=non_blocking) for p in self.parts),
+                            self.inverse.to(device, non_blocking=non_blocking))
+
+
+def length_buckets(tokens: torch.Tensor, config: TextConfig | None, multiple: int = 8) -> torch.Tensor | TokenBuckets:
+    """``tokens`` (B, T) grouped by caption length, each group cut after its longest caption (a multiple of
+    ``multiple``), so that each caption costs its own length rounded up rather than the batch's longest.
+
+    Exact where ``trim_tokens`` is (a causal tower pooled at the end-of-text token: rows never interact, and no
+    position reads a later one); anything else comes back unchanged, as from ``trim_tokens``. Call it host-side,
+    before the copy to the device.
+    """
+    if not cuttable(tokens, config) or not tokens.shape[0]:
+        return tokens
+    assert config is not None
+    T = tokens.shape[1]
+    cut = ((eot_positions(tokens, config) + multiple) // multiple * multiple).clamp(max=T)  # (B,) each row's length
+    order = torch.argsort(cut, stable=True)
+    lengths, counts = torch.unique_consecutive(cut[order], return_counts=True)
+    rows = order.split(counts.tolist())
+    parts = tuple(tokens[r, :n] for r, n in zip(rows, lengths.tolist(), strict=True))
+    return TokenBuckets(parts, torch.argsort(order))
 
 
 def eot_positions(tokens: torch.Tensor, config: TextConfig) -> torch.Tensor:
@@ -74,8 +118,11 @@ class TextTransformer(nn.Module):
             nn.init.normal_(block.mlp.proj.weight, std=proj_std)
         nn.init.normal_(self.proj, std=width**-0.5)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Encodes token ids (B, T ≤ context_length) into (B, embed_dim) features (not L2-normalised)."""
+    def forward(self, tokens: torch.Tensor | TokenBuckets) -> torch.Tensor:
+        """Encodes token ids (B, T ≤ context_length), or their ``length_buckets``, into (B, embed_dim) features
+        (not L2-normalised)."""
+        if isinstance(tokens, TokenBuckets):  # one pass per length, the rows put back in the batch's order
+            return torch.cat([self(part) for part in tokens.parts])[tokens.inverse]
         T = tokens.shape[1]
         if T > self.config.context_length:
             raise ValueError(f"text input has {T} tokens; this model's context_length is {self.config.context_length}")

@@ -217,6 +217,12 @@ class TrainConfig:
         trim_text: Cut each batch's token ids after its longest caption (rounded up to a multiple of 8) before the
             text tower runs. Exact for causal text towers pooled at the end-of-text token (CLIP's): the positions
             after it never change the result; a no-op for towers that pad on purpose (SigLIP's) and for CLIPPO.
+        bucket_text: Go further than ``trim_text``: group each batch's captions by length (multiples of 8) and run
+            the text tower once per group, each cut after its own longest caption, so a caption costs its own
+            length rather than the batch's longest (``clipforge.models.text.length_buckets``). Exact where
+            ``trim_text`` is, a no-op elsewhere. The plain step only: with ``accum_steps`` > 1, ``distill``,
+            ``classifier`` or the recipes that add views (``slip``, ``declip``, ``reading``) the batch is trimmed
+            as ``trim_text`` says.
         parallel: ``ddp``: every rank holds the whole model and gradients are averaged once per step. ``fsdp``:
             PyTorch's FSDP2 shards parameters, gradients and optimiser state across ranks
             (``clipforge.train.fsdp``) and checkpoints are written with Distributed Checkpoint.
@@ -274,6 +280,7 @@ class TrainConfig:
     classifier: ClassifierConfig | None = None
     loss_chunk_size: int | None = None
     trim_text: bool = True
+    bucket_text: bool = False
     parallel: Literal["ddp", "fsdp"] = "ddp"
     fsdp: FsdpConfig = field(default_factory=lambda: FsdpConfig())
     report_to: tuple[Literal["tensorboard", "wandb"], ...] = ("tensorboard",)

@@ -29,7 +29,7 @@ from clipforge.data.augment import AugmentConfig, AugmentTransform, SampleRecipe
 from clipforge.data.config import SyntheticDataConfig
 from clipforge.fs import filesystem, is_remote
 from clipforge.models.factory import build_model as build_model_from_config
-from clipforge.models.text import trim_tokens
+from clipforge.models.text import length_buckets, trim_tokens
 from clipforge.train.checkpoint import (
     check_whole_checkpoint,
     load_checkpoint,
@@ -258,8 +258,10 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None,
         loss_fn = functools.partial(loss_fn, chunk_size=config.loss_chunk_size)
     if config.label_smoothing:
         loss_fn = functools.partial(loss_fn, label_smoothing=config.label_smoothing)
-    trim = config.trim_text and config.classifier is None
-    accum = config.accum_steps
+    trim, accum = config.trim_text and config.classifier is None, config.accum_steps
+    # Length buckets on the plain step alone: the other paths split the token ids (GradCache) or hand them on.
+    bucket = config.bucket_text and accum == 1 and teacher is None and config.classifier is None and \
+        config.slip is None and config.declip is None and config.reading is None
     result = TrainResult(run_dir, start_step, checkpoint=checkpoint_path)
     model.train()
     lock_tower(model, config.lock)
@@ -274,7 +276,9 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None,
         set_lr(optimizer, lr)
         if step == config.unlock.at_step:
             apply_unlock(model, config.unlock, step, may_train)
-        if trim:  # host-side, before the copy: the text tower sees the batch's longest caption, not 77 tokens
+        if bucket:  # host-side, before the copy: one text pass per caption length (multiple of 8)
+            texts = length_buckets(texts, getattr(model.config, "text", None))
+        elif trim:  # host-side, before the copy: the text tower sees the batch's longest caption, not 77 tokens
             texts = trim_tokens(texts, getattr(model.config, "text", None))
         images, texts = images.to(device, non_blocking=True), texts.to(device, non_blocking=True)
         if config.channels_last:
