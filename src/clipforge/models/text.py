@@ -122,7 +122,11 @@ class TextTransformer(nn.Module):
         """Encodes token ids (B, T ≤ context_length), or their ``length_buckets``, into (B, embed_dim) features
         (not L2-normalised)."""
         if isinstance(tokens, TokenBuckets):  # one pass per length, the rows put back in the batch's order
-            return torch.cat([self(part) for part in tokens.parts])[tokens.inverse]
+            return torch.cat([self.encode(part) for part in tokens.parts])[tokens.inverse]
+        return self.encode(tokens)
+
+    def encode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``forward`` on (B, T) ids (within the module's own call, so hooks such as FSDP's run once)."""
         T = tokens.shape[1]
         if T > self.config.context_length:
             raise ValueError(f"text input has {T} tokens; this model's context_length is {self.config.context_length}")
