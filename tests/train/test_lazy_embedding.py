@@ -10,7 +10,7 @@ from torch import nn
 
 from clipforge.config import ConfigError
 from clipforge.train import Runtime, load_config, parse_overrides, train
-from clipforge.train.optim import LazyAdamW, coalesce_sparse_grads, sparse_embeddings
+from clipforge.train.optim import LazyAdamW, clip_grad_norm_with_sparse, coalesce_sparse_grads, sparse_embeddings
 
 HYPER = {"lr": 1e-2, "betas": (0.9, 0.98), "eps": 1e-6}
 
@@ -42,7 +42,9 @@ def _train(model: Bag, optimizer: torch.optim.Optimizer, batches: list[torch.Ten
         loss = model(tokens).square().sum()
         loss.backward()
         coalesce_sparse_grads(list(model.parameters()))
-        if clip is not None:
+        if clip is not None and isinstance(optimizer, LazyAdamW):  # the loop's clipping with a sparse table
+            clip_grad_norm_with_sparse(list(model.parameters()), clip)
+        elif clip is not None:
             torch.nn.utils.clip_grad_norm_(list(model.parameters()), clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -84,18 +86,25 @@ def test_rows_a_batch_does_not_use_stay_still_with_their_moments():
     torch.testing.assert_close(dense.embed.weight[never], after[never], rtol=0, atol=0)
 
 
-def test_clipping_sees_the_gradient_norm_of_the_coalesced_rows():
+@pytest.mark.parametrize("max_norm", [1e9, 0.1])
+def test_clipping_sees_the_gradient_norm_of_the_coalesced_rows(max_norm: float):
+    """clip_grad_norm_with_sparse on the sparse table and the dense layer: torch's clip_grad_norm_ on the same
+    gradients held dense, the norm and the clipped gradients (0.1 clips, 1e9 does not)."""
     model = Bag()
     sparse_embeddings(model)
     tokens = torch.tensor([[1, 1, 1, 2]])
     model(tokens).sum().backward()
     coalesce_sparse_grads(list(model.parameters()))
-    sparse_norm = torch.nn.utils.clip_grad_norm_(list(model.parameters()), 1e9)
+    sparse_norm = clip_grad_norm_with_sparse(list(model.parameters()), max_norm)
     dense = Bag()
     dense(tokens).sum().backward()
-    dense_norm = torch.nn.utils.clip_grad_norm_(list(dense.parameters()), 1e9)
+    dense_norm = torch.nn.utils.clip_grad_norm_(list(dense.parameters()), max_norm)
     torch.testing.assert_close(sparse_norm, dense_norm)
     assert model.embed.weight.grad is not None and model.embed.weight.grad.is_sparse
+    assert (dense_norm > max_norm) == (max_norm == 0.1)
+    for a, b in zip(model.parameters(), dense.parameters(), strict=True):
+        assert a.grad is not None and b.grad is not None
+        torch.testing.assert_close(a.grad.to_dense(), b.grad, rtol=0, atol=1e-7)
 
 
 def test_state_is_adamw_state_in_both_directions():

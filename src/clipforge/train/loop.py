@@ -68,7 +68,7 @@ from clipforge.train.metrics import (
     plot_zeroshot,
     read_metrics,
 )
-from clipforge.train.optim import build_optimizer, coalesce_sparse_grads, lr_at, set_lr
+from clipforge.train.optim import build_optimizer, clip_grad_norm_with_sparse, coalesce_sparse_grads, lr_at, set_lr
 from clipforge.train.prepare import Prepared, prepare
 from clipforge.train.self_supervised import (
     attach_recipe_heads,
@@ -301,6 +301,8 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None,
         all_reduce_gradients(reduced, runtime)
         if o.grad_clip is not None and fsdp:
             clip_grad_norm(trainable, o.grad_clip, runtime)  # sharded gradients: the norm is summed across ranks
+        elif o.grad_clip is not None and o.lazy_embedding:
+            clip_grad_norm_with_sparse(trainable, o.grad_clip)
         elif o.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(trainable, o.grad_clip)
         optimizer.step()

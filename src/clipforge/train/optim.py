@@ -186,6 +186,21 @@ def coalesce_sparse_grads(params: list[torch.Tensor]) -> None:
             p.grad = p.grad.coalesce()
 
 
+@torch.no_grad()
+def clip_grad_norm_with_sparse(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """``torch.nn.utils.clip_grad_norm_`` where some gradients are sparse (coalesced, ``coalesce_sparse_grads``): the
+    2-norm of every gradient, a sparse one counted by its values, then one scale for all. torch 2.13's foreach norm
+    has no sparse kernel, so the values tensors stand in for the sparse gradients they hold.
+
+    Returns:
+        The total norm before clipping.
+    """
+    tensors = [p.grad._values() if p.grad.is_sparse else p.grad for p in params if p.grad is not None]
+    total = torch.nn.utils.get_total_norm(tensors)
+    torch._foreach_mul_(tensors, (max_norm / (total + 1e-6)).clamp(max=1.0))  # a sparse gradient's values, in place
+    return total
+
+
 def lr_at(step: int, base_lr: float, warmup_steps: int, total_steps: int, min_lr: float = 0.0) -> float:
     """Linear warm-up to ``base_lr`` over ``warmup_steps``, then cosine decay to ``min_lr`` at ``total_steps``.
 
