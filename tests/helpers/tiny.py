@@ -4,7 +4,12 @@ asked)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
+
+from clipforge.train import Runtime, load_config, parse_overrides, train
+from clipforge.train.metrics import read_metrics
 
 
 def tiny_vit_overrides(width: int = 32, vision_layers: int = 1, text_layers: int = 1,
@@ -35,3 +40,10 @@ def padded_tokens(lengths: list[int], context: int, vocab: int, eot: int, *, pad
 TEXT_RUN = [*tiny_vit_overrides(text_layers=2, context_length=32), "data.train_size=200", "data.num_workers=0",
             "eval.size=16", "eval.retrieval_size=8", "schedule.warmup_steps=2", "log_every=1", "steps=4",
             "batch_size=8", "precision=fp32", "plots=false"]
+
+
+def text_run_losses(tmp_path: Path, name: str, *extra: str) -> list[float]:
+    """``TEXT_RUN`` with ``extra`` overrides, trained in ``tmp_path / name``: the logged step losses."""
+    config = load_config(None, parse_overrides([*TEXT_RUN, *extra, f"output_dir={tmp_path / name}"]))
+    train(config, Runtime())
+    return [r["loss"] for r in read_metrics(tmp_path / name / "metrics.jsonl") if "loss" in r]

@@ -12,9 +12,7 @@ import torch
 import clipforge
 from clipforge.models.config import TextConfig
 from clipforge.models.text import TokenBuckets, length_buckets
-from clipforge.train import Runtime, load_config, parse_overrides, train
-from clipforge.train.metrics import read_metrics
-from helpers.tiny import TEXT_RUN, TINY_TEXT, padded_tokens
+from helpers.tiny import TINY_TEXT, padded_tokens, text_run_losses
 
 TOL = 1e-5
 
@@ -82,12 +80,6 @@ def test_to_moves_every_part() -> None:
     assert torch.equal(moved.inverse, buckets.inverse)
 
 
-def run_losses(tmp_path: Path, name: str, *extra: str) -> list[float]:
-    config = load_config(None, parse_overrides([*TEXT_RUN, *extra, f"output_dir={tmp_path / name}"]))
-    train(config, Runtime())
-    return [r["loss"] for r in read_metrics(tmp_path / name / "metrics.jsonl") if "loss" in r]
-
-
 def test_training_losses_match_with_and_without_buckets(tmp_path: Path, one_thread: Any,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """Four fp32 steps on the synthetic world, bucket_text true vs false: the same step losses within 1e-5, and the
@@ -102,9 +94,9 @@ def test_training_losses_match_with_and_without_buckets(tmp_path: Path, one_thre
         return out
 
     monkeypatch.setattr(loop, "length_buckets", recording)
-    grouped = run_losses(tmp_path, "grouped", "bucket_text=true")
+    grouped = text_run_losses(tmp_path, "grouped", "bucket_text=true")
     assert len(groups) == 4 and max(groups) > 1, groups
-    padded = run_losses(tmp_path, "padded", "trim_text=false")
+    padded = text_run_losses(tmp_path, "padded", "trim_text=false")
     assert len(grouped) == len(padded) == 4
     assert max(abs(a - b) for a, b in zip(grouped, padded, strict=True)) <= TOL, (grouped, padded)
 
@@ -116,5 +108,5 @@ def test_gradient_caching_trims_instead(tmp_path: Path, one_thread: Any, monkeyp
 
     calls: list[int] = []
     monkeypatch.setattr(loop, "length_buckets", lambda tokens, config: calls.append(1) or tokens)
-    losses = run_losses(tmp_path, "accum", "bucket_text=true", "accum_steps=2", "steps=2")
+    losses = text_run_losses(tmp_path, "accum", "bucket_text=true", "accum_steps=2", "steps=2")
     assert not calls and len(losses) == 2

@@ -12,9 +12,7 @@ import torch
 import clipforge
 from clipforge.models.config import TextConfig
 from clipforge.models.text import trim_tokens
-from clipforge.train import Runtime, load_config, parse_overrides, train
-from clipforge.train.metrics import read_metrics
-from helpers.tiny import TEXT_RUN, TINY_TEXT, padded_tokens
+from helpers.tiny import TINY_TEXT, padded_tokens, text_run_losses
 
 TOL = 1e-5
 
@@ -101,12 +99,6 @@ def test_empty_batch_is_returned_whole() -> None:
     assert trim_tokens(tokens, TextConfig(**TINY_TEXT)).shape == (0, 40)
 
 
-def run_losses(tmp_path: Path, name: str, *extra: str) -> list[float]:
-    config = load_config(None, parse_overrides([*TEXT_RUN, *extra, f"output_dir={tmp_path / name}"]))
-    train(config, Runtime())
-    return [r["loss"] for r in read_metrics(tmp_path / name / "metrics.jsonl") if "loss" in r]
-
-
 def test_training_losses_match_with_and_without_trimming(tmp_path: Path, one_thread: Any,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """Four fp32 steps on the synthetic world, trim_text true vs false: the same step losses within 1e-5 (the
@@ -121,9 +113,9 @@ def test_training_losses_match_with_and_without_trimming(tmp_path: Path, one_thr
         return out
 
     monkeypatch.setattr(loop, "trim_tokens", recording_trim)
-    trimmed = run_losses(tmp_path, "trimmed", "trim_text=true")
+    trimmed = text_run_losses(tmp_path, "trimmed", "trim_text=true")
     assert widths and max(widths) < 32, widths  # the loop did cut the batches
-    padded = run_losses(tmp_path, "padded", "trim_text=false")
+    padded = text_run_losses(tmp_path, "padded", "trim_text=false")
     assert len(widths) == 4  # and the untrimmed run never called it
     assert len(trimmed) == len(padded) == 4
     assert max(abs(a - b) for a, b in zip(trimmed, padded, strict=True)) <= TOL, (trimmed, padded)
