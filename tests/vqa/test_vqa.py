@@ -374,6 +374,7 @@ BAD_CLI = [
     (["vqa", "train", "--config", "no/such.yaml"], "no/such.yaml: no such config file"),
     (["vqa", "train", "head_hidden=-1"], "head.hidden"),
     (["vqa", "train", "learning_rate=1"], "unknown field 'learning_rate'"),
+    (["vqa", "train", "optim.lazy_embedding=true"], "optim.lazy_embedding"),  # CLIPPO has no token table
 ]
 
 

@@ -113,6 +113,9 @@ class VQATrainConfig:
             raise ConfigError(f"num_workers must be >= 0, got {self.num_workers}")
         if self.schedule.warmup_steps > self.steps:
             raise ConfigError(f"schedule.warmup_steps={self.schedule.warmup_steps} exceeds steps={self.steps}")
+        if self.optim.lazy_embedding:
+            raise ConfigError("optim.lazy_embedding updates a token table's used rows; VQA by rendering trains CLIPPO, "
+                              "which reads its text as pixels and has none: set optim.lazy_embedding: false")
         self.head_config()  # a bad head setting fails before any work
         if self.starts_from_preset():  # a saved model's family is checked when ``prepare_vqa`` reads it
             self.model_config()
