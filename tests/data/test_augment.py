@@ -188,6 +188,31 @@ def test_text_augmentation():
     assert 0.8 < np.mean(kept) < 2.2  # three tags, each kept with probability 0.5: 1.5 on average
 
 
+def test_word_dropout_drops_words_of_the_head_and_keeps_one():
+    words = "an icon of a map pin star"
+    drawn = [augment_text(words + ".", TextAugmentConfig(word_dropout=0.3), random.Random(s)) for s in range(300)]
+    assert all(d.endswith(".") and set(d[:-1].split()) <= set(words.split()) for d in drawn)
+    assert all(d[:-1].split() == [w for w in words.split() if w in d[:-1].split()] for d in drawn)  # order kept
+    assert 0.6 < np.mean([len(d.split()) for d in drawn]) / 7 < 0.8  # each of 7 words kept with probability 0.7
+    assert augment_text("an icon of a map.", TextAugmentConfig(word_dropout=1.0), random.Random(0)).count(" ") == 0
+    assert augment_text("house", TextAugmentConfig(word_dropout=1.0), random.Random(0)) == "house"
+    tagged = augment_text("a house icon, building, roof.", TextAugmentConfig(word_dropout=0.5), random.Random(1))
+    assert tagged.endswith(", building, roof.")  # the tags are tag_dropout's
+
+
+def test_the_image_checks_the_caption_as_drawn_not_as_text_augmentation_leaves_it():
+    recipe = SampleRecipe(transform(flip=1.0), TextAugmentConfig(word_dropout=0.9))
+    unflipped = transform()(glyph(), random.Random(0), "a")
+    lost = 0
+    for seed in range(10):
+        tensor, caption, _ = recipe(glyph(), ["an arrow pointing left"], random.Random(seed))
+        lost += "left" not in caption
+        assert torch.equal(tensor, unflipped)  # never flipped, though the caption may have lost its "left"
+    assert lost >= 5
+    flipped, _, _ = recipe(glyph(), ["an arrow"], random.Random(0))
+    assert torch.equal(flipped, unflipped.flip(-1))
+
+
 @pytest.mark.parametrize("options, message", [
     ({"scale": (0.0, 1.0)}, "augment.scale"),
     ({"flip": 1.5}, "augment.flip"),

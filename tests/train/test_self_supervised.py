@@ -73,7 +73,8 @@ def _model_with_heads(slip, declip):
 
 def test_one_step_is_the_sum_of_its_terms():
     slip, declip = SlipConfig(weight=0.7, temperature=0.2, mlp_dim=16, out_dim=8), DeclipConfig(nn_weight=0.5,
-                                                                                                queue_size=64)
+                                                                                                queue_size=64,
+                                                                                                text_weight=0.3)
     model = _model_with_heads(slip, declip)
     getattr(model, HEADS).push(F.normalize(torch.randn(20, model.config.embed_dim), dim=-1))
     images, views = torch.randn(6, 3, 32, 32), torch.randn(6, 3, 3, 32, 32)
@@ -94,10 +95,12 @@ def test_one_step_is_the_sum_of_its_terms():
         nn_term = clip_loss(i1, nearest, scale)
         z = getattr(model, HEADS).projector(model.encode_image(torch.cat([views[:, 1], views[:, 2]])))
         slip_term = simclr_loss(*z.chunk(2), 0.2)
+        text_term = clip_loss(t1, t2, scale)  # the two caption draws of each pair
     assert torch.allclose(terms["contrastive"][0], multi, atol=1e-5)
     assert torch.allclose(terms["declip_nn"][0], nn_term, atol=1e-5)
     assert torch.allclose(terms["slip"][0], slip_term, atol=1e-5)
-    assert torch.allclose(loss, multi + 0.5 * nn_term + 0.7 * slip_term, atol=1e-5)
+    assert torch.allclose(terms["declip_text"][0], text_term, atol=1e-5)
+    assert torch.allclose(loss, multi + 0.5 * nn_term + 0.7 * slip_term + 0.3 * text_term, atol=1e-5)
     assert int(getattr(model, HEADS).queue_count) == 26  # this batch's texts joined the queue after the term
 
 
@@ -117,7 +120,8 @@ def test_a_run_resumes_exactly_and_exports_the_plain_model(tmp_path: Path):
 
 def test_each_recipe_trains_alone(tmp_path: Path):
     base = [o for o in RUN if not o.startswith(("slip.", "declip.", "augment."))]
-    for i, extra in enumerate((["slip.mlp_dim=16"], ["declip.multi_view=true"], ["augment.flip=0.5"],
+    for i, extra in enumerate((["slip.mlp_dim=16"], ["declip.multi_view=true", "declip.text_weight=0.5"],
+                               ["augment.flip=0.5"],
                                ["slip.mlp_dim=16", "declip.nn_weight=0.1", "data.augment=false"],
                                ["text_augment.tag_dropout=0.5", "loss=siglip", "model_overrides.init_logit_bias=-10"])):
         config = load_config(None, parse_overrides([*base, *extra, "checkpoint_every=0", "steps=2",
@@ -131,6 +135,9 @@ def test_each_recipe_trains_alone(tmp_path: Path):
     (["slip.mlp_dim=8", "parallel=fsdp"], "parallel: fsdp"),
     (["augment.flip=0.5", "data.augment=false"], "data.augment: true"),
     (["declip.multi_view=false"], "nothing to add"),
+    (["declip.multi_view=false", "declip.nn_weight=0.5", "declip.text_weight=0.5"], "set declip.multi_view: true"),
+    (["declip.text_weight=0.5", "lock=text"], "lock: text"),
+    (["declip.text_weight=-1"], "declip.text_weight must be >= 0"),
     (["slip.temperature=0"], "slip.temperature"),
 ])
 def test_refused_combinations_are_named(extra, message):

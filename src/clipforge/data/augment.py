@@ -143,6 +143,9 @@ class TextAugmentConfig:
 
     Attributes:
         tag_dropout: Probability that each tag after the caption's first comma-separated part is dropped.
+        word_dropout: Probability that each word of the caption's first part is dropped (EDA's random deletion; at
+            least one word stays): "an icon of a map pin star" may become "icon of map pin", so the text tower
+            learns what each word of a name adds, not only whole names.
         tag_shuffle: Shuffle the tags after the first part.
         templates: Templates with ``{}`` where a name goes ("an icon of {}.", "a drawing of a {}.").
         template_prob: Probability of replacing the first part with a template filled with the first tag (the
@@ -151,13 +154,14 @@ class TextAugmentConfig:
     """
 
     tag_dropout: float = 0.0
+    word_dropout: float = 0.0
     tag_shuffle: bool = False
     templates: tuple[str, ...] = ()
     template_prob: float = 0.0
     separator: str = ","
 
     def __post_init__(self) -> None:
-        for name in ("tag_dropout", "template_prob"):
+        for name in ("tag_dropout", "word_dropout", "template_prob"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"text_augment.{name}: a probability in [0, 1], got {getattr(self, name)}")
         for i, t in enumerate(self.templates):
@@ -169,13 +173,30 @@ class TextAugmentConfig:
             raise ConfigError("text_augment.separator: must not be empty")
 
 
+def drop_words(text: str, p: float, rng: random.Random) -> str:
+    """``text`` with each word dropped with probability ``p``, one word kept when all would go (one draw per
+    word, then one more only then); a trailing full stop stays."""
+    words = text.split()
+    if len(words) < 2:
+        return text
+    trailing = "." if words[-1].endswith(".") and len(words[-1]) > 1 else ""
+    words[-1] = words[-1].removesuffix(".") if trailing else words[-1]
+    kept = [w for w in words if rng.random() >= p]
+    if not kept:
+        kept = [words[rng.randrange(len(words))]]
+    return " ".join(kept) + trailing
+
+
 def augment_text(caption: str, config: TextAugmentConfig, rng: random.Random) -> str:
-    """``caption`` with its tags dropped, shuffled and its head templated as ``config`` says."""
+    """``caption`` with its head's words dropped, its tags dropped, shuffled and its head templated as ``config``
+    says."""
     sep = config.separator
     parts = [p.strip() for p in caption.split(sep)]
     head, tags = parts[0], [t for t in parts[1:] if t]
+    if config.word_dropout:
+        head = drop_words(head, config.word_dropout, rng)
     if not tags:
-        return caption
+        return head if config.word_dropout else caption
     trailing = "." if tags[-1].endswith(".") else ""
     tags = [t.rstrip(".") for t in tags]
     if config.tag_dropout:
@@ -393,20 +414,21 @@ class SampleRecipe:
                  rng: random.Random) -> tuple[torch.Tensor, str, dict[str, Any]]:
         """``(image tensor, caption, extra)``: ``extra`` holds ``views`` (V, 3, H, W), ``caption2`` and ``reading``
         (the scale and place of the caption's second rendering)."""
-        caption = self._caption(captions, rng)
-        tensor = self._image(image, rng, caption, self.transform)
+        drawn, caption = self._caption(captions, rng)
+        tensor = self._image(image, rng, drawn, self.transform)  # the flip and colour checks read the whole caption
         extra: dict[str, Any] = {}
         if self.views:
-            extra["views"] = torch.stack([self._image(image, rng, caption, t) for t in self.views])
+            extra["views"] = torch.stack([self._image(image, rng, drawn, t) for t in self.views])
         if self.second_caption:
-            extra["caption2"] = self._caption(captions, rng)
+            extra["caption2"] = self._caption(captions, rng)[1]
         if self.reading_scale is not None:
             extra["reading"] = (rng.uniform(*self.reading_scale), rng.random(), rng.random())
         return tensor, caption, extra
 
-    def _caption(self, captions: Sequence[str], rng: random.Random) -> str:
+    def _caption(self, captions: Sequence[str], rng: random.Random) -> tuple[str, str]:
+        """A caption as drawn and as text augmentation makes it."""
         caption = pick_caption(captions, rng)
-        return augment_text(caption, self.text, rng) if self.text is not None else caption
+        return caption, augment_text(caption, self.text, rng) if self.text is not None else caption
 
     @staticmethod
     def _image(image: Image.Image, rng: random.Random, caption: str, transform: Any) -> torch.Tensor:

@@ -371,7 +371,8 @@ class TrainConfig:
             return
         conflicts = {"accum_steps > 1": self.accum_steps > 1, "parallel: fsdp": self.parallel == "fsdp",
                      "lock: image": self.lock == "image", "distill": self.distill.teacher is not None,
-                     "lock: text": self.lock == "text" and self.reading is not None,
+                     "lock: text": self.lock == "text" and (self.reading is not None or bool(
+                         self.declip is not None and self.declip.text_weight)),
                      "siglip_exchange: ring": self.siglip_exchange == "ring"}
         bad = [name for name, on in conflicts.items() if on]
         if bad:

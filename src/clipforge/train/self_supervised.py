@@ -79,16 +79,24 @@ class DeclipConfig:
         multi_view: A second image view and caption per pair; the contrastive loss averages the four pairings.
         nn_weight: The nearest-neighbour term's weight (0: none, and no queue).
         queue_size: Text embeddings the FIFO queue holds (DeCLIP: 64k).
+        text_weight: The weight of a caption–caption term (0: none; needs ``multi_view``): each pair's two caption
+            draws a positive pair under the run's contrastive loss, the other pairs' captions its negatives.
+            DeCLIP's own text self-supervision is masked language modelling, which a causal text tower cannot
+            do; this is its contrastive stand-in.
     """
 
     multi_view: bool = True
     nn_weight: float = 0.0
     queue_size: int = 4096
+    text_weight: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.nn_weight < 0 or self.queue_size <= 0:
-            raise ConfigError(f"declip.nn_weight must be >= 0 and declip.queue_size positive, got {self.nn_weight}, "
-                              f"{self.queue_size}")
+        if self.nn_weight < 0 or self.queue_size <= 0 or self.text_weight < 0:
+            raise ConfigError(f"declip.nn_weight and declip.text_weight must be >= 0 and declip.queue_size positive, "
+                              f"got {self.nn_weight}, {self.text_weight}, {self.queue_size}")
+        if self.text_weight and not self.multi_view:
+            raise ConfigError("declip.text_weight contrasts the two caption draws of multi_view: set "
+                              "declip.multi_view: true")
         if not self.multi_view and not self.nn_weight:
             raise ConfigError("declip: neither multi_view nor nn_weight is on: nothing to add")
 
@@ -230,6 +238,10 @@ def recipe_forward_backward(model: nn.Module, images: torch.Tensor, texts: torch
             loss = (loss + contrastive(image2, text2) + contrastive(image_features, text2)
                     + contrastive(image2, text_features)) / 4
         record.setdefault("contrastive", []).append(loss.detach())
+        if declip is not None and declip.text_weight:
+            term = contrastive(text_features, text2)
+            record.setdefault("declip_text", []).append(term.detach())
+            loss = loss + declip.text_weight * term
         if reading is not None:
             assert "texts_read" in info, "reading: the data renders each caption a second time"
             read = model.encode_text(info["texts_read"].to(device, non_blocking=True), normalize=True)
