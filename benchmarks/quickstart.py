@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import cpu_name  # benchmarks/machine.py
+from machine import cpu_detail, cpu_name  # benchmarks/machine.py
 
 TARGETS = {"zeroshot/shape": 0.90, "zeroshot/colour": 0.90, "zeroshot/composition": 0.60, "wall_time_s": 300.0}
 
@@ -34,7 +34,8 @@ def main(argv: list[str]) -> int:
     measured = {**result.eval, "wall_time_s": wall, "final_loss": result.losses[-1][1] if result.losses else None}
     passed = {k: (measured[k] <= v if k == "wall_time_s" else measured.get(k, 0.0) >= v) for k, v in TARGETS.items()}
     print(json.dumps({"benchmark": "quickstart", "overrides": argv, "cpu_count": os.cpu_count(),
-                      "machine": cpu_name(), "threads": torch.get_num_threads(),
+                      "machine": cpu_name(), "cpu": cpu_detail(),
+                      "threads": torch.get_num_threads(),
                       "steps": config.steps, "batch_size": config.batch_size, "measured": measured,
                       "reference": TARGETS, "meets_reference": passed}, indent=2))
     return 0
