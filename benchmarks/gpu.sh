@@ -6,7 +6,9 @@
 # lines (b32 and b16 are full-length captions): real caption lengths (clipforge trims, open_clip pads; b32-real-bucket:
 # trimmed against bucket_text, eager), then one GPU
 # at a 32,768 batch (gradient caching + chunked loss + gradient checkpointing) beside the plain 2,048 step, for the
-# time per sample. Then issue #23's FSDP2 runs on one GPU. Each #25/#23 run is capped with timeout so that the whole
+# time per sample; before them precision: fp8's B/16 step (b16-fp8) and its 1,000-step loss curve against bf16
+# (fp8-curve, tiny-vit on the synthetic world). Then issue #23's FSDP2 runs on one GPU. Each #25/#23 run is capped
+# with timeout so that the whole
 # script stays near 8 minutes (not yet run on a GPU: the caps, not a measurement, bound it).
 #
 #   bash benchmarks/gpu.sh OUTDIR        (needs CUDA; open_clip for the reference rows)
@@ -32,6 +34,9 @@ run b32-real-bucket timeout 90 $py benchmarks/train_step.py --model ViT-B/32 --b
 run b16 $py benchmarks/train_step.py --model ViT-B/16 --batch-size 256 --precision bf16 --compile --steps 15 --warmup 3
 run b16-real timeout 150 $py benchmarks/train_step.py --model ViT-B/16 --batch-size 256 --precision bf16 --compile \
     --caption-lengths real --steps 10 --warmup 3
+run b16-fp8 timeout 150 $py benchmarks/train_step.py --model ViT-B/16 --batch-size 256 --precision fp8 --compile \
+    --caption-lengths real --steps 10 --warmup 3  # clipforge's precision: fp8 against open_clip in bf16
+run fp8-curve timeout 120 $py benchmarks/fp8_curve.py --device cuda --steps 1000 --work /tmp/clipforge-fp8-curve
 run b32-32k timeout 150 $py benchmarks/train_step.py --model ViT-B/32 --batch-size 32768 --accum-steps 16 \
     --loss-chunk-size 4096 --grad-checkpointing --precision bf16 --caption-lengths real --text-batches 1 --steps 3 \
     --warmup 1 --no-reference

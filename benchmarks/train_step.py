@@ -155,7 +155,7 @@ def bench(name: str, model: torch.nn.Module, encode: Callable, args: argparse.Na
     model.to(device).train()
     fused = device.type == "cuda"
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.2, fused=fused)
-    amp = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[args.precision]
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None, "fp8": torch.bfloat16}[args.precision]
     eager = make_step(model, encode, opt, amp, device, loss_fn, accum_steps)
     step = torch.compile(eager, dynamic=False) if args.compile else eager  # one graph per trimmed width
     size = config.vision.image_size
@@ -204,8 +204,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="ViT-B/32")
     parser.add_argument("--batch-size", type=int, default=512)
-    parser.add_argument("--precision", choices=["bf16", "fp16", "fp32"], default=None,
-                        help="default: bf16 on CUDA, fp32 on CPU")
+    parser.add_argument("--precision", choices=["bf16", "fp16", "fp32", "fp8"], default=None,
+                        help="default: bf16 on CUDA, fp32 on CPU; fp8: clipforge's linear layers in float8 "
+                             "(precision: fp8, the rest bf16), open_clip in bf16")
+    parser.add_argument("--fp8-recipe", choices=["tensorwise", "rowwise", "rowwise_with_gw_hp"], default="tensorwise")
+    parser.add_argument("--fp8-emulate", action="store_true", help="float8 numerics off Hopper/Ada GPUs (slow)")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
@@ -249,6 +252,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     config = model.config
     if args.grad_checkpointing:
         model.set_grad_checkpointing(True)
+    if args.precision == "fp8":  # as precision: fp8 trains: the linear layers in float8, the rest under bf16 autocast
+        from clipforge.train.fp8 import Fp8Config, convert_to_fp8
+
+        args.fp8_layers = convert_to_fp8(model, Fp8Config(args.fp8_recipe, args.fp8_emulate), device)
 
     def ours(images: torch.Tensor, text: torch.Tensor, model: torch.nn.Module = model) -> tuple[torch.Tensor, ...]:
         out = model(images, text)
@@ -277,9 +284,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         except ImportError:
             ref = None
         if ref is not None:  # open_clip's forward returns (image_features, text_features, logit_scale.exp())
-            results.append(bench("open_clip", ref, ref, args, config, device, texts, to_device))
+            reference_args = argparse.Namespace(**{**vars(args), "precision": "bf16"}) if args.precision == "fp8" \
+                else args  # float8 is clipforge's option: the reference trains in bf16
+            results.append(bench("open_clip", ref, ref, reference_args, config, device, texts, to_device))
     report: dict[str, Any] = {
         "model": args.model, "batch_size": args.batch_size, "precision": args.precision, "compile": args.compile,
+        **({"fp8_recipe": args.fp8_recipe, "fp8_emulate": args.fp8_emulate, "fp8_linear_layers": args.fp8_layers,
+            "reference_precision": "bf16"}
+           if args.precision == "fp8" else {}),
         "caption_lengths": args.caption_lengths if isinstance(config, CLIPConfig) else "rendered",
         "trim": isinstance(config, CLIPConfig) and not args.no_trim, "loss_chunk_size": args.loss_chunk_size,
         "accum_steps": args.accum_steps, "grad_checkpointing": args.grad_checkpointing, "steps": args.steps,

@@ -100,3 +100,19 @@ def test_bucket_text_row_runs_fewer_text_positions_on_real_lengths(script: Modul
     assert (trimmed["impl"], bucketed["impl"]) == ("clipforge", "clipforge bucket_text")
     assert bucketed["text_tokens_mean"] < trimmed["text_tokens_mean"] <= 32
     assert bucketed["gflops_per_step"] < trimmed["gflops_per_step"] and report["bucket_speedup"] > 0
+
+
+def test_fp8_converts_clipforge_alone_and_says_so(script: ModuleType, one_thread: Any,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """``--precision fp8`` trains clipforge's linear layers in float8 (emulated on the CPU) beside open_clip in
+    bf16, and the report names both precisions."""
+    pytest.importorskip("torchao")
+    pytest.importorskip("open_clip")
+    report = script.main(["--model", "tiny-vit", "--batch-size", "8", "--steps", "1", "--warmup", "0",
+                          "--text-batches", "1", "--precision", "fp8", "--fp8-emulate"])
+    assert json.loads(capsys.readouterr().out) == report
+    assert report["precision"] == "fp8" and report["reference_precision"] == "bf16"
+    assert report["fp8_recipe"] == "tensorwise" and report["fp8_emulate"] is True
+    linears = sum(type(m) is torch.nn.Linear for m in clipforge.create_model("tiny-vit", device="meta").modules())
+    assert report["fp8_linear_layers"] == linears > 0  # tiny-vit's dimensions are all multiples of 16
+    assert [r["impl"] for r in report["results"]] == ["clipforge", "open_clip"]

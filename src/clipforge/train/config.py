@@ -25,6 +25,7 @@ from clipforge.train.classify import ClassifierConfig
 from clipforge.train.ema import EmaConfig
 from clipforge.train.eval_sets import EvalSetConfig, check_set_names
 from clipforge.train.finetune_config import DistillConfig, UnlockConfig
+from clipforge.train.fp8 import Fp8Config
 from clipforge.train.self_supervised import DeclipConfig, ReadingConfig, SlipConfig
 from clipforge.train.wise_ft import WiseFTConfig
 
@@ -188,7 +189,9 @@ class TrainConfig:
         keep_checkpoints: How many recent checkpoints to keep.
         output_dir: The run directory (config, metrics, plots, checkpoints).
         seed: Seeds initialisation, data order and augmentation.
-        precision: ``auto`` (bf16 autocast on CUDA, fp32 on CPU), ``fp32`` or ``bf16``.
+        precision: ``auto`` (bf16 autocast on CUDA, fp32 on CPU), ``fp32``, ``bf16``, or ``fp8`` (the linear layers
+            in float8 with torchao's recipes, the rest in bf16: ``clipforge.train.fp8``).
+        fp8: Float8 options: torchao's scaling ``recipe`` and ``emulate`` (off Hopper/Ada GPUs).
         compile: ``torch.compile`` the towers.
         grad_checkpointing: Recompute activations in the backward pass.
         lock: LiT-style locking: the named tower is frozen (no gradient, eval mode).
@@ -264,7 +267,8 @@ class TrainConfig:
     keep_checkpoints: int = 2
     output_dir: str = "runs/default"
     seed: int = 0
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp8"] = "auto"
+    fp8: Fp8Config = field(default_factory=Fp8Config)
     compile: bool = False
     grad_checkpointing: bool = False
     lock: Literal["none", "image", "text"] = "none"
@@ -316,6 +320,10 @@ class TrainConfig:
                                       self.unlock.text_blocks is not None):
             raise ConfigError("lora freezes every base weight and trains adapters only: choose its towers with "
                               "lora.towers instead of lock or unlock")
+        if self.precision == "fp8" and (self.lora is not None or self.parallel == "fsdp"):
+            raise ConfigError(f"precision: fp8 swaps the towers' nn.Linear layers for float8 ones: not with "
+                              f"{'lora (its adapted layers)' if self.lora is not None else 'parallel: fsdp'}; "
+                              "use precision: bf16 there")
         if self.text_pairs.fraction:
             if isinstance(self.data, ShardsDataConfig):
                 raise ConfigError("text_pairs mix into indexable sources (synthetic, tables, folders), not tar shards")

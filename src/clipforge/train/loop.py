@@ -55,6 +55,7 @@ from clipforge.train.distributed import (
 from clipforge.train.ema import WeightEma
 from clipforge.train.eval_sets import any_due, check_eval_sets, check_head_sets, evaluate_eval_sets, headline_keys
 from clipforge.train.evaluate import EvalSet, build_eval_sets, evaluate_languages, similarity_matrix
+from clipforge.train.fp8 import convert_to_fp8
 from clipforge.train.fsdp import clip_grad_norm, replicated_parameters, report_memory, shard_model, whole_model
 from clipforge.train.gradcache import forward_backward
 from clipforge.train.host_memory import keep_freed_memory
@@ -102,8 +103,9 @@ class TrainResult:
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on CUDA (``auto``/``bf16``), full fp32 on the CPU unless ``bf16`` is asked for."""
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+    """bf16 autocast on CUDA (``auto``/``bf16``), full fp32 on the CPU unless ``bf16`` is asked for; ``fp8`` runs
+    what is not a float8 linear layer under bf16 autocast."""
+    if precision in ("bf16", "fp8") or (precision == "auto" and device.type == "cuda"):
         return torch.bfloat16
     return None
 
@@ -156,6 +158,11 @@ def train(config: TrainConfig, runtime: Runtime, resume: str | None = None,
     # --- Model, optimiser, data. ---
     model, text_processor = build_model(prepared, device, config.model), prepared.text_processor
     attach_recipe_heads(model, config.slip, config.declip)  # SLIP's projector, DeCLIP's queue (not exported)
+    if config.precision == "fp8":  # the towers' linear layers in float8 (the weights keep their names and dtype)
+        converted = convert_to_fp8(model, config.fp8, device)
+        if runtime.is_main:
+            print(f"precision: fp8 ({config.fp8.recipe}{', emulated' if config.fp8.emulate else ''}): "
+                  f"{converted} linear layers in float8", file=sys.stderr)
     broadcast_parameters(model, runtime)
     torch.manual_seed(config.seed * 1009 + runtime.rank + 1)  # per-rank stream for random ops (patch dropout)
     if config.grad_checkpointing:
