@@ -10,7 +10,8 @@ For the finished runs of chosen rows, three top-1 scores over the same number of
   zero-shot among those concepts' names with the same templates: what the text tower gives for names it was
   trained on.
 
-A ``zeroshot`` far below both others puts the gap in the text tower's embeddings of names it never saw.
+Beside them, ``heldout_names_of_training_words``: the share (%) of held-out names made only of words that training
+names use. A ``zeroshot`` far below both others puts the gap in the text tower's embeddings of names it never saw.
 
     python benchmarks/icons/unseen_gap.py --data /tmp/icons-out --work /tmp/icons-lr1e-3 \\
         --rows openclip clipforge+small_data --seeds 0 1 2 > unseen_gap.json
@@ -105,10 +106,13 @@ def gap(spec: Path, data: Path, size: int, allow_pickle: bool, seen: dict[str, l
             images.append(decode_image(png, DecodeLimits()))  # composited on white, as the evaluator reads
             seen_labels.append(label)
     seen_names = build_classifier(model, concepts, dataset.templates, use_cache=False)
+    words = {w for concept in seen for w in concept.split()}
+    composed = np.mean([all(w in words for w in name.split()) for name in dataset.classes])
     seen_top1 = (image_features(model, images) @ seen_names).argmax(1) == torch.tensor(seen_labels)
     return {"zeroshot": zeroshot, "image_prototypes": prototypes,
             "seen_zeroshot": 100 * float(seen_top1.float().mean()), "classes": len(dataset.classes),
-            "prototype_images": kept, "seen_images": len(images)}
+            "prototype_images": kept, "seen_images": len(images),
+            "heldout_names_of_training_words": 100 * float(composed)}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -58,7 +58,7 @@ def test_prototype_top1_is_the_leave_one_out_nearest_mean(gap: ModuleType) -> No
 def test_scores_of_a_finished_run(gap: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     data, work = tmp_path / "data", tmp_path / "work"
     write_folder(data / "64px" / "eval" / gap.UNSEEN)
-    write_training_shard(data / "64px" / "train", ["cup", "fork", "lamp", "door"])
+    write_training_shard(data / "64px" / "train", ["cup", "fork", "star lamp", "door"])
     torch.manual_seed(0)
     model = create_model("tiny-rn", **RN)
     save_pretrained(model, work / "row" / "seed0" / "final", get_text_processor(model))
@@ -70,4 +70,5 @@ def test_scores_of_a_finished_run(gap: ModuleType, tmp_path: Path, capsys: pytes
     assert run["zeroshot"] == pytest.approx(100 * expected.metrics["acc1"], abs=1e-4)
     assert run["classes"] == 3 and run["prototype_images"] == 18  # three held-out classes, six images each
     assert run["seen_images"] == 6  # three of the four training concepts (as many as held-out), two images each
+    assert run["heldout_names_of_training_words"] == pytest.approx(100 / 3)  # "star" of house, star, bell
     assert 0 <= run["image_prototypes"] <= 100 and 0 <= run["seen_zeroshot"] <= 100
