@@ -84,8 +84,10 @@ def by_style(hits: dict[tuple[str, str], bool], styles: dict[tuple[str, str], st
     return {style: (len(v), 100 * float(np.mean(v))) for style, v in sorted(groups.items())}
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_run_arguments(description: str, argv: list[str] | None) -> argparse.Namespace:
+    """The options of a script that reads finished runs: the build, compare.py's --work, rows and seeds; sets one
+    torch thread."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--data", type=Path, required=True, help="a build.py --out folder")
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--work", type=Path, required=True, help="compare.py's --work")
@@ -93,6 +95,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = p.parse_args(argv)
     torch.set_num_threads(1)
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_run_arguments(__doc__.splitlines()[0], argv)
     report: dict[str, Any] = {"work": str(args.work), "seeds": args.seeds, "protocols": {}}
     for protocol, name in PROTOCOLS.items():
         folder = args.data / f"{args.size}px" / "eval" / name

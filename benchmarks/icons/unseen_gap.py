@@ -21,7 +21,6 @@ Prints JSON: per row the scores (%) per seed and their mean ± std.
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import sys
@@ -116,14 +115,7 @@ def gap(spec: Path, data: Path, size: int, allow_pickle: bool, seen: dict[str, l
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", type=Path, required=True, help="a build.py --out folder")
-    p.add_argument("--size", type=int, default=64)
-    p.add_argument("--work", type=Path, required=True, help="compare.py's --work")
-    p.add_argument("--rows", nargs="+", required=True)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    args = p.parse_args(argv)
-    torch.set_num_threads(1)
+    args = by_style.parse_run_arguments(__doc__.splitlines()[0], argv)
     seen = training_images(args.data / f"{args.size}px" / "train")
     report: dict[str, Any] = {"work": str(args.work), "rows": {}}
     for row in args.rows:
